@@ -1,0 +1,120 @@
+// The Vulkan instance, the chosen physical device, its logical device and
+// compute queue. Move-only; everything else in gpu/ borrows a Context.
+#pragma once
+#include <vulkan/vulkan.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace kvscope::gpu {
+
+// Thrown for every Vulkan failure; the message says what failed and what to do
+// ("no Vulkan device found: install mesa-vulkan-drivers for the CPU device").
+struct GpuError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Thrown when an allocation fails for lack of device or host memory.
+struct OutOfMemory : GpuError {
+  using GpuError::GpuError;
+};
+
+struct DeviceInfo {
+  uint32_t index = 0;               // position in vkEnumeratePhysicalDevices
+  std::string name;
+  std::string type;                 // "discrete", "integrated", "virtual", "cpu", "other"
+  std::string driver;               // driver name + info
+  uint32_t vendor_id = 0;
+  uint64_t device_local_bytes = 0;  // largest DEVICE_LOCAL heap
+  uint32_t subgroup_size = 0;
+  uint64_t max_storage_buffer_range = 0;
+  uint64_t min_storage_buffer_offset_alignment = 0;
+  uint32_t max_workgroup_size_x = 0;
+  uint32_t max_shared_memory_bytes = 0;
+  bool timestamps = false;          // compute queue supports timestamps
+  float timestamp_period_ns = 0;
+};
+
+// Lists every Vulkan device. Throws GpuError when there is no loader or no
+// device, with what to install.
+std::vector<DeviceInfo> list_devices();
+
+struct ContextOptions {
+  int device_index = -1;  // -1: discrete > integrated > virtual > cpu
+  // Enable VK_LAYER_KHRONOS_validation when installed; also turned on by the
+  // environment variable KVSCOPE_VALIDATION=1 (the tests set it).
+  bool validation = false;
+  // Where the VkPipelineCache lives between runs; empty: no cache file.
+  std::string pipeline_cache_path;
+  // Cap on bytes bound per storage-buffer binding, below the device's
+  // maxStorageBufferRange (0: the device limit). Tests lower it to exercise
+  // the splitting of large tensors across bindings.
+  uint64_t max_binding_bytes = 0;
+};
+
+class Context {
+ public:
+  explicit Context(const ContextOptions& options = {});
+  ~Context();
+  Context(Context&&) noexcept;
+  Context& operator=(Context&&) noexcept;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  VkInstance instance() const;
+  VkPhysicalDevice physical_device() const;
+  VkDevice device() const;
+  VkQueue queue() const;
+  uint32_t queue_family() const;
+  VkPipelineCache pipeline_cache() const;
+  const DeviceInfo& info() const;
+
+  // Largest range one storage-buffer binding may cover (device limit or the
+  // ContextOptions cap, whichever is smaller), rounded down to 256 bytes.
+  uint64_t max_binding_bytes() const;
+  uint32_t subgroup_size() const { return info().subgroup_size; }
+
+  // Memory type index with all of `required` (and `preferred` if possible);
+  // throws GpuError if none.
+  uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags required,
+                       VkMemoryPropertyFlags preferred = 0) const;
+
+  // Messages of severity warning or error from the validation layer so far
+  // (0 when validation is off). Each is also printed to stderr.
+  uint64_t validation_messages() const;
+  bool validation_enabled() const;
+
+  // Writes the pipeline cache file (also done by the destructor).
+  void save_pipeline_cache() const;
+
+  // Submissions to the queue go through this lock (sessions share a device).
+  std::mutex& queue_mutex() const;
+
+  // Runs `record` in a one-shot command buffer and waits (uploads, tests).
+  template <class F>
+  void run_once(F&& record);
+
+ private:
+  struct State;
+  std::unique_ptr<State> s_;
+  VkCommandBuffer begin_one_shot();
+  void end_one_shot(VkCommandBuffer cb);
+};
+
+template <class F>
+void Context::run_once(F&& record) {
+  VkCommandBuffer cb = begin_one_shot();
+  record(cb);
+  end_one_shot(cb);
+}
+
+// Throws GpuError("what: VK_ERROR_...") or OutOfMemory for non-success codes.
+void check(VkResult r, const char* what);
+
+inline uint32_t ceil_div(uint64_t a, uint64_t b) { return static_cast<uint32_t>((a + b - 1) / b); }
+
+}  // namespace kvscope::gpu

@@ -1,0 +1,66 @@
+// Tensor element types as GGUF numbers them, f16 conversion, and the CPU
+// reference for the block formats (the shaders dequantize the same layouts).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+namespace kvscope {
+
+// GGUF / ggml type ids (the numbers are the file format's).
+enum class GgmlType : uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  BF16 = 30,
+};
+
+struct TypeTraits {
+  std::string_view name;   // "F32", "Q8_0", ...
+  uint32_t block_elems;    // elements per block (1 for plain types)
+  uint32_t block_bytes;    // bytes per block
+};
+
+// Traits of a type this build knows the size of; nullopt for unknown ids.
+std::optional<TypeTraits> type_traits(uint32_t type_id);
+// Whether kvscope can compute with this type (F32 F16 Q8_0 Q4_0 now).
+bool type_supported(GgmlType t);
+std::string_view supported_types_list();  // "F32 F16 Q8_0 Q4_0"
+std::optional<GgmlType> type_from_name(std::string_view name);  // case-insensitive
+
+// Bytes of a row of n elements; n must be a multiple of block_elems.
+size_t row_bytes(GgmlType t, size_t n);
+
+// IEEE half <-> float, round to nearest even, inf/NaN preserved.
+uint16_t f32_to_f16(float f);
+float f16_to_f32(uint16_t h);
+
+// Q8_0: blocks of 32 -> { f16 d; int8 q[32]; }  x = d * q, d = amax / 127.
+// Q4_0: blocks of 32 -> { f16 d; uint8 qs[16]; } x = d * (q - 8),
+//   d = max / -8 where max is the signed value of largest magnitude;
+//   qs[j] holds element j in the low nibble and element j+16 in the high one.
+// Both match ggml's reference quantizers bit for bit.
+constexpr size_t kQ8_0BlockBytes = 34;
+constexpr size_t kQ4_0BlockBytes = 18;
+void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst);
+void dequantize_row(GgmlType t, std::span<const uint8_t> src, std::span<float> dst);
+
+}  // namespace kvscope

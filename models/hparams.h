@@ -1,0 +1,45 @@
+// Llama-family hyperparameters read from GGUF metadata, and the check that a
+// file's tensors have the shapes and types those hyperparameters imply.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "models/gguf.h"
+
+namespace kvscope {
+
+struct LlamaConfig {
+  std::string arch = "llama";   // general.architecture
+  std::string name;             // general.name, if any
+  uint32_t n_vocab = 0;         // from tokenizer.ggml.tokens or token_embd shape
+  uint32_t dim = 0;             // {arch}.embedding_length
+  uint32_t n_layer = 0;         // {arch}.block_count
+  uint32_t n_head = 0;          // {arch}.attention.head_count
+  uint32_t n_kv_head = 0;       // {arch}.attention.head_count_kv (default n_head)
+  uint32_t head_dim = 0;        // dim / n_head (or {arch}.attention.key_length)
+  uint32_t ffn_dim = 0;         // {arch}.feed_forward_length
+  uint32_t n_ctx_train = 0;     // {arch}.context_length
+  float norm_eps = 1e-5f;       // {arch}.attention.layer_norm_rms_epsilon
+  float rope_theta = 10000.0f;  // {arch}.rope.freq_base
+  uint32_t rope_dim = 0;        // {arch}.rope.dimension_count (default head_dim)
+  bool tied_output = false;     // no output.weight: logits use token_embd.weight
+
+  uint32_t kv_dim() const { return n_kv_head * head_dim; }
+  uint32_t q_dim() const { return n_head * head_dim; }
+};
+
+// Reads and validates the hyperparameters. Throws GgufError naming the file and
+// key for: unsupported architecture, missing keys, zero or absurd sizes,
+// n_head not divisible by n_kv_head, and every tensor whose shape or type does
+// not fit (missing tensor, wrong shape, type kvscope cannot compute with).
+LlamaConfig read_llama_config(const GgufFile& file);
+
+// Tensor names (llama.cpp's GGUF naming).
+std::string layer_tensor(uint32_t layer, const char* suffix);  // "blk.3.attn_q.weight"
+
+// Parameter count (all tensors' elements) and the KV bytes per token for a
+// cache storing K and V with `bytes_per_elem` each.
+uint64_t parameter_count(const GgufFile& file);
+double kv_bytes_per_token(const LlamaConfig& cfg, double bytes_per_elem);
+
+}  // namespace kvscope

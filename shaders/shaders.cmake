@@ -1,0 +1,93 @@
+# The one table of shader variants. Each row: NAME SOURCE [DEFINES...].
+# NAME becomes kvscope::shaders::Id::NAME in C++; DEFINES select dtype
+# variants only (sizes are specialization constants, per-step values are push
+# constants: see shaders/common/params.h).
+set(KVSCOPE_SHADER_TABLE
+  "smoke|smoke.comp|"
+  "embed_f32|embed.comp|WTYPE_F32"
+  "embed_f16|embed.comp|WTYPE_F16"
+  "embed_q8_0|embed.comp|WTYPE_Q8_0"
+  "embed_q4_0|embed.comp|WTYPE_Q4_0"
+  "rmsnorm|rmsnorm.comp|"
+  "matvec_f32|matvec.comp|WTYPE_F32"
+  "matvec_f16|matvec.comp|WTYPE_F16"
+  "matvec_q8_0|matvec.comp|WTYPE_Q8_0"
+  "matvec_q4_0|matvec.comp|WTYPE_Q4_0"
+  "matmul_f32|matmul.comp|WTYPE_F32"
+  "matmul_f16|matmul.comp|WTYPE_F16"
+  "matmul_q8_0|matmul.comp|WTYPE_Q8_0"
+  "matmul_q4_0|matmul.comp|WTYPE_Q4_0"
+  "rope|rope.comp|"
+  "kv_write_f32|kv_write.comp|KV_F32"
+  "kv_write_f16|kv_write.comp|KV_F16"
+  "attention_f32|attention.comp|KV_F32"
+  "attention_f16|attention.comp|KV_F16"
+  "swiglu|swiglu.comp|"
+  "add|add.comp|"
+)
+
+set(_gen ${CMAKE_BINARY_DIR}/generated)
+file(MAKE_DIRECTORY ${_gen}/kvscope_shaders)
+set(KVSCOPE_SHADER_SOURCES "")
+set(_enum "")
+set(_decls "")
+set(_cases "")
+set(_names "")
+file(GLOB _includes ${CMAKE_SOURCE_DIR}/shaders/common/*)
+foreach(row IN LISTS KVSCOPE_SHADER_TABLE)
+  string(REPLACE "|" ";" fields "${row}")
+  list(GET fields 0 name)
+  list(GET fields 1 src)
+  list(GET fields 2 defs)
+  set(defflags "")
+  if(defs)
+    string(REPLACE "," ";" deflist "${defs}")
+    foreach(d IN LISTS deflist)
+      list(APPEND defflags "-D${d}")
+    endforeach()
+  endif()
+  set(spv ${_gen}/kvscope_shaders/${name}.spv)
+  set(cpp ${_gen}/kvscope_shaders/${name}.cpp)
+  add_custom_command(
+    OUTPUT ${spv}
+    COMMAND ${GLSLANG} -V --target-env vulkan1.1 -I${CMAKE_SOURCE_DIR}/shaders/common
+            ${defflags} -o ${spv} ${CMAKE_SOURCE_DIR}/shaders/${src}
+    DEPENDS ${CMAKE_SOURCE_DIR}/shaders/${src} ${_includes}
+    COMMENT "glslang ${name}"
+    VERBATIM)
+  add_custom_command(
+    OUTPUT ${cpp}
+    COMMAND ${CMAKE_COMMAND} -DSPV=${spv} -DOUT=${cpp} -DNAME=${name} -P ${CMAKE_SOURCE_DIR}/cmake/embed_spirv.cmake
+    DEPENDS ${spv} ${CMAKE_SOURCE_DIR}/cmake/embed_spirv.cmake
+    VERBATIM)
+  list(APPEND KVSCOPE_SHADER_SOURCES ${cpp})
+  string(APPEND _enum "  ${name},\n")
+  string(APPEND _decls "extern const uint32_t ${name}[];\nextern const size_t ${name}_words;\n")
+  string(APPEND _cases "    case Id::${name}: return {data::${name}, data::${name}_words};\n")
+  string(APPEND _names "    case Id::${name}: return \"${name}\";\n")
+endforeach()
+
+set(_header "// generated from shaders/shaders.cmake — do not edit
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+namespace kvscope::shaders {
+enum class Id {
+${_enum}};
+namespace data {
+${_decls}}
+inline std::span<const uint32_t> spirv(Id id) {
+  switch (id) {
+${_cases}  }
+  return {};
+}
+inline std::string_view name(Id id) {
+  switch (id) {
+${_names}  }
+  return \"?\";
+}
+}  // namespace kvscope::shaders
+")
+file(CONFIGURE OUTPUT ${_gen}/kvscope_shaders.h CONTENT "${_header}")
