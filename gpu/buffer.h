@@ -27,6 +27,9 @@ class Buffer {
   Buffer& operator=(const Buffer&) = delete;
 
   VkBuffer handle() const { return buffer_; }
+  // Unique for the life of the process, unlike handle(), which the driver may
+  // hand out again after this buffer is destroyed (descriptor-set cache key).
+  uint64_t id() const { return id_; }
   uint64_t size() const { return size_; }
   bool host_visible() const { return mapped_ != nullptr; }
   void* mapped() const { return mapped_; }  // nullptr unless host-visible
@@ -50,6 +53,7 @@ class Buffer {
   uint64_t size_ = 0;
   void* mapped_ = nullptr;
   bool coherent_ = true;
+  uint64_t id_ = 0;
 };
 
 // What one binding of a dispatch sees: a range of a buffer.

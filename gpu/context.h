@@ -1,5 +1,17 @@
 // The Vulkan instance, the chosen physical device, its logical device and
-// compute queue. Move-only; everything else in gpu/ borrows a Context.
+// compute queue. Move-only; everything else in gpu/ borrows a Context (and
+// must be destroyed before it).
+//
+// The gpu/ layer in one paragraph: a Context picks a device and owns the
+// queue; Buffers are VkBuffers with their own memory (device, upload or
+// readback); a Pipeline is one shader of the build table (shaders/shaders.cmake,
+// embedded as SPIR-V) with its binding count, push-constant size and
+// specialization constants; a Recorder records many checked dispatches into one
+// command buffer and submits it once; a Timer attached to a Recorder sums GPU
+// time per pipeline name. Errors are GpuError (OutOfMemory for allocations),
+// with messages that say what to do. With KVSCOPE_VALIDATION=1 the Khronos
+// validation layer runs and its warnings/errors are counted
+// (validation_messages()), so tests can require zero.
 #pragma once
 #include <vulkan/vulkan.h>
 
@@ -78,6 +90,11 @@ class Context {
   uint64_t max_binding_bytes() const;
   uint32_t subgroup_size() const { return info().subgroup_size; }
 
+  const VkPhysicalDeviceProperties& properties() const;  // limits, ids
+  const VkPhysicalDeviceMemoryProperties& memory_properties() const;
+  // Largest single allocation the driver accepts (maxMemoryAllocationSize).
+  uint64_t max_allocation_bytes() const;
+
   // Memory type index with all of `required` (and `preferred` if possible);
   // throws GpuError if none.
   uint32_t memory_type(uint32_t type_bits, VkMemoryPropertyFlags required,
@@ -95,20 +112,27 @@ class Context {
   std::mutex& queue_mutex() const;
 
   // Runs `record` in a one-shot command buffer and waits (uploads, tests).
+  // Thread-safe; const because Buffers borrow a const Context for uploads.
   template <class F>
-  void run_once(F&& record);
+  void run_once(F&& record) const;
 
  private:
   struct State;
   std::unique_ptr<State> s_;
-  VkCommandBuffer begin_one_shot();
-  void end_one_shot(VkCommandBuffer cb);
+  VkCommandBuffer begin_one_shot() const;
+  void end_one_shot(VkCommandBuffer cb) const;
+  void abandon_one_shot(VkCommandBuffer cb) const;  // `record` threw
 };
 
 template <class F>
-void Context::run_once(F&& record) {
+void Context::run_once(F&& record) const {
   VkCommandBuffer cb = begin_one_shot();
-  record(cb);
+  try {
+    record(cb);
+  } catch (...) {
+    abandon_one_shot(cb);
+    throw;
+  }
   end_one_shot(cb);
 }
 

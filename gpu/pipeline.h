@@ -55,7 +55,10 @@ class Pipeline {
   VkPipeline pipeline_ = VK_NULL_HANDLE;
   std::vector<VkDescriptorPool> pools_;
   uint32_t sets_in_last_pool_ = 0;
-  std::map<std::vector<uint64_t>, VkDescriptorSet> sets_;  // key: (buffer, offset, range)...
+  std::map<std::vector<uint64_t>, VkDescriptorSet> sets_;  // key: (buffer id, offset, range)...
+  std::vector<uint64_t> key_scratch_;  // reused so that a cache hit allocates nothing
+  uint32_t last_pool_capacity_ = 0;    // sets the newest pool holds; pools grow
+  VkDescriptorPool new_pool();
   void release();
 };
 

@@ -59,6 +59,8 @@ class Recorder {
   Timer* timer_ = nullptr;
   uint32_t dispatches_ = 0;
   bool recording_ = false;
+  VkPipeline bound_pipeline_ = VK_NULL_HANDLE;  // skips rebinding in runs of one op
+  void release();
 };
 
 }  // namespace kvscope::gpu

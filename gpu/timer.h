@@ -28,7 +28,9 @@ class Timer {
   void before(VkCommandBuffer cb, std::string_view name);
   void after(VkCommandBuffer cb);
   // After the submit completes: milliseconds per pipeline name for that submit
-  // (added to totals()).
+  // (added to totals()). Call it only after submit_and_wait() of a step begun
+  // with this Timer (it waits for the results); a second call returns {}.
+  // Dispatches beyond max_dispatches in one step go untimed.
   std::map<std::string, double> collect();
   const std::map<std::string, double>& totals() const { return totals_; }
 
@@ -38,6 +40,9 @@ class Timer {
   uint32_t capacity_ = 0, used_ = 0;
   std::vector<std::string> names_;
   std::map<std::string, double> totals_;
+  std::vector<uint64_t> results_;  // reused by collect()
+  uint64_t valid_mask_ = ~0ull;    // the queue's timestampValidBits
+  void release();
 };
 
 }  // namespace kvscope::gpu

@@ -1,1 +1,261 @@
-// placeholder: being written
+// The GPU forward pass. Reads top to bottom like models/reference.cpp:
+// embed -> per layer { rmsnorm -> q,k,v -> rope -> kv write -> attention ->
+// wo (+residual) -> rmsnorm -> gate, up -> swiglu -> down (+residual) } ->
+// final norm -> logits. One command buffer per batch, one submit, one wait.
+#include "models/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <utility>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "shaders/common/params.h"
+
+namespace kvscope {
+
+namespace {
+
+using gpu::Binding;
+using gpu::Buffer;
+using gpu::MemoryUse;
+using shaders::Id;
+
+int type_index(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return 0;
+    case GgmlType::F16: return 1;
+    case GgmlType::Q8_0: return 2;
+    case GgmlType::Q4_0: return 3;
+    default: break;
+  }
+  throw std::invalid_argument(fmt::format("no shader for weight type {}", type_traits(uint32_t(t))->name));
+}
+
+// Threads per workgroup (specialization constant 0 of every shader): a power
+// of two, at least the device's subgroup size, 64 where the device allows.
+uint32_t workgroup_size(const gpu::Context& ctx) {
+  uint32_t wg = 64;
+  while (wg < ctx.subgroup_size()) wg *= 2;
+  while (wg > ctx.info().max_workgroup_size_x && wg > 8) wg /= 2;
+  return wg;
+}
+
+// Launch geometry; each must agree with the "groups:" line of its shader in
+// shaders/common/params.h.
+uint32_t matvec_groups(uint64_t rows) { return gpu::ceil_div(rows, KVSCOPE_MATVEC_ROWS_PER_GROUP); }
+std::pair<uint32_t, uint32_t> matmul_groups(uint64_t rows, uint32_t n_tokens, uint32_t wg) {
+  return {gpu::ceil_div(rows, KVSCOPE_MATMUL_TILE_ROWS), gpu::ceil_div(n_tokens, wg / 2)};
+}
+uint32_t elementwise_groups(uint64_t n, uint32_t wg) { return gpu::ceil_div(n, wg); }
+
+}  // namespace
+
+void GpuModel::make_pipelines() {
+  const gpu::Context& ctx = *ctx_;
+  const uint32_t wg = wg_ = workgroup_size(ctx);
+  auto make = [&](Id id, uint32_t bindings, uint32_t push, std::vector<uint32_t> spec = {}) {
+    spec.insert(spec.begin(), wg);
+    return gpu::Pipeline(ctx, gpu::PipelineDesc{id, bindings, push, spec});
+  };
+  using namespace params;
+  Pipelines& P = pipelines_;
+  const Id embed[4] = {Id::embed_f32, Id::embed_f16, Id::embed_q8_0, Id::embed_q4_0};
+  const Id matvec[4] = {Id::matvec_f32, Id::matvec_f16, Id::matvec_q8_0, Id::matvec_q4_0};
+  const Id matmul[4] = {Id::matmul_f32, Id::matmul_f16, Id::matmul_q8_0, Id::matmul_q4_0};
+  // Only the weight types this model uses: lavapipe compiles each pipeline
+  // through LLVM, so unused variants would cost start-up time.
+  std::set<int> used = {type_index(weights_.token_embd.type), type_index(weights_.logits_weight().type)};
+  for (const auto& L : weights_.layers)
+    for (const GpuTensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3}) used.insert(type_index(t->type));
+  for (int i : used) {
+    P.matvec[i] = make(matvec[i], 4, sizeof(MatVecParams), {KVSCOPE_MATVEC_ROWS_PER_GROUP});
+    P.matmul[i] = make(matmul[i], 4, sizeof(MatMulParams));
+  }
+  const int embed_type = type_index(weights_.token_embd.type);
+  P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams));
+  P.rmsnorm = make(Id::rmsnorm, 3, sizeof(RmsNormParams));
+  P.rope = make(Id::rope, 3, sizeof(RopeParams));
+  P.swiglu = make(Id::swiglu, 3, sizeof(SwigluParams));
+  P.kv_write[0] = make(Id::kv_write_f32, 5, sizeof(KvWriteParams));
+  P.kv_write[1] = make(Id::kv_write_f16, 5, sizeof(KvWriteParams));
+  P.attention[0] = make(Id::attention_f32, 7, sizeof(AttentionParams));
+  P.attention[1] = make(Id::attention_f16, 7, sizeof(AttentionParams));
+}
+
+GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, uint32_t capacity)
+    : ctx_(&ctx), cfg_(read_llama_config(file)), capacity_(capacity), recorder_(ctx) {
+  if (capacity == 0) throw std::invalid_argument("context length must be > 0");
+  // The attention probe row of every batch token must fit one binding.
+  const uint64_t probe_row = uint64_t{cfg_.n_head} * capacity * 4;
+  const uint64_t logits_row = uint64_t{cfg_.n_vocab} * 4;
+  const uint64_t limit = ctx.max_binding_bytes();
+  max_batch_ = static_cast<uint32_t>(std::min<uint64_t>({max_batch, limit / probe_row, limit / logits_row}));
+  if (max_batch_ == 0)
+    throw std::invalid_argument(fmt::format(
+        "a context of {} tokens needs {} bytes of attention scratch per token, more than one "
+        "binding of {} bytes on {}; use a smaller context (-c)",
+        capacity, probe_row, limit, ctx.info().name));
+
+  weights_ = upload_weights(ctx, file, cfg_);
+  make_pipelines();
+
+  const uint64_t b = max_batch_;
+  tokens_ = Buffer(ctx, b * 4, MemoryUse::Upload, "tokens");
+  positions_ = Buffer(ctx, b * 4, MemoryUse::Upload, "positions");
+  x_ = Buffer(ctx, b * cfg_.dim * 4, MemoryUse::Device, "x");
+  xb_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb");
+  xb2_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb2");
+  q_ = Buffer(ctx, b * cfg_.q_dim() * 4, MemoryUse::Device, "q");
+  k_ = Buffer(ctx, b * cfg_.kv_dim() * 4, MemoryUse::Device, "k");
+  v_ = Buffer(ctx, b * cfg_.kv_dim() * 4, MemoryUse::Device, "v");
+  hb_ = Buffer(ctx, b * cfg_.ffn_dim * 4, MemoryUse::Device, "hb");
+  hb2_ = Buffer(ctx, b * cfg_.ffn_dim * 4, MemoryUse::Device, "hb2");
+  probs_ = Buffer(ctx, b * probe_row, MemoryUse::Device, "attention probe");
+  x_last_ = Buffer(ctx, cfg_.dim * 4, MemoryUse::Device, "x last");
+  xn_last_ = Buffer(ctx, cfg_.dim * 4, MemoryUse::Device, "x last normed");
+  logits_ = Buffer(ctx, b * logits_row, MemoryUse::Readback, "logits");
+}
+
+void GpuModel::set_profiling(bool on) {
+  if (on && !timer_) timer_ = std::make_unique<gpu::Timer>(*ctx_, 4096);
+  if (!on) timer_.reset();
+}
+
+std::map<std::string, double> GpuModel::take_profile() { return std::exchange(profile_, {}); }
+
+std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
+                                         kv::KvCache& cache, LogitsWanted wanted) {
+  if (tokens.size() != positions.size()) throw std::invalid_argument("forward: tokens and positions differ in length");
+  if (tokens.empty()) throw std::invalid_argument("forward: no tokens");
+  for (int32_t t : tokens)
+    if (t < 0 || static_cast<uint32_t>(t) >= cfg_.n_vocab)
+      throw std::invalid_argument(fmt::format("token id {} is outside the vocabulary of {}", t, cfg_.n_vocab));
+  if (cache.capacity() > capacity_)
+    throw std::invalid_argument(fmt::format("a cache of {} slots is larger than this model was built for ({})",
+                                            cache.capacity(), capacity_));
+  // Check the whole input fits before writing anything.
+  for (uint32_t l = 0; l < cfg_.n_layer; ++l)
+    for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
+      if (cache.table(l, h).live() + tokens.size() > cache.capacity())
+        throw kv::ContextFull(fmt::format(
+            "{} new tokens do not fit: the context holds {} of {} tokens; use a larger context (-c) or "
+            "a shorter prompt",
+            tokens.size(), cache.table(l, h).live(), cache.capacity()));
+
+  const size_t n_vocab = cfg_.n_vocab;
+  logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
+  for (size_t start = 0; start < tokens.size(); start += max_batch_) {
+    const size_t n = std::min<size_t>(max_batch_, tokens.size() - start);
+    const bool last_batch = start + n == tokens.size();
+    tokens_.write_as<int32_t>(tokens.subspan(start, n));
+    positions_.write_as<int32_t>(positions.subspan(start, n));
+    cache.reserve(positions.subspan(start, n));
+    const LogitsWanted w = wanted == LogitsWanted::All ? LogitsWanted::All : LogitsWanted::Last;
+    if (wanted == LogitsWanted::Last && !last_batch) {
+      record_batch(tokens.subspan(start, n), cache, LogitsWanted::Last);  // logits unused
+      continue;
+    }
+    record_batch(tokens.subspan(start, n), cache, w);
+    const float* src = static_cast<const float*>(logits_.mapped());
+    if (w == LogitsWanted::All)
+      std::memcpy(logits_host_.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
+    else
+      std::memcpy(logits_host_.data(), src, n_vocab * sizeof(float));
+  }
+  return logits_host_;
+}
+
+void GpuModel::matmul(const GpuTensor& w, const Buffer& x, Buffer& y, uint32_t n_tokens, uint32_t y_stride,
+                      bool accumulate) {
+  const int ti = type_index(w.type);
+  for (const auto& chunk : w.chunks()) {
+    if (n_tokens == 1) {
+      params::MatVecParams p{uint32_t(chunk.rows), uint32_t(w.cols), 1, y_stride, uint32_t(chunk.first_row),
+                             accumulate ? 1u : 0u};
+      recorder_.dispatch(pipelines_.matvec[ti], {chunk.values, chunk.scales, x, y}, p, matvec_groups(chunk.rows));
+    } else {
+      params::MatMulParams p{uint32_t(chunk.rows), uint32_t(w.cols), n_tokens, y_stride, uint32_t(chunk.first_row),
+                             accumulate ? 1u : 0u};
+      auto [gx, gy] = matmul_groups(chunk.rows, n_tokens, wg_);
+      recorder_.dispatch(pipelines_.matmul[ti], {chunk.values, chunk.scales, x, y}, p, gx, gy);
+    }
+  }
+}
+
+void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted) {
+  const uint32_t n = static_cast<uint32_t>(tokens.size());
+  const uint32_t dim = cfg_.dim, hd = cfg_.head_dim, q_dim = cfg_.q_dim(), kv_dim = cfg_.kv_dim();
+  const uint32_t ffn = cfg_.ffn_dim;
+  auto& P = pipelines_;
+  auto& rec = recorder_;
+
+  rec.begin(timer_.get());
+
+  const GpuTensor& embd = weights_.token_embd;
+  for (const auto& chunk : embd.chunks()) {
+    params::EmbedParams p{n, dim, uint32_t(chunk.rows), uint32_t(chunk.first_row)};
+    rec.dispatch(P.embed[type_index(embd.type)], {tokens_, chunk.values, chunk.scales, x_}, p, n);
+  }
+  rec.barrier();
+
+  for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
+    const GpuLayer& L = weights_.layers[l];
+    // attention block
+    rec.dispatch(P.rmsnorm, {x_, L.attn_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
+    rec.barrier();
+    matmul(L.wq, xb_, q_, n, q_dim, false);
+    matmul(L.wk, xb_, k_, n, kv_dim, false);
+    matmul(L.wv, xb_, v_, n, kv_dim, false);
+    rec.barrier();
+    params::RopeParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, cfg_.rope_theta};
+    rec.dispatch(P.rope, {q_, k_, positions_}, rp, cfg_.n_head + cfg_.n_kv_head, n);
+    rec.barrier();
+    const int kf = cache.config().k_format == kv::Format::F32 ? 0 : 1;
+    params::KvWriteParams kp{n, cfg_.n_kv_head, hd, cache.capacity()};
+    rec.dispatch(P.kv_write[kf], {k_, v_, cache.write_slots(l), cache.keys(l), cache.values(l)}, kp,
+                 cfg_.n_kv_head, n);
+    rec.barrier();
+    params::AttentionParams ap{n, cfg_.n_head, cfg_.n_kv_head, hd, cache.capacity(), cache.scan_slots(l),
+                               1.0f / std::sqrt(float(hd))};
+    rec.dispatch(P.attention[kf],
+                 {q_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_}, ap,
+                 cfg_.n_head, n);
+    rec.barrier();
+    matmul(L.wo, xb2_, x_, n, dim, true);
+    rec.barrier();
+
+    // feed-forward block
+    rec.dispatch(P.rmsnorm, {x_, L.ffn_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
+    rec.barrier();
+    matmul(L.w1, xb_, hb_, n, ffn, false);
+    matmul(L.w3, xb_, hb2_, n, ffn, false);
+    rec.barrier();
+    rec.dispatch(P.swiglu, {hb_, hb2_, hb_}, params::SwigluParams{n * ffn}, elementwise_groups(uint64_t{n} * ffn, wg_));
+    rec.barrier();
+    matmul(L.w2, hb_, x_, n, dim, true);
+    rec.barrier();
+  }
+
+  // final norm and logits: of every token, or of the last one only
+  if (wanted == LogitsWanted::All) {
+    rec.dispatch(P.rmsnorm, {x_, weights_.output_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
+    rec.barrier();
+    matmul(weights_.logits_weight(), xb_, logits_, n, cfg_.n_vocab, false);
+  } else {
+    rec.copy(x_, uint64_t{n - 1} * dim * 4, x_last_, 0, dim * 4);
+    rec.barrier();
+    rec.dispatch(P.rmsnorm, {x_last_, weights_.output_norm, xn_last_}, params::RmsNormParams{1, dim, cfg_.norm_eps}, 1);
+    rec.barrier();
+    matmul(weights_.logits_weight(), xn_last_, logits_, 1, cfg_.n_vocab, false);
+  }
+  rec.submit_and_wait();
+  last_dispatches_ = rec.dispatch_count();
+  if (timer_)
+    for (const auto& [name, ms] : timer_->collect()) profile_[name] += ms;
+}
+
+}  // namespace kvscope

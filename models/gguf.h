@@ -97,6 +97,11 @@ class GgufFile {
   const GgufTensorInfo* find_tensor(const std::string& name) const;  // nullptr if absent
   const GgufTensorInfo& tensor(const std::string& name) const;       // GgufError if absent
 
+  // Lets the kernel drop the mapped pages once the weights live elsewhere
+  // (madvise DONTNEED on a read-only file mapping: touched again, they are
+  // re-read from the file). No effect on files read from memory.
+  void release_pages() const;
+
  private:
   GgufFile() = default;
   void parse();

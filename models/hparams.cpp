@@ -1,1 +1,157 @@
-// placeholder: being written
+// Llama-family hyperparameters and the shape/type check of every tensor the
+// forward pass will read. Everything that could make a later kernel index
+// out of bounds is rejected here, with the file and the key or tensor named.
+#include "models/hparams.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace kvscope {
+
+namespace {
+
+// Sanity caps: far above any real Llama-family model, far below what would
+// overflow the 32-bit sizes the shaders compute with.
+constexpr uint64_t kMaxDim = 65536;
+constexpr uint64_t kMaxLayers = 1024;
+constexpr uint64_t kMaxHeads = 1024;
+constexpr uint64_t kMaxHeadDim = 1024;
+constexpr uint64_t kMaxFfnDim = 1u << 20;
+constexpr uint64_t kMaxVocab = 1u << 24;
+constexpr uint64_t kMaxContext = 1u << 26;
+
+class ConfigReader {
+ public:
+  explicit ConfigReader(const GgufFile& file) : file_(file) {}
+
+  [[noreturn]] void fail(const std::string& what) const {
+    throw GgufError(fmt::format("{}: {}", file_.path(), what));
+  }
+
+  uint32_t checked(const std::string& key, uint64_t value, uint64_t max) const {
+    if (value == 0) fail(fmt::format("{} is 0", key));
+    if (value > max) fail(fmt::format("{} is {}, more than kvscope accepts ({})", key, value, max));
+    return static_cast<uint32_t>(value);
+  }
+  uint32_t required(const std::string& key, uint64_t max) const {
+    if (!file_.has(key)) fail(fmt::format("metadata {} is missing; this llama model needs it", key));
+    return checked(key, file_.get_uint(key), max);
+  }
+  uint32_t optional(const std::string& key, uint64_t fallback, uint64_t max) const {
+    return checked(key, file_.get_uint_or(key, fallback), max);
+  }
+  float positive_float(const std::string& key, double fallback) const {
+    const double v = file_.get_float_or(key, fallback);
+    if (!(v > 0.0) || v > 1e30) fail(fmt::format("{} is {}, expected a positive number", key, v));
+    return static_cast<float>(v);
+  }
+
+ private:
+  const GgufFile& file_;
+};
+
+std::string shape_string(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+void check_tensor(const GgufFile& file, const std::string& name, std::vector<uint64_t> expected, bool must_be_f32) {
+  const GgufTensorInfo* t = file.find_tensor(name);
+  if (!t) throw GgufError(fmt::format("{}: tensor '{}' is missing; this llama model needs it", file.path(), name));
+  const std::string_view type_name = type_traits(static_cast<uint32_t>(t->type))->name;  // reader checked the id
+  if (!type_supported(t->type))
+    throw GgufError(fmt::format("{}: tensor {} has type {}, which kvscope does not support yet; supported: {}",
+                                file.path(), name, type_name, supported_types_list()));
+  if (must_be_f32 && t->type != GgmlType::F32)
+    throw GgufError(fmt::format("{}: tensor '{}' has type {}; norm weights must be F32", file.path(), name, type_name));
+  if (t->shape != expected)
+    throw GgufError(fmt::format("{}: tensor '{}' has shape {}, expected {} for this llama model", file.path(), name,
+                                shape_string(t->shape), shape_string(expected)));
+}
+
+}  // namespace
+
+std::string layer_tensor(uint32_t layer, const char* suffix) { return fmt::format("blk.{}.{}", layer, suffix); }
+
+LlamaConfig read_llama_config(const GgufFile& file) {
+  ConfigReader in(file);
+  LlamaConfig cfg;
+  if (!file.has("general.architecture"))
+    in.fail("metadata general.architecture is missing; kvscope runs llama-family models");
+  cfg.arch = file.get_string("general.architecture");
+  if (cfg.arch != "llama")
+    in.fail(fmt::format("general.architecture is '{}'; kvscope runs llama-family models", cfg.arch));
+  cfg.name = file.get_string_or("general.name", "");
+
+  const std::string& a = cfg.arch;  // every hyperparameter key is prefixed with the architecture
+  cfg.dim = in.required(a + ".embedding_length", kMaxDim);
+  cfg.n_layer = in.required(a + ".block_count", kMaxLayers);
+  cfg.n_head = in.required(a + ".attention.head_count", kMaxHeads);
+  cfg.n_kv_head = in.optional(a + ".attention.head_count_kv", cfg.n_head, kMaxHeads);
+  cfg.ffn_dim = in.required(a + ".feed_forward_length", kMaxFfnDim);
+  cfg.n_ctx_train = in.required(a + ".context_length", kMaxContext);
+  cfg.norm_eps = in.positive_float(a + ".attention.layer_norm_rms_epsilon", 1e-5);
+  cfg.rope_theta = in.positive_float(a + ".rope.freq_base", 10000.0);
+
+  if (cfg.n_head % cfg.n_kv_head != 0)
+    in.fail(fmt::format("{}.attention.head_count {} is not a multiple of {}.attention.head_count_kv {}", a, cfg.n_head,
+                        a, cfg.n_kv_head));
+  const std::string key_length = a + ".attention.key_length";
+  if (!file.has(key_length) && cfg.dim % cfg.n_head != 0)
+    in.fail(fmt::format("{}.embedding_length {} is not a multiple of {}.attention.head_count {}", a, cfg.dim, a,
+                        cfg.n_head));
+  cfg.head_dim = in.optional(key_length, cfg.dim / cfg.n_head, kMaxHeadDim);
+  if (cfg.head_dim % 2 != 0) in.fail(fmt::format("head dimension {} is odd; rotary embedding needs pairs", cfg.head_dim));
+  cfg.rope_dim = in.optional(a + ".rope.dimension_count", cfg.head_dim, kMaxHeadDim);
+  if (cfg.rope_dim % 2 != 0 || cfg.rope_dim > cfg.head_dim)
+    in.fail(fmt::format("{}.rope.dimension_count {} must be even and at most the head dimension {}", a, cfg.rope_dim,
+                        cfg.head_dim));
+
+  // Vocabulary size: the tokenizer is the authority when present.
+  const GgufTensorInfo* embd = file.find_tensor("token_embd.weight");
+  uint64_t n_vocab = 0;
+  if (file.has("tokenizer.ggml.tokens")) {
+    const GgufValue& tokens = file.get("tokenizer.ggml.tokens");
+    try {
+      n_vocab = tokens.as_array("tokenizer.ggml.tokens").items.size();
+    } catch (const GgufError& e) {
+      in.fail(e.what());
+    }
+  } else if (embd && embd->shape.size() == 2) {
+    n_vocab = embd->shape[1];
+  } else if (!embd) {
+    in.fail("tensor 'token_embd.weight' is missing; this llama model needs it");
+  } else {
+    in.fail(fmt::format("tensor 'token_embd.weight' has shape {}, expected [{}, n_vocab] for this llama model",
+                        shape_string(embd->shape), cfg.dim));
+  }
+  cfg.n_vocab = in.checked("vocabulary size", n_vocab, kMaxVocab);
+
+  // Tensors, shapes ne[0] first (ne[0] is the input side of a matmul).
+  const uint64_t dim = cfg.dim, q_dim = cfg.q_dim(), kv_dim = cfg.kv_dim(), ffn = cfg.ffn_dim;
+  check_tensor(file, "token_embd.weight", {dim, cfg.n_vocab}, false);
+  check_tensor(file, "output_norm.weight", {dim}, true);
+  cfg.tied_output = file.find_tensor("output.weight") == nullptr;
+  if (!cfg.tied_output) check_tensor(file, "output.weight", {dim, cfg.n_vocab}, false);
+  for (uint32_t l = 0; l < cfg.n_layer; ++l) {
+    check_tensor(file, layer_tensor(l, "attn_norm.weight"), {dim}, true);
+    check_tensor(file, layer_tensor(l, "attn_q.weight"), {dim, q_dim}, false);
+    check_tensor(file, layer_tensor(l, "attn_k.weight"), {dim, kv_dim}, false);
+    check_tensor(file, layer_tensor(l, "attn_v.weight"), {dim, kv_dim}, false);
+    check_tensor(file, layer_tensor(l, "attn_output.weight"), {q_dim, dim}, false);
+    check_tensor(file, layer_tensor(l, "ffn_norm.weight"), {dim}, true);
+    check_tensor(file, layer_tensor(l, "ffn_gate.weight"), {dim, ffn}, false);
+    check_tensor(file, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, false);
+    check_tensor(file, layer_tensor(l, "ffn_down.weight"), {ffn, dim}, false);
+  }
+  return cfg;
+}
+
+uint64_t parameter_count(const GgufFile& file) {
+  uint64_t total = 0;
+  for (const GgufTensorInfo& t : file.tensors()) total += t.n_elements;
+  return total;
+}
+
+double kv_bytes_per_token(const LlamaConfig& cfg, double bytes_per_elem) {
+  return 2.0 * cfg.n_layer * cfg.kv_dim() * bytes_per_elem;  // K and V, every layer
+}
+
+}  // namespace kvscope

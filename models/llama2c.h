@@ -1,5 +1,6 @@
 // Conversion of a llama2.c checkpoint (model.bin + tokenizer.bin) to GGUF.
 #pragma once
+#include <cstdint>
 #include <string>
 
 namespace kvscope {

@@ -1,1 +1,129 @@
-// placeholder: being written
+// The reference forward pass, in data-flow order (llama2.c's run.c, with
+// GGUF tensors of any supported type dequantized row by row in matvec).
+#include "models/reference.h"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+namespace kvscope::reference {
+
+namespace {
+
+TensorView view(const GgufFile& file, const std::string& name) {
+  const GgufTensorInfo& t = file.tensor(name);
+  TensorView v;
+  v.type = t.type;
+  v.data = t.data;
+  v.cols = t.shape.at(0);
+  v.rows = t.shape.size() > 1 ? t.shape[1] : 1;
+  return v;
+}
+
+std::vector<float> floats(const GgufFile& file, const std::string& name) {
+  const TensorView v = view(file, name);
+  std::vector<float> out(v.rows * v.cols);
+  dequantize_row(v.type, {v.data, row_bytes(v.type, out.size())}, out);
+  return out;
+}
+
+}  // namespace
+
+ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
+  ModelWeights w;
+  w.token_embd = view(file, "token_embd.weight");
+  w.output_norm = floats(file, "output_norm.weight");
+  w.output = cfg.tied_output ? w.token_embd : view(file, "output.weight");
+  for (uint32_t l = 0; l < cfg.n_layer; ++l) {
+    LayerWeights lw;
+    lw.attn_norm = floats(file, layer_tensor(l, "attn_norm.weight"));
+    lw.wq = view(file, layer_tensor(l, "attn_q.weight"));
+    lw.wk = view(file, layer_tensor(l, "attn_k.weight"));
+    lw.wv = view(file, layer_tensor(l, "attn_v.weight"));
+    lw.wo = view(file, layer_tensor(l, "attn_output.weight"));
+    lw.ffn_norm = floats(file, layer_tensor(l, "ffn_norm.weight"));
+    lw.w1 = view(file, layer_tensor(l, "ffn_gate.weight"));
+    lw.w3 = view(file, layer_tensor(l, "ffn_up.weight"));
+    lw.w2 = view(file, layer_tensor(l, "ffn_down.weight"));
+    w.layers.push_back(std::move(lw));
+  }
+  return w;
+}
+
+Model::Model(const GgufFile& file, uint32_t n_ctx)
+    : cfg_(read_llama_config(file)), w_(view_weights(file, cfg_)), n_ctx_(n_ctx) {
+  if (n_ctx == 0) throw std::invalid_argument("reference model: context length must be > 0");
+  const size_t dim = cfg_.dim, kv_dim = cfg_.kv_dim(), q_dim = cfg_.q_dim();
+  key_cache_.assign(size_t{cfg_.n_layer} * n_ctx * kv_dim, 0.0f);
+  value_cache_.assign(key_cache_.size(), 0.0f);
+  x_.resize(dim);
+  xb_.resize(std::max(dim, q_dim));
+  xb2_.resize(dim);
+  hb_.resize(cfg_.ffn_dim);
+  hb2_.resize(cfg_.ffn_dim);
+  q_.resize(q_dim);
+  k_.resize(kv_dim);
+  v_.resize(kv_dim);
+  att_.resize(n_ctx);
+  logits_.resize(cfg_.n_vocab);
+  probs_.assign(cfg_.n_layer, std::vector<std::vector<float>>(cfg_.n_head));
+}
+
+static void mv(std::span<float> y, const TensorView& w, std::span<const float> x) {
+  matvec(y, w.type, w.data, w.rows, w.cols, x);
+}
+
+const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
+  if (pos < 0 || static_cast<uint32_t>(pos) >= n_ctx_)
+    throw std::out_of_range(fmt::format("reference model: position {} outside the context of {}", pos, n_ctx_));
+  const uint32_t dim = cfg_.dim, hd = cfg_.head_dim, kv_dim = cfg_.kv_dim(), q_dim = cfg_.q_dim();
+  const uint32_t group = cfg_.n_head / cfg_.n_kv_head;
+
+  embed(x_, w_.token_embd.type, w_.token_embd.data, w_.token_embd.rows, dim, token);
+
+  for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
+    const LayerWeights& lw = w_.layers[l];
+    float* key_layer = key_cache_.data() + size_t{l} * n_ctx_ * kv_dim;    // (n_ctx, kv_dim)
+    float* value_layer = value_cache_.data() + size_t{l} * n_ctx_ * kv_dim;
+
+    // attention: rmsnorm -> q, k, v -> rope -> cache -> softmax(q.k) v -> wo
+    rmsnorm({xb_.data(), dim}, x_, lw.attn_norm, cfg_.norm_eps);
+    mv(q_, lw.wq, {xb_.data(), dim});
+    mv(k_, lw.wk, {xb_.data(), dim});
+    mv(v_, lw.wv, {xb_.data(), dim});
+    for (uint32_t h = 0; h < cfg_.n_head; ++h) rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta);
+    for (uint32_t h = 0; h < cfg_.n_kv_head; ++h) rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta);
+    std::memcpy(key_layer + size_t(pos) * kv_dim, k_.data(), kv_dim * sizeof(float));
+    std::memcpy(value_layer + size_t(pos) * kv_dim, v_.data(), kv_dim * sizeof(float));
+
+    const uint32_t n = static_cast<uint32_t>(pos) + 1;
+    std::vector<float> keys(size_t{n} * hd), values(size_t{n} * hd);
+    for (uint32_t h = 0; h < cfg_.n_head; ++h) {
+      const uint32_t kv_head = h / group;
+      for (uint32_t t = 0; t < n; ++t) {
+        std::memcpy(&keys[size_t{t} * hd], key_layer + size_t{t} * kv_dim + kv_head * hd, hd * sizeof(float));
+        std::memcpy(&values[size_t{t} * hd], value_layer + size_t{t} * kv_dim + kv_head * hd, hd * sizeof(float));
+      }
+      probs_[l][h].assign(n, 0.0f);
+      attention_head({xb_.data() + h * hd, hd}, {q_.data() + h * hd, hd}, keys, values, n, hd, probs_[l][h]);
+    }
+    mv(xb2_, lw.wo, {xb_.data(), q_dim});
+    for (uint32_t i = 0; i < dim; ++i) x_[i] += xb2_[i];
+
+    // feed-forward: rmsnorm -> silu(w1 x) * (w3 x) -> w2
+    rmsnorm({xb_.data(), dim}, x_, lw.ffn_norm, cfg_.norm_eps);
+    mv(hb_, lw.w1, {xb_.data(), dim});
+    mv(hb2_, lw.w3, {xb_.data(), dim});
+    swiglu(hb_, hb_, hb2_);
+    mv(xb2_, lw.w2, hb_);
+    for (uint32_t i = 0; i < dim; ++i) x_[i] += xb2_[i];
+  }
+
+  rmsnorm({xb_.data(), dim}, x_, w_.output_norm, cfg_.norm_eps);
+  mv(logits_, w_.output, {xb_.data(), dim});
+  return logits_;
+}
+
+}  // namespace kvscope::reference

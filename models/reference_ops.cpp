@@ -1,1 +1,97 @@
-// placeholder: being written
+// The CPU reference ops: plain loops in f32, one function per shader, written
+// to be read (llama2.c style). Every GPU op is tested against these.
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "models/reference.h"
+
+namespace kvscope::reference {
+
+void rmsnorm(std::span<float> out, std::span<const float> x, std::span<const float> w, float eps) {
+  const size_t n = x.size();
+  float sum_sq = 0.0f;
+  for (size_t i = 0; i < n; ++i) sum_sq += x[i] * x[i];
+  const float inv_rms = 1.0f / std::sqrt(sum_sq / static_cast<float>(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = x[i] * inv_rms * w[i];
+}
+
+void matvec(std::span<float> y, GgmlType type, const uint8_t* w, uint64_t rows, uint64_t cols,
+            std::span<const float> x) {
+  const size_t bytes_per_row = row_bytes(type, cols);
+  std::vector<float> w_row(cols);  // one dequantized row at a time
+  for (uint64_t r = 0; r < rows; ++r) {
+    dequantize_row(type, {w + r * bytes_per_row, bytes_per_row}, w_row);
+    float sum = 0.0f;
+    for (uint64_t k = 0; k < cols; ++k) sum += w_row[k] * x[k];
+    y[r] = sum;
+  }
+}
+
+void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n_vocab,
+           uint64_t dim, int32_t id) {
+  if (id < 0 || static_cast<uint64_t>(id) >= n_vocab) {
+    throw std::out_of_range("reference::embed: token id " + std::to_string(id) +
+                            " is outside the vocabulary of " + std::to_string(n_vocab));
+  }
+  const size_t bytes_per_row = row_bytes(type, dim);
+  dequantize_row(type, {table + static_cast<uint64_t>(id) * bytes_per_row, bytes_per_row},
+                 out.first(dim));
+}
+
+void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta) {
+  for (uint32_t i = 0; i < rope_dim / 2; ++i) {
+    // Pair (2i, 2i+1) turns at theta^(-2i/rope_dim) radians per position.
+    const float freq = std::pow(theta, -static_cast<float>(2 * i) / static_cast<float>(rope_dim));
+    const float angle = static_cast<float>(pos) * freq;
+    const float c = std::cos(angle), s = std::sin(angle);
+    const float x0 = head[2 * i], x1 = head[2 * i + 1];
+    head[2 * i] = x0 * c - x1 * s;
+    head[2 * i + 1] = x0 * s + x1 * c;
+  }
+}
+
+void swiglu(std::span<float> out, std::span<const float> gate, std::span<const float> up) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+void softmax(std::span<float> x) {
+  if (x.empty()) return;
+  float max_value = x[0];
+  for (float v : x) max_value = std::max(max_value, v);
+  float sum = 0.0f;
+  for (float& v : x) {
+    v = std::exp(v - max_value);
+    sum += v;
+  }
+  for (float& v : x) v /= sum;
+}
+
+void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
+                    std::span<const float> values, uint32_t n, uint32_t head_dim,
+                    std::span<float> probs) {
+  // scores (n) = q . key_i / sqrt(head_dim), softmaxed over the n keys
+  std::vector<float> scores(n);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  for (uint32_t i = 0; i < n; ++i) {
+    float score = 0.0f;
+    for (uint32_t d = 0; d < head_dim; ++d) score += q[d] * keys[i * head_dim + d];
+    scores[i] = score * scale;
+  }
+  softmax(scores);
+  // out (head_dim) = sum_i scores[i] * value_i
+  for (uint32_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
+  for (uint32_t i = 0; i < n; ++i) {
+    for (uint32_t d = 0; d < head_dim; ++d) out[d] += scores[i] * values[i * head_dim + d];
+  }
+  if (!probs.empty()) {
+    for (uint32_t i = 0; i < n; ++i) probs[i] = scores[i];
+  }
+}
+
+}  // namespace kvscope::reference

@@ -3,6 +3,7 @@
 // bos_token_id,eos_token_id,unknown_token_id,add_bos_token}.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -48,9 +49,22 @@ class Tokenizer {
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<TokenType> types_;
-  std::unordered_map<std::string, int32_t> piece_to_id_;
+  // Transparent hash so that encode() can look up string_views of the text
+  // without building a std::string per candidate merge.
+  struct PieceHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, PieceHash, std::equal_to<>> piece_to_id_;
   int32_t bos_ = 1, eos_ = 2, unk_ = 0;
-  int32_t byte_tokens_[256] = {};
+  bool add_space_prefix_ = true;  // tokenizer.ggml.add_space_prefix
+  int32_t byte_tokens_[256] = {};  // id of <0xNN> for each byte; -1 if absent
+
+  int32_t find_piece(std::string_view text) const;  // -1 if absent
+  // The bytes of `id` as they appear in decoded text; `at_start` is true
+  // until the first non-control token, whose leading space is dropped.
+  std::string text_of(int32_t id, bool& at_start) const;
+  void check_id(int32_t id) const;  // std::out_of_range naming the id
   friend class Detokenizer;
 };
 

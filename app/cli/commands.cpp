@@ -1,1 +1,318 @@
-// placeholder: being written
+#include "app/cli/commands.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <numeric>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "app/core/paths.h"
+#include "app/core/session.h"
+#include "gpu/context.h"
+#include "models/hparams.h"
+#include "models/llama2c.h"
+#include "models/quantize.h"
+#include "models/tokenizer.h"
+
+namespace kvscope::cli {
+
+using nlohmann::json;
+
+namespace {
+
+std::string model_path(const std::string& m) { return require_model(m.empty() ? default_model_path() : m); }
+
+kv::CacheConfig cache_config(const ModelOptions& m) {
+  auto f = kv::parse_format(m.kv);
+  if (!f) throw std::invalid_argument(fmt::format("--kv {}: unknown format; choose one of: {}", m.kv, kv::format_names()));
+  kv::CacheConfig c;
+  c.k_format = c.v_format = *f;
+  c.capacity = m.n_ctx;
+  return c;
+}
+
+EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256) {
+  EngineOptions e;
+  e.model_path = model_path(m.model);
+  e.device_index = m.device;
+  e.n_ctx = m.n_ctx;
+  e.max_batch = max_batch;
+  return e;
+}
+
+std::string human_bytes(double b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (b >= 1024 && u < 4) b /= 1024, ++u;
+  return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.2f} {}", b, units[u]);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------ run
+
+int run(const RunOptions& o) {
+  Engine engine(engine_options(o.m));
+  Session session(engine, cache_config(o.m));
+  const std::vector<int32_t> prompt = engine.tokenizer().encode(o.prompt, true);
+  SamplerConfig sc;
+  sc.temperature = o.temp;
+  sc.top_k = o.top_k;
+  sc.top_p = o.top_p;
+  sc.seed = o.seed_set ? o.seed : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  Sampler sampler(sc);
+  if (o.n_predict < 0) throw std::invalid_argument("-n must be >= 0");
+
+  std::string text;
+  auto on_token = [&](int32_t, const std::string& piece) {
+    text += piece;
+    if (!o.json) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  };
+  if (!o.json) {
+    std::fputs(o.prompt.c_str(), stdout);
+    std::fflush(stdout);
+  }
+  const std::vector<int32_t> ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
+  const GenerationStats& st = session.stats();
+  if (o.json) {
+    json j;
+    j["prompt_ids"] = prompt;
+    j["ids"] = ids;
+    j["text"] = text;
+    j["prefill_tok_s"] = st.prefill_tok_s();
+    j["decode_tok_s"] = st.decode_tok_s();
+    j["device"] = engine.device_name();
+    std::cout << j.dump() << "\n";
+  } else {
+    std::fputs("\n", stdout);
+    std::fflush(stdout);
+    std::fprintf(stderr, "prefill: %u tokens, %.1f tokens/s | decode: %u tokens, %.1f tokens/s | %s\n",
+                 st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(),
+                 engine.device_name().c_str());
+  }
+  return 0;
+}
+
+// ----------------------------------------------------------------------- info
+
+int info(const std::string& model, bool as_json) {
+  const std::string path = model_path(model);
+  GgufFile file = GgufFile::open(path);
+  const LlamaConfig cfg = read_llama_config(file);
+  const uint64_t params = parameter_count(file);
+  json j;
+  j["path"] = path;
+  j["version"] = file.version();
+  j["alignment"] = file.alignment();
+  j["architecture"] = cfg.arch;
+  j["name"] = cfg.name;
+  j["parameters"] = params;
+  j["n_vocab"] = cfg.n_vocab;
+  j["dim"] = cfg.dim;
+  j["n_layer"] = cfg.n_layer;
+  j["n_head"] = cfg.n_head;
+  j["n_kv_head"] = cfg.n_kv_head;
+  j["head_dim"] = cfg.head_dim;
+  j["ffn_dim"] = cfg.ffn_dim;
+  j["n_ctx_train"] = cfg.n_ctx_train;
+  j["rope_theta"] = cfg.rope_theta;
+  j["norm_eps"] = cfg.norm_eps;
+  j["tied_output"] = cfg.tied_output;
+  json kvj;
+  for (auto f : {kv::Format::F32, kv::Format::F16})
+    kvj[std::string(kv::format_name(f))] = kv_bytes_per_token(cfg, kv::bytes_per_element(f));
+  j["kv_bytes_per_token"] = kvj;
+  json tensors = json::array();
+  std::map<std::string, uint64_t> by_type;
+  for (const auto& t : file.tensors()) {
+    const std::string type(type_traits(uint32_t(t.type))->name);
+    tensors.push_back({{"name", t.name}, {"type", type}, {"shape", t.shape}, {"bytes", t.n_bytes}});
+    by_type[type] += t.n_bytes;
+  }
+  j["tensors"] = tensors;
+  if (as_json) {
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  fmt::print("{}\n  GGUF v{}, alignment {}, {}\n", path, file.version(), file.alignment(), human_bytes(file.file_size()));
+  fmt::print("  architecture {} ({}), {:.2f} M parameters\n", cfg.arch, cfg.name.empty() ? "unnamed" : cfg.name,
+             params / 1e6);
+  fmt::print("  vocab {}, dim {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}, context {}\n", cfg.n_vocab,
+             cfg.dim, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.ffn_dim, cfg.n_ctx_train);
+  fmt::print("  rope theta {}, rms eps {}, output {}\n", cfg.rope_theta, cfg.norm_eps,
+             cfg.tied_output ? "tied to token_embd" : "output.weight");
+  fmt::print("  KV bytes per token:");
+  for (auto f : {kv::Format::F32, kv::Format::F16})
+    fmt::print(" {} {}", kv::format_name(f), kv_bytes_per_token(cfg, kv::bytes_per_element(f)));
+  fmt::print(" (at context {}: f16 {})\n", cfg.n_ctx_train,
+             human_bytes(kv_bytes_per_token(cfg, 2) * cfg.n_ctx_train));
+  fmt::print("  weights by type:");
+  for (const auto& [type, bytes] : by_type) fmt::print(" {} {}", type, human_bytes(double(bytes)));
+  fmt::print("\n  metadata ({} keys):\n", file.metadata_order().size());
+  for (const auto& key : file.metadata_order()) {
+    const GgufValue& v = file.get(key);
+    std::string shown;
+    switch (v.type) {
+      case GgufValueType::STRING: shown = v.as_string(key); if (shown.size() > 60) shown = shown.substr(0, 57) + "..."; break;
+      case GgufValueType::ARRAY: shown = fmt::format("[{} items]", v.as_array(key).items.size()); break;
+      case GgufValueType::FLOAT32: case GgufValueType::FLOAT64: shown = fmt::format("{}", v.as_float(key)); break;
+      case GgufValueType::BOOL: shown = v.as_bool(key) ? "true" : "false"; break;
+      case GgufValueType::INT8: case GgufValueType::INT16: case GgufValueType::INT32: case GgufValueType::INT64:
+        shown = fmt::format("{}", v.as_int(key)); break;
+      default: shown = fmt::format("{}", v.as_uint(key)); break;
+    }
+    fmt::print("    {:<44} {}\n", key, shown);
+  }
+  fmt::print("  tensors ({}):\n", file.tensors().size());
+  for (const auto& t : file.tensors()) {
+    std::string shape;
+    for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? " x " : "") + std::to_string(t.shape[i]);
+    fmt::print("    {:<28} {:<5} [{}]\n", t.name, type_traits(uint32_t(t.type))->name, shape);
+  }
+  return 0;
+}
+
+// ------------------------------------------------------------------- tokenize
+
+int tokenize(const TokenizeOptions& o) {
+  GgufFile file = GgufFile::open(model_path(o.model));
+  const Tokenizer tok = Tokenizer::from_gguf(file);
+  const std::vector<int32_t> ids = tok.encode(o.text, true);
+  if (o.json) {
+    json pieces = json::array();
+    for (int32_t id : ids) pieces.push_back(tok.piece(id));
+    std::cout << json{{"ids", ids}, {"pieces", pieces}}.dump() << "\n";
+    return 0;
+  }
+  for (int32_t id : ids) fmt::print("{:>6} -> '{}'\n", id, tok.piece(id));
+  return 0;
+}
+
+// -------------------------------------------------------------------- devices
+
+int devices(bool as_json) {
+  const auto list = gpu::list_devices();
+  if (as_json) {
+    json arr = json::array();
+    for (const auto& d : list)
+      arr.push_back({{"index", d.index}, {"name", d.name}, {"type", d.type}, {"driver", d.driver},
+                     {"memory_bytes", d.device_local_bytes}, {"subgroup_size", d.subgroup_size},
+                     {"max_storage_buffer_range", d.max_storage_buffer_range}});
+    std::cout << arr.dump(2) << "\n";
+    return 0;
+  }
+  for (const auto& d : list)
+    fmt::print("{}: {} ({}), {} memory, subgroup {}, max binding {}, driver {}\n", d.index, d.name, d.type,
+               human_bytes(double(d.device_local_bytes)), d.subgroup_size,
+               human_bytes(double(d.max_storage_buffer_range)), d.driver);
+  return 0;
+}
+
+// ---------------------------------------------------------------------- bench
+
+int bench(const BenchOptions& o) {
+  if (o.reps == 0) throw std::invalid_argument("-r must be >= 1");
+  Engine engine(engine_options(o.m));
+  const uint32_t ctx = engine.n_ctx();
+  if (o.n_prompt == 0 || o.n_prompt + o.n_gen > ctx)
+    throw std::invalid_argument(fmt::format(
+        "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, ctx));
+  Session session(engine, cache_config(o.m));
+  GpuModel& model = engine.model();
+  model.set_profiling(o.profile);
+
+  // A deterministic pseudo-random prompt (the speed does not depend on the words).
+  std::vector<int32_t> prompt(o.n_prompt);
+  uint32_t state = 12345;
+  for (auto& t : prompt) t = static_cast<int32_t>((state = state * 1664525u + 1013904223u) % engine.config().n_vocab);
+
+  std::vector<double> prefill, decode;
+  auto run_once = [&] {
+    session.reset();
+    std::vector<int32_t> pos(prompt.size());
+    std::iota(pos.begin(), pos.end(), 0);
+    auto t0 = std::chrono::steady_clock::now();
+    model.forward(prompt, pos, session.cache(), LogitsWanted::Last);
+    auto t1 = std::chrono::steady_clock::now();
+    for (uint32_t i = 0; i < o.n_gen; ++i) {
+      const int32_t tok = prompt[i % prompt.size()];
+      const int32_t p = static_cast<int32_t>(o.n_prompt + i);
+      model.forward({&tok, 1}, {&p, 1}, session.cache(), LogitsWanted::Last);
+    }
+    auto t2 = std::chrono::steady_clock::now();
+    prefill.push_back(o.n_prompt / std::chrono::duration<double>(t1 - t0).count());
+    if (o.n_gen) decode.push_back(o.n_gen / std::chrono::duration<double>(t2 - t1).count());
+  };
+  run_once();  // warm-up: pipelines, descriptor sets, caches
+  prefill.clear();
+  decode.clear();
+  model.take_profile();
+  for (uint32_t r = 0; r < o.reps; ++r) run_once();
+
+  const double prefill_tok_s = median(prefill);
+  const double decode_tok_s = decode.empty() ? 0 : median(decode);
+  // Bytes one decode step reads: all weights, plus the KV cache at the mean
+  // fill of the generation.
+  const double kv_read = session.cache().bytes_per_token() * (o.n_prompt + o.n_gen / 2.0);
+  const double decode_gb_s = decode_tok_s * (double(model.weight_bytes()) + kv_read) / 1e9;
+  if (o.json) {
+    json j{{"prefill_tok_s", prefill_tok_s}, {"decode_tok_s", decode_tok_s}, {"decode_gb_s", decode_gb_s},
+           {"device", engine.device_name()}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
+           {"kv", o.m.kv}, {"weight_bytes", model.weight_bytes()},
+           {"dispatches_per_token", model.last_dispatch_count()}};
+    if (o.profile) j["profile_ms"] = model.take_profile();
+    std::cout << j.dump(2) << "\n";
+    return 0;
+  }
+  fmt::print("device   {}\nmodel    {} ({} on device)\n", engine.device_name(), engine.file().path(),
+             human_bytes(double(model.weight_bytes())));
+  fmt::print("prefill  {:>9.1f} tokens/s  (p={}, median of {})\n", prefill_tok_s, o.n_prompt, o.reps);
+  fmt::print("decode   {:>9.1f} tokens/s  (n={}, {:.2f} GB/s effective, {} dispatches/token)\n", decode_tok_s,
+             o.n_gen, decode_gb_s, model.last_dispatch_count());
+  if (o.profile) {
+    auto prof = model.take_profile();
+    double total = 0;
+    for (const auto& [name, ms] : prof) total += ms;
+    fmt::print("GPU time by shader over {} runs ({:.1f} ms):\n", o.reps, total);
+    std::vector<std::pair<double, std::string>> rows;
+    for (const auto& [name, ms] : prof) rows.emplace_back(ms, name);
+    std::sort(rows.rbegin(), rows.rend());
+    for (const auto& [ms, name] : rows) fmt::print("  {:<16} {:>9.2f} ms {:>5.1f}%\n", name, ms, 100 * ms / total);
+  }
+  return 0;
+}
+
+// ----------------------------------------------------------- convert, quantize
+
+int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer, const std::string& out) {
+  const Llama2cConvertResult r = kvscope::convert_llama2c(checkpoint, tokenizer, out);
+  fmt::print(stderr, "{}: llama, dim {}, {} layers, {} heads ({} kv), ffn {}, vocab {}, context {}, {} tensors{}\n",
+             out, r.dim, r.n_layer, r.n_head, r.n_kv_head, r.ffn_dim, r.n_vocab, r.seq_len, r.n_tensors,
+             r.tied_output ? ", output tied to the embedding" : "");
+  return 0;
+}
+
+int quantize(const std::string& in, const std::string& out, const std::string& type_name) {
+  auto type = type_from_name(type_name);
+  if (!type || (*type != GgmlType::F16 && *type != GgmlType::Q8_0 && *type != GgmlType::Q4_0))
+    throw std::invalid_argument(fmt::format("quantize: type '{}' is not one of F16 Q8_0 Q4_0", type_name));
+  const QuantizeResult r = quantize_model(in, out, *type);
+  fmt::print(stderr, "{}: {} tensors to {}, {} kept; {} -> {}\n", out, r.n_quantized, type_name, r.n_kept,
+             human_bytes(double(r.bytes_in)), human_bytes(double(r.bytes_out)));
+  return 0;
+}
+
+}  // namespace kvscope::cli

@@ -1,1 +1,97 @@
-int main() { return 0; }
+// kvscope: the command line. Flags follow llama.cpp's where they overlap.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "app/cli/commands.h"
+
+namespace {
+
+void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
+  cmd->add_option("-m,--model", m.model, "GGUF model (default: the stories15M model in the cache directory)");
+  cmd->add_option("-c,--ctx-size", m.n_ctx, "context length in tokens (default: the model's)");
+  cmd->add_option("--device", m.device, "Vulkan device index (see `kvscope devices`)");
+  cmd->add_option("--kv", m.kv, "KV cache format for keys and values: f32 f16")->capture_default_str();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace kvscope::cli;
+  CLI::App app{"kvscope: run local language models on Vulkan and watch their KV cache"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "kvscope 0.1.0");
+
+  RunOptions run_o;
+  auto* run_cmd = app.add_subcommand("run", "generate text from a prompt");
+  add_model_options(run_cmd, run_o.m);
+  run_cmd->add_option("-p,--prompt", run_o.prompt, "prompt text")->capture_default_str();
+  run_cmd->add_option("-n,--n-predict", run_o.n_predict, "tokens to generate")->capture_default_str();
+  run_cmd->add_option("--temp", run_o.temp, "temperature; 0 is greedy")->capture_default_str();
+  run_cmd->add_option("--top-k", run_o.top_k, "top-k sampling (0: off)")->capture_default_str();
+  run_cmd->add_option("--top-p", run_o.top_p, "top-p sampling (1: off)")->capture_default_str();
+  auto* seed_opt = run_cmd->add_option("--seed", run_o.seed, "random seed (default: from the clock)");
+  run_cmd->add_flag("--json", run_o.json, "print one JSON object instead of streaming text");
+
+  std::string info_model;
+  bool info_json = false;
+  auto* info_cmd = app.add_subcommand("info", "metadata, tensors and KV cost of a GGUF model");
+  info_cmd->add_option("model", info_model, "GGUF file (default: the default model)");
+  info_cmd->add_option("-m,--model", info_model, "GGUF file");
+  info_cmd->add_flag("--json", info_json, "print JSON");
+
+  TokenizeOptions tok_o;
+  auto* tok_cmd = app.add_subcommand("tokenize", "token ids and pieces of a text");
+  tok_cmd->add_option("-m,--model", tok_o.model, "GGUF model or vocabulary file");
+  tok_cmd->add_option("text", tok_o.text, "text to tokenize")->required();
+  tok_cmd->add_flag("--json", tok_o.json, "print {ids, pieces}");
+
+  bool dev_json = false;
+  auto* dev_cmd = app.add_subcommand("devices", "list Vulkan devices");
+  dev_cmd->add_flag("--json", dev_json, "print JSON");
+
+  BenchOptions bench_o;
+  auto* bench_cmd = app.add_subcommand("bench", "prefill and decode speed (median of repetitions)");
+  add_model_options(bench_cmd, bench_o.m);
+  bench_cmd->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
+  bench_cmd->add_option("-n,--n-gen", bench_o.n_gen, "generated tokens")->capture_default_str();
+  bench_cmd->add_option("-r,--repetitions", bench_o.reps, "repetitions")->capture_default_str();
+  bench_cmd->add_flag("--json", bench_o.json, "print JSON");
+  bench_cmd->add_flag("--profile", bench_o.profile, "GPU time per shader (timestamp queries)");
+
+  std::string ck, tk, out;
+  auto* conv_cmd = app.add_subcommand("convert-llama2c", "convert a llama2.c checkpoint + tokenizer to GGUF");
+  conv_cmd->add_option("checkpoint", ck, "llama2.c model.bin")->required();
+  conv_cmd->add_option("tokenizer", tk, "llama2.c tokenizer.bin")->required();
+  conv_cmd->add_option("out", out, "output GGUF")->required();
+
+  std::string q_in, q_out, q_type;
+  auto* q_cmd = app.add_subcommand("quantize", "rewrite a GGUF model's weight matrices as F16, Q8_0 or Q4_0");
+  q_cmd->add_option("in", q_in, "input GGUF")->required();
+  q_cmd->add_option("out", q_out, "output GGUF")->required();
+  q_cmd->add_option("type", q_type, "F16 | Q8_0 | Q4_0")->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (*run_cmd) {
+      run_o.seed_set = seed_opt->count() > 0;
+      return run(run_o);
+    }
+    if (*info_cmd) return info(info_model, info_json);
+    if (*tok_cmd) return tokenize(tok_o);
+    if (*dev_cmd) return devices(dev_json);
+    if (*bench_cmd) return bench(bench_o);
+    if (*conv_cmd) return convert_llama2c(ck, tk, out);
+    if (*q_cmd) return quantize(q_in, q_out, q_type);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "kvscope: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

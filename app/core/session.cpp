@@ -1,1 +1,102 @@
-// placeholder: being written
+#include "app/core/session.h"
+
+#include <fmt/format.h>
+
+#include "app/core/paths.h"
+
+namespace kvscope {
+
+namespace {
+
+gpu::ContextOptions context_options(const EngineOptions& o) {
+  gpu::ContextOptions c;
+  c.device_index = o.device_index;
+  c.pipeline_cache_path = pipeline_cache_path();
+  return c;
+}
+
+uint32_t choose_ctx(const GgufFile& file, uint32_t requested) {
+  const LlamaConfig cfg = read_llama_config(file);
+  if (requested != 0) return requested;
+  return cfg.n_ctx_train ? cfg.n_ctx_train : 2048;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+Engine::Engine(const EngineOptions& o)
+    : ctx_(context_options(o)),
+      file_(GgufFile::open(require_model(o.model_path.empty() ? default_model_path() : o.model_path))),
+      tokenizer_(Tokenizer::from_gguf(file_)),
+      n_ctx_(choose_ctx(file_, o.n_ctx)),
+      model_(ctx_, file_, o.max_batch, n_ctx_) {}
+
+Session::Session(Engine& engine, const kv::CacheConfig& cache_config)
+    : engine_(&engine),
+      cache_(engine.context(), engine.model().cache_shape(),
+             [&] {
+               kv::CacheConfig c = cache_config;
+               if (c.capacity == 0) c.capacity = engine.n_ctx();
+               return c;
+             }(),
+             engine.model().max_batch()) {}
+
+void Session::reset() {
+  cache_.clear();
+  tokens_.clear();
+  stats_ = {};
+}
+
+std::vector<float> Session::logits_all(const std::vector<int32_t>& ids) {
+  std::vector<int32_t> positions(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);
+  auto logits = engine_->model().forward(ids, positions, cache_, LogitsWanted::All);
+  tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+  return {logits.begin(), logits.end()};
+}
+
+std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint32_t max_new, Sampler& sampler,
+                                       const TokenCallback& on_token) {
+  if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+  GpuModel& model = engine_->model();
+  const uint32_t capacity = cache_.capacity();
+  if (tokens_.size() + prompt.size() > capacity)
+    throw kv::ContextFull(fmt::format(
+        "the prompt is {} tokens and the context holds {} (with {} already used); use a larger context (-c) "
+        "or a shorter prompt",
+        prompt.size(), capacity, tokens_.size()));
+
+  std::vector<int32_t> positions(prompt.size());
+  for (size_t i = 0; i < prompt.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);
+  auto t0 = std::chrono::steady_clock::now();
+  auto logits = model.forward(prompt, positions, cache_, LogitsWanted::Last);
+  stats_.prefill_seconds += seconds_since(t0);
+  stats_.prompt_tokens += static_cast<uint32_t>(prompt.size());
+  tokens_.insert(tokens_.end(), prompt.begin(), prompt.end());
+
+  std::vector<int32_t> out;
+  Detokenizer detok(engine_->tokenizer());
+  t0 = std::chrono::steady_clock::now();
+  for (uint32_t i = 0; i < max_new; ++i) {
+    const int32_t next = sampler.sample(logits);
+    out.push_back(next);
+    if (next == engine_->tokenizer().eos()) break;
+    if (on_token && !on_token(next, detok.push(next))) break;
+    if (tokens_.size() >= capacity) break;  // the context is full: stop, as llama.cpp does
+    const int32_t pos = static_cast<int32_t>(tokens_.size());
+    logits = model.forward({&next, 1}, {&pos, 1}, cache_, LogitsWanted::Last);
+    tokens_.push_back(next);
+  }
+  if (on_token) {
+    std::string rest = detok.flush();
+    if (!rest.empty()) on_token(-1, rest);
+  }
+  stats_.decode_seconds += seconds_since(t0);
+  stats_.generated_tokens += static_cast<uint32_t>(out.size());
+  return out;
+}
+
+}  // namespace kvscope

@@ -1,24 +1,37 @@
 // Push-constant structs shared by the GLSL shaders and C++ (one declaration).
 // Each comment lists the shader's storage-buffer bindings (set 0) in order.
 // Specialization constant 0 is always the workgroup size (local_size_x_id = 0),
-// chosen on the host from the device's subgroup size.
+// chosen on the host from the device's subgroup size. It must be a power of two
+// (the shared-memory reductions halve it), 8..maxComputeWorkGroupSize; the
+// shared arrays are sized by it. "groups:" below says what to dispatch.
 //
 // Weight layout on the GPU (models/gpu_layout.h repacks GGUF blocks into it):
-//   binding W ("values"): F32  float[rows*cols]
-//                         F16  halves, two per uint (element e in the low half
-//                              of word e/2 when e is even)
-//                         Q8_0 int8 quants, four per uint (element e in byte e%4
-//                              of word e/4, little-endian)
+//   Every row starts on a 32-bit word: a row is w_row_words(cols) words of
+//   "values" and s_row_words(cols) words of "scales" (padding is zero), so row
+//   r of a tensor starts at word r * row_words of its array
+//   (GpuWeight::value_row_bytes()/scale_row_bytes() in models/gpu_layout.h).
+//   binding W ("values"): F32  float[rows][cols]
+//                         F16  halves, two per uint (element e of a row in the
+//                              low half of word e/2 when e is even); a row with
+//                              odd cols ends with one zero half
+//                         Q8_0 int8 quants, four per uint (element e of a row in
+//                              byte e%4 of word e/4, little-endian)
 //                         Q4_0 4-bit quants, eight per uint: for block b and its
 //                              16 bytes as ggml stores them (element j in the low
 //                              nibble of byte j, element j+16 in the high
-//                              nibble), byte k of the block is byte (b*16+k)
-//   binding S ("scales"): Q8_0/Q4_0 one f16 scale per block of 32, two per uint;
+//                              nibble), byte k of block b of a row is byte
+//                              (b*16+k) of the row
+//   binding S ("scales"): Q8_0/Q4_0 one f16 scale per block of 32, two per uint
+//                         (block b of a row in the low half of word b/2 when b
+//                         is even; a row with an odd block count, e.g. cols
+//                         288 = 9 blocks, ends with a zero half);
 //                         F32/F16 unused (bind any buffer).
 //   A tensor is rows x cols with cols contiguous (GGUF ne[0] = cols).
 //   Large tensors are bound in chunks of rows: `row_offset` is the first row
 //   of the chunk within the tensor's output indexing; the W/S bindings start at
-//   that chunk.
+//   that chunk (offset = first row * row bytes, which must be a multiple of
+//   minStorageBufferOffsetAlignment: choose chunk rows accordingly).
+//   Q8_0/Q4_0 need cols % 32 == 0.
 #ifndef KVSCOPE_PARAMS_H
 #define KVSCOPE_PARAMS_H
 
@@ -28,13 +41,22 @@ namespace kvscope::params {
 using uint = uint32_t;
 #endif
 
+// matvec: rows per workgroup, the default of specialization constant 1.
+#define KVSCOPE_MATVEC_ROWS_PER_GROUP 4
+// matmul: rows of W per workgroup tile (fixed); tokens per tile = wg / 2.
+#define KVSCOPE_MATMUL_TILE_ROWS 32
+// attention: largest head_dim (the query lives in shared memory).
+#define KVSCOPE_ATTENTION_MAX_HEAD_DIM 256
+
 // embed: 0 token ids int[n_tokens], 1 W [n_vocab][dim], 2 S, 3 out f32[n_tokens][dim]
-// groups: (n_tokens)
+// groups: (n_tokens); threads stride over dim.
 struct EmbedParams {
   uint n_tokens;
   uint dim;
-  uint n_vocab;   // ids outside [0, n_vocab) produce a row of zeros
-  uint row_offset;
+  uint n_vocab;   // rows in this chunk of the table (the W/S bindings start at row_offset)
+  uint row_offset;  // token id t is written only when row_offset <= t < row_offset + n_vocab;
+                    // other ids are left untouched (another chunk's dispatch writes them;
+                    // the host rejects ids outside the vocabulary before upload)
 };
 
 // rmsnorm: 0 x f32[n_rows][n], 1 weight f32[n], 2 out f32[n_rows][n]
@@ -48,6 +70,9 @@ struct RmsNormParams {
 // matvec (decode): 0 W [rows][cols], 1 S, 2 x f32[n_vec][cols], 3 y f32[n_vec][y_stride]
 // y[v][row_offset + r] (+)= sum_k W[r][k] * x[v][k] for r < rows.
 // accumulate = 1 adds into y (fused residual), 0 overwrites.
+// spec 1: rows per workgroup (a power of two dividing wg; default
+// KVSCOPE_MATVEC_ROWS_PER_GROUP); wg / rows_per_group invocations share a row.
+// groups: (ceil(rows / rows_per_group), n_vec)
 struct MatVecParams {
   uint rows;
   uint cols;
@@ -59,6 +84,8 @@ struct MatVecParams {
 
 // matmul (prefill, tiled): same bindings as matvec; X is [n_tokens][cols],
 // Y is [n_tokens][y_stride]; Y[t][row_offset + r] (+)= sum_k W[r][k] X[t][k].
+// Tiles of KVSCOPE_MATMUL_TILE_ROWS rows x (wg / 2) tokens; wg >= 8.
+// groups: (ceil(rows / KVSCOPE_MATMUL_TILE_ROWS), ceil(n_tokens / (wg / 2)))
 struct MatMulParams {
   uint rows;
   uint cols;
@@ -71,7 +98,8 @@ struct MatMulParams {
 // rope (adjacent pairs, llama "normal" mode): 0 q f32[n_tokens][n_head_q*head_dim],
 // 1 k f32[n_tokens][n_head_k*head_dim], 2 positions int[n_tokens]
 // pair (2i, 2i+1) of each head, i < rope_dim/2, rotated by
-// pos * theta^(-2i/rope_dim). In place.
+// pos * theta^(-2i/rope_dim). In place. Dims >= rope_dim are left alone.
+// groups: (n_head_q + n_head_k, n_tokens)
 struct RopeParams {
   uint n_tokens;
   uint n_head_q;
@@ -85,6 +113,7 @@ struct RopeParams {
 // 2 slots int[n_tokens][n_kv_head] (slot of the token in that head's table;
 // <0: skip), 3 K cache, 4 V cache. Cache layout [n_kv_head][capacity][head_dim]
 // in the KV_* format (F32: float; F16: halves two per uint, head_dim even).
+// Slots >= capacity are skipped too. groups: (n_kv_head, n_tokens)
 struct KvWriteParams {
   uint n_tokens;
   uint n_kv_head;
@@ -99,7 +128,9 @@ struct KvWriteParams {
 // masked slots — doubles as the attention probe).
 // Query head h reads kv head h / (n_head / n_kv_head). Slot s is visible to a
 // query at position p when 0 <= slot_pos[s] <= p. Only slots < n_slots are
-// scanned. scale = 1/sqrt(head_dim). groups: (n_head, n_tokens)
+// scanned; probs of slots in [n_slots, capacity) are written as 0. A query
+// that sees no slot gets zeros. scale = 1/sqrt(head_dim); head_dim even and
+// <= KVSCOPE_ATTENTION_MAX_HEAD_DIM. groups: (n_head, n_tokens)
 struct AttentionParams {
   uint n_tokens;
   uint n_head;
@@ -111,11 +142,13 @@ struct AttentionParams {
 };
 
 // swiglu: 0 gate f32[n], 1 up f32[n], 2 out f32[n]; out = gate*sigmoid(gate)*up
+// groups: (ceil(n / wg))
 struct SwigluParams {
   uint n;
 };
 
 // add: 0 a f32[n], 1 b f32[n], 2 out f32[n]; out = a + b
+// groups: (ceil(n / wg))
 struct AddParams {
   uint n;
 };

@@ -1,1 +1,133 @@
-// placeholder: being written
+// The `kvscope` command as a person runs it: output formats, and one clear
+// line with a non-zero exit for every kind of bad input.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/test_util.h"
+
+using nlohmann::json;
+using namespace kvscope;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result kvscope_cli(const std::string& args) {
+  const std::string cmd = std::string(KVSCOPE_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+json last_json(const std::string& out) {
+  const auto start = out.find('{');
+  REQUIRE_MESSAGE(start != std::string::npos, out);
+  return json::parse(out.substr(start));
+}
+
+size_t count_lines(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
+
+}  // namespace
+
+TEST_CASE("cli: run --json greedy gives the reference continuation") {
+  test::model_path();
+  const Result r = kvscope_cli("run -p 'Once upon a time' -n 12 --temp 0 --json");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  const json j = last_json(r.out);
+  CHECK(j["prompt_ids"] == json({1, 9038, 2501, 263, 931}));
+  CHECK(j["ids"] == json({29892, 727, 471, 263, 2217, 7826, 4257, 365, 2354, 29889, 2296, 18012}));
+  CHECK(j["text"].get<std::string>() == ", there was a little girl named Lily. She loved");
+  CHECK(j["prefill_tok_s"].get<double>() > 0);
+  CHECK(j["decode_tok_s"].get<double>() > 0);
+  CHECK(!j["device"].get<std::string>().empty());
+}
+
+TEST_CASE("cli: run streams text and ends with speeds on stderr") {
+  test::model_path();
+  const Result r = kvscope_cli("run -p 'Once upon a time' -n 8 --temp 0");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK(r.out.find("Once upon a time, there was a little girl named") != std::string::npos);
+  CHECK(r.out.find("tokens/s") != std::string::npos);
+}
+
+TEST_CASE("cli: sampling with a seed is repeatable") {
+  test::model_path();
+  const Result a = kvscope_cli("run -n 16 --temp 1 --top-k 40 --top-p 0.9 --seed 7 --json");
+  const Result b = kvscope_cli("run -n 16 --temp 1 --top-k 40 --top-p 0.9 --seed 7 --json");
+  REQUIRE(a.code == 0);
+  REQUIRE(b.code == 0);
+  CHECK(last_json(a.out)["ids"] == last_json(b.out)["ids"]);
+}
+
+TEST_CASE("cli: tokenize --json and info") {
+  test::model_path();
+  Result r = kvscope_cli("tokenize --json 'Hello world'");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  json j = last_json(r.out);
+  CHECK(j["ids"] == json({1, 15043, 3186}));
+  CHECK(j["pieces"] == json({"<s>", "▁Hello", "▁world"}));
+
+  r = kvscope_cli("info");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK(r.out.find("dim 288, layers 6, heads 6 (kv 6), head_dim 48") != std::string::npos);
+  CHECK(r.out.find("KV bytes per token: f32 13824 f16 6912") != std::string::npos);
+  CHECK(r.out.find("blk.5.ffn_down.weight") != std::string::npos);
+}
+
+TEST_CASE("cli: devices lists at least one Vulkan device") {
+  const Result r = kvscope_cli("devices --json");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  const json j = json::parse(r.out.substr(r.out.find('[')));
+  REQUIRE(j.size() >= 1);
+  CHECK(j[0]["subgroup_size"].get<int>() > 0);
+}
+
+TEST_CASE("cli: bad input is one clear line and a non-zero exit") {
+  test::TempDir dir;
+  SUBCASE("prompt longer than the context") {
+    const Result r = kvscope_cli("run -c 8 -p 'one two three four five six seven eight nine ten' -n 4");
+    CHECK(r.code != 0);
+    CHECK(r.out.find("context") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
+  SUBCASE("missing model file") {
+    const Result r = kvscope_cli("run -m " + dir.file("nope.gguf"));
+    CHECK(r.code != 0);
+    CHECK(r.out.find("nope.gguf: no such file") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
+  SUBCASE("not a GGUF file") {
+    const std::string bad = dir.file("bad.gguf");
+    std::ofstream(bad) << "this is not a model";
+    const Result r = kvscope_cli("info " + bad);
+    CHECK(r.code != 0);
+    CHECK(r.out.find("bad.gguf") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
+  SUBCASE("unknown cache format") {
+    const Result r = kvscope_cli("run --kv q9 -n 1");
+    CHECK(r.code != 0);
+    CHECK(r.out.find("--kv q9") != std::string::npos);
+  }
+  SUBCASE("device index out of range") {
+    const Result r = kvscope_cli("run --device 99 -n 1");
+    CHECK(r.code != 0);
+    CHECK(count_lines(r.out) == 1);
+  }
+}

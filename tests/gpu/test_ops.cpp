@@ -1,1 +1,699 @@
-// placeholder: being written
+// Every forward-pass shader against its CPU reference (models/reference.h), in
+// the manner of ggml's test-backend-ops: one case per op over dtype x shape,
+// odd sizes that are not multiples of the workgroup, NaN/inf checked first,
+// then the normalized mean squared error  sum (gpu-cpu)^2 / sum cpu^2  against
+// a bound per dtype; the worst index is named on failure. Every output buffer
+// carries a guard region of sentinels that the shader must leave alone.
+//
+// [SECTION] tolerances and helpers
+// [SECTION] embed, rmsnorm, swiglu, add
+// [SECTION] matvec, matmul (all weight types, chunked row ranges)
+// [SECTION] rope, kv_write, attention
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "gpu/buffer.h"
+#include "gpu/context.h"
+#include "gpu/pipeline.h"
+#include "gpu/recorder.h"
+#include "models/ggml_types.h"
+#include "models/gpu_layout.h"
+#include "models/reference.h"
+#include "shaders/common/params.h"
+
+using namespace kvscope;
+namespace params = kvscope::params;
+using shaders::Id;
+
+namespace {
+
+// ---------------------------------------------------------------- [SECTION] tolerances and helpers
+
+// The GPU and the CPU compute in f32 from identical inputs (the GPU dequantizes
+// the very codes the CPU dequantizes, F16/Q8_0/Q4_0 alike); they differ only in
+// summation order and fused multiply-adds. A dot product of n terms then
+// differs by ~sqrt(n) * 2^-24 relative: NMSE ~1e-12 for n <= 1000. 1e-9 leaves
+// room, while one wrong element among 288 already gives NMSE ~1e-3.
+constexpr double kSumOrderBound = 1e-9;
+// Copies and exact products (embed: f16 scale * small int is exact in f32).
+constexpr double kExactBound = 1e-14;
+// Ops built on exp/pow/sin/cos: the device's transcendental functions may be
+// a few ulp off libm's (Vulkan allows 3 ulp for exp and 2^-11 absolute for
+// sin/cos). RoPE angles reach 300 rad, where one ulp of the angle is 3e-5.
+constexpr double kTranscendentalBound = 1e-7;
+// Conversion to f16 in the shader (packHalf2x16) need not round to nearest
+// even like f32_to_f16: at most one f16 ulp (2^-10 relative) per element.
+constexpr double kF16StoreBound = 1e-6;
+
+constexpr size_t kGuardFloats = 64;
+constexpr uint32_t kSentinelBits = 0x7fc0beefu;  // a NaN no shader produces
+
+const GgmlType kWeightTypes[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0};
+
+// One Vulkan context for the whole test program, validation on.
+gpu::Context& context() {
+  static gpu::Context ctx = [] {
+    setenv("KVSCOPE_VALIDATION", "1", /*overwrite=*/0);
+    gpu::ContextOptions options;
+    options.validation = true;
+    return gpu::Context(options);
+  }();
+  return ctx;
+}
+
+// Workgroup sizes each op is run with: the device's subgroup size (what the
+// forward pass picks) and 64, so reductions see more than one width.
+std::vector<uint32_t> workgroup_sizes() {
+  const uint32_t subgroup = std::max(8u, context().subgroup_size());
+  std::vector<uint32_t> sizes{subgroup};
+  if (subgroup != 64) sizes.push_back(64);
+  return sizes;
+}
+
+std::string type_name(GgmlType t) { return std::string(type_traits(static_cast<uint32_t>(t))->name); }
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+float f16_round(float x) { return f16_to_f32(f32_to_f16(x)); }
+
+template <class T>
+gpu::Buffer upload(std::span<const T> data, const char* label) {
+  const uint64_t bytes = std::max<uint64_t>(data.size_bytes(), 16);  // never a 0-byte buffer
+  gpu::Buffer buffer(context(), bytes, gpu::MemoryUse::Device, label);
+  if (!data.empty()) buffer.write_as<T>(data);
+  return buffer;
+}
+template <class T>
+gpu::Buffer upload(const std::vector<T>& data, const char* label) {
+  return upload(std::span<const T>(data), label);
+}
+
+// An f32 buffer of n values (initialised from `initial`, or to sentinels)
+// followed by kGuardFloats sentinels that the shader must not touch.
+struct GuardedOutput {
+  size_t n;
+  gpu::Buffer buffer;
+  explicit GuardedOutput(size_t n, std::span<const float> initial = {})
+      : n(n), buffer(context(), (n + kGuardFloats) * 4, gpu::MemoryUse::Device, "guarded output") {
+    std::vector<uint32_t> words(n + kGuardFloats, kSentinelBits);
+    if (!initial.empty()) std::memcpy(words.data(), initial.data(), n * 4);
+    buffer.write_as<uint32_t>(words);
+  }
+  // The n values; fails the check when a guard word changed.
+  std::vector<float> read(const std::string& what) const {
+    std::vector<uint32_t> words(n + kGuardFloats);
+    buffer.read_as<uint32_t>(words);
+    for (size_t i = n; i < words.size(); ++i) {
+      if (words[i] != kSentinelBits) {
+        FAIL_CHECK(fmt::format("{}: guard word {} after the {} outputs was overwritten", what, i - n, n));
+        break;
+      }
+    }
+    std::vector<float> values(n);
+    std::memcpy(values.data(), words.data(), n * 4);
+    return values;
+  }
+};
+
+// NaN/inf first, then the normalized MSE against `bound`, naming the worst index.
+void check_close(std::span<const float> gpu, std::span<const float> cpu, double bound,
+                 const std::string& what) {
+  REQUIRE(gpu.size() == cpu.size());
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    if (!std::isfinite(gpu[i]) && std::isfinite(cpu[i])) {
+      FAIL_CHECK(fmt::format("{}: non-finite {} at index {} (cpu {})", what, gpu[i], i, cpu[i]));
+      return;
+    }
+  }
+  double err = 0, norm = 0, worst_err = -1;
+  size_t worst = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double d = double(gpu[i]) - double(cpu[i]);
+    err += d * d;
+    norm += double(cpu[i]) * cpu[i];
+    if (d * d > worst_err) worst_err = d * d, worst = i;
+  }
+  const double nmse = norm > 0 ? err / norm : err;
+  if (std::getenv("OPS_DEBUG")) fprintf(stderr, "%-90s nmse %.3g n %zu\n", what.c_str(), nmse, gpu.size());
+  CHECK_MESSAGE(nmse <= bound, fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}",
+                                           what, nmse, bound, worst, gpu[worst], cpu[worst]));
+}
+
+void check_no_validation_messages() { CHECK(context().validation_messages() == 0); }
+
+// A rows x cols matrix as GGUF stores it (`gguf`) and as the GPU reads it.
+struct TestWeight {
+  GgmlType type;
+  uint64_t rows, cols;
+  std::vector<uint8_t> gguf;
+  GpuWeight gpu;
+  gpu::Buffer values, scales;
+
+  TestWeight(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed)
+      : type(type), rows(rows), cols(cols) {
+    const std::vector<float> f = random_floats(rows * cols, seed);
+    const size_t bytes_per_row = row_bytes(type, cols);
+    gguf.resize(rows * bytes_per_row);
+    for (uint64_t r = 0; r < rows; ++r) {
+      std::span<const float> src(f.data() + r * cols, cols);
+      std::span<uint8_t> dst(gguf.data() + r * bytes_per_row, bytes_per_row);
+      if (type == GgmlType::F32) {
+        std::memcpy(dst.data(), src.data(), src.size_bytes());
+      } else if (type == GgmlType::F16) {
+        for (uint64_t c = 0; c < cols; ++c) {
+          const uint16_t h = f32_to_f16(src[c]);
+          std::memcpy(dst.data() + 2 * c, &h, 2);
+        }
+      } else {
+        quantize_row(type, src, dst);
+      }
+    }
+    gpu = repack_for_gpu(type, gguf.data(), rows, cols);
+    values = upload(gpu.values, "weight values");
+    scales = upload(gpu.scales, "weight scales");  // 16 bytes of zeros for F32/F16: bound, unused
+  }
+  // Bindings of rows [first, first + count) (offsets must be aligned).
+  gpu::Binding value_rows(uint64_t first, uint64_t count) const {
+    return {values, first * gpu.value_row_bytes(), count * gpu.value_row_bytes()};
+  }
+  gpu::Binding scale_rows(uint64_t first, uint64_t count) const {
+    if (gpu.scale_row_bytes() == 0) return {scales};
+    return {scales, first * gpu.scale_row_bytes(), count * gpu.scale_row_bytes()};
+  }
+  // A row where a second chunk can start with both binding offsets aligned to
+  // minStorageBufferOffsetAlignment, near the middle; 0 when there is none.
+  uint64_t chunk_split_row() const {
+    const uint64_t align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
+    uint64_t step = 1;
+    while ((step * gpu.value_row_bytes()) % align != 0 || (step * gpu.scale_row_bytes()) % align != 0) ++step;
+    const uint64_t split = std::max<uint64_t>(step, rows / 2 / step * step);
+    return split < rows ? split : 0;
+  }
+};
+
+// The rows of a weight that one dispatch sees.
+struct RowChunk {
+  uint64_t first, count;
+};
+std::vector<RowChunk> chunks_of(const TestWeight& w, bool split) {
+  const uint64_t at = split ? w.chunk_split_row() : 0;
+  if (at == 0) return {{0, w.rows}};
+  return {{0, at}, {at, w.rows - at}};
+}
+
+Id embed_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return Id::embed_f32;
+    case GgmlType::F16: return Id::embed_f16;
+    case GgmlType::Q8_0: return Id::embed_q8_0;
+    default: return Id::embed_q4_0;
+  }
+}
+Id matvec_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return Id::matvec_f32;
+    case GgmlType::F16: return Id::matvec_f16;
+    case GgmlType::Q8_0: return Id::matvec_q8_0;
+    default: return Id::matvec_q4_0;
+  }
+}
+Id matmul_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32: return Id::matmul_f32;
+    case GgmlType::F16: return Id::matmul_f16;
+    case GgmlType::Q8_0: return Id::matmul_q8_0;
+    default: return Id::matmul_q4_0;
+  }
+}
+
+struct Shape {
+  uint64_t rows, cols;
+};
+// F32/F16 take any shape; Q8_0/Q4_0 need cols % 32 == 0.
+std::vector<Shape> matrix_shapes(GgmlType t, bool include_vocab) {
+  std::vector<Shape> shapes;
+  if (t == GgmlType::F32 || t == GgmlType::F16) shapes.insert(shapes.end(), {{5, 7}, {13, 11}, {100, 5}});
+  shapes.insert(shapes.end(), {{7, 32}, {11, 64}, {5, 96}, {288, 288}, {768, 288}, {288, 768}});
+  if (include_vocab) shapes.push_back({32000, 288});
+  return shapes;
+}
+
+// ---------------------------------------------------------------- [SECTION] embed, rmsnorm, swiglu, add
+
+TEST_CASE("embed: rows of every weight type, whole and chunked tables") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (GgmlType type : kWeightTypes) {
+      gpu::Pipeline pipe(context(), {embed_id(type), 4, sizeof(params::EmbedParams), {wg}});
+      const uint64_t n_vocab = 300;
+      for (uint64_t dim : {32u, 64u, 288u}) {
+        TestWeight table(type, n_vocab, dim, 11 + dim);
+        const std::vector<int32_t> ids{0, 299, 5, 150, 5, 151, 42};
+        gpu::Buffer id_buffer = upload(ids, "token ids");
+        for (bool split : {false, true}) {
+          const std::string what =
+              fmt::format("embed {} dim {} wg {}{}", type_name(type), dim, wg, split ? " chunked" : "");
+          GuardedOutput out(ids.size() * dim);
+          gpu::Recorder rec(context());
+          rec.begin();
+          for (RowChunk chunk : chunks_of(table, split)) {
+            params::EmbedParams p{uint32_t(ids.size()), uint32_t(dim), uint32_t(chunk.count),
+                                  uint32_t(chunk.first)};
+            rec.dispatch(pipe, {id_buffer, table.value_rows(chunk.first, chunk.count),
+                                table.scale_rows(chunk.first, chunk.count), out.buffer},
+                         p, uint32_t(ids.size()));
+          }
+          rec.submit_and_wait();
+          std::vector<float> expected(ids.size() * dim);
+          for (size_t t = 0; t < ids.size(); ++t) {
+            reference::embed(std::span(expected).subspan(t * dim, dim), type, table.gguf.data(), n_vocab,
+                             dim, ids[t]);
+          }
+          check_close(out.read(what), expected, kExactBound, what);
+        }
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+TEST_CASE("rmsnorm: odd row lengths, several rows") {
+  for (uint32_t wg : workgroup_sizes()) {
+    gpu::Pipeline pipe(context(), {Id::rmsnorm, 3, sizeof(params::RmsNormParams), {wg}});
+    for (uint32_t n : {1u, 5u, 7u, 13u, 100u, 288u, 768u}) {
+      for (uint32_t n_rows : {1u, 3u}) {
+        const std::string what = fmt::format("rmsnorm n {} rows {} wg {}", n, n_rows, wg);
+        const std::vector<float> x = random_floats(n_rows * n, n, -3, 3);
+        const std::vector<float> weight = random_floats(n, n + 1, 0.5f, 1.5f);
+        gpu::Buffer x_buffer = upload(x, "x"), w_buffer = upload(weight, "weight");
+        GuardedOutput out(n_rows * n);
+        const float eps = 1e-5f;
+        gpu::Recorder rec(context());
+        rec.begin();
+        rec.dispatch(pipe, {x_buffer, w_buffer, out.buffer}, params::RmsNormParams{n_rows, n, eps}, n_rows);
+        rec.submit_and_wait();
+        std::vector<float> expected(n_rows * n);
+        for (uint32_t r = 0; r < n_rows; ++r) {
+          reference::rmsnorm(std::span(expected).subspan(r * n, n), std::span(x).subspan(r * n, n), weight,
+                             eps);
+        }
+        check_close(out.read(what), expected, kSumOrderBound, what);
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+TEST_CASE("swiglu and add: elementwise over odd lengths") {
+  for (uint32_t wg : workgroup_sizes()) {
+    gpu::Pipeline swiglu(context(), {Id::swiglu, 3, sizeof(params::SwigluParams), {wg}});
+    gpu::Pipeline add(context(), {Id::add, 3, sizeof(params::AddParams), {wg}});
+    for (uint32_t n : {1u, 5u, 100u, 768u, 4099u}) {
+      const std::vector<float> a = random_floats(n, n, -8, 8), b = random_floats(n, n + 7, -2, 2);
+      gpu::Buffer a_buffer = upload(a, "a"), b_buffer = upload(b, "b");
+      GuardedOutput swiglu_out(n), add_out(n);
+      gpu::Recorder rec(context());
+      rec.begin();
+      rec.dispatch(swiglu, {a_buffer, b_buffer, swiglu_out.buffer}, params::SwigluParams{n},
+                   gpu::ceil_div(n, wg));
+      rec.dispatch(add, {a_buffer, b_buffer, add_out.buffer}, params::AddParams{n}, gpu::ceil_div(n, wg));
+      rec.submit_and_wait();
+      std::vector<float> expected_swiglu(n), expected_add(n);
+      reference::swiglu(expected_swiglu, a, b);
+      for (uint32_t i = 0; i < n; ++i) expected_add[i] = a[i] + b[i];
+      const std::string what = fmt::format("n {} wg {}", n, wg);
+      check_close(swiglu_out.read("swiglu " + what), expected_swiglu, kTranscendentalBound, "swiglu " + what);
+      check_close(add_out.read("add " + what), expected_add, kExactBound, "add " + what);
+    }
+  }
+  check_no_validation_messages();
+}
+
+// ---------------------------------------------------------------- [SECTION] matvec, matmul
+
+// y[v][row_offset + r] (+)= W[r] . x[v] on the CPU; y is [n_vec][y_stride].
+void matvec_reference(std::vector<float>& y, const TestWeight& w, const std::vector<float>& x, uint32_t n_vec,
+                      uint32_t y_stride, uint32_t row_offset, bool accumulate) {
+  std::vector<float> row_out(w.rows);
+  for (uint32_t v = 0; v < n_vec; ++v) {
+    reference::matvec(row_out, w.type, w.gguf.data(), w.rows, w.cols,
+                      std::span(x).subspan(v * w.cols, w.cols));
+    for (uint64_t r = 0; r < w.rows; ++r) {
+      float& dst = y[v * y_stride + row_offset + r];
+      dst = accumulate ? dst + row_out[r] : row_out[r];
+    }
+  }
+}
+
+// Runs matvec or matmul over `w` in one or two row chunks and checks y,
+// including the untouched slack columns of each y row.
+void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile, uint32_t tokens_per_tile,
+                   const TestWeight& w, uint32_t n_vec, bool accumulate, bool split, const std::string& what) {
+  const uint32_t row_offset = 3, slack = 2;  // y rows hold other data around ours
+  const uint32_t y_stride = row_offset + uint32_t(w.rows) + slack;
+  const std::vector<float> x = random_floats(n_vec * w.cols, uint32_t(w.rows * 31 + w.cols + n_vec));
+  const std::vector<float> y_initial = random_floats(size_t(n_vec) * y_stride, 99);
+  gpu::Buffer x_buffer = upload(x, "x");
+  GuardedOutput y(size_t(n_vec) * y_stride, y_initial);
+  gpu::Recorder rec(context());
+  rec.begin();
+  for (RowChunk chunk : chunks_of(w, split)) {
+    const uint32_t rows = uint32_t(chunk.count), first = uint32_t(chunk.first);
+    std::initializer_list<gpu::Binding> bindings{w.value_rows(first, rows), w.scale_rows(first, rows), x_buffer,
+                                                 y.buffer};
+    if (is_matmul) {
+      params::MatMulParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
+      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), gpu::ceil_div(n_vec, tokens_per_tile));
+    } else {
+      params::MatVecParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
+      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), n_vec);
+    }
+  }
+  rec.submit_and_wait();
+  std::vector<float> expected = y_initial;
+  matvec_reference(expected, w, x, n_vec, y_stride, row_offset, accumulate);
+  const std::vector<float> got = y.read(what);
+  // The slack around the rows must be bit-for-bit what it was.
+  for (uint32_t v = 0; v < n_vec; ++v) {
+    for (uint32_t c = 0; c < y_stride; ++c) {
+      if (c >= row_offset && c < row_offset + w.rows) continue;
+      const size_t i = size_t(v) * y_stride + c;
+      if (std::memcmp(&got[i], &y_initial[i], 4) != 0) {
+        FAIL_CHECK(fmt::format("{}: y[{}][{}] outside the output rows was changed", what, v, c));
+        return;
+      }
+    }
+  }
+  check_close(got, expected, kSumOrderBound, what);
+}
+
+TEST_CASE("matvec: every weight type, odd shapes, chunked rows, accumulate") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (uint32_t rows_per_group : {1u, 4u}) {
+      for (GgmlType type : kWeightTypes) {
+        gpu::Pipeline pipe(context(), {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}});
+        for (Shape s : matrix_shapes(type, /*include_vocab=*/rows_per_group == 4)) {
+          TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols));
+          for (uint32_t n_vec : {1u, 2u}) {
+            const bool accumulate = n_vec == 2, split = n_vec == 2;
+            const std::string what = fmt::format("matvec {} {}x{} n_vec {} wg {} rows/group {}{}{}", type_name(type),
+                                                 s.rows, s.cols, n_vec, wg, rows_per_group,
+                                                 accumulate ? " accumulate" : "", split ? " chunked" : "");
+            check_product(pipe, false, rows_per_group, 1, w, n_vec, accumulate, split, what);
+          }
+        }
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+TEST_CASE("matmul: every weight type, token counts 1..64, chunked rows, accumulate") {
+  for (uint32_t wg : workgroup_sizes()) {
+    const uint32_t tokens_per_tile = wg / 2;
+    for (GgmlType type : kWeightTypes) {
+      gpu::Pipeline pipe(context(), {matmul_id(type), 4, sizeof(params::MatMulParams), {wg}});
+      for (Shape s : matrix_shapes(type, false)) {
+        TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols));
+        for (uint32_t n_tokens : {1u, 3u, 17u, 64u}) {
+          const bool accumulate = n_tokens % 2 == 1, split = n_tokens >= 17;
+          const std::string what = fmt::format("matmul {} {}x{} tokens {} wg {}{}{}", type_name(type), s.rows, s.cols,
+                                               n_tokens, wg, accumulate ? " accumulate" : "", split ? " chunked" : "");
+          check_product(pipe, true, KVSCOPE_MATMUL_TILE_ROWS, tokens_per_tile, w, n_tokens, accumulate, split, what);
+        }
+      }
+      // The output projection's shape, once per type: rows far beyond one tile.
+      TestWeight vocab(type, 32000, 288, 5);
+      check_product(pipe, true, KVSCOPE_MATMUL_TILE_ROWS, tokens_per_tile, vocab, 5, false, true,
+                    fmt::format("matmul {} 32000x288 tokens 5 wg {} chunked", type_name(type), wg));
+    }
+  }
+  check_no_validation_messages();
+}
+
+// ---------------------------------------------------------------- [SECTION] rope, kv_write, attention
+
+TEST_CASE("rope: head_dim 48/64/128, positions 0..300, partial rotary dims") {
+  for (uint32_t wg : workgroup_sizes()) {
+    gpu::Pipeline pipe(context(), {Id::rope, 3, sizeof(params::RopeParams), {wg}});
+    struct Case {
+      uint32_t head_dim, rope_dim, n_head_q, n_head_k;
+    };
+    for (Case c : {Case{48, 48, 6, 6}, Case{64, 64, 8, 2}, Case{128, 128, 2, 1}, Case{64, 32, 3, 1}}) {
+      const uint32_t n_tokens = 301;  // positions 0..300, shuffled
+      std::vector<int32_t> positions(n_tokens);
+      std::iota(positions.begin(), positions.end(), 0);
+      std::shuffle(positions.begin(), positions.end(), std::mt19937(c.head_dim));
+      const uint32_t q_dim = c.n_head_q * c.head_dim, k_dim = c.n_head_k * c.head_dim;
+      const std::vector<float> q = random_floats(n_tokens * q_dim, 1), k = random_floats(n_tokens * k_dim, 2);
+      GuardedOutput q_out(q.size(), q), k_out(k.size(), k);  // rope works in place
+      gpu::Buffer pos_buffer = upload(positions, "positions");
+      const float theta = 10000.0f;
+      gpu::Recorder rec(context());
+      rec.begin();
+      rec.dispatch(pipe, {q_out.buffer, k_out.buffer, pos_buffer},
+                   params::RopeParams{n_tokens, c.n_head_q, c.n_head_k, c.head_dim, c.rope_dim, theta},
+                   c.n_head_q + c.n_head_k, n_tokens);
+      rec.submit_and_wait();
+      std::vector<float> q_expected = q, k_expected = k;
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        for (uint32_t h = 0; h < c.n_head_q; ++h)
+          reference::rope(std::span(q_expected).subspan((t * c.n_head_q + h) * c.head_dim, c.head_dim), positions[t],
+                          c.rope_dim, theta);
+        for (uint32_t h = 0; h < c.n_head_k; ++h)
+          reference::rope(std::span(k_expected).subspan((t * c.n_head_k + h) * c.head_dim, c.head_dim), positions[t],
+                          c.rope_dim, theta);
+      }
+      const std::string what = fmt::format("rope head_dim {} rope_dim {} heads {}/{} wg {}", c.head_dim, c.rope_dim,
+                                           c.n_head_q, c.n_head_k, wg);
+      check_close(q_out.read(what + " q"), q_expected, kTranscendentalBound, what + " q");
+      check_close(k_out.read(what + " k"), k_expected, kTranscendentalBound, what + " k");
+    }
+  }
+  check_no_validation_messages();
+}
+
+// A KV cache in the shader's format, [n_kv_head][capacity][head_dim].
+struct CacheImage {
+  bool f16;
+  std::vector<uint32_t> words;  // what the GPU buffer holds
+  CacheImage(bool f16, size_t elements, std::span<const float> values) : f16(f16) {
+    if (!f16) {
+      words.resize(elements);
+      std::memcpy(words.data(), values.data(), elements * 4);
+    } else {
+      words.resize(elements / 2);
+      for (size_t i = 0; i < elements; i += 2) {
+        words[i / 2] = uint32_t(f32_to_f16(values[i])) | (uint32_t(f32_to_f16(values[i + 1])) << 16);
+      }
+    }
+  }
+  float at(size_t e) const {
+    if (!f16) return std::bit_cast<float>(words[e]);
+    return f16_to_f32(uint16_t(words[e / 2] >> (16 * (e % 2))));
+  }
+};
+
+std::vector<float> cache_values(const CacheImage& cache, size_t elements) {
+  std::vector<float> v(elements);
+  for (size_t e = 0; e < elements; ++e) v[e] = cache.at(e);
+  return v;
+}
+
+TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (bool f16 : {false, true}) {
+      gpu::Pipeline pipe(context(), {f16 ? Id::kv_write_f16 : Id::kv_write_f32, 5, sizeof(params::KvWriteParams), {wg}});
+      for (uint32_t head_dim : {48u, 64u, 128u}) {
+        const uint32_t n_tokens = 5, n_kv_head = 3, capacity = 13;
+        // Slot per (token, kv head): a different scatter per head, -1 = not stored.
+        const std::vector<int32_t> slots{7, 0, 12,   //
+                                         -1, 1, 3,   //
+                                         2, -1, 11,  //
+                                         9, 4, -1,   //
+                                         12, 5, 0};
+        const size_t row_elems = size_t(n_tokens) * n_kv_head * head_dim;
+        const size_t cache_elems = size_t(n_kv_head) * capacity * head_dim;
+        const std::vector<float> k = random_floats(row_elems, 3), v = random_floats(row_elems, 4);
+        const std::vector<float> old_k = random_floats(cache_elems, 5), old_v = random_floats(cache_elems, 6);
+        const CacheImage k_before(f16, cache_elems, old_k), v_before(f16, cache_elems, old_v);
+        gpu::Buffer k_buffer = upload(k, "k"), v_buffer = upload(v, "v"), slot_buffer = upload(slots, "slots");
+        // The cache buffers as f32 words with guard regions (F16 uses half as many words).
+        auto as_floats = [](const std::vector<uint32_t>& words) {
+          std::vector<float> f(words.size());
+          std::memcpy(f.data(), words.data(), words.size() * 4);
+          return f;
+        };
+        const std::vector<float> k_words = as_floats(k_before.words), v_words = as_floats(v_before.words);
+        GuardedOutput k_cache(k_words.size(), k_words), v_cache(v_words.size(), v_words);
+        gpu::Recorder rec(context());
+        rec.begin();
+        rec.dispatch(pipe, {k_buffer, v_buffer, slot_buffer, k_cache.buffer, v_cache.buffer},
+                     params::KvWriteParams{n_tokens, n_kv_head, head_dim, capacity}, n_kv_head, n_tokens);
+        rec.submit_and_wait();
+
+        // Expected: the old cache with each stored token's row at its slot.
+        std::vector<float> k_expected = cache_values(k_before, cache_elems);
+        std::vector<float> v_expected = cache_values(v_before, cache_elems);
+        std::vector<bool> written(size_t(n_kv_head) * capacity, false);
+        for (uint32_t t = 0; t < n_tokens; ++t) {
+          for (uint32_t h = 0; h < n_kv_head; ++h) {
+            const int32_t slot = slots[t * n_kv_head + h];
+            if (slot < 0) continue;
+            written[h * capacity + slot] = true;
+            for (uint32_t d = 0; d < head_dim; ++d) {
+              const size_t src = (size_t(t) * n_kv_head + h) * head_dim + d;
+              const size_t dst = (size_t(h) * capacity + slot) * head_dim + d;
+              k_expected[dst] = f16 ? f16_round(k[src]) : k[src];
+              v_expected[dst] = f16 ? f16_round(v[src]) : v[src];
+            }
+          }
+        }
+        const std::string what = fmt::format("kv_write {} head_dim {} wg {}", f16 ? "f16" : "f32", head_dim, wg);
+        auto got_cache = [&](const GuardedOutput& out, const std::string& name) {
+          const std::vector<float> w = out.read(what + name);
+          CacheImage image(f16, 0, {});
+          image.words.resize(w.size());
+          std::memcpy(image.words.data(), w.data(), w.size() * 4);
+          return image;
+        };
+        const CacheImage k_after = got_cache(k_cache, " k"), v_after = got_cache(v_cache, " v");
+        // Slots nobody wrote keep their exact words.
+        const size_t words_per_slot = f16 ? head_dim / 2 : head_dim;
+        for (size_t slot = 0; slot < written.size(); ++slot) {
+          if (written[slot]) continue;
+          const size_t w0 = slot * words_per_slot;
+          const bool k_same = std::equal(k_after.words.begin() + w0, k_after.words.begin() + w0 + words_per_slot,
+                                         k_before.words.begin() + w0);
+          const bool v_same = std::equal(v_after.words.begin() + w0, v_after.words.begin() + w0 + words_per_slot,
+                                         v_before.words.begin() + w0);
+          CHECK_MESSAGE((k_same && v_same), fmt::format("{}: slot {} of head {} was not written but changed", what,
+                                                        slot % capacity, slot / capacity));
+        }
+        const double bound = f16 ? kF16StoreBound : kExactBound;
+        check_close(cache_values(k_after, cache_elems), k_expected, bound, what + " k");
+        check_close(cache_values(v_after, cache_elems), v_expected, bound, what + " v");
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+struct AttentionCase {
+  uint32_t head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots;
+};
+
+// One attention case: a cache whose slots hold positions in scrambled order,
+// some empty (their contents NaN, which must never reach the output), some
+// holding positions later than a query (masked), and slots >= n_slots NaN too.
+void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, const std::string& what) {
+  const uint32_t hd = c.head_dim;
+  std::mt19937 rng(c.capacity * 131 + c.head_dim + c.n_tokens);
+  // Query positions: the last n_tokens of a sequence, causal.
+  const int32_t last_pos = int32_t(c.n_slots) - 1 + 2;
+  std::vector<int32_t> query_pos(c.n_tokens);
+  for (uint32_t t = 0; t < c.n_tokens; ++t) query_pos[t] = last_pos - int32_t(c.n_tokens - 1 - t);
+  // Slot positions per kv head: a shuffled permutation of 0..n_slots+1, every
+  // 7th slot empty.
+  std::vector<int32_t> slot_pos(size_t(c.n_kv_head) * c.capacity, -1);
+  for (uint32_t h = 0; h < c.n_kv_head; ++h) {
+    std::vector<int32_t> pos(c.n_slots);
+    std::iota(pos.begin(), pos.end(), 2);  // shifted so that the last ones exceed early queries
+    std::shuffle(pos.begin(), pos.end(), rng);
+    for (uint32_t s = 0; s < c.n_slots; ++s) slot_pos[h * c.capacity + s] = (s % 7 == 3) ? -1 : pos[s];
+  }
+  const size_t cache_elems = size_t(c.n_kv_head) * c.capacity * hd;
+  std::vector<float> k = random_floats(cache_elems, 21, -2, 2), v = random_floats(cache_elems, 22);
+  for (uint32_t h = 0; h < c.n_kv_head; ++h) {
+    for (uint32_t s = 0; s < c.capacity; ++s) {
+      if (s < c.n_slots && slot_pos[h * c.capacity + s] >= 0) continue;
+      for (uint32_t d = 0; d < hd; ++d) k[(h * c.capacity + s) * hd + d] = v[(h * c.capacity + s) * hd + d] = NAN;
+    }
+  }
+  const CacheImage k_cache(f16, cache_elems, k), v_cache(f16, cache_elems, v);
+  const std::vector<float> q = random_floats(size_t(c.n_tokens) * c.n_head * hd, 23, -2, 2);
+  gpu::Buffer q_buffer = upload(q, "q"), k_buffer = upload(k_cache.words, "k cache"),
+              v_buffer = upload(v_cache.words, "v cache"), slot_buffer = upload(slot_pos, "slot positions"),
+              qpos_buffer = upload(query_pos, "query positions");
+  GuardedOutput out(q.size()), probs(size_t(c.n_tokens) * c.n_head * c.capacity);
+  const params::AttentionParams p{c.n_tokens, c.n_head,     c.n_kv_head, hd,
+                                  c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd))};
+  gpu::Recorder rec(context());
+  rec.begin();
+  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer}, p, c.n_head,
+               c.n_tokens);
+  rec.submit_and_wait();
+
+  // CPU: per (token, head), gather the visible slots' rows and run the reference.
+  std::vector<float> out_expected(q.size()), probs_expected(probs.n, 0.0f);
+  const uint32_t group = c.n_head / c.n_kv_head;
+  for (uint32_t t = 0; t < c.n_tokens; ++t) {
+    for (uint32_t h = 0; h < c.n_head; ++h) {
+      const uint32_t kvh = h / group;
+      std::vector<uint32_t> visible;
+      std::vector<float> keys, values;
+      for (uint32_t s = 0; s < c.n_slots; ++s) {
+        const int32_t sp = slot_pos[kvh * c.capacity + s];
+        if (sp < 0 || sp > query_pos[t]) continue;
+        visible.push_back(s);
+        for (uint32_t d = 0; d < hd; ++d) {
+          keys.push_back(k_cache.at((size_t(kvh) * c.capacity + s) * hd + d));
+          values.push_back(v_cache.at((size_t(kvh) * c.capacity + s) * hd + d));
+        }
+      }
+      const size_t q_base = (size_t(t) * c.n_head + h) * hd;
+      std::vector<float> row_probs(visible.size());
+      auto out_row = std::span(out_expected).subspan(q_base, hd);
+      if (visible.empty()) {
+        std::fill(out_row.begin(), out_row.end(), 0.0f);
+        continue;
+      }
+      reference::attention_head(out_row, std::span(q).subspan(q_base, hd), keys, values, uint32_t(visible.size()), hd,
+                                row_probs);
+      for (size_t i = 0; i < visible.size(); ++i)
+        probs_expected[(size_t(t) * c.n_head + h) * c.capacity + visible[i]] = row_probs[i];
+    }
+  }
+  check_close(out.read(what + " out"), out_expected, kTranscendentalBound, what + " out");
+  check_close(probs.read(what + " probs"), probs_expected, kTranscendentalBound, what + " probs");
+}
+
+TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities 1..300") {
+  const AttentionCase cases[] = {
+      // head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots
+      {48, 6, 6, 1, 1, 1},      {48, 6, 6, 1, 50, 37},    {48, 6, 6, 7, 300, 300},
+      {64, 8, 2, 1, 100, 100},  {64, 8, 2, 7, 129, 120},  {128, 4, 1, 7, 17, 17},
+      {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
+  };
+  for (uint32_t wg : workgroup_sizes()) {
+    for (bool f16 : {false, true}) {
+      gpu::Pipeline pipe(context(), {f16 ? Id::attention_f16 : Id::attention_f32, 7, sizeof(params::AttentionParams), {wg}});
+      for (const AttentionCase& c : cases) {
+        check_attention(pipe, f16, c,
+                        fmt::format("attention {} head_dim {} heads {}/{} tokens {} capacity {} slots {} wg {}",
+                                    f16 ? "f16" : "f32", c.head_dim, c.n_head, c.n_kv_head, c.n_tokens, c.capacity,
+                                    c.n_slots, wg));
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+}  // namespace

@@ -1,0 +1,53 @@
+// The `kvscope` subcommands. Each takes its parsed options and returns the
+// process exit code; errors are thrown and turned into one line by main().
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace kvscope::cli {
+
+struct ModelOptions {
+  std::string model;   // -m; empty: the default model
+  uint32_t n_ctx = 0;  // -c; 0: the model's trained context
+  int device = -1;     // --device
+  std::string kv = "f16";  // --kv FORMAT (K and V)
+};
+
+struct RunOptions {
+  ModelOptions m;
+  std::string prompt = "Once upon a time";
+  int32_t n_predict = 128;
+  float temp = 0.8f;
+  int32_t top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 0;
+  bool seed_set = false;
+  bool json = false;
+};
+int run(const RunOptions& o);
+
+int info(const std::string& model, bool json);
+
+struct TokenizeOptions {
+  std::string model;
+  std::string text;
+  bool json = false;
+};
+int tokenize(const TokenizeOptions& o);
+
+int devices(bool json);
+
+struct BenchOptions {
+  ModelOptions m;
+  uint32_t n_prompt = 128;
+  uint32_t n_gen = 128;
+  uint32_t reps = 3;
+  bool json = false;
+  bool profile = false;
+};
+int bench(const BenchOptions& o);
+
+int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer, const std::string& out);
+int quantize(const std::string& in, const std::string& out, const std::string& type);
+
+}  // namespace kvscope::cli

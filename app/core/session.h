@@ -1,0 +1,84 @@
+// What both front ends drive: an Engine (device, model file, weights on the
+// device, tokenizer) and Sessions on it (a KV cache and the tokens so far).
+#pragma once
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "gpu/context.h"
+#include "kv/cache.h"
+#include "models/forward.h"
+#include "models/gguf.h"
+#include "models/sampler.h"
+#include "models/tokenizer.h"
+
+namespace kvscope {
+
+struct EngineOptions {
+  std::string model_path;  // empty: the default model
+  int device_index = -1;
+  uint32_t n_ctx = 0;      // 0: the model's trained context length
+  uint32_t max_batch = 256;
+};
+
+class Engine {
+ public:
+  // Throws with one clear message (missing model, malformed file, no device,
+  // out of memory).
+  explicit Engine(const EngineOptions& options);
+
+  gpu::Context& context() { return ctx_; }
+  const GgufFile& file() const { return file_; }
+  const Tokenizer& tokenizer() const { return tokenizer_; }
+  GpuModel& model() { return model_; }
+  const LlamaConfig& config() const { return model_.config(); }
+  uint32_t n_ctx() const { return n_ctx_; }
+  std::string device_name() const { return ctx_.info().name; }
+
+ private:
+  gpu::Context ctx_;
+  GgufFile file_;
+  Tokenizer tokenizer_;
+  uint32_t n_ctx_;
+  GpuModel model_;
+};
+
+struct GenerationStats {
+  uint32_t prompt_tokens = 0, generated_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;
+  double prefill_tok_s() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
+  double decode_tok_s() const { return decode_seconds > 0 ? generated_tokens / decode_seconds : 0; }
+};
+
+class Session {
+ public:
+  Session(Engine& engine, const kv::CacheConfig& cache_config);
+
+  // Feeds the prompt, then samples up to `max_new` tokens (stopping at EOS or
+  // when the context is full), calling `on_token(id, text)` with text that is
+  // always whole UTF-8 characters; returning false from it stops early.
+  // Throws kv::ContextFull when the prompt alone does not fit.
+  using TokenCallback = std::function<bool(int32_t id, const std::string& text)>;
+  std::vector<int32_t> generate(const std::vector<int32_t>& prompt, uint32_t max_new, Sampler& sampler,
+                                const TokenCallback& on_token = {});
+
+  // Teacher-forced logits for every token of `ids` (continuing the session).
+  std::vector<float> logits_all(const std::vector<int32_t>& ids);
+
+  void reset();
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+  kv::KvCache& cache() { return cache_; }
+  const GenerationStats& stats() const { return stats_; }
+
+ private:
+  Engine* engine_;
+  kv::KvCache cache_;
+  std::vector<int32_t> tokens_;
+  GenerationStats stats_;
+};
+
+}  // namespace kvscope

@@ -1,0 +1,83 @@
+// The GPU forward pass: the same data flow as models/reference.cpp, recorded
+// as one command buffer per call and submitted once.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <span>
+#include <vector>
+
+#include "gpu/buffer.h"
+#include "gpu/context.h"
+#include "gpu/pipeline.h"
+#include "gpu/recorder.h"
+#include "gpu/timer.h"
+#include "kv/cache.h"
+#include "models/gguf.h"
+#include "models/hparams.h"
+#include "models/weights.h"
+
+namespace kvscope {
+
+enum class LogitsWanted { Last, All };
+
+class GpuModel {
+ public:
+  // Uploads the weights and builds the pipelines. `max_batch` bounds the tokens
+  // of one submit (longer inputs are split); `capacity` bounds the KV slots
+  // any cache used with this model may have.
+  GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, uint32_t capacity);
+
+  const LlamaConfig& config() const { return cfg_; }
+  gpu::Context& context() const { return *ctx_; }
+  kv::CacheShape cache_shape() const { return {cfg_.n_layer, cfg_.n_kv_head, cfg_.head_dim}; }
+  uint32_t max_batch() const { return max_batch_; }
+  uint64_t weight_bytes() const { return weights_.device_bytes(); }
+
+  // Runs tokens at the given positions (cache slots are reserved in `cache`),
+  // and returns the logits of the last token (n_vocab) or of every token
+  // (n_tokens x n_vocab). Inputs longer than max_batch are split into several
+  // submits. Throws kv::ContextFull (nothing written) when the cache has no
+  // room, std::invalid_argument for token ids outside the vocabulary.
+  std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
+                                 kv::KvCache& cache, LogitsWanted wanted);
+
+  // GPU milliseconds per shader, summed since the last call, when profiling.
+  void set_profiling(bool on);
+  std::map<std::string, double> take_profile();
+  uint32_t last_dispatch_count() const { return last_dispatches_; }
+
+ private:
+  void make_pipelines();
+  void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted);
+  void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
+              uint32_t y_stride, bool accumulate);
+
+  gpu::Context* ctx_;
+  LlamaConfig cfg_;
+  uint32_t max_batch_, capacity_;
+  uint32_t wg_ = 64;  // threads per workgroup, from the device's subgroup size
+  GpuWeights weights_;
+
+  struct Pipelines {
+    gpu::Pipeline embed[4], matvec[4], matmul[4];
+    gpu::Pipeline rmsnorm, rope, swiglu, add;
+    gpu::Pipeline kv_write[2], attention[2];
+  } pipelines_;
+
+  // Activations, sized for max_batch tokens.
+  gpu::Buffer tokens_, positions_;             // int[max_batch] (host-visible)
+  gpu::Buffer x_, xb_, xb2_, q_, k_, v_;       // f32 [max_batch][dim | q_dim | kv_dim]
+  gpu::Buffer hb_, hb2_;                       // f32 [max_batch][ffn_dim]
+  gpu::Buffer probs_;                          // f32 [max_batch][n_head][capacity]
+  gpu::Buffer x_last_, xn_last_;               // f32 [dim]
+  gpu::Buffer logits_;                         // f32 [max_batch][n_vocab] (readback)
+  std::vector<float> logits_host_;
+  gpu::Recorder recorder_;
+  std::unique_ptr<gpu::Timer> timer_;
+  std::map<std::string, double> profile_;
+  uint32_t last_dispatches_ = 0;
+};
+
+}  // namespace kvscope

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every test: set up (packages, build everything, default model), run the
+# doctest suites through ctest on whatever Vulkan device exists (lavapipe on a
+# machine without a GPU), then the host-side code (GGUF, tokenizer, converter,
+# quantization) again under AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/scripts/setup.sh" all
+
+echo "== tests (build/)" >&2
+ctest --test-dir "$root/build" --output-on-failure --timeout 1500
+
+san="$root/build-sanitize"
+if [ ! -f "$san/build.ninja" ]; then
+  cmake -S "$root" -B "$san" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DKVSCOPE_SANITIZE=ON >/dev/null
+fi
+echo "== host tests under ASan + UBSan (build-sanitize/)" >&2
+ninja -C "$san"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest --test-dir "$san" --output-on-failure --timeout 1500

@@ -1,0 +1,89 @@
+#version 450
+// Attention of one query head of one token over the live slots of its kv head
+// (workgroup (head, token)), dequantizing the cache on read (KV_F32/KV_F16).
+// Pass 1 writes the scaled scores of visible slots into the probs row (binding
+// 6, which doubles as the attention probe) and finds their max; pass 2 turns
+// them into exp(score - max) and sums; pass 3 normalizes; then invocations
+// split head_dim and accumulate the values. Any capacity works: the row lives
+// in the probs buffer, not in shared memory.
+#extension GL_GOOGLE_include_directive : require
+#include "params.h"
+
+layout(local_size_x_id = 0) in;
+layout(constant_id = 0) const uint WG = 64;
+#include "reduce.glsl"
+
+layout(std430, binding = 0) readonly buffer Q { float q[]; };
+#define K_BINDING 1
+#define V_BINDING 2
+#include "kv.glsl"
+layout(std430, binding = 3) readonly buffer SlotPositions { int slot_pos[]; };
+layout(std430, binding = 4) readonly buffer QueryPositions { int query_pos[]; };
+layout(std430, binding = 5) writeonly buffer Out { float out_values[]; };
+layout(std430, binding = 6) coherent buffer Probs { float probs[]; };
+
+layout(push_constant) uniform Push { AttentionParams p; };
+
+shared float q_scaled[KVSCOPE_ATTENTION_MAX_HEAD_DIM];
+
+void main() {
+  const uint tid = gl_LocalInvocationID.x;
+  const uint head = gl_WorkGroupID.x, t = gl_WorkGroupID.y;
+  if (head >= p.n_head || t >= p.n_tokens) return;  // uniform per workgroup
+  const uint kv_head = head / (p.n_head / p.n_kv_head);
+  const int position = query_pos[t];
+  const uint q_base = (t * p.n_head + head) * p.head_dim;
+  const uint probs_base = (t * p.n_head + head) * p.capacity;
+  const uint slot_base = kv_head * p.capacity;  // into slot_pos, and rows of the cache
+  const uint n_slots = min(p.n_slots, p.capacity);
+
+  for (uint d = tid; d < p.head_dim; d += WG) q_scaled[d] = q[q_base + d] * p.scale;
+  barrier();
+
+  // Pass 1: scores of visible slots, and their max.
+  float local_max = uintBitsToFloat(0xff800000u);  // -inf
+  for (uint s = tid; s < n_slots; s += WG) {
+    const int sp = slot_pos[slot_base + s];
+    if (sp < 0 || sp > position) continue;
+    const uint k_base = (slot_base + s) * p.head_dim;
+    float score = 0.0;
+    for (uint d = 0u; d < p.head_dim; d += 2u) {
+      score += dot(vec2(q_scaled[d], q_scaled[d + 1u]), k_load2(k_base + d));
+    }
+    probs[probs_base + s] = score;
+    local_max = max(local_max, score);
+  }
+  const float row_max = workgroup_max(local_max);
+
+  // Pass 2: exponentials (each invocation revisits its own slots) and sum.
+  float local_sum = 0.0;
+  for (uint s = tid; s < p.capacity; s += WG) {
+    const int sp = s < n_slots ? slot_pos[slot_base + s] : -1;
+    float e = 0.0;
+    if (sp >= 0 && sp <= position) {
+      e = exp(probs[probs_base + s] - row_max);
+      local_sum += e;
+    }
+    probs[probs_base + s] = e;
+  }
+  const float sum = workgroup_sum(local_sum);
+  const float inv_sum = sum > 0.0 ? 1.0 / sum : 0.0;
+
+  // Pass 3: normalize.
+  for (uint s = tid; s < n_slots; s += WG) probs[probs_base + s] *= inv_sum;
+  memoryBarrierBuffer();
+  barrier();
+
+  // Values: invocations split head_dim, each reads the whole probs row.
+  // Masked and empty slots are skipped, not multiplied by 0: an empty slot
+  // may hold anything, NaN included.
+  for (uint d = tid; d < p.head_dim; d += WG) {
+    float acc = 0.0;
+    for (uint s = 0u; s < n_slots; ++s) {
+      const int sp = slot_pos[slot_base + s];
+      if (sp < 0 || sp > position) continue;
+      acc += probs[probs_base + s] * v_load((slot_base + s) * p.head_dim + d);
+    }
+    out_values[q_base + d] = acc;
+  }
+}
