@@ -20,6 +20,7 @@
 #include <cerrno>
 #include <cstring>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
@@ -131,6 +132,22 @@ uint64_t min_value_bytes(GgufValueType t) {
 
 bool known_value_type(uint32_t t) { return t <= static_cast<uint32_t>(GgufValueType::FLOAT64); }
 
+// Names the field being read; made into a string only when an error is
+// reported (array items would otherwise cost one formatted string each, and a
+// tokenizer holds 100k+ of them).
+class FieldName {
+ public:
+  FieldName(const std::string& text) : text_(text) {}  // implicit on purpose, as are the next
+  FieldName(const char* text) : text_(text) {}
+  FieldName(const FieldName& array, uint64_t index) : parent_(&array), index_(index) {}
+  std::string str() const { return parent_ ? fmt::format("{}[{}]", parent_->str(), index_) : std::string(text_); }
+
+ private:
+  std::string_view text_;
+  const FieldName* parent_ = nullptr;
+  uint64_t index_ = 0;
+};
+
 class Cursor {
  public:
   Cursor(const std::string& path, const uint8_t* base, uint64_t size) : path_(path), base_(base), size_(size) {}
@@ -138,12 +155,12 @@ class Cursor {
   uint64_t pos() const { return pos_; }
   uint64_t remaining() const { return size_ - pos_; }
 
-  [[noreturn]] void fail(const std::string& field, const std::string& what) const {
-    throw GgufError(fmt::format("{}: {}: {}", path_, field, what));
+  [[noreturn]] void fail(const FieldName& field, const std::string& what) const {
+    throw GgufError(fmt::format("{}: {}: {}", path_, field.str(), what));
   }
 
   template <typename T>
-  T read(const std::string& field) {
+  T read(const FieldName& field) {
     if (remaining() < sizeof(T))
       fail(field, fmt::format("the file ends at byte {}, in the middle of this field ({} bytes needed at offset {})",
                               size_, sizeof(T), pos_));
@@ -153,7 +170,7 @@ class Cursor {
     return value;
   }
 
-  std::string read_string(const std::string& field) {
+  std::string read_string(const FieldName& field) {
     const uint64_t length = read<uint64_t>(field);
     if (length > remaining())
       fail(field, fmt::format("string length {} runs past the end of the file", length));
@@ -171,9 +188,9 @@ class Cursor {
 
 // ============================================================ [SECTION] metadata
 
-GgufValue read_value(Cursor& in, GgufValueType type, const std::string& field, int depth);
+GgufValue read_value(Cursor& in, GgufValueType type, const FieldName& field, int depth);
 
-GgufValue read_array(Cursor& in, const std::string& field, int depth) {
+GgufValue read_array(Cursor& in, const FieldName& field, int depth) {
   if (depth >= kMaxArrayDepth)
     in.fail(field, fmt::format("arrays nested deeper than {} levels; kvscope does not read such files", kMaxArrayDepth));
   const uint32_t elem_type = in.read<uint32_t>(field);
@@ -189,14 +206,14 @@ GgufValue read_array(Cursor& in, const std::string& field, int depth) {
   array->elem_type = static_cast<GgufValueType>(elem_type);
   array->items.reserve(length);
   for (uint64_t i = 0; i < length; ++i)
-    array->items.push_back(read_value(in, array->elem_type, fmt::format("{}[{}]", field, i), depth + 1));
+    array->items.push_back(read_value(in, array->elem_type, FieldName(field, i), depth + 1));
   GgufValue v;
   v.type = GgufValueType::ARRAY;
   v.value = std::move(array);
   return v;
 }
 
-GgufValue read_value(Cursor& in, GgufValueType type, const std::string& field, int depth) {
+GgufValue read_value(Cursor& in, GgufValueType type, const FieldName& field, int depth) {
   GgufValue v;
   v.type = type;
   switch (type) {

@@ -218,8 +218,10 @@ Vocab read_tokenizer(const std::string& path, uint64_t n_vocab) {
   return v;
 }
 
-std::string model_name_from(const std::string& checkpoint) {
-  const std::string stem = std::filesystem::path(checkpoint).stem().string();
+// general.name: the name the user gives the GGUF (stories15M.gguf ->
+// "stories15M"). The checkpoint's own name is usually the generic "model.bin".
+std::string model_name_from(const std::string& out_gguf) {
+  const std::string stem = std::filesystem::path(out_gguf).stem().string();
   return stem.empty() ? "llama2.c" : stem;
 }
 
@@ -237,7 +239,7 @@ Llama2cConvertResult convert_llama2c(const std::string& checkpoint, const std::s
 
   GgufWriter w;
   w.set_string("general.architecture", "llama");
-  w.set_string("general.name", model_name_from(checkpoint));
+  w.set_string("general.name", model_name_from(out_gguf));
   w.set_uint32("general.file_type", 0);  // all F32
   w.set_uint32("llama.vocab_size", static_cast<uint32_t>(l.vocab));
   w.set_uint32("llama.context_length", static_cast<uint32_t>(l.seq_len));

@@ -268,13 +268,16 @@ TEST_CASE("llama2c: conversion is deterministic") {
   TempDir dir;
   write_bytes(dir.file("m.bin"), checkpoint_bytes(true));
   write_bytes(dir.file("t.bin"), tokenizer_bytes(false));
-  convert_llama2c(dir.file("m.bin"), dir.file("t.bin"), dir.file("a.gguf"));
-  convert_llama2c(dir.file("m.bin"), dir.file("t.bin"), dir.file("b.gguf"));
+  // Same output name in two folders: general.name comes from the name.
+  fs::create_directories(dir.file("a"));
+  fs::create_directories(dir.file("b"));
+  convert_llama2c(dir.file("m.bin"), dir.file("t.bin"), dir.file("a/same.gguf"));
+  convert_llama2c(dir.file("m.bin"), dir.file("t.bin"), dir.file("b/same.gguf"));
   auto slurp = [](const std::string& p) {
     std::ifstream in(p, std::ios::binary);
     return std::string(std::istreambuf_iterator<char>(in), {});
   };
-  CHECK(slurp(dir.file("a.gguf")) == slurp(dir.file("b.gguf")));
+  CHECK(slurp(dir.file("a/same.gguf")) == slurp(dir.file("b/same.gguf")));
 }
 
 TEST_CASE("llama2c: bad input gives errors that name the file") {

@@ -226,10 +226,13 @@ TEST_CASE("q8_0 / q4_0: error bounds on random data, one bound per block") {
     for (size_t b = 0; b < n / 32; ++b) {
       float amax = 0.0f;
       for (size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[b * 32 + j]));
-      // The scale is stored as a half: up to 2^-11 relative error, times |q| <= 127 (or 8).
+      // Rounding costs d/2 (Q4_0: up to d at the clamped end); the scale is
+      // stored as a half, whose error is multiplied by |q| <= 127 (Q4_0: 8).
       const float d8 = amax / 127.0f, d4 = amax / 8.0f;
-      const float bound8 = d8 / 2 + 127 * d8 * std::ldexp(1.0f, -11) + 1e-7f * amax;
-      const float bound4 = d4 + 8 * d4 * std::ldexp(1.0f, -11) + 1e-7f * amax;
+      const float half_error8 = std::fabs(d8 - f16_to_f32(f32_to_f16(d8)));
+      const float half_error4 = std::fabs(d4 - f16_to_f32(f32_to_f16(d4)));
+      const float bound8 = d8 / 2 + 127 * half_error8 + 1e-6f * amax;
+      const float bound4 = d4 + 8 * half_error4 + 1e-6f * amax;
       for (size_t j = 0; j < 32; ++j) {
         const size_t i = b * 32 + j;
         REQUIRE_MESSAGE(std::fabs(x[i] - back8[i]) <= bound8, "q8_0 element " << i);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "app/core/paths.h"
 #include "models/gguf.h"
 #include "models/tokenizer.h"
 
@@ -18,19 +19,9 @@ using namespace kvscope;
 
 namespace {
 
-// KVSCOPE_MODEL, else $XDG_CACHE_HOME/kvscope/stories15M.gguf, else
-// ~/.cache/kvscope/stories15M.gguf (where scripts/setup.sh puts it).
-std::string default_model_path() {
-  if (const char* env = std::getenv("KVSCOPE_MODEL"); env && *env) return env;
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) {
-    const std::string path = std::string(xdg) + "/kvscope/stories15M.gguf";
-    if (std::filesystem::exists(path)) return path;
-  }
-  if (const char* home = std::getenv("HOME"); home && *home) return std::string(home) + "/.cache/kvscope/stories15M.gguf";
-  return "stories15M.gguf";
-}
-
-// The vocabulary of the default model, loaded once. A missing model fails the
+// The vocabulary of the default model ($KVSCOPE_MODEL, else
+// $XDG_CACHE_HOME/kvscope/stories15M.gguf or ~/.cache/..., where
+// scripts/setup.sh puts it), loaded once. A missing model fails the
 // test (not skips it): the tokenizer is untested without it.
 const Tokenizer& vocab() {
   static const std::optional<Tokenizer> tokenizer = []() -> std::optional<Tokenizer> {
