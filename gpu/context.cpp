@@ -263,9 +263,10 @@ DeviceFacts describe(VkPhysicalDevice pd, uint32_t index) {
 }
 
 std::string device_list_text(const std::vector<DeviceFacts>& devices) {
+  // One line: errors are shown as a single line by the CLI and the GUI.
   std::string text;
   for (const DeviceFacts& f : devices)
-    text += fmt::format("\n  {}: {} ({}, {})", f.info.index, f.info.name, f.info.type, f.info.driver);
+    text += fmt::format("{} {}: {} ({})", text.empty() ? "" : ";", f.info.index, f.info.name, f.info.type);
   return text;
 }
 

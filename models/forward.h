@@ -58,6 +58,8 @@ class GpuModel {
   LlamaConfig cfg_;
   uint32_t max_batch_, capacity_;
   uint32_t wg_ = 64;  // threads per workgroup, from the device's subgroup size
+  uint32_t matvec_rows_ = 4;  // matvec rows per workgroup
+  bool row_per_invocation_ = false;  // matvec/matmul layout for CPU devices
   GpuWeights weights_;
 
   struct Pipelines {

@@ -18,11 +18,16 @@ uint64_t words_for_bytes(uint64_t bytes) { return (bytes + 3) / 4; }
 // Bytes of one row's quants/values before padding to a word.
 uint64_t value_bytes_per_row(GgmlType type, uint64_t cols) {
   switch (type) {
-    case GgmlType::F32: return cols * 4;
-    case GgmlType::F16: return cols * 2;
-    case GgmlType::Q8_0: return cols;
-    case GgmlType::Q4_0: return cols / 2;
-    default: break;
+    case GgmlType::F32:
+      return cols * 4;
+    case GgmlType::F16:
+      return cols * 2;
+    case GgmlType::Q8_0:
+      return cols;
+    case GgmlType::Q4_0:
+      return cols / 2;
+    default:
+      break;
   }
   throw std::invalid_argument("repack_for_gpu: type id " + std::to_string(static_cast<uint32_t>(type)) +
                               " is not supported on the GPU; supported: F32 F16 Q8_0 Q4_0");
@@ -32,9 +37,7 @@ bool is_quantized(GgmlType type) { return type == GgmlType::Q8_0 || type == Ggml
 
 }  // namespace
 
-uint64_t GpuWeight::value_row_bytes() const {
-  return 4 * words_for_bytes(value_bytes_per_row(type, cols));
-}
+uint64_t GpuWeight::value_row_bytes() const { return 4 * words_for_bytes(value_bytes_per_row(type, cols)); }
 
 uint64_t GpuWeight::scale_row_bytes() const {
   if (!is_quantized(type)) return 0;

@@ -30,15 +30,14 @@ void matvec(std::span<float> y, GgmlType type, const uint8_t* w, uint64_t rows, 
   }
 }
 
-void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n_vocab,
-           uint64_t dim, int32_t id) {
+void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n_vocab, uint64_t dim,
+           int32_t id) {
   if (id < 0 || static_cast<uint64_t>(id) >= n_vocab) {
     throw std::out_of_range("reference::embed: token id " + std::to_string(id) +
                             " is outside the vocabulary of " + std::to_string(n_vocab));
   }
   const size_t bytes_per_row = row_bytes(type, dim);
-  dequantize_row(type, {table + static_cast<uint64_t>(id) * bytes_per_row, bytes_per_row},
-                 out.first(dim));
+  dequantize_row(type, {table + static_cast<uint64_t>(id) * bytes_per_row, bytes_per_row}, out.first(dim));
 }
 
 void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta) {
@@ -73,8 +72,7 @@ void softmax(std::span<float> x) {
 }
 
 void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
-                    std::span<const float> values, uint32_t n, uint32_t head_dim,
-                    std::span<float> probs) {
+                    std::span<const float> values, uint32_t n, uint32_t head_dim, std::span<float> probs) {
   // scores (n) = q . key_i / sqrt(head_dim), softmaxed over the n keys
   std::vector<float> scores(n);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));

@@ -10,6 +10,8 @@
 
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 64;
+// 1: one whole row per invocation (CPU devices; see main_row_per_invocation).
+layout(constant_id = 1) const uint ROW_PER_INVOCATION = 0;
 
 const uint TILE_ROWS = KVSCOPE_MATMUL_TILE_ROWS;  // 32
 const uint TILE_TOKENS = WG / 2u;                 // (32 / 4) * (TILE_TOKENS / 4) == WG
@@ -73,7 +75,95 @@ void load_w_unit(uint tile_row, uint row, uint block, uint u) {
 #endif
 }
 
+// ---- One whole row per invocation, KVSCOPE_MATMUL_CPU_TOKENS tokens at once --
+// On CPU devices (lavapipe) invocations are SIMD lanes and shared memory is
+// ordinary memory: the tiles above cost a gather per read. Here each lane
+// owns a row, reads its weights 16 bytes per load, and uses every dequantized
+// quad of weights for a block of tokens whose x reads are the same address in
+// every lane (uniform loads). groups: (ceil(rows / wg), ceil(n_tokens / 8)).
+const uint CPU_TOKENS = KVSCOPE_MATMUL_CPU_TOKENS;
+
+// x as vec4 (only when cols % 4 == 0: rows of x are then 16-byte aligned).
+layout(std430, binding = 2) readonly buffer X4 { vec4 x_vec4[]; };
+#if defined(WTYPE_F32)
+layout(std430, binding = W_BINDING) readonly buffer WeightValues4 { vec4 w_values4[]; };
+#else
+layout(std430, binding = W_BINDING) readonly buffer WeightValues4 { uvec4 w_values4[]; };
+#endif
+
+float token_acc[CPU_TOKENS];
+
+// token_acc[t] += w . x[token0 + t][col .. col + 3]
+void add_quad(vec4 w, uint col, uint token0, uint n_tok) {
+  for (uint t = 0u; t < CPU_TOKENS; ++t) {
+    if (t < n_tok) token_acc[t] += dot(w, x_vec4[((token0 + t) * p.cols + col) / 4u]);
+  }
+}
+
+void add_scalar_row(uint row, uint token0, uint n_tok) {  // odd F32/F16 shapes
+  for (uint c = 0u; c < p.cols; ++c) {
+    const float w = w_element(row, c, p.cols);
+    for (uint t = 0u; t < CPU_TOKENS; ++t) {
+      if (t < n_tok) token_acc[t] += w * x[(token0 + t) * p.cols + c];
+    }
+  }
+}
+
+void main_row_per_invocation() {
+  const uint row = gl_WorkGroupID.x * WG + gl_LocalInvocationID.x;
+  const uint token0 = gl_WorkGroupID.y * CPU_TOKENS;
+  if (row >= p.rows || token0 >= p.n_tokens) return;  // no barriers on this path
+  const uint n_tok = min(CPU_TOKENS, p.n_tokens - token0);
+  for (uint t = 0u; t < CPU_TOKENS; ++t) token_acc[t] = 0.0;
+  const uint cols = p.cols;
+  const uint row4 = row * w_row_words(cols) / 4u;  // in uvec4/vec4 units when aligned
+#if defined(WTYPE_F32)
+  if (cols % 4u == 0u) {
+    for (uint i = 0u; i < cols / 4u; ++i) add_quad(w_values4[row4 + i], 4u * i, token0, n_tok);
+  } else {
+    add_scalar_row(row, token0, n_tok);
+  }
+#elif defined(WTYPE_F16)
+  if (cols % 8u == 0u) {
+    for (uint i = 0u; i < cols / 8u; ++i) {
+      const uvec4 words = w_values4[row4 + i];
+      add_quad(vec4(unpackHalf2x16(words.x), unpackHalf2x16(words.y)), 8u * i, token0, n_tok);
+      add_quad(vec4(unpackHalf2x16(words.z), unpackHalf2x16(words.w)), 8u * i + 4u, token0, n_tok);
+    }
+  } else {
+    add_scalar_row(row, token0, n_tok);
+  }
+#elif defined(WTYPE_Q8_0)
+  for (uint b = 0u; b < cols / W_BLOCK; ++b) {
+    const float d = w_scale(row, b, cols);
+    for (uint h = 0u; h < 2u; ++h) {
+      const uvec4 words = w_values4[row4 + 2u * b + h];
+      for (uint i = 0u; i < 4u; ++i) add_quad(d * q8_unpack(words[i]), 32u * b + 16u * h + 4u * i, token0, n_tok);
+    }
+  }
+#else
+  for (uint b = 0u; b < cols / W_BLOCK; ++b) {
+    const float d = w_scale(row, b, cols);
+    const uvec4 words = w_values4[row4 + b];
+    for (uint i = 0u; i < 4u; ++i) {
+      vec4 low, high;
+      q4_unpack(words[i], low, high);
+      add_quad(d * low, 32u * b + 4u * i, token0, n_tok);
+      add_quad(d * high, 32u * b + 16u + 4u * i, token0, n_tok);
+    }
+  }
+#endif
+  for (uint t = 0u; t < n_tok; ++t) {
+    const uint out_index = (token0 + t) * p.y_stride + p.row_offset + row;
+    y[out_index] = p.accumulate != 0u ? y[out_index] + token_acc[t] : token_acc[t];
+  }
+}
+
 void main() {
+  if (ROW_PER_INVOCATION != 0u) {  // a specialization constant: uniform, and folded away
+    main_row_per_invocation();
+    return;
+  }
   const uint tid = gl_LocalInvocationID.x;
   const uint row0 = gl_WorkGroupID.x * TILE_ROWS;
   const uint token0 = gl_WorkGroupID.y * TILE_TOKENS;

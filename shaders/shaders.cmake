@@ -26,13 +26,6 @@ set(KVSCOPE_SHADER_TABLE
   "add|add.comp|"
 )
 
-# KVSCOPE_SHADER_ONLY_SMOKE=ON builds only the "smoke" row: lets the GPU layer
-# (gpu/) and its own tests build while the other shaders are still being written.
-option(KVSCOPE_SHADER_ONLY_SMOKE "Compile only the smoke shader (GPU-layer work)" OFF)
-if(KVSCOPE_SHADER_ONLY_SMOKE)
-  list(FILTER KVSCOPE_SHADER_TABLE INCLUDE REGEX "^smoke\\|")
-endif()
-
 set(_gen ${CMAKE_BINARY_DIR}/generated)
 file(MAKE_DIRECTORY ${_gen}/kvscope_shaders)
 set(KVSCOPE_SHADER_SOURCES "")

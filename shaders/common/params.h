@@ -45,6 +45,8 @@ using uint = uint32_t;
 #define KVSCOPE_MATVEC_ROWS_PER_GROUP 4
 // matmul: rows of W per workgroup tile (fixed); tokens per tile = wg / 2.
 #define KVSCOPE_MATMUL_TILE_ROWS 32
+// matmul with spec 1 = 1 (one row per invocation): tokens per workgroup.
+#define KVSCOPE_MATMUL_CPU_TOKENS 8
 // attention: largest head_dim (the query lives in shared memory).
 #define KVSCOPE_ATTENTION_MAX_HEAD_DIM 256
 
@@ -72,6 +74,10 @@ struct RmsNormParams {
 // accumulate = 1 adds into y (fused residual), 0 overwrites.
 // spec 1: rows per workgroup (a power of two dividing wg; default
 // KVSCOPE_MATVEC_ROWS_PER_GROUP); wg / rows_per_group invocations share a row.
+// rows_per_group == wg gives each invocation a whole row: use it on CPU
+// devices (DeviceInfo::type "cpu", lavapipe), where it measured ~3x faster
+// (invocations are SIMD lanes there; x reads become uniform); keep the default
+// on GPUs, where invocations sharing a row read it coalesced.
 // groups: (ceil(rows / rows_per_group), n_vec)
 struct MatVecParams {
   uint rows;
@@ -84,8 +90,12 @@ struct MatVecParams {
 
 // matmul (prefill, tiled): same bindings as matvec; X is [n_tokens][cols],
 // Y is [n_tokens][y_stride]; Y[t][row_offset + r] (+)= sum_k W[r][k] X[t][k].
-// Tiles of KVSCOPE_MATMUL_TILE_ROWS rows x (wg / 2) tokens; wg >= 8.
-// groups: (ceil(rows / KVSCOPE_MATMUL_TILE_ROWS), ceil(n_tokens / (wg / 2)))
+// spec 1 = 0 (default, GPUs): shared-memory tiles of KVSCOPE_MATMUL_TILE_ROWS
+//   rows x (wg / 2) tokens; wg >= 8.
+//   groups: (ceil(rows / KVSCOPE_MATMUL_TILE_ROWS), ceil(n_tokens / (wg / 2)))
+// spec 1 = 1 (CPU devices, DeviceInfo::type "cpu": measured faster on
+//   lavapipe): one row per invocation, KVSCOPE_MATMUL_CPU_TOKENS tokens per group.
+//   groups: (ceil(rows / wg), ceil(n_tokens / KVSCOPE_MATMUL_CPU_TOKENS))
 struct MatMulParams {
   uint rows;
   uint cols;

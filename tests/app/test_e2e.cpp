@@ -132,6 +132,12 @@ TEST_CASE("e2e: GPU decode steps equal the CPU reference's logits") {
 }
 
 TEST_CASE("e2e: Q8_0 weights against llama.cpp's Q8_0 continuations") {
+  // llama.cpp's CPU backend also quantizes the activations to Q8 on this path;
+  // kvscope keeps them f32. So a continuation may take another branch where
+  // two tokens are nearly tied. The test holds kvscope to: (1) teacher-forced
+  // along llama.cpp's own continuation, the same argmax at nearly every step;
+  // (2) where free-running greedy first differs, the two tokens' logits are
+  // within a small margin (a near-tie, not a wrong model).
   test::TempDir dir;
   const std::string q8 = dir.file("stories15M-q8_0.gguf");
   quantize_model(test::model_path(), q8, GgmlType::Q8_0);
@@ -140,21 +146,37 @@ TEST_CASE("e2e: Q8_0 weights against llama.cpp's Q8_0 continuations") {
     o.model_path = q8;
     return o;
   }());
-  size_t total = 0, agreed = 0;
+  const size_t n_vocab = engine.config().n_vocab;
+  size_t steps = 0, agree = 0;
   for (const json& row : read_jsonl(test::data_path("greedy-q8_0.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
     const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
     const auto got = greedy(engine, kv::Format::F32, prompt, expected.size());
-    const size_t same = first_difference(got, expected);
-    MESSAGE("Q8_0, prompt '" << row["prompt"].get<std::string>() << "': " << same << "/" << expected.size()
-                             << " tokens before the first difference");
-    total += expected.size();
-    agreed += same;
-    // llama.cpp quantizes activations to Q8 on this path; kvscope keeps them
-    // f32, so a near-tie may flip late in a continuation, never early.
-    CHECK(same >= 40);
+    const size_t first = first_difference(got, expected);
+
+    std::vector<int32_t> forced = prompt;
+    forced.insert(forced.end(), expected.begin(), expected.end() - 1);
+    kv::CacheConfig cc;
+    cc.k_format = cc.v_format = kv::Format::F32;
+    Session session(engine, cc);
+    const std::vector<float> logits = session.logits_all(forced);
+    float gap_at_first = 0;
+    for (size_t i = 0; i < expected.size(); ++i) {
+      std::span<const float> step(logits.data() + (prompt.size() - 1 + i) * n_vocab, n_vocab);
+      const int32_t top = argmax(step);
+      ++steps;
+      agree += top == expected[i];
+      if (i == first) gap_at_first = step[top] - step[expected[i]];
+    }
+    MESSAGE("Q8_0, prompt '" << row["prompt"].get<std::string>() << "': free-running greedy equal for " << first
+                             << "/" << expected.size() << " tokens; logit gap at the first difference "
+                             << gap_at_first);
+    // A near-tie: the Q8 rounding of activations moves logits by O(0.01-0.1).
+    CHECK(gap_at_first < 0.25f);
   }
-  MESSAGE("Q8_0: " << agreed << " of " << total << " tokens agree before the first difference");
+  const double agreement = double(agree) / double(steps);
+  MESSAGE("Q8_0 teacher-forced top-1 agreement with llama.cpp: " << agree << "/" << steps << " = " << agreement);
+  CHECK(agreement >= 0.95);
 }
 
 TEST_CASE("e2e: a prompt longer than the context is a clear error and the session stays usable") {

@@ -152,12 +152,16 @@ void check_close(std::span<const float> gpu, std::span<const float> cpu, double 
     if (d * d > worst_err) worst_err = d * d, worst = i;
   }
   const double nmse = norm > 0 ? err / norm : err;
-  if (std::getenv("OPS_DEBUG")) fprintf(stderr, "%-90s nmse %.3g n %zu\n", what.c_str(), nmse, gpu.size());
-  CHECK_MESSAGE(nmse <= bound, fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}",
-                                           what, nmse, bound, worst, gpu[worst], cpu[worst]));
+  CHECK_MESSAGE(nmse <= bound,
+                fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}", what, nmse,
+                            bound, worst, gpu[worst], cpu[worst]));
 }
 
-void check_no_validation_messages() { CHECK(context().validation_messages() == 0); }
+void check_no_validation_messages() {
+  if (!context().validation_enabled())
+    MESSAGE("VK_LAYER_KHRONOS_validation is not installed: API misuse goes unchecked");
+  CHECK(context().validation_messages() == 0);
+}
 
 // A rows x cols matrix as GGUF stores it (`gguf`) and as the GPU reads it.
 struct TestWeight {
@@ -221,26 +225,38 @@ std::vector<RowChunk> chunks_of(const TestWeight& w, bool split) {
 
 Id embed_id(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return Id::embed_f32;
-    case GgmlType::F16: return Id::embed_f16;
-    case GgmlType::Q8_0: return Id::embed_q8_0;
-    default: return Id::embed_q4_0;
+    case GgmlType::F32:
+      return Id::embed_f32;
+    case GgmlType::F16:
+      return Id::embed_f16;
+    case GgmlType::Q8_0:
+      return Id::embed_q8_0;
+    default:
+      return Id::embed_q4_0;
   }
 }
 Id matvec_id(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return Id::matvec_f32;
-    case GgmlType::F16: return Id::matvec_f16;
-    case GgmlType::Q8_0: return Id::matvec_q8_0;
-    default: return Id::matvec_q4_0;
+    case GgmlType::F32:
+      return Id::matvec_f32;
+    case GgmlType::F16:
+      return Id::matvec_f16;
+    case GgmlType::Q8_0:
+      return Id::matvec_q8_0;
+    default:
+      return Id::matvec_q4_0;
   }
 }
 Id matmul_id(GgmlType t) {
   switch (t) {
-    case GgmlType::F32: return Id::matmul_f32;
-    case GgmlType::F16: return Id::matmul_f16;
-    case GgmlType::Q8_0: return Id::matmul_q8_0;
-    default: return Id::matmul_q4_0;
+    case GgmlType::F32:
+      return Id::matmul_f32;
+    case GgmlType::F16:
+      return Id::matmul_f16;
+    case GgmlType::Q8_0:
+      return Id::matmul_q8_0;
+    default:
+      return Id::matmul_q4_0;
   }
 }
 
@@ -276,15 +292,16 @@ TEST_CASE("embed: rows of every weight type, whole and chunked tables") {
           for (RowChunk chunk : chunks_of(table, split)) {
             params::EmbedParams p{uint32_t(ids.size()), uint32_t(dim), uint32_t(chunk.count),
                                   uint32_t(chunk.first)};
-            rec.dispatch(pipe, {id_buffer, table.value_rows(chunk.first, chunk.count),
-                                table.scale_rows(chunk.first, chunk.count), out.buffer},
+            rec.dispatch(pipe,
+                         {id_buffer, table.value_rows(chunk.first, chunk.count),
+                          table.scale_rows(chunk.first, chunk.count), out.buffer},
                          p, uint32_t(ids.size()));
           }
           rec.submit_and_wait();
           std::vector<float> expected(ids.size() * dim);
           for (size_t t = 0; t < ids.size(); ++t) {
-            reference::embed(std::span(expected).subspan(t * dim, dim), type, table.gguf.data(), n_vocab,
-                             dim, ids[t]);
+            reference::embed(std::span(expected).subspan(t * dim, dim), type, table.gguf.data(), n_vocab, dim,
+                             ids[t]);
           }
           check_close(out.read(what), expected, kExactBound, what);
         }
@@ -365,7 +382,8 @@ void matvec_reference(std::vector<float>& y, const TestWeight& w, const std::vec
 // Runs matvec or matmul over `w` in one or two row chunks and checks y,
 // including the untouched slack columns of each y row.
 void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile, uint32_t tokens_per_tile,
-                   const TestWeight& w, uint32_t n_vec, bool accumulate, bool split, const std::string& what) {
+                   const TestWeight& w, uint32_t n_vec, bool accumulate, bool split,
+                   const std::string& what) {
   const uint32_t row_offset = 3, slack = 2;  // y rows hold other data around ours
   const uint32_t y_stride = row_offset + uint32_t(w.rows) + slack;
   const std::vector<float> x = random_floats(n_vec * w.cols, uint32_t(w.rows * 31 + w.cols + n_vec));
@@ -376,13 +394,16 @@ void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile
   rec.begin();
   for (RowChunk chunk : chunks_of(w, split)) {
     const uint32_t rows = uint32_t(chunk.count), first = uint32_t(chunk.first);
-    std::initializer_list<gpu::Binding> bindings{w.value_rows(first, rows), w.scale_rows(first, rows), x_buffer,
-                                                 y.buffer};
+    std::initializer_list<gpu::Binding> bindings{w.value_rows(first, rows), w.scale_rows(first, rows),
+                                                 x_buffer, y.buffer};
     if (is_matmul) {
-      params::MatMulParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
-      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), gpu::ceil_div(n_vec, tokens_per_tile));
+      params::MatMulParams p{rows,     uint32_t(w.cols),   n_vec,
+                             y_stride, row_offset + first, accumulate ? 1u : 0u};
+      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile),
+                   gpu::ceil_div(n_vec, tokens_per_tile));
     } else {
-      params::MatVecParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
+      params::MatVecParams p{rows,     uint32_t(w.cols),   n_vec,
+                             y_stride, row_offset + first, accumulate ? 1u : 0u};
       rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), n_vec);
     }
   }
@@ -406,15 +427,18 @@ void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile
 
 TEST_CASE("matvec: every weight type, odd shapes, chunked rows, accumulate") {
   for (uint32_t wg : workgroup_sizes()) {
-    for (uint32_t rows_per_group : {1u, 4u}) {
+    // 1 and 4: invocations share rows (the GPU path); wg: one whole row per
+    // invocation (the CPU-device path, a different code path in the shader).
+    for (uint32_t rows_per_group : {1u, 4u, wg}) {
       for (GgmlType type : kWeightTypes) {
-        gpu::Pipeline pipe(context(), {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}});
-        for (Shape s : matrix_shapes(type, /*include_vocab=*/rows_per_group == 4)) {
+        gpu::Pipeline pipe(context(),
+                           {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}});
+        for (Shape s : matrix_shapes(type, /*include_vocab=*/rows_per_group != 1)) {
           TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols));
           for (uint32_t n_vec : {1u, 2u}) {
             const bool accumulate = n_vec == 2, split = n_vec == 2;
-            const std::string what = fmt::format("matvec {} {}x{} n_vec {} wg {} rows/group {}{}{}", type_name(type),
-                                                 s.rows, s.cols, n_vec, wg, rows_per_group,
+            const std::string what = fmt::format("matvec {} {}x{} n_vec {} wg {} rows/group {}{}{}",
+                                                 type_name(type), s.rows, s.cols, n_vec, wg, rows_per_group,
                                                  accumulate ? " accumulate" : "", split ? " chunked" : "");
             check_product(pipe, false, rows_per_group, 1, w, n_vec, accumulate, split, what);
           }
@@ -427,22 +451,29 @@ TEST_CASE("matvec: every weight type, odd shapes, chunked rows, accumulate") {
 
 TEST_CASE("matmul: every weight type, token counts 1..64, chunked rows, accumulate") {
   for (uint32_t wg : workgroup_sizes()) {
-    const uint32_t tokens_per_tile = wg / 2;
-    for (GgmlType type : kWeightTypes) {
-      gpu::Pipeline pipe(context(), {matmul_id(type), 4, sizeof(params::MatMulParams), {wg}});
-      for (Shape s : matrix_shapes(type, false)) {
-        TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols));
-        for (uint32_t n_tokens : {1u, 3u, 17u, 64u}) {
-          const bool accumulate = n_tokens % 2 == 1, split = n_tokens >= 17;
-          const std::string what = fmt::format("matmul {} {}x{} tokens {} wg {}{}{}", type_name(type), s.rows, s.cols,
-                                               n_tokens, wg, accumulate ? " accumulate" : "", split ? " chunked" : "");
-          check_product(pipe, true, KVSCOPE_MATMUL_TILE_ROWS, tokens_per_tile, w, n_tokens, accumulate, split, what);
+    // row_per_invocation 0: shared-memory tiles (GPUs); 1: a row per invocation (CPU devices).
+    for (uint32_t row_per_invocation : {0u, 1u}) {
+      const uint32_t rows_per_group = row_per_invocation ? wg : KVSCOPE_MATMUL_TILE_ROWS;
+      const uint32_t tokens_per_tile = row_per_invocation ? KVSCOPE_MATMUL_CPU_TOKENS : wg / 2;
+      for (GgmlType type : kWeightTypes) {
+        gpu::Pipeline pipe(context(),
+                           {matmul_id(type), 4, sizeof(params::MatMulParams), {wg, row_per_invocation}});
+        for (Shape s : matrix_shapes(type, false)) {
+          TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols));
+          for (uint32_t n_tokens : {1u, 3u, 17u, 64u}) {
+            const bool accumulate = n_tokens % 2 == 1, split = n_tokens >= 17;
+            const std::string what = fmt::format(
+                "matmul {} {}x{} tokens {} wg {} row/invocation {}{}{}", type_name(type), s.rows, s.cols,
+                n_tokens, wg, row_per_invocation, accumulate ? " accumulate" : "", split ? " chunked" : "");
+            check_product(pipe, true, rows_per_group, tokens_per_tile, w, n_tokens, accumulate, split, what);
+          }
         }
+        // The output projection's shape, once per type: rows far beyond one tile.
+        TestWeight vocab(type, 32000, 288, 5);
+        check_product(pipe, true, rows_per_group, tokens_per_tile, vocab, 11, false, true,
+                      fmt::format("matmul {} 32000x288 tokens 11 wg {} row/invocation {} chunked",
+                                  type_name(type), wg, row_per_invocation));
       }
-      // The output projection's shape, once per type: rows far beyond one tile.
-      TestWeight vocab(type, 32000, 288, 5);
-      check_product(pipe, true, KVSCOPE_MATMUL_TILE_ROWS, tokens_per_tile, vocab, 5, false, true,
-                    fmt::format("matmul {} 32000x288 tokens 5 wg {} chunked", type_name(type), wg));
     }
   }
   check_no_validation_messages();
@@ -475,14 +506,14 @@ TEST_CASE("rope: head_dim 48/64/128, positions 0..300, partial rotary dims") {
       std::vector<float> q_expected = q, k_expected = k;
       for (uint32_t t = 0; t < n_tokens; ++t) {
         for (uint32_t h = 0; h < c.n_head_q; ++h)
-          reference::rope(std::span(q_expected).subspan((t * c.n_head_q + h) * c.head_dim, c.head_dim), positions[t],
-                          c.rope_dim, theta);
+          reference::rope(std::span(q_expected).subspan((t * c.n_head_q + h) * c.head_dim, c.head_dim),
+                          positions[t], c.rope_dim, theta);
         for (uint32_t h = 0; h < c.n_head_k; ++h)
-          reference::rope(std::span(k_expected).subspan((t * c.n_head_k + h) * c.head_dim, c.head_dim), positions[t],
-                          c.rope_dim, theta);
+          reference::rope(std::span(k_expected).subspan((t * c.n_head_k + h) * c.head_dim, c.head_dim),
+                          positions[t], c.rope_dim, theta);
       }
-      const std::string what = fmt::format("rope head_dim {} rope_dim {} heads {}/{} wg {}", c.head_dim, c.rope_dim,
-                                           c.n_head_q, c.n_head_k, wg);
+      const std::string what = fmt::format("rope head_dim {} rope_dim {} heads {}/{} wg {}", c.head_dim,
+                                           c.rope_dim, c.n_head_q, c.n_head_k, wg);
       check_close(q_out.read(what + " q"), q_expected, kTranscendentalBound, what + " q");
       check_close(k_out.read(what + " k"), k_expected, kTranscendentalBound, what + " k");
     }
@@ -520,21 +551,23 @@ std::vector<float> cache_values(const CacheImage& cache, size_t elements) {
 TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
-      gpu::Pipeline pipe(context(), {f16 ? Id::kv_write_f16 : Id::kv_write_f32, 5, sizeof(params::KvWriteParams), {wg}});
+      gpu::Pipeline pipe(context(),
+                         {f16 ? Id::kv_write_f16 : Id::kv_write_f32, 5, sizeof(params::KvWriteParams), {wg}});
       for (uint32_t head_dim : {48u, 64u, 128u}) {
         const uint32_t n_tokens = 5, n_kv_head = 3, capacity = 13;
         // Slot per (token, kv head): a different scatter per head, -1 = not stored.
-        const std::vector<int32_t> slots{7, 0, 12,   //
-                                         -1, 1, 3,   //
-                                         2, -1, 11,  //
-                                         9, 4, -1,   //
-                                         12, 5, 0};
+        const std::vector<int32_t> slots{7,  0,  12,  //
+                                         -1, 1,  3,   //
+                                         2,  -1, 11,  //
+                                         9,  4,  -1,  //
+                                         12, 5,  0};
         const size_t row_elems = size_t(n_tokens) * n_kv_head * head_dim;
         const size_t cache_elems = size_t(n_kv_head) * capacity * head_dim;
         const std::vector<float> k = random_floats(row_elems, 3), v = random_floats(row_elems, 4);
         const std::vector<float> old_k = random_floats(cache_elems, 5), old_v = random_floats(cache_elems, 6);
         const CacheImage k_before(f16, cache_elems, old_k), v_before(f16, cache_elems, old_v);
-        gpu::Buffer k_buffer = upload(k, "k"), v_buffer = upload(v, "v"), slot_buffer = upload(slots, "slots");
+        gpu::Buffer k_buffer = upload(k, "k"), v_buffer = upload(v, "v"),
+                    slot_buffer = upload(slots, "slots");
         // The cache buffers as f32 words with guard regions (F16 uses half as many words).
         auto as_floats = [](const std::vector<uint32_t>& words) {
           std::vector<float> f(words.size());
@@ -566,7 +599,8 @@ TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
             }
           }
         }
-        const std::string what = fmt::format("kv_write {} head_dim {} wg {}", f16 ? "f16" : "f32", head_dim, wg);
+        const std::string what =
+            fmt::format("kv_write {} head_dim {} wg {}", f16 ? "f16" : "f32", head_dim, wg);
         auto got_cache = [&](const GuardedOutput& out, const std::string& name) {
           const std::vector<float> w = out.read(what + name);
           CacheImage image(f16, 0, {});
@@ -580,12 +614,14 @@ TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
         for (size_t slot = 0; slot < written.size(); ++slot) {
           if (written[slot]) continue;
           const size_t w0 = slot * words_per_slot;
-          const bool k_same = std::equal(k_after.words.begin() + w0, k_after.words.begin() + w0 + words_per_slot,
-                                         k_before.words.begin() + w0);
-          const bool v_same = std::equal(v_after.words.begin() + w0, v_after.words.begin() + w0 + words_per_slot,
-                                         v_before.words.begin() + w0);
-          CHECK_MESSAGE((k_same && v_same), fmt::format("{}: slot {} of head {} was not written but changed", what,
-                                                        slot % capacity, slot / capacity));
+          const bool k_same =
+              std::equal(k_after.words.begin() + w0, k_after.words.begin() + w0 + words_per_slot,
+                         k_before.words.begin() + w0);
+          const bool v_same =
+              std::equal(v_after.words.begin() + w0, v_after.words.begin() + w0 + words_per_slot,
+                         v_before.words.begin() + w0);
+          CHECK_MESSAGE((k_same && v_same), fmt::format("{}: slot {} of head {} was not written but changed",
+                                                        what, slot % capacity, slot / capacity));
         }
         const double bound = f16 ? kF16StoreBound : kExactBound;
         check_close(cache_values(k_after, cache_elems), k_expected, bound, what + " k");
@@ -624,7 +660,8 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
   for (uint32_t h = 0; h < c.n_kv_head; ++h) {
     for (uint32_t s = 0; s < c.capacity; ++s) {
       if (s < c.n_slots && slot_pos[h * c.capacity + s] >= 0) continue;
-      for (uint32_t d = 0; d < hd; ++d) k[(h * c.capacity + s) * hd + d] = v[(h * c.capacity + s) * hd + d] = NAN;
+      for (uint32_t d = 0; d < hd; ++d)
+        k[(h * c.capacity + s) * hd + d] = v[(h * c.capacity + s) * hd + d] = NAN;
     }
   }
   const CacheImage k_cache(f16, cache_elems, k), v_cache(f16, cache_elems, v);
@@ -633,12 +670,12 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
               v_buffer = upload(v_cache.words, "v cache"), slot_buffer = upload(slot_pos, "slot positions"),
               qpos_buffer = upload(query_pos, "query positions");
   GuardedOutput out(q.size()), probs(size_t(c.n_tokens) * c.n_head * c.capacity);
-  const params::AttentionParams p{c.n_tokens, c.n_head,     c.n_kv_head, hd,
-                                  c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd))};
+  const params::AttentionParams p{
+      c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd))};
   gpu::Recorder rec(context());
   rec.begin();
-  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer}, p, c.n_head,
-               c.n_tokens);
+  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer}, p,
+               c.n_head, c.n_tokens);
   rec.submit_and_wait();
 
   // CPU: per (token, head), gather the visible slots' rows and run the reference.
@@ -665,8 +702,8 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
         std::fill(out_row.begin(), out_row.end(), 0.0f);
         continue;
       }
-      reference::attention_head(out_row, std::span(q).subspan(q_base, hd), keys, values, uint32_t(visible.size()), hd,
-                                row_probs);
+      reference::attention_head(out_row, std::span(q).subspan(q_base, hd), keys, values,
+                                uint32_t(visible.size()), hd, row_probs);
       for (size_t i = 0; i < visible.size(); ++i)
         probs_expected[(size_t(t) * c.n_head + h) * c.capacity + visible[i]] = row_probs[i];
     }
@@ -678,18 +715,19 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
 TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities 1..300") {
   const AttentionCase cases[] = {
       // head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots
-      {48, 6, 6, 1, 1, 1},      {48, 6, 6, 1, 50, 37},    {48, 6, 6, 7, 300, 300},
-      {64, 8, 2, 1, 100, 100},  {64, 8, 2, 7, 129, 120},  {128, 4, 1, 7, 17, 17},
-      {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
+      {48, 6, 6, 1, 1, 1},     {48, 6, 6, 1, 50, 37},  {48, 6, 6, 7, 300, 300},  {64, 8, 2, 1, 100, 100},
+      {64, 8, 2, 7, 129, 120}, {128, 4, 1, 7, 17, 17}, {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
   };
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
-      gpu::Pipeline pipe(context(), {f16 ? Id::attention_f16 : Id::attention_f32, 7, sizeof(params::AttentionParams), {wg}});
+      gpu::Pipeline pipe(
+          context(), {f16 ? Id::attention_f16 : Id::attention_f32, 7, sizeof(params::AttentionParams), {wg}});
       for (const AttentionCase& c : cases) {
-        check_attention(pipe, f16, c,
-                        fmt::format("attention {} head_dim {} heads {}/{} tokens {} capacity {} slots {} wg {}",
-                                    f16 ? "f16" : "f32", c.head_dim, c.n_head, c.n_kv_head, c.n_tokens, c.capacity,
-                                    c.n_slots, wg));
+        check_attention(
+            pipe, f16, c,
+            fmt::format("attention {} head_dim {} heads {}/{} tokens {} capacity {} slots {} wg {}",
+                        f16 ? "f16" : "f32", c.head_dim, c.n_head, c.n_kv_head, c.n_tokens, c.capacity,
+                        c.n_slots, wg));
       }
     }
   }
