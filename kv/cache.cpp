@@ -73,6 +73,13 @@ KvCache::KvCache(const gpu::Context& ctx, const CacheShape& shape, const CacheCo
   if (shape.head_dim % 2 != 0)
     throw std::invalid_argument(fmt::format("KV cache: head_dim {} must be even", shape.head_dim));
   const uint64_t elems = uint64_t{shape.n_kv_head} * config.capacity * shape.head_dim;
+  // The attention shader binds one layer's keys (and values) whole.
+  const double widest = std::max(bytes_per_element(config.k_format), bytes_per_element(config.v_format));
+  if (elems * widest > double(ctx.max_binding_bytes()))
+    throw std::invalid_argument(fmt::format(
+        "a context of {} tokens needs {:.0f} MiB of keys per layer, more than one storage-buffer binding "
+        "of {} MiB on {}; use a smaller context (-c) or a smaller cache format (--kv)",
+        config.capacity, elems * widest / 1048576.0, ctx.max_binding_bytes() / 1048576, ctx.info().name));
   for (uint32_t l = 0; l < shape.n_layer; ++l) {
     keys_.emplace_back(ctx, static_cast<uint64_t>(elems * bytes_per_element(config.k_format)),
                        gpu::MemoryUse::Device, "kv cache keys");

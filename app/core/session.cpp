@@ -12,6 +12,7 @@ gpu::ContextOptions context_options(const EngineOptions& o) {
   gpu::ContextOptions c;
   c.device_index = o.device_index;
   c.pipeline_cache_path = pipeline_cache_path();
+  c.max_binding_bytes = o.max_binding_bytes;
   return c;
 }
 

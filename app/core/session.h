@@ -23,6 +23,9 @@ struct EngineOptions {
   int device_index = -1;
   uint32_t n_ctx = 0;      // 0: the model's trained context length
   uint32_t max_batch = 256;
+  // Cap on bytes per storage-buffer binding below the device's limit (0: the
+  // device limit); tests lower it to run large tensors in row chunks.
+  uint64_t max_binding_bytes = 0;
 };
 
 class Engine {

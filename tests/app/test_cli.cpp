@@ -120,6 +120,22 @@ TEST_CASE("cli: bad input is one clear line and a non-zero exit") {
     CHECK(r.out.find("bad.gguf") != std::string::npos);
     CHECK(count_lines(r.out) == 1);
   }
+  SUBCASE("truncated model file") {
+    const std::string cut = dir.file("cut.gguf");
+    const std::string whole = test::read_text(test::model_path());
+    std::ofstream(cut, std::ios::binary).write(whole.data(), static_cast<std::streamsize>(whole.size() / 2));
+    const Result r = kvscope_cli("run -n 1 -m " + cut);
+    CHECK(r.code != 0);
+    CHECK(r.out.find("cut.gguf: tensor") != std::string::npos);
+    CHECK(r.out.find("runs past the end of the file") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
+  SUBCASE("a context too large for the device") {
+    const Result r = kvscope_cli("run -c 3000000 -n 1");
+    CHECK(r.code != 0);
+    CHECK(r.out.find("use a smaller context") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
   SUBCASE("unknown cache format") {
     const Result r = kvscope_cli("run --kv q9 -n 1");
     CHECK(r.code != 0);

@@ -190,3 +190,24 @@ TEST_CASE("e2e: a prompt longer than the context is a clear error and the sessio
   const auto ok = session.generate({1, 9038, 2501, 263, 931}, 4, sampler);
   CHECK(ok.size() == 4);
 }
+
+TEST_CASE("e2e: tensors larger than one binding run in row chunks with the same tokens") {
+  // 4 MiB per binding: the 36.9 MB embedding/output table becomes ~10 chunks
+  // of rows, each its own binding range and dispatch.
+  EngineOptions o;
+  o.model_path = test::model_path();
+  o.max_binding_bytes = 4u << 20;
+  Engine engine(o);
+  const json row = read_jsonl(test::data_path("greedy-f32.jsonl")).at(0);
+  const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
+  auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
+  expected.resize(40);
+  CHECK(greedy(engine, kv::Format::F32, prompt, expected.size()) == expected);
+  CHECK(engine.context().validation_messages() == 0);
+}
+
+TEST_CASE("e2e: the validation layer reported nothing over the whole run") {
+  Engine& engine = engine_for(test::model_path());
+  if (!engine.context().validation_enabled()) MESSAGE("validation layer not installed: nothing to check");
+  CHECK(engine.context().validation_messages() == 0);
+}
