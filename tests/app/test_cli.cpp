@@ -83,6 +83,11 @@ TEST_CASE("cli: tokenize --json and info") {
   CHECK(j["ids"] == json({1, 15043, 3186}));
   CHECK(j["pieces"] == json({"<s>", "▁Hello", "▁world"}));
 
+  // a vocabulary-only GGUF (no tensors) written by llama.cpp
+  r = kvscope_cli("tokenize --json -m " + test::data_path("vocab/ggml-vocab-llama-spm.gguf") + " 'Hello world'");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK(last_json(r.out)["ids"] == json({1, 15043, 3186}));
+
   r = kvscope_cli("info");
   REQUIRE_MESSAGE(r.code == 0, r.out);
   CHECK(r.out.find("dim 288, layers 6, heads 6 (kv 6), head_dim 48") != std::string::npos);
