@@ -324,6 +324,7 @@ struct Context::State {
   VkPhysicalDeviceMemoryProperties memory{};
   uint64_t max_allocation_bytes = 0;
   uint64_t max_binding_bytes = 0;
+  uint64_t max_texel_binding_bytes = 0;
   bool validation = false;
   std::atomic<uint64_t> validation_messages{0};
   mutable std::mutex queue_mutex;
@@ -465,6 +466,10 @@ Context::Context(const ContextOptions& options) : s_(std::make_unique<State>()) 
   uint64_t binding = s.info.max_storage_buffer_range;
   if (options.max_binding_bytes > 0) binding = std::min(binding, options.max_binding_bytes);
   s.max_binding_bytes = binding / 256 * 256;
+  // Texel buffers of 16-byte texels (R32G32B32A32_UINT); the same test cap.
+  uint64_t texel_binding = uint64_t{s.properties.limits.maxTexelBufferElements} * 16;
+  if (options.max_binding_bytes > 0) texel_binding = std::min(texel_binding, options.max_binding_bytes);
+  s.max_texel_binding_bytes = texel_binding / 256 * 256;
 
   // ---- logical device, queue
   const float priority = 1.0f;
@@ -525,6 +530,7 @@ const VkPhysicalDeviceProperties& Context::properties() const { return s_->prope
 const VkPhysicalDeviceMemoryProperties& Context::memory_properties() const { return s_->memory; }
 uint64_t Context::max_allocation_bytes() const { return s_->max_allocation_bytes; }
 uint64_t Context::max_binding_bytes() const { return s_->max_binding_bytes; }
+uint64_t Context::max_texel_binding_bytes() const { return s_->max_texel_binding_bytes; }
 uint64_t Context::validation_messages() const { return s_->validation_messages.load(); }
 bool Context::validation_enabled() const { return s_->validation; }
 void Context::save_pipeline_cache() const { s_->save_pipeline_cache(); }

@@ -88,6 +88,10 @@ class Context {
   // Largest range one storage-buffer binding may cover (device limit or the
   // ContextOptions cap, whichever is smaller), rounded down to 256 bytes.
   uint64_t max_binding_bytes() const;
+  // Largest range one uniform-texel-buffer binding may cover:
+  // maxTexelBufferElements 16-byte texels (PipelineDesc::texel_bindings), with
+  // the same ContextOptions cap, rounded down to 256 bytes.
+  uint64_t max_texel_binding_bytes() const;
   uint32_t subgroup_size() const { return info().subgroup_size; }
 
   const VkPhysicalDeviceProperties& properties() const;  // limits, ids

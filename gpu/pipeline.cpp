@@ -16,6 +16,10 @@ namespace {
 constexpr uint32_t kFirstPoolSets = 64;
 constexpr uint32_t kMaxPoolSets = 1024;
 
+// The one texel format of texel bindings (PipelineDesc::texel_bindings).
+constexpr VkFormat kTexelFormat = VK_FORMAT_R32G32B32A32_UINT;
+constexpr uint64_t kTexelBytes = 16;
+
 }  // namespace
 
 Pipeline::Pipeline(const Context& ctx, const PipelineDesc& desc) : ctx_(&ctx), desc_(desc) {
@@ -26,6 +30,17 @@ Pipeline::Pipeline(const Context& ctx, const PipelineDesc& desc) : ctx_(&ctx), d
     throw GpuError(fmt::format("pipeline '{}': push-constant size {} must be a multiple of 4 "
                                "and at most {} (the device limit)",
                                shader, desc.push_bytes, limits.maxPushConstantsSize));
+  if (desc.n_bindings < 32 && (desc.texel_bindings >> desc.n_bindings) != 0)
+    throw GpuError(fmt::format("pipeline '{}': texel_bindings mask {:#x} names bindings beyond its {} bindings",
+                               shader, desc.texel_bindings, desc.n_bindings));
+  if (desc.texel_bindings != 0) {
+    VkFormatProperties format{};
+    vkGetPhysicalDeviceFormatProperties(ctx.physical_device(), kTexelFormat, &format);
+    if (!(format.bufferFeatures & VK_FORMAT_FEATURE_UNIFORM_TEXEL_BUFFER_BIT))
+      throw GpuError(fmt::format("pipeline '{}': device {} cannot read R32G32B32A32_UINT uniform texel "
+                                 "buffers, which Vulkan requires of every device; update its driver",
+                                 shader, ctx.info().name));
+  }
   std::span<const uint32_t> spirv = shaders::spirv(desc.shader);
   if (spirv.empty())
     throw GpuError(fmt::format("pipeline '{}': no SPIR-V embedded for this shader; was the "
@@ -44,7 +59,8 @@ Pipeline::Pipeline(const Context& ctx, const PipelineDesc& desc) : ctx_(&ctx), d
     std::vector<VkDescriptorSetLayoutBinding> bindings(desc.n_bindings);
     for (uint32_t i = 0; i < desc.n_bindings; ++i) {
       bindings[i].binding = i;
-      bindings[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      bindings[i].descriptorType =
+          is_texel(i) ? VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER : VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
       bindings[i].descriptorCount = 1;
       bindings[i].stageFlags = VK_SHADER_STAGE_COMPUTE_BIT;
     }
@@ -91,8 +107,10 @@ Pipeline::Pipeline(const Context& ctx, const PipelineDesc& desc) : ctx_(&ctx), d
 void Pipeline::release() {
   if (!ctx_) return;
   VkDevice device = ctx_->device();
-  // Destroying a pool frees its sets.
+  // Destroying a pool frees its sets; the views they point at go after them.
   for (VkDescriptorPool pool : pools_) vkDestroyDescriptorPool(device, pool, nullptr);
+  for (VkBufferView view : views_) vkDestroyBufferView(device, view, nullptr);
+  views_.clear();
   if (pipeline_) vkDestroyPipeline(device, pipeline_, nullptr);
   if (layout_) vkDestroyPipelineLayout(device, layout_, nullptr);
   if (set_layout_) vkDestroyDescriptorSetLayout(device, set_layout_, nullptr);
@@ -118,10 +136,12 @@ Pipeline::Pipeline(Pipeline&& o) noexcept
       pools_(std::move(o.pools_)),
       sets_in_last_pool_(std::exchange(o.sets_in_last_pool_, 0)),
       sets_(std::move(o.sets_)),
+      views_(std::move(o.views_)),
       key_scratch_(std::move(o.key_scratch_)),
       last_pool_capacity_(std::exchange(o.last_pool_capacity_, 0)) {
   o.pools_.clear();
   o.sets_.clear();
+  o.views_.clear();
 }
 
 Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
@@ -136,10 +156,12 @@ Pipeline& Pipeline::operator=(Pipeline&& o) noexcept {
     pools_ = std::move(o.pools_);
     sets_in_last_pool_ = std::exchange(o.sets_in_last_pool_, 0);
     sets_ = std::move(o.sets_);
+    views_ = std::move(o.views_);
     key_scratch_ = std::move(o.key_scratch_);
     last_pool_capacity_ = std::exchange(o.last_pool_capacity_, 0);
     o.pools_.clear();
     o.sets_.clear();
+    o.views_.clear();
   }
   return *this;
 }
@@ -148,11 +170,16 @@ VkDescriptorPool Pipeline::new_pool() {
   const uint32_t sets = last_pool_capacity_ == 0
                             ? kFirstPoolSets
                             : std::min(last_pool_capacity_ * 2, kMaxPoolSets);
-  VkDescriptorPoolSize size{VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, sets * desc_.n_bindings};
+  const uint32_t texel = n_texel_bindings();
+  VkDescriptorPoolSize sizes[2];
+  uint32_t n_sizes = 0;
+  if (desc_.n_bindings > texel)
+    sizes[n_sizes++] = {VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, sets * (desc_.n_bindings - texel)};
+  if (texel > 0) sizes[n_sizes++] = {VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER, sets * texel};
   VkDescriptorPoolCreateInfo info{VK_STRUCTURE_TYPE_DESCRIPTOR_POOL_CREATE_INFO};
   info.maxSets = sets;
-  info.poolSizeCount = 1;
-  info.pPoolSizes = &size;
+  info.poolSizeCount = n_sizes;
+  info.pPoolSizes = sizes;
   VkDescriptorPool pool = VK_NULL_HANDLE;
   check(vkCreateDescriptorPool(ctx_->device(), &info, nullptr, &pool),
         fmt::format("pipeline '{}': vkCreateDescriptorPool", name()).c_str());
@@ -160,6 +187,12 @@ VkDescriptorPool Pipeline::new_pool() {
   last_pool_capacity_ = sets;
   sets_in_last_pool_ = 0;
   return pool;
+}
+
+uint32_t Pipeline::n_texel_bindings() const {
+  uint32_t n = 0;
+  for (uint32_t i = 0; i < desc_.n_bindings; ++i) n += is_texel(i) ? 1 : 0;
+  return n;
 }
 
 VkDescriptorSet Pipeline::descriptor_set(std::span<const Binding> bindings) {
@@ -170,8 +203,8 @@ VkDescriptorSet Pipeline::descriptor_set(std::span<const Binding> bindings) {
   // No bindings: the layout has an empty set and nothing needs binding.
   if (desc_.n_bindings == 0) return VK_NULL_HANDLE;
 
-  const uint64_t alignment = ctx_->info().min_storage_buffer_offset_alignment;
-  const uint64_t max_range = ctx_->max_binding_bytes();
+  const uint64_t storage_alignment = ctx_->info().min_storage_buffer_offset_alignment;
+  const uint64_t texel_alignment = ctx_->properties().limits.minTexelBufferOffsetAlignment;
   key_scratch_.clear();
   for (size_t i = 0; i < bindings.size(); ++i) {
     const Binding& b = bindings[i];
@@ -183,19 +216,27 @@ VkDescriptorSet Pipeline::descriptor_set(std::span<const Binding> bindings) {
       throw GpuError(fmt::format("pipeline '{}' binding {}: offset {} is not inside the "
                                  "{}-byte buffer",
                                  name(), i, b.offset, size));
+    const bool texel = is_texel(uint32_t(i));
+    const uint64_t alignment = texel ? texel_alignment : storage_alignment;
     if (alignment > 0 && b.offset % alignment != 0)
       throw GpuError(fmt::format("pipeline '{}' binding {}: offset {} is not a multiple of "
-                                 "the device's storage-buffer offset alignment ({} bytes)",
-                                 name(), i, b.offset, alignment));
+                                 "the device's {} offset alignment ({} bytes)",
+                                 name(), i, b.offset, texel ? "texel-buffer" : "storage-buffer",
+                                 alignment));
     const uint64_t range = b.range == VK_WHOLE_SIZE ? size - b.offset : b.range;
     if (range == 0 || range > size - b.offset)
       throw GpuError(fmt::format("pipeline '{}' binding {}: range {} at offset {} does not fit "
                                  "in the {}-byte buffer",
                                  name(), i, range, b.offset, size));
+    const uint64_t max_range = texel ? ctx_->max_texel_binding_bytes() : ctx_->max_binding_bytes();
     if (range > max_range)
       throw GpuError(fmt::format("pipeline '{}' binding {}: {} bytes bound, above the limit of "
-                                 "{} bytes per binding; split the tensor across bindings",
-                                 name(), i, range, max_range));
+                                 "{} bytes per {} binding; split the tensor across bindings",
+                                 name(), i, range, max_range, texel ? "texel-buffer" : "storage-buffer"));
+    if (texel && range % kTexelBytes != 0)
+      throw GpuError(fmt::format("pipeline '{}' binding {}: a texel binding must cover whole "
+                                 "{}-byte texels, got {} bytes; pad the rows of the data",
+                                 name(), i, kTexelBytes, range));
     key_scratch_.push_back(b.buffer->id());
     key_scratch_.push_back(b.offset);
     key_scratch_.push_back(range);
@@ -216,15 +257,29 @@ VkDescriptorSet Pipeline::descriptor_set(std::span<const Binding> bindings) {
   ++sets_in_last_pool_;
 
   std::vector<VkDescriptorBufferInfo> infos(bindings.size());
+  std::vector<VkBufferView> views(bindings.size(), VK_NULL_HANDLE);
   std::vector<VkWriteDescriptorSet> writes(bindings.size());
   for (uint32_t i = 0; i < bindings.size(); ++i) {
-    infos[i] = {bindings[i].buffer->handle(), key_scratch_[3 * i + 1], key_scratch_[3 * i + 2]};
     writes[i] = {VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET};
     writes[i].dstSet = set;
     writes[i].dstBinding = i;
     writes[i].descriptorCount = 1;
-    writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
-    writes[i].pBufferInfo = &infos[i];
+    if (is_texel(i)) {
+      VkBufferViewCreateInfo view_info{VK_STRUCTURE_TYPE_BUFFER_VIEW_CREATE_INFO};
+      view_info.buffer = bindings[i].buffer->handle();
+      view_info.format = kTexelFormat;
+      view_info.offset = key_scratch_[3 * i + 1];
+      view_info.range = key_scratch_[3 * i + 2];
+      check(vkCreateBufferView(ctx_->device(), &view_info, nullptr, &views[i]),
+            fmt::format("pipeline '{}' binding {}: vkCreateBufferView", name(), i).c_str());
+      views_.push_back(views[i]);  // owned from here on, even if a later view fails
+      writes[i].descriptorType = VK_DESCRIPTOR_TYPE_UNIFORM_TEXEL_BUFFER;
+      writes[i].pTexelBufferView = &views[i];
+    } else {
+      infos[i] = {bindings[i].buffer->handle(), key_scratch_[3 * i + 1], key_scratch_[3 * i + 2]};
+      writes[i].descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER;
+      writes[i].pBufferInfo = &infos[i];
+    }
   }
   vkUpdateDescriptorSets(ctx_->device(), static_cast<uint32_t>(writes.size()), writes.data(), 0,
                          nullptr);

@@ -1,6 +1,6 @@
 // The GPU forward pass. Reads top to bottom like models/reference.cpp:
-// embed -> per layer { rmsnorm -> q,k,v -> rope -> kv write -> attention ->
-// wo (+residual) -> rmsnorm -> gate, up -> swiglu -> down (+residual) } ->
+// embed -> per layer { rmsnorm -> q|k|v -> rope + kv write -> attention ->
+// wo (+residual) -> rmsnorm -> gate|up -> swiglu -> down (+residual) } ->
 // final norm -> logits. One command buffer per batch, one submit, one wait.
 #include "models/forward.h"
 
@@ -67,11 +67,14 @@ void GpuModel::make_pipelines() {
   const gpu::Context& ctx = *ctx_;
   const uint32_t wg = wg_ = workgroup_size(ctx);
   row_per_invocation_ = one_row_per_invocation(ctx);
-  matvec_rows_ = row_per_invocation_ ? wg : std::min<uint32_t>(wg, KVSCOPE_MATVEC_ROWS_PER_GROUP);
-  auto make = [&](Id id, uint32_t bindings, uint32_t push, std::vector<uint32_t> spec = {}) {
+  matvec_rows_ = row_per_invocation_ ? wg * KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION
+                                     : std::min<uint32_t>(wg, KVSCOPE_MATVEC_ROWS_PER_GROUP);
+  // `texel`: mask of the bindings read as texel buffers (weight values, params.h).
+  auto make = [&](Id id, uint32_t bindings, uint32_t push, std::vector<uint32_t> spec = {}, uint32_t texel = 0) {
     spec.insert(spec.begin(), wg);
-    return gpu::Pipeline(ctx, gpu::PipelineDesc{id, bindings, push, spec});
+    return gpu::Pipeline(ctx, gpu::PipelineDesc{id, bindings, push, spec, texel});
   };
+  constexpr uint32_t kTexelBinding0 = 1u << 0, kTexelBinding1 = 1u << 1;
   using namespace params;
   Pipelines& P = pipelines_;
   const Id embed[4] = {Id::embed_f32, Id::embed_f16, Id::embed_q8_0, Id::embed_q4_0};
@@ -80,19 +83,21 @@ void GpuModel::make_pipelines() {
   // Only the weight types this model uses: lavapipe compiles each pipeline
   // through LLVM, so unused variants would cost start-up time.
   std::set<int> used = {type_index(weights_.token_embd.type), type_index(weights_.logits_weight().type)};
-  for (const auto& L : weights_.layers)
-    for (const GpuTensor* t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w1, &L.w2, &L.w3}) used.insert(type_index(t->type));
+  for (const auto& L : weights_.layers) {
+    for (const GpuTensor* t : {&L.wo, &L.w2}) used.insert(type_index(t->type));
+    for (const FusedProjection* f : {&L.wqkv, &L.w13})
+      for (const auto& part : f->parts) used.insert(type_index(part.tensor.type));
+  }
   for (int i : used) {
-    P.matvec[i] = make(matvec[i], 4, sizeof(MatVecParams), {matvec_rows_});
-    P.matmul[i] = make(matmul[i], 4, sizeof(MatMulParams), {row_per_invocation_ ? 1u : 0u});
+    P.matvec[i] = make(matvec[i], 4, sizeof(MatVecParams), {matvec_rows_}, kTexelBinding0);
+    P.matmul[i] = make(matmul[i], 4, sizeof(MatMulParams), {row_per_invocation_ ? 1u : 0u}, kTexelBinding0);
   }
   const int embed_type = type_index(weights_.token_embd.type);
-  P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams));
+  P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams), {}, kTexelBinding1);
   P.rmsnorm = make(Id::rmsnorm, 3, sizeof(RmsNormParams));
-  P.rope = make(Id::rope, 3, sizeof(RopeParams));
-  P.swiglu = make(Id::swiglu, 3, sizeof(SwigluParams));
-  P.kv_write[0] = make(Id::kv_write_f32, 5, sizeof(KvWriteParams));
-  P.kv_write[1] = make(Id::kv_write_f16, 5, sizeof(KvWriteParams));
+  P.swiglu = make(Id::swiglu, 2, sizeof(SwigluParams));
+  P.rope_kv_write[0] = make(Id::rope_kv_write_f32, 5, sizeof(RopeKvWriteParams));
+  P.rope_kv_write[1] = make(Id::rope_kv_write_f16, 5, sizeof(RopeKvWriteParams));
   P.attention[0] = make(Id::attention_f32, 7, sizeof(AttentionParams));
   P.attention[1] = make(Id::attention_f16, 7, sizeof(AttentionParams));
 }
@@ -112,6 +117,15 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
         capacity, probe_row, limit, ctx.info().name));
 
   weights_ = upload_weights(ctx, file, cfg_);
+  // The qkv and gate|up rows are laid out from the config; the tensors must agree.
+  for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
+    const GpuLayer& L = weights_.layers[l];
+    if (L.wqkv.out_width != cfg_.q_dim() + 2 * cfg_.kv_dim() || L.w13.out_width != 2 * cfg_.ffn_dim)
+      throw std::invalid_argument(fmt::format(
+          "layer {}: attn_q/k/v have {} rows together and ffn_gate/up {}; the model's hyperparameters "
+          "say {} and {}: the file is inconsistent",
+          l, L.wqkv.out_width, L.w13.out_width, cfg_.q_dim() + 2 * cfg_.kv_dim(), 2 * cfg_.ffn_dim));
+  }
   make_pipelines();
 
   const uint64_t b = max_batch_;
@@ -120,11 +134,9 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
   x_ = Buffer(ctx, b * cfg_.dim * 4, MemoryUse::Device, "x");
   xb_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb");
   xb2_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb2");
-  q_ = Buffer(ctx, b * cfg_.q_dim() * 4, MemoryUse::Device, "q");
-  k_ = Buffer(ctx, b * cfg_.kv_dim() * 4, MemoryUse::Device, "k");
-  v_ = Buffer(ctx, b * cfg_.kv_dim() * 4, MemoryUse::Device, "v");
+  qkv_ = Buffer(ctx, b * (cfg_.q_dim() + 2 * cfg_.kv_dim()) * 4, MemoryUse::Device, "qkv");
+  gate_up_ = Buffer(ctx, b * 2 * cfg_.ffn_dim * 4, MemoryUse::Device, "gate|up");
   hb_ = Buffer(ctx, b * cfg_.ffn_dim * 4, MemoryUse::Device, "hb");
-  hb2_ = Buffer(ctx, b * cfg_.ffn_dim * 4, MemoryUse::Device, "hb2");
   probs_ = Buffer(ctx, b * probe_row, MemoryUse::Device, "attention probe");
   x_last_ = Buffer(ctx, cfg_.dim * 4, MemoryUse::Device, "x last");
   xn_last_ = Buffer(ctx, cfg_.dim * 4, MemoryUse::Device, "x last normed");
@@ -180,17 +192,22 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
   return logits_host_;
 }
 
+void GpuModel::project(const FusedProjection& f, const Buffer& x, Buffer& y, uint32_t n_tokens) {
+  for (const auto& part : f.parts)
+    matmul(part.tensor, x, y, n_tokens, uint32_t(f.out_width), false, uint32_t(part.out_offset));
+}
+
 void GpuModel::matmul(const GpuTensor& w, const Buffer& x, Buffer& y, uint32_t n_tokens, uint32_t y_stride,
-                      bool accumulate) {
+                      bool accumulate, uint32_t y_offset) {
   const int ti = type_index(w.type);
   for (const auto& chunk : w.chunks()) {
     if (n_tokens == 1) {
-      params::MatVecParams p{uint32_t(chunk.rows), uint32_t(w.cols), 1, y_stride, uint32_t(chunk.first_row),
-                             accumulate ? 1u : 0u};
+      params::MatVecParams p{uint32_t(chunk.rows), uint32_t(w.cols), 1, y_stride,
+                             y_offset + uint32_t(chunk.first_row), accumulate ? 1u : 0u};
       recorder_.dispatch(pipelines_.matvec[ti], {chunk.values, chunk.scales, x, y}, p, matvec_groups(chunk.rows, matvec_rows_));
     } else {
-      params::MatMulParams p{uint32_t(chunk.rows), uint32_t(w.cols), n_tokens, y_stride, uint32_t(chunk.first_row),
-                             accumulate ? 1u : 0u};
+      params::MatMulParams p{uint32_t(chunk.rows), uint32_t(w.cols), n_tokens, y_stride,
+                             y_offset + uint32_t(chunk.first_row), accumulate ? 1u : 0u};
       auto [gx, gy] = matmul_groups(chunk.rows, n_tokens, wg_, row_per_invocation_);
       recorder_.dispatch(pipelines_.matmul[ti], {chunk.values, chunk.scales, x, y}, p, gx, gy);
     }
@@ -199,7 +216,7 @@ void GpuModel::matmul(const GpuTensor& w, const Buffer& x, Buffer& y, uint32_t n
 
 void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted) {
   const uint32_t n = static_cast<uint32_t>(tokens.size());
-  const uint32_t dim = cfg_.dim, hd = cfg_.head_dim, q_dim = cfg_.q_dim(), kv_dim = cfg_.kv_dim();
+  const uint32_t dim = cfg_.dim, hd = cfg_.head_dim;
   const uint32_t ffn = cfg_.ffn_dim;
   auto& P = pipelines_;
   auto& rec = recorder_;
@@ -218,22 +235,19 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     // attention block
     rec.dispatch(P.rmsnorm, {x_, L.attn_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
     rec.barrier();
-    matmul(L.wq, xb_, q_, n, q_dim, false);
-    matmul(L.wk, xb_, k_, n, kv_dim, false);
-    matmul(L.wv, xb_, v_, n, kv_dim, false);
-    rec.barrier();
-    params::RopeParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, cfg_.rope_theta};
-    rec.dispatch(P.rope, {q_, k_, positions_}, rp, cfg_.n_head + cfg_.n_kv_head, n);
+    project(L.wqkv, xb_, qkv_, n);
     rec.barrier();
     const int kf = cache.config().k_format == kv::Format::F32 ? 0 : 1;
-    params::KvWriteParams kp{n, cfg_.n_kv_head, hd, cache.capacity()};
-    rec.dispatch(P.kv_write[kf], {k_, v_, cache.write_slots(l), cache.keys(l), cache.values(l)}, kp,
-                 cfg_.n_kv_head, n);
+    const uint32_t qkv_stride = uint32_t(L.wqkv.out_width);
+    params::RopeKvWriteParams rp{n,  cfg_.n_head,       cfg_.n_kv_head,   hd,
+                                 cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride};
+    rec.dispatch(P.rope_kv_write[kf], {qkv_, positions_, cache.write_slots(l), cache.keys(l), cache.values(l)}, rp,
+                 cfg_.n_head + cfg_.n_kv_head, n);
     rec.barrier();
     params::AttentionParams ap{n, cfg_.n_head, cfg_.n_kv_head, hd, cache.capacity(), cache.scan_slots(l),
-                               1.0f / std::sqrt(float(hd))};
+                               1.0f / std::sqrt(float(hd)), qkv_stride};
     rec.dispatch(P.attention[kf],
-                 {q_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_}, ap,
+                 {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_}, ap,
                  cfg_.n_head, n);
     rec.barrier();
     matmul(L.wo, xb2_, x_, n, dim, true);
@@ -242,10 +256,10 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     // feed-forward block
     rec.dispatch(P.rmsnorm, {x_, L.ffn_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
     rec.barrier();
-    matmul(L.w1, xb_, hb_, n, ffn, false);
-    matmul(L.w3, xb_, hb2_, n, ffn, false);
+    project(L.w13, xb_, gate_up_, n);
     rec.barrier();
-    rec.dispatch(P.swiglu, {hb_, hb2_, hb_}, params::SwigluParams{n * ffn}, elementwise_groups(uint64_t{n} * ffn, wg_));
+    rec.dispatch(P.swiglu, {gate_up_, hb_}, params::SwigluParams{n, ffn, uint32_t(L.w13.out_width)},
+                 elementwise_groups(ffn, wg_), n);
     rec.barrier();
     matmul(L.w2, hb_, x_, n, dim, true);
     rec.barrier();

@@ -51,8 +51,11 @@ class GpuModel {
  private:
   void make_pipelines();
   void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted);
+  // y[t][y_offset + r] (+)= w[r] . x[t]; y rows are y_stride floats.
   void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
-              uint32_t y_stride, bool accumulate);
+              uint32_t y_stride, bool accumulate, uint32_t y_offset = 0);
+  // All parts of a fused projection into rows of y of width f.out_width.
+  void project(const FusedProjection& f, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens);
 
   gpu::Context* ctx_;
   LlamaConfig cfg_;
@@ -64,14 +67,16 @@ class GpuModel {
 
   struct Pipelines {
     gpu::Pipeline embed[4], matvec[4], matmul[4];
-    gpu::Pipeline rmsnorm, rope, swiglu, add;
-    gpu::Pipeline kv_write[2], attention[2];
+    gpu::Pipeline rmsnorm, swiglu;
+    gpu::Pipeline rope_kv_write[2], attention[2];
   } pipelines_;
 
   // Activations, sized for max_batch tokens.
   gpu::Buffer tokens_, positions_;             // int[max_batch] (host-visible)
-  gpu::Buffer x_, xb_, xb2_, q_, k_, v_;       // f32 [max_batch][dim | q_dim | kv_dim]
-  gpu::Buffer hb_, hb2_;                       // f32 [max_batch][ffn_dim]
+  gpu::Buffer x_, xb_, xb2_;                   // f32 [max_batch][dim | q_dim]
+  gpu::Buffer qkv_;                            // f32 [max_batch][q_dim + 2 kv_dim]: q | k | v
+  gpu::Buffer gate_up_;                        // f32 [max_batch][2 ffn_dim]: gate | up
+  gpu::Buffer hb_;                             // f32 [max_batch][ffn_dim]
   gpu::Buffer probs_;                          // f32 [max_batch][n_head][capacity]
   gpu::Buffer x_last_, xn_last_;               // f32 [dim]
   gpu::Buffer logits_;                         // f32 [max_batch][n_vocab] (readback)

@@ -1,6 +1,7 @@
 // Repacking of GGUF rows into the GPU layout of shaders/common/params.h:
-// block scales pulled out of the quant blocks into their own array, every row
-// of both arrays starting on a 32-bit word.
+// block scales pulled out of the quant blocks into their own array; every value
+// row starts on a 16-byte texel (the shaders read values as texels), every
+// scale row on a 32-bit word.
 #include "models/gpu_layout.h"
 
 #include <cstring>
@@ -12,6 +13,7 @@ namespace kvscope {
 namespace {
 
 constexpr uint64_t kBlock = 32;  // elements per Q8_0 / Q4_0 block
+constexpr uint64_t kTexelBytes = 16;  // value rows are padded to whole texels
 
 uint64_t words_for_bytes(uint64_t bytes) { return (bytes + 3) / 4; }
 
@@ -37,7 +39,9 @@ bool is_quantized(GgmlType type) { return type == GgmlType::Q8_0 || type == Ggml
 
 }  // namespace
 
-uint64_t GpuWeight::value_row_bytes() const { return 4 * words_for_bytes(value_bytes_per_row(type, cols)); }
+uint64_t GpuWeight::value_row_bytes() const {
+  return (value_bytes_per_row(type, cols) + kTexelBytes - 1) / kTexelBytes * kTexelBytes;
+}
 
 uint64_t GpuWeight::scale_row_bytes() const {
   if (!is_quantized(type)) return 0;
@@ -63,8 +67,7 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
   auto* scales = reinterpret_cast<uint8_t*>(out.scales.data());
 
   if (!is_quantized(type)) {
-    // F32/F16 rows are copied as they are; only F16 rows with odd cols gain a
-    // zero half at their end.
+    // F32/F16 rows are copied as they are, then zero padding to a whole texel.
     for (uint64_t r = 0; r < rows; ++r) {
       std::memcpy(values + r * value_row_bytes, data + r * src_value_bytes, src_value_bytes);
     }

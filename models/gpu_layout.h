@@ -1,6 +1,7 @@
 // Repacking of GGUF weight blocks into the layout the shaders read (see
-// shaders/common/params.h): quants and scales in separate, 4-byte aligned
-// arrays, so rows can be bound in chunks and read as whole words.
+// shaders/common/params.h): quants and scales in separate arrays, value rows
+// padded to 16-byte texels and scale rows to 4-byte words, so rows can be
+// bound in chunks and read as whole texels / words.
 #pragma once
 #include <cstdint>
 #include <vector>

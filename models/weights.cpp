@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -14,8 +16,9 @@ namespace kvscope {
 namespace {
 
 // Row chunks start at multiples of this many rows so that every chunk's
-// binding offset is aligned for any device (offsets are multiples of 256 bytes)
-// and its scales start on a whole uint.
+// binding offsets are aligned for any device (value rows are whole 16-byte
+// texels and scale rows whole words, so offsets are multiples of 256 * 4 bytes,
+// while Vulkan caps both offset alignments at 256).
 constexpr uint64_t kChunkRowAlign = 256;
 
 gpu::Buffer upload_floats(const gpu::Context& ctx, const GgufFile& file, const std::string& name) {
@@ -27,9 +30,10 @@ gpu::Buffer upload_floats(const gpu::Context& ctx, const GgufFile& file, const s
   return b;
 }
 
-GpuTensor upload_tensor(const gpu::Context& ctx, const GgufFile& file, const std::string& name) {
-  const GgufTensorInfo& t = file.tensor(name);
-  GpuWeight w = repack_for_gpu(t.type, t.data, t.shape.size() > 1 ? t.shape[1] : 1, t.shape[0]);
+// `data` holds rows x cols elements of `type` as GGUF stores them.
+GpuTensor upload_rows(const gpu::Context& ctx, const std::string& name, GgmlType type, const uint8_t* data,
+                      uint64_t rows, uint64_t cols) {
+  GpuWeight w = repack_for_gpu(type, data, rows, cols);
   GpuTensor g;
   g.type = w.type;
   g.rows = w.rows;
@@ -44,22 +48,71 @@ GpuTensor upload_tensor(const gpu::Context& ctx, const GgufFile& file, const std
     g.scales = gpu::Buffer(ctx, w.scales.size() * 4, gpu::MemoryUse::Device, name.c_str());
     g.scales.write_as<uint32_t>(w.scales);
   }
-  const uint64_t limit = ctx.max_binding_bytes();
-  const uint64_t widest_row = std::max(g.value_row_bytes, g.scale_row_bytes);
-  if (g.values.size() <= limit && g.scales.size() <= limit) {
+  // Values are bound as texel buffers, scales as storage buffers: each kind
+  // has its own limit per binding (maxTexelBufferElements texels can be as
+  // few as 65536, i.e. 1 MiB, on some devices).
+  const uint64_t value_limit = ctx.max_texel_binding_bytes();
+  const uint64_t scale_limit = ctx.max_binding_bytes();
+  if (g.values.size() <= value_limit && g.scales.size() <= scale_limit) {
     g.rows_per_chunk = g.rows;
   } else {
-    g.rows_per_chunk = limit / widest_row / kChunkRowAlign * kChunkRowAlign;
+    uint64_t rows_fit = value_limit / g.value_row_bytes;
+    if (g.scale_row_bytes) rows_fit = std::min(rows_fit, scale_limit / g.scale_row_bytes);
+    g.rows_per_chunk = rows_fit / kChunkRowAlign * kChunkRowAlign;
     if (g.rows_per_chunk == 0)
       throw gpu::GpuError(fmt::format(
-          "{}: one block of {} rows ({} bytes) does not fit a storage-buffer binding of {} bytes on "
-          "{}; this device cannot run this model",
-          name, kChunkRowAlign, kChunkRowAlign * widest_row, limit, ctx.info().name));
+          "{}: one block of {} rows ({} bytes of values, {} of scales) does not fit one binding "
+          "({} bytes per texel-buffer binding, {} per storage-buffer binding) on {}; this device "
+          "cannot run this model",
+          name, kChunkRowAlign, kChunkRowAlign * g.value_row_bytes, kChunkRowAlign * g.scale_row_bytes,
+          value_limit, scale_limit, ctx.info().name));
   }
   return g;
 }
 
+uint64_t rows_of(const GgufTensorInfo& t) { return t.shape.size() > 1 ? t.shape[1] : 1; }
+
+GpuTensor upload_tensor(const gpu::Context& ctx, const GgufFile& file, const std::string& name) {
+  const GgufTensorInfo& t = file.tensor(name);
+  return upload_rows(ctx, name, t.type, t.data, rows_of(t), t.shape[0]);
+}
+
+// One tensor of all parts' rows when they share type and row length, else one
+// per part (mixed-type files still load, at one dispatch per part).
+FusedProjection upload_fused(const gpu::Context& ctx, const GgufFile& file, const std::vector<std::string>& names) {
+  FusedProjection f;
+  std::vector<const GgufTensorInfo*> infos;
+  for (const std::string& name : names) infos.push_back(&file.tensor(name));
+  bool same = true;
+  for (const GgufTensorInfo* t : infos)
+    same = same && t->type == infos[0]->type && t->shape[0] == infos[0]->shape[0];
+  if (same) {
+    std::vector<uint8_t> bytes;
+    uint64_t rows = 0;
+    for (const GgufTensorInfo* t : infos) {
+      bytes.insert(bytes.end(), t->data, t->data + t->n_bytes);
+      rows += rows_of(*t);
+    }
+    std::string label = names[0];
+    for (size_t i = 1; i < names.size(); ++i) label += "|" + names[i];
+    f.parts.push_back({upload_rows(ctx, label, infos[0]->type, bytes.data(), rows, infos[0]->shape[0]), 0});
+    f.out_width = rows;
+    return f;
+  }
+  for (size_t i = 0; i < infos.size(); ++i) {
+    f.parts.push_back({upload_tensor(ctx, file, names[i]), f.out_width});
+    f.out_width += rows_of(*infos[i]);
+  }
+  return f;
+}
+
 }  // namespace
+
+uint64_t FusedProjection::device_bytes() const {
+  uint64_t total = 0;
+  for (const Part& p : parts) total += p.tensor.device_bytes();
+  return total;
+}
 
 std::vector<GpuTensor::Chunk> GpuTensor::chunks() const {
   std::vector<Chunk> out;
@@ -77,9 +130,8 @@ std::vector<GpuTensor::Chunk> GpuTensor::chunks() const {
 uint64_t GpuWeights::device_bytes() const {
   uint64_t total = token_embd.device_bytes() + output_norm.size() + (tied_output ? 0 : output.device_bytes());
   for (const auto& l : layers)
-    total += l.attn_norm.size() + l.ffn_norm.size() + l.wq.device_bytes() + l.wk.device_bytes() +
-             l.wv.device_bytes() + l.wo.device_bytes() + l.w1.device_bytes() + l.w2.device_bytes() +
-             l.w3.device_bytes();
+    total += l.attn_norm.size() + l.ffn_norm.size() + l.wqkv.device_bytes() + l.wo.device_bytes() +
+             l.w13.device_bytes() + l.w2.device_bytes();
   return total;
 }
 
@@ -93,13 +145,12 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
     GpuLayer layer;
     layer.attn_norm = upload_floats(ctx, file, layer_tensor(l, "attn_norm.weight"));
     layer.ffn_norm = upload_floats(ctx, file, layer_tensor(l, "ffn_norm.weight"));
-    layer.wq = upload_tensor(ctx, file, layer_tensor(l, "attn_q.weight"));
-    layer.wk = upload_tensor(ctx, file, layer_tensor(l, "attn_k.weight"));
-    layer.wv = upload_tensor(ctx, file, layer_tensor(l, "attn_v.weight"));
+    layer.wqkv = upload_fused(
+        ctx, file,
+        {layer_tensor(l, "attn_q.weight"), layer_tensor(l, "attn_k.weight"), layer_tensor(l, "attn_v.weight")});
     layer.wo = upload_tensor(ctx, file, layer_tensor(l, "attn_output.weight"));
-    layer.w1 = upload_tensor(ctx, file, layer_tensor(l, "ffn_gate.weight"));
+    layer.w13 = upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
     layer.w2 = upload_tensor(ctx, file, layer_tensor(l, "ffn_down.weight"));
-    layer.w3 = upload_tensor(ctx, file, layer_tensor(l, "ffn_up.weight"));
     w.layers.push_back(std::move(layer));
   }
   file.release_pages();

@@ -1,6 +1,6 @@
 // The model's weights on the device, in the layout the shaders read
-// (models/gpu_layout.h), each tensor cut into row chunks that fit one
-// storage-buffer binding.
+// (models/gpu_layout.h), each tensor cut into row chunks whose values fit one
+// texel-buffer binding and whose scales fit one storage-buffer binding.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -16,7 +16,7 @@ namespace kvscope {
 struct GpuTensor {
   GgmlType type = GgmlType::F32;
   uint64_t rows = 0, cols = 0;
-  gpu::Buffer values;  // binding W
+  gpu::Buffer values;  // binding W (a uniform texel buffer)
   gpu::Buffer scales;  // binding S (a small placeholder for F32/F16)
   uint64_t value_row_bytes = 0, scale_row_bytes = 0;
   uint64_t rows_per_chunk = 0;  // rows one binding may hold (multiple of 256 or all rows)
@@ -29,9 +29,26 @@ struct GpuTensor {
   uint64_t device_bytes() const { return values.size() + scales.size(); }
 };
 
+// Projections of the same input whose outputs share one activation row, each
+// part at its column offset: wq|wk|wv -> a qkv row, w1|w3 -> a gate|up row.
+// Parts of one type are uploaded as one concatenated tensor (rows are
+// independent), so the projection is one dispatch instead of two or three.
+struct FusedProjection {
+  struct Part {
+    GpuTensor tensor;
+    uint64_t out_offset = 0;  // first output column of this part in the row
+  };
+  std::vector<Part> parts;
+  uint64_t out_width = 0;  // sum of the parts' rows
+  uint64_t device_bytes() const;
+};
+
 struct GpuLayer {
   gpu::Buffer attn_norm, ffn_norm;  // f32 (dim)
-  GpuTensor wq, wk, wv, wo, w1, w2, w3;
+  FusedProjection wqkv;  // rows: q (n_head * head_dim) | k | v (n_kv_head * head_dim each); cols dim
+  GpuTensor wo;          // (dim, q_dim)
+  FusedProjection w13;   // rows: gate (ffn_dim) | up (ffn_dim); cols dim
+  GpuTensor w2;          // (dim, ffn_dim)
 };
 
 struct GpuWeights {

@@ -32,7 +32,8 @@ void main() {
   if (head >= p.n_head || t >= p.n_tokens) return;  // uniform per workgroup
   const uint kv_head = head / (p.n_head / p.n_kv_head);
   const int position = query_pos[t];
-  const uint q_base = (t * p.n_head + head) * p.head_dim;
+  const uint q_base = t * p.q_stride + head * p.head_dim;
+  const uint out_base = (t * p.n_head + head) * p.head_dim;
   const uint probs_base = (t * p.n_head + head) * p.capacity;
   const uint slot_base = kv_head * p.capacity;  // into slot_pos, and rows of the cache
   const uint n_slots = min(p.n_slots, p.capacity);
@@ -84,6 +85,6 @@ void main() {
       if (sp < 0 || sp > position) continue;
       acc += probs[probs_base + s] * v_load((slot_base + s) * p.head_dim + d);
     }
-    out_values[q_base + d] = acc;
+    out_values[out_base + d] = acc;
   }
 }

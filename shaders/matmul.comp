@@ -50,21 +50,21 @@ void load_w_unit(uint tile_row, uint row, uint block, uint u) {
   const uint dst = tile_row * TILE_K;
 #if defined(WTYPE_F32)
   const uint c = block * 32u + u;
-  w_tile[dst + u] = c < cols ? w_values[row_base + c] : 0.0;
+  w_tile[dst + u] = c < cols ? uintBitsToFloat(w_word(row_base + c)) : 0.0;
 #elif defined(WTYPE_F16)
   const uint c = block * 32u + 2u * u;
-  const vec2 pair = c < cols ? unpackHalf2x16(w_values[row_base + block * 16u + u]) : vec2(0.0);
+  const vec2 pair = c < cols ? unpackHalf2x16(w_word(row_base + block * 16u + u)) : vec2(0.0);
   w_tile[dst + 2u * u] = pair.x;
   w_tile[dst + 2u * u + 1u] = pair.y;  // a padding half is 0
 #elif defined(WTYPE_Q8_0)
-  const vec4 q = w_scale(row, block, cols) * q8_unpack(w_values[row_base + block * 8u + u]);
+  const vec4 q = w_scale(row, block, cols) * q8_unpack(w_word(row_base + block * 8u + u));
   w_tile[dst + 4u * u] = q.x;
   w_tile[dst + 4u * u + 1u] = q.y;
   w_tile[dst + 4u * u + 2u] = q.z;
   w_tile[dst + 4u * u + 3u] = q.w;
 #else
   vec4 low, high;
-  q4_unpack(w_values[row_base + block * 4u + u], low, high);
+  q4_unpack(w_word(row_base + block * 4u + u), low, high);
   const float d = w_scale(row, block, cols);
   low *= d;
   high *= d;
@@ -85,18 +85,15 @@ const uint CPU_TOKENS = KVSCOPE_MATMUL_CPU_TOKENS;
 
 // x as vec4 (only when cols % 4 == 0: rows of x are then 16-byte aligned).
 layout(std430, binding = 2) readonly buffer X4 { vec4 x_vec4[]; };
-#if defined(WTYPE_F32)
-layout(std430, binding = W_BINDING) readonly buffer WeightValues4 { vec4 w_values4[]; };
-#else
-layout(std430, binding = W_BINDING) readonly buffer WeightValues4 { uvec4 w_values4[]; };
-#endif
 
 float token_acc[CPU_TOKENS];
 
-// token_acc[t] += w . x[token0 + t][col .. col + 3]
+// token_acc[t] += w . x[token0 + t][col .. col + 3]. Tokens past the end
+// (t >= n_tok) repeat the last token instead of branching (no branch in the
+// hot loop; their sums are never written).
 void add_quad(vec4 w, uint col, uint token0, uint n_tok) {
   for (uint t = 0u; t < CPU_TOKENS; ++t) {
-    if (t < n_tok) token_acc[t] += dot(w, x_vec4[((token0 + t) * p.cols + col) / 4u]);
+    token_acc[t] += dot(w, x_vec4[((token0 + min(t, n_tok - 1u)) * p.cols + col) / 4u]);
   }
 }
 
@@ -116,17 +113,17 @@ void main_row_per_invocation() {
   const uint n_tok = min(CPU_TOKENS, p.n_tokens - token0);
   for (uint t = 0u; t < CPU_TOKENS; ++t) token_acc[t] = 0.0;
   const uint cols = p.cols;
-  const uint row4 = row * w_row_words(cols) / 4u;  // in uvec4/vec4 units when aligned
+  const uint row4 = row * w_row_texels(cols);  // rows start on a texel
 #if defined(WTYPE_F32)
   if (cols % 4u == 0u) {
-    for (uint i = 0u; i < cols / 4u; ++i) add_quad(w_values4[row4 + i], 4u * i, token0, n_tok);
+    for (uint i = 0u; i < cols / 4u; ++i) add_quad(uintBitsToFloat(w_texel(row4 + i)), 4u * i, token0, n_tok);
   } else {
     add_scalar_row(row, token0, n_tok);
   }
 #elif defined(WTYPE_F16)
   if (cols % 8u == 0u) {
     for (uint i = 0u; i < cols / 8u; ++i) {
-      const uvec4 words = w_values4[row4 + i];
+      const uvec4 words = w_texel(row4 + i);
       add_quad(vec4(unpackHalf2x16(words.x), unpackHalf2x16(words.y)), 8u * i, token0, n_tok);
       add_quad(vec4(unpackHalf2x16(words.z), unpackHalf2x16(words.w)), 8u * i + 4u, token0, n_tok);
     }
@@ -137,14 +134,14 @@ void main_row_per_invocation() {
   for (uint b = 0u; b < cols / W_BLOCK; ++b) {
     const float d = w_scale(row, b, cols);
     for (uint h = 0u; h < 2u; ++h) {
-      const uvec4 words = w_values4[row4 + 2u * b + h];
+      const uvec4 words = w_texel(row4 + 2u * b + h);
       for (uint i = 0u; i < 4u; ++i) add_quad(d * q8_unpack(words[i]), 32u * b + 16u * h + 4u * i, token0, n_tok);
     }
   }
 #else
   for (uint b = 0u; b < cols / W_BLOCK; ++b) {
     const float d = w_scale(row, b, cols);
-    const uvec4 words = w_values4[row4 + b];
+    const uvec4 words = w_texel(row4 + b);
     for (uint i = 0u; i < 4u; ++i) {
       vec4 low, high;
       q4_unpack(words[i], low, high);

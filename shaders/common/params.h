@@ -1,15 +1,20 @@
 // Push-constant structs shared by the GLSL shaders and C++ (one declaration).
-// Each comment lists the shader's storage-buffer bindings (set 0) in order.
+// Each comment lists the shader's bindings (set 0) in order: storage buffers,
+// except weight values (W), which are uniform texel buffers.
 // Specialization constant 0 is always the workgroup size (local_size_x_id = 0),
 // chosen on the host from the device's subgroup size. It must be a power of two
 // (the shared-memory reductions halve it), 8..maxComputeWorkGroupSize; the
 // shared arrays are sized by it. "groups:" below says what to dispatch.
 //
 // Weight layout on the GPU (models/gpu_layout.h repacks GGUF blocks into it):
-//   Every row starts on a 32-bit word: a row is w_row_words(cols) words of
-//   "values" and s_row_words(cols) words of "scales" (padding is zero), so row
-//   r of a tensor starts at word r * row_words of its array
+//   A row is w_row_words(cols) words of "values", padded with zeros to a whole
+//   16-byte texel, and s_row_words(cols) words of "scales" (padding is zero),
+//   so row r of a tensor starts at texel r * w_row_texels(cols) of its values
+//   and word r * s_row_words(cols) of its scales
 //   (GpuWeight::value_row_bytes()/scale_row_bytes() in models/gpu_layout.h).
+//   Values are bound as a uniform texel buffer of R32G32B32A32_UINT texels
+//   (gpu::PipelineDesc::texel_bindings; shaders/common/weights.glsl), scales
+//   as a storage buffer.
 //   binding W ("values"): F32  float[rows][cols]
 //                         F16  halves, two per uint (element e of a row in the
 //                              low half of word e/2 when e is even); a row with
@@ -30,7 +35,9 @@
 //   Large tensors are bound in chunks of rows: `row_offset` is the first row
 //   of the chunk within the tensor's output indexing; the W/S bindings start at
 //   that chunk (offset = first row * row bytes, which must be a multiple of
-//   minStorageBufferOffsetAlignment: choose chunk rows accordingly).
+//   minTexelBufferOffsetAlignment for W and minStorageBufferOffsetAlignment
+//   for S; a chunk's W range at most maxTexelBufferElements texels, its S
+//   range at most maxStorageBufferRange: choose chunk rows accordingly).
 //   Q8_0/Q4_0 need cols % 32 == 0.
 #ifndef KVSCOPE_PARAMS_H
 #define KVSCOPE_PARAMS_H
@@ -43,6 +50,9 @@ using uint = uint32_t;
 
 // matvec: rows per workgroup, the default of specialization constant 1.
 #define KVSCOPE_MATVEC_ROWS_PER_GROUP 4
+// matvec on CPU devices: whole rows per invocation (spec 1 = wg * this);
+// each x load serves that many rows (measured ~10% faster decode on lavapipe than 1).
+#define KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION 4
 // matmul: rows of W per workgroup tile (fixed); tokens per tile = wg / 2.
 #define KVSCOPE_MATMUL_TILE_ROWS 32
 // matmul with spec 1 = 1 (one row per invocation): tokens per workgroup.
@@ -72,12 +82,13 @@ struct RmsNormParams {
 // matvec (decode): 0 W [rows][cols], 1 S, 2 x f32[n_vec][cols], 3 y f32[n_vec][y_stride]
 // y[v][row_offset + r] (+)= sum_k W[r][k] * x[v][k] for r < rows.
 // accumulate = 1 adds into y (fused residual), 0 overwrites.
-// spec 1: rows per workgroup (a power of two dividing wg; default
+// spec 1: rows per workgroup (a power of two dividing wg, or wg * k; default
 // KVSCOPE_MATVEC_ROWS_PER_GROUP); wg / rows_per_group invocations share a row.
-// rows_per_group == wg gives each invocation a whole row: use it on CPU
-// devices (DeviceInfo::type "cpu", lavapipe), where it measured ~3x faster
-// (invocations are SIMD lanes there; x reads become uniform); keep the default
-// on GPUs, where invocations sharing a row read it coalesced.
+// rows_per_group == wg * k (k = 1..4) gives each invocation k whole rows
+// (rows first + j * wg, j < k): use it on CPU devices (DeviceInfo::type "cpu",
+// lavapipe) with k = KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION, where it measured
+// ~3x faster (invocations are SIMD lanes there; x reads become uniform); keep
+// the default on GPUs, where invocations sharing a row read it coalesced.
 // groups: (ceil(rows / rows_per_group), n_vec)
 struct MatVecParams {
   uint rows;
@@ -105,33 +116,30 @@ struct MatMulParams {
   uint accumulate;
 };
 
-// rope (adjacent pairs, llama "normal" mode): 0 q f32[n_tokens][n_head_q*head_dim],
-// 1 k f32[n_tokens][n_head_k*head_dim], 2 positions int[n_tokens]
-// pair (2i, 2i+1) of each head, i < rope_dim/2, rotated by
-// pos * theta^(-2i/rope_dim). In place. Dims >= rope_dim are left alone.
-// groups: (n_head_q + n_head_k, n_tokens)
-struct RopeParams {
+// rope_kv_write: 0 qkv f32[n_tokens][qkv_stride], a token's row holding its q
+// heads (n_head * head_dim), then k heads and v heads (n_kv_head * head_dim
+// each); 1 positions int[n_tokens]; 2 slots int[n_tokens][n_kv_head] (slot of
+// the token in that head's table; <0 or >= capacity: not stored); 3 K cache,
+// 4 V cache, layout [n_kv_head][capacity][head_dim] in the KV_* format (F32:
+// float; F16: halves two per uint).
+// RoPE (adjacent pairs, llama "normal" mode): pair (2i, 2i+1) of each head,
+// i < rope_dim/2, rotated by pos * theta^(-2i/rope_dim); dims >= rope_dim are
+// left alone. q is rotated in place in the qkv row; k is rotated on its way to
+// the cache (k and v in the qkv row are left as they were). head_dim even.
+// groups: (n_head + n_kv_head, n_tokens)
+struct RopeKvWriteParams {
   uint n_tokens;
-  uint n_head_q;
-  uint n_head_k;
+  uint n_head;
+  uint n_kv_head;
   uint head_dim;
   uint rope_dim;
   float theta;
-};
-
-// kv_write: 0 k f32[n_tokens][n_kv_head*head_dim], 1 v f32[same],
-// 2 slots int[n_tokens][n_kv_head] (slot of the token in that head's table;
-// <0: skip), 3 K cache, 4 V cache. Cache layout [n_kv_head][capacity][head_dim]
-// in the KV_* format (F32: float; F16: halves two per uint, head_dim even).
-// Slots >= capacity are skipped too. groups: (n_kv_head, n_tokens)
-struct KvWriteParams {
-  uint n_tokens;
-  uint n_kv_head;
-  uint head_dim;
   uint capacity;
+  uint qkv_stride;  // floats from one token's row to the next, >= (n_head + 2 n_kv_head) head_dim
 };
 
-// attention: 0 q f32[n_tokens][n_head*head_dim], 1 K cache, 2 V cache,
+// attention: 0 q f32[n_tokens][q_stride] (query heads at the start of each
+// row: the qkv rows of rope_kv_write), 1 K cache, 2 V cache,
 // 3 slot positions int[n_kv_head][capacity] (token position held by each slot,
 // -1: empty), 4 query positions int[n_tokens], 5 out f32[n_tokens][n_head*head_dim],
 // 6 probs f32[n_tokens][n_head][capacity] (softmax row over slots; 0 for
@@ -149,12 +157,16 @@ struct AttentionParams {
   uint capacity;
   uint n_slots;
   float scale;
+  uint q_stride;  // floats from one token's q row to the next, >= n_head * head_dim
 };
 
-// swiglu: 0 gate f32[n], 1 up f32[n], 2 out f32[n]; out = gate*sigmoid(gate)*up
-// groups: (ceil(n / wg))
+// swiglu: 0 gate|up f32[n_tokens][in_stride] (gate in columns [0, n), up in
+// [n, 2n): the output rows of the fused w1|w3 projection), 1 out f32[n_tokens][n];
+// out = gate * sigmoid(gate) * up. groups: (ceil(n / wg), n_tokens)
 struct SwigluParams {
+  uint n_tokens;
   uint n;
+  uint in_stride;  // floats from one token's gate|up row to the next, >= 2n
 };
 
 // add: 0 a f32[n], 1 b f32[n], 2 out f32[n]; out = a + b

@@ -3,6 +3,7 @@
 // Every test runs with the validation layer on and requires it to stay silent.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "gpu/pipeline.h"
 #include "gpu/recorder.h"
 #include "gpu/timer.h"
+#include "shaders/common/params.h"
 
 using namespace kvscope::gpu;
 namespace shaders = kvscope::shaders;
@@ -237,6 +239,46 @@ TEST_CASE("gpu: a binding above max_binding_bytes is refused") {
   // Halves of it bind fine.
   rec.dispatch(smoke, {Binding(big, 4096, 4096), out}, SmokePush{1024, 0.0f}, ceil_div(1024, ctx.subgroup_size()));
   rec.submit_and_wait();
+  CHECK(ctx.validation_messages() == 0);
+}
+
+TEST_CASE("gpu: texel bindings (weights) are checked: mask, whole texels, alignment, limit") {
+  ContextOptions options = validated();
+  options.max_binding_bytes = 4096;  // caps texel bindings too
+  Context ctx(options);
+  CHECK(ctx.max_texel_binding_bytes() == 4096);
+  using kvscope::params::MatVecParams;
+  using kvscope::shaders::Id;
+  const uint32_t wg = std::max(8u, ctx.subgroup_size());
+  // A mask naming a binding the pipeline does not have.
+  std::string m = message_of<GpuError>(
+      [&] { Pipeline bad(ctx, {Id::matvec_f32, 4, sizeof(MatVecParams), {wg, wg}, 1u << 4}); });
+  CHECK(m.find("beyond its 4 bindings") != std::string::npos);
+
+  Pipeline matvec(ctx, {Id::matvec_f32, 4, sizeof(MatVecParams), {wg, wg}, 1u << 0});
+  Buffer weights(ctx, 8192, MemoryUse::Device, "weights");
+  Buffer scales(ctx, 16, MemoryUse::Device, "scales");
+  Buffer x(ctx, 64, MemoryUse::Device, "x");
+  Buffer y(ctx, 64, MemoryUse::Device, "y");
+  weights.fill_zero();
+  x.fill_zero();
+  Recorder rec(ctx);
+  rec.begin();
+  const MatVecParams p{4, 4, 1, 4, 0, 0};  // 4 rows of 4 floats: one texel each
+  m = message_of<GpuError>([&] { rec.dispatch(matvec, {Binding(weights, 0, 40), scales, x, y}, p, 1); });
+  CHECK(m.find("whole 16-byte texels") != std::string::npos);
+  m = message_of<GpuError>([&] { rec.dispatch(matvec, {weights, scales, x, y}, p, 1); });
+  CHECK(m.find("per texel-buffer binding") != std::string::npos);
+  const uint64_t align = ctx.properties().limits.minTexelBufferOffsetAlignment;
+  if (align > 1) {
+    m = message_of<GpuError>([&] { rec.dispatch(matvec, {Binding(weights, align / 2, 64), scales, x, y}, p, 1); });
+    CHECK(m.find("texel-buffer offset alignment") != std::string::npos);
+  }
+  rec.dispatch(matvec, {Binding(weights, 4096, 64), scales, x, y}, p, 1);
+  rec.submit_and_wait();
+  std::vector<float> out(4, 1.0f);
+  y.read_as<float>(out);
+  CHECK(out == std::vector<float>(4, 0.0f));
   CHECK(ctx.validation_messages() == 0);
 }
 

@@ -8,7 +8,7 @@
 // [SECTION] tolerances and helpers
 // [SECTION] embed, rmsnorm, swiglu, add
 // [SECTION] matvec, matmul (all weight types, chunked row ranges)
-// [SECTION] rope, kv_write, attention
+// [SECTION] rope_kv_write, attention
 #include <doctest/doctest.h>
 #include <fmt/format.h>
 
@@ -59,6 +59,10 @@ constexpr double kF16StoreBound = 1e-6;
 
 constexpr size_t kGuardFloats = 64;
 constexpr uint32_t kSentinelBits = 0x7fc0beefu;  // a NaN no shader produces
+
+// Weight values are bound as texel buffers (params.h): binding 0 of
+// matvec/matmul, binding 1 of embed.
+constexpr uint32_t kWeightTexels0 = 1u << 0, kWeightTexels1 = 1u << 1;
 
 const GgmlType kWeightTypes[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0};
 
@@ -202,12 +206,15 @@ struct TestWeight {
     if (gpu.scale_row_bytes() == 0) return {scales};
     return {scales, first * gpu.scale_row_bytes(), count * gpu.scale_row_bytes()};
   }
-  // A row where a second chunk can start with both binding offsets aligned to
+  // A row where a second chunk can start with its value offset aligned to
+  // minTexelBufferOffsetAlignment and its scale offset to
   // minStorageBufferOffsetAlignment, near the middle; 0 when there is none.
   uint64_t chunk_split_row() const {
-    const uint64_t align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
+    const uint64_t value_align = std::max<uint64_t>(1, context().properties().limits.minTexelBufferOffsetAlignment);
+    const uint64_t scale_align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
     uint64_t step = 1;
-    while ((step * gpu.value_row_bytes()) % align != 0 || (step * gpu.scale_row_bytes()) % align != 0) ++step;
+    while ((step * gpu.value_row_bytes()) % value_align != 0 || (step * gpu.scale_row_bytes()) % scale_align != 0)
+      ++step;
     const uint64_t split = std::max<uint64_t>(step, rows / 2 / step * step);
     return split < rows ? split : 0;
   }
@@ -277,7 +284,7 @@ std::vector<Shape> matrix_shapes(GgmlType t, bool include_vocab) {
 TEST_CASE("embed: rows of every weight type, whole and chunked tables") {
   for (uint32_t wg : workgroup_sizes()) {
     for (GgmlType type : kWeightTypes) {
-      gpu::Pipeline pipe(context(), {embed_id(type), 4, sizeof(params::EmbedParams), {wg}});
+      gpu::Pipeline pipe(context(), {embed_id(type), 4, sizeof(params::EmbedParams), {wg}, kWeightTexels1});
       const uint64_t n_vocab = 300;
       for (uint64_t dim : {32u, 64u, 288u}) {
         TestWeight table(type, n_vocab, dim, 11 + dim);
@@ -338,22 +345,27 @@ TEST_CASE("rmsnorm: odd row lengths, several rows") {
   check_no_validation_messages();
 }
 
-TEST_CASE("swiglu and add: elementwise over odd lengths") {
+TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths") {
   for (uint32_t wg : workgroup_sizes()) {
-    gpu::Pipeline swiglu(context(), {Id::swiglu, 3, sizeof(params::SwigluParams), {wg}});
+    gpu::Pipeline swiglu(context(), {Id::swiglu, 2, sizeof(params::SwigluParams), {wg}});
     gpu::Pipeline add(context(), {Id::add, 3, sizeof(params::AddParams), {wg}});
     for (uint32_t n : {1u, 5u, 100u, 768u, 4099u}) {
+      const uint32_t n_tokens = 3, stride = 2 * n + 1;  // gate | up | one float of slack per row
       const std::vector<float> a = random_floats(n, n, -8, 8), b = random_floats(n, n + 7, -2, 2);
-      gpu::Buffer a_buffer = upload(a, "a"), b_buffer = upload(b, "b");
-      GuardedOutput swiglu_out(n), add_out(n);
+      const std::vector<float> gate_up = random_floats(size_t(n_tokens) * stride, n + 3, -8, 8);
+      gpu::Buffer a_buffer = upload(a, "a"), b_buffer = upload(b, "b"), gate_up_buffer = upload(gate_up, "gate|up");
+      GuardedOutput swiglu_out(size_t(n_tokens) * n), add_out(n);
       gpu::Recorder rec(context());
       rec.begin();
-      rec.dispatch(swiglu, {a_buffer, b_buffer, swiglu_out.buffer}, params::SwigluParams{n},
-                   gpu::ceil_div(n, wg));
+      rec.dispatch(swiglu, {gate_up_buffer, swiglu_out.buffer}, params::SwigluParams{n_tokens, n, stride},
+                   gpu::ceil_div(n, wg), n_tokens);
       rec.dispatch(add, {a_buffer, b_buffer, add_out.buffer}, params::AddParams{n}, gpu::ceil_div(n, wg));
       rec.submit_and_wait();
-      std::vector<float> expected_swiglu(n), expected_add(n);
-      reference::swiglu(expected_swiglu, a, b);
+      std::vector<float> expected_swiglu(size_t(n_tokens) * n), expected_add(n);
+      for (uint32_t t = 0; t < n_tokens; ++t)
+        reference::swiglu(std::span(expected_swiglu).subspan(size_t(t) * n, n),
+                          std::span(gate_up).subspan(size_t(t) * stride, n),
+                          std::span(gate_up).subspan(size_t(t) * stride + n, n));
       for (uint32_t i = 0; i < n; ++i) expected_add[i] = a[i] + b[i];
       const std::string what = fmt::format("n {} wg {}", n, wg);
       check_close(swiglu_out.read("swiglu " + what), expected_swiglu, kTranscendentalBound, "swiglu " + what);
@@ -427,12 +439,13 @@ void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile
 
 TEST_CASE("matvec: every weight type, odd shapes, chunked rows, accumulate") {
   for (uint32_t wg : workgroup_sizes()) {
-    // 1 and 4: invocations share rows (the GPU path); wg: one whole row per
-    // invocation (the CPU-device path, a different code path in the shader).
-    for (uint32_t rows_per_group : {1u, 4u, wg}) {
+    // 1 and 4: invocations share rows (the GPU path); wg and wg * 4: one and
+    // four whole rows per invocation (the CPU-device path, a different code
+    // path in the shader; 4 is what the forward pass uses there).
+    for (uint32_t rows_per_group : {1u, 4u, wg, wg * KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION}) {
       for (GgmlType type : kWeightTypes) {
         gpu::Pipeline pipe(context(),
-                           {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}});
+                           {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}, kWeightTexels0});
         for (Shape s : matrix_shapes(type, /*include_vocab=*/rows_per_group != 1)) {
           TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols));
           for (uint32_t n_vec : {1u, 2u}) {
@@ -457,7 +470,7 @@ TEST_CASE("matmul: every weight type, token counts 1..64, chunked rows, accumula
       const uint32_t tokens_per_tile = row_per_invocation ? KVSCOPE_MATMUL_CPU_TOKENS : wg / 2;
       for (GgmlType type : kWeightTypes) {
         gpu::Pipeline pipe(context(),
-                           {matmul_id(type), 4, sizeof(params::MatMulParams), {wg, row_per_invocation}});
+                           {matmul_id(type), 4, sizeof(params::MatMulParams), {wg, row_per_invocation}, kWeightTexels0});
         for (Shape s : matrix_shapes(type, false)) {
           TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols));
           for (uint32_t n_tokens : {1u, 3u, 17u, 64u}) {
@@ -479,47 +492,7 @@ TEST_CASE("matmul: every weight type, token counts 1..64, chunked rows, accumula
   check_no_validation_messages();
 }
 
-// ---------------------------------------------------------------- [SECTION] rope, kv_write, attention
-
-TEST_CASE("rope: head_dim 48/64/128, positions 0..300, partial rotary dims") {
-  for (uint32_t wg : workgroup_sizes()) {
-    gpu::Pipeline pipe(context(), {Id::rope, 3, sizeof(params::RopeParams), {wg}});
-    struct Case {
-      uint32_t head_dim, rope_dim, n_head_q, n_head_k;
-    };
-    for (Case c : {Case{48, 48, 6, 6}, Case{64, 64, 8, 2}, Case{128, 128, 2, 1}, Case{64, 32, 3, 1}}) {
-      const uint32_t n_tokens = 301;  // positions 0..300, shuffled
-      std::vector<int32_t> positions(n_tokens);
-      std::iota(positions.begin(), positions.end(), 0);
-      std::shuffle(positions.begin(), positions.end(), std::mt19937(c.head_dim));
-      const uint32_t q_dim = c.n_head_q * c.head_dim, k_dim = c.n_head_k * c.head_dim;
-      const std::vector<float> q = random_floats(n_tokens * q_dim, 1), k = random_floats(n_tokens * k_dim, 2);
-      GuardedOutput q_out(q.size(), q), k_out(k.size(), k);  // rope works in place
-      gpu::Buffer pos_buffer = upload(positions, "positions");
-      const float theta = 10000.0f;
-      gpu::Recorder rec(context());
-      rec.begin();
-      rec.dispatch(pipe, {q_out.buffer, k_out.buffer, pos_buffer},
-                   params::RopeParams{n_tokens, c.n_head_q, c.n_head_k, c.head_dim, c.rope_dim, theta},
-                   c.n_head_q + c.n_head_k, n_tokens);
-      rec.submit_and_wait();
-      std::vector<float> q_expected = q, k_expected = k;
-      for (uint32_t t = 0; t < n_tokens; ++t) {
-        for (uint32_t h = 0; h < c.n_head_q; ++h)
-          reference::rope(std::span(q_expected).subspan((t * c.n_head_q + h) * c.head_dim, c.head_dim),
-                          positions[t], c.rope_dim, theta);
-        for (uint32_t h = 0; h < c.n_head_k; ++h)
-          reference::rope(std::span(k_expected).subspan((t * c.n_head_k + h) * c.head_dim, c.head_dim),
-                          positions[t], c.rope_dim, theta);
-      }
-      const std::string what = fmt::format("rope head_dim {} rope_dim {} heads {}/{} wg {}", c.head_dim,
-                                           c.rope_dim, c.n_head_q, c.n_head_k, wg);
-      check_close(q_out.read(what + " q"), q_expected, kTranscendentalBound, what + " q");
-      check_close(k_out.read(what + " k"), k_expected, kTranscendentalBound, what + " k");
-    }
-  }
-  check_no_validation_messages();
-}
+// ---------------------------------------------------------------- [SECTION] rope_kv_write, attention
 
 // A KV cache in the shader's format, [n_kv_head][capacity][head_dim].
 struct CacheImage {
@@ -548,59 +521,81 @@ std::vector<float> cache_values(const CacheImage& cache, size_t elements) {
   return v;
 }
 
-TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
+// The fused q|k|v rows of n_tokens tokens, in the forward pass's layout.
+struct QkvCase {
+  uint32_t head_dim, rope_dim, n_head, n_kv_head;
+};
+
+TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, GQA, skipped slots") {
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
-      gpu::Pipeline pipe(context(),
-                         {f16 ? Id::kv_write_f16 : Id::kv_write_f32, 5, sizeof(params::KvWriteParams), {wg}});
-      for (uint32_t head_dim : {48u, 64u, 128u}) {
-        const uint32_t n_tokens = 5, n_kv_head = 3, capacity = 13;
-        // Slot per (token, kv head): a different scatter per head, -1 = not stored.
-        const std::vector<int32_t> slots{7,  0,  12,  //
-                                         -1, 1,  3,   //
-                                         2,  -1, 11,  //
-                                         9,  4,  -1,  //
-                                         12, 5,  0};
-        const size_t row_elems = size_t(n_tokens) * n_kv_head * head_dim;
-        const size_t cache_elems = size_t(n_kv_head) * capacity * head_dim;
-        const std::vector<float> k = random_floats(row_elems, 3), v = random_floats(row_elems, 4);
-        const std::vector<float> old_k = random_floats(cache_elems, 5), old_v = random_floats(cache_elems, 6);
-        const CacheImage k_before(f16, cache_elems, old_k), v_before(f16, cache_elems, old_v);
-        gpu::Buffer k_buffer = upload(k, "k"), v_buffer = upload(v, "v"),
-                    slot_buffer = upload(slots, "slots");
-        // The cache buffers as f32 words with guard regions (F16 uses half as many words).
+      gpu::Pipeline pipe(context(), {f16 ? Id::rope_kv_write_f16 : Id::rope_kv_write_f32, 5,
+                                     sizeof(params::RopeKvWriteParams), {wg}});
+      for (QkvCase c : {QkvCase{48, 48, 6, 3}, QkvCase{64, 64, 8, 2}, QkvCase{128, 128, 3, 3}, QkvCase{64, 32, 3, 1}}) {
+        const uint32_t n_tokens = 5, capacity = 13, hd = c.head_dim;
+        const uint32_t q_dim = c.n_head * hd, kv_dim = c.n_kv_head * hd;
+        const uint32_t stride = q_dim + 2 * kv_dim + 3;  // 3 floats of slack per row must stay untouched
+        const std::vector<int32_t> positions{0, 300, 17, 5, 123};
+        // Slot per (token, kv head): a different scatter per head; -1 and >= capacity: not stored.
+        std::vector<int32_t> slots(n_tokens * c.n_kv_head);
+        for (uint32_t i = 0; i < slots.size(); ++i) slots[i] = i % 4 == 1 ? -1 : int32_t((i * 7 + 2) % capacity);
+        slots[slots.size() - 1] = int32_t(capacity);
+        const std::vector<float> qkv = random_floats(size_t(n_tokens) * stride, 3);
+        const size_t cache_elems = size_t(c.n_kv_head) * capacity * hd;
+        const CacheImage k_before(f16, cache_elems, random_floats(cache_elems, 5)),
+            v_before(f16, cache_elems, random_floats(cache_elems, 6));
         auto as_floats = [](const std::vector<uint32_t>& words) {
           std::vector<float> f(words.size());
           std::memcpy(f.data(), words.data(), words.size() * 4);
           return f;
         };
-        const std::vector<float> k_words = as_floats(k_before.words), v_words = as_floats(v_before.words);
-        GuardedOutput k_cache(k_words.size(), k_words), v_cache(v_words.size(), v_words);
+        GuardedOutput qkv_out(qkv.size(), qkv), k_cache(k_before.words.size(), as_floats(k_before.words)),
+            v_cache(v_before.words.size(), as_floats(v_before.words));
+        gpu::Buffer pos_buffer = upload(positions, "positions"), slot_buffer = upload(slots, "slots");
+        const float theta = 10000.0f;
         gpu::Recorder rec(context());
         rec.begin();
-        rec.dispatch(pipe, {k_buffer, v_buffer, slot_buffer, k_cache.buffer, v_cache.buffer},
-                     params::KvWriteParams{n_tokens, n_kv_head, head_dim, capacity}, n_kv_head, n_tokens);
+        rec.dispatch(pipe, {qkv_out.buffer, pos_buffer, slot_buffer, k_cache.buffer, v_cache.buffer},
+                     params::RopeKvWriteParams{n_tokens, c.n_head, c.n_kv_head, hd, c.rope_dim, theta, capacity, stride},
+                     c.n_head + c.n_kv_head, n_tokens);
         rec.submit_and_wait();
 
-        // Expected: the old cache with each stored token's row at its slot.
+        // Expected: q heads rotated in place (the rest of the row as it was);
+        // the old cache with each stored token's rotated k and its v at its slot.
+        std::vector<float> qkv_expected = qkv;
         std::vector<float> k_expected = cache_values(k_before, cache_elems);
         std::vector<float> v_expected = cache_values(v_before, cache_elems);
-        std::vector<bool> written(size_t(n_kv_head) * capacity, false);
+        std::vector<bool> written(size_t(c.n_kv_head) * capacity, false);
         for (uint32_t t = 0; t < n_tokens; ++t) {
-          for (uint32_t h = 0; h < n_kv_head; ++h) {
-            const int32_t slot = slots[t * n_kv_head + h];
-            if (slot < 0) continue;
+          for (uint32_t h = 0; h < c.n_head; ++h)
+            reference::rope(std::span(qkv_expected).subspan(size_t(t) * stride + h * hd, hd), positions[t],
+                            c.rope_dim, theta);
+          for (uint32_t h = 0; h < c.n_kv_head; ++h) {
+            const int32_t slot = slots[t * c.n_kv_head + h];
+            if (slot < 0 || uint32_t(slot) >= capacity) continue;
             written[h * capacity + slot] = true;
-            for (uint32_t d = 0; d < head_dim; ++d) {
-              const size_t src = (size_t(t) * n_kv_head + h) * head_dim + d;
-              const size_t dst = (size_t(h) * capacity + slot) * head_dim + d;
-              k_expected[dst] = f16 ? f16_round(k[src]) : k[src];
-              v_expected[dst] = f16 ? f16_round(v[src]) : v[src];
+            std::vector<float> k(qkv.begin() + t * stride + q_dim + h * hd,
+                                 qkv.begin() + t * stride + q_dim + (h + 1) * hd);
+            reference::rope(k, positions[t], c.rope_dim, theta);
+            for (uint32_t d = 0; d < hd; ++d) {
+              const float v = qkv[size_t(t) * stride + q_dim + kv_dim + h * hd + d];
+              const size_t dst = (size_t(h) * capacity + slot) * hd + d;
+              k_expected[dst] = f16 ? f16_round(k[d]) : k[d];
+              v_expected[dst] = f16 ? f16_round(v) : v;
             }
           }
         }
-        const std::string what =
-            fmt::format("kv_write {} head_dim {} wg {}", f16 ? "f16" : "f32", head_dim, wg);
+        const std::string what = fmt::format("rope_kv_write {} head_dim {} rope_dim {} heads {}/{} wg {}",
+                                             f16 ? "f16" : "f32", hd, c.rope_dim, c.n_head, c.n_kv_head, wg);
+        const std::vector<float> qkv_got = qkv_out.read(what + " qkv");
+        // Everything but the q heads (k, v, slack) is bit-for-bit unchanged.
+        for (uint32_t t = 0; t < n_tokens; ++t)
+          for (uint32_t e = q_dim; e < stride; ++e)
+            if (std::memcmp(&qkv_got[size_t(t) * stride + e], &qkv[size_t(t) * stride + e], 4) != 0) {
+              FAIL_CHECK(fmt::format("{}: qkv[{}][{}] outside the q heads changed", what, t, e));
+              break;
+            }
+        check_close(qkv_got, qkv_expected, kTranscendentalBound, what + " q");
         auto got_cache = [&](const GuardedOutput& out, const std::string& name) {
           const std::vector<float> w = out.read(what + name);
           CacheImage image(f16, 0, {});
@@ -610,22 +605,21 @@ TEST_CASE("kv_write: f32 and f16 caches, scattered slots, skipped tokens") {
         };
         const CacheImage k_after = got_cache(k_cache, " k"), v_after = got_cache(v_cache, " v");
         // Slots nobody wrote keep their exact words.
-        const size_t words_per_slot = f16 ? head_dim / 2 : head_dim;
+        const size_t words_per_slot = f16 ? hd / 2 : hd;
         for (size_t slot = 0; slot < written.size(); ++slot) {
           if (written[slot]) continue;
           const size_t w0 = slot * words_per_slot;
-          const bool k_same =
-              std::equal(k_after.words.begin() + w0, k_after.words.begin() + w0 + words_per_slot,
-                         k_before.words.begin() + w0);
-          const bool v_same =
-              std::equal(v_after.words.begin() + w0, v_after.words.begin() + w0 + words_per_slot,
-                         v_before.words.begin() + w0);
-          CHECK_MESSAGE((k_same && v_same), fmt::format("{}: slot {} of head {} was not written but changed",
-                                                        what, slot % capacity, slot / capacity));
+          const bool same = std::equal(k_after.words.begin() + w0, k_after.words.begin() + w0 + words_per_slot,
+                                       k_before.words.begin() + w0) &&
+                            std::equal(v_after.words.begin() + w0, v_after.words.begin() + w0 + words_per_slot,
+                                       v_before.words.begin() + w0);
+          CHECK_MESSAGE(same, fmt::format("{}: slot {} of head {} was not written but changed", what,
+                                          slot % capacity, slot / capacity));
         }
-        const double bound = f16 ? kF16StoreBound : kExactBound;
-        check_close(cache_values(k_after, cache_elems), k_expected, bound, what + " k");
-        check_close(cache_values(v_after, cache_elems), v_expected, bound, what + " v");
+        // Rotated keys: transcendental error, plus one f16 ulp when stored as f16.
+        check_close(cache_values(k_after, cache_elems), k_expected, kTranscendentalBound + (f16 ? kF16StoreBound : 0),
+                    what + " k");
+        check_close(cache_values(v_after, cache_elems), v_expected, f16 ? kF16StoreBound : kExactBound, what + " v");
       }
     }
   }
@@ -666,12 +660,17 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
   }
   const CacheImage k_cache(f16, cache_elems, k), v_cache(f16, cache_elems, v);
   const std::vector<float> q = random_floats(size_t(c.n_tokens) * c.n_head * hd, 23, -2, 2);
-  gpu::Buffer q_buffer = upload(q, "q"), k_buffer = upload(k_cache.words, "k cache"),
+  // q as the forward pass passes it: the first n_head * head_dim floats of each token's q|k|v row.
+  const uint32_t q_stride = (c.n_head + 2 * c.n_kv_head) * hd;
+  std::vector<float> qkv(size_t(c.n_tokens) * q_stride, NAN);
+  for (uint32_t t = 0; t < c.n_tokens; ++t)
+    std::copy_n(q.begin() + size_t(t) * c.n_head * hd, c.n_head * hd, qkv.begin() + size_t(t) * q_stride);
+  gpu::Buffer q_buffer = upload(qkv, "qkv"), k_buffer = upload(k_cache.words, "k cache"),
               v_buffer = upload(v_cache.words, "v cache"), slot_buffer = upload(slot_pos, "slot positions"),
               qpos_buffer = upload(query_pos, "query positions");
   GuardedOutput out(q.size()), probs(size_t(c.n_tokens) * c.n_head * c.capacity);
   const params::AttentionParams p{
-      c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd))};
+      c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd)), q_stride};
   gpu::Recorder rec(context());
   rec.begin();
   rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer}, p,
