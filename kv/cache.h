@@ -19,16 +19,14 @@
 
 #include "gpu/buffer.h"
 #include "gpu/context.h"
+#include "kv/formats.h"
 
 namespace kvscope::kv {
 
-enum class Format { F32, F16 };
-
-std::string_view format_name(Format f);
-std::optional<Format> parse_format(std::string_view name);  // "f32", "f16"
-std::string_view format_names();                            // "f32 f16"
-// Device bytes one element occupies in this format (scales included).
-double bytes_per_element(Format f);
+// Format, format_name(), parse_format(), format_names(): kv/formats.h.
+// Every storage format, in declaration order: what `kvscope eval --sweep`
+// iterates over, so a format added here is measured without other changes.
+std::span<const Format> all_formats();
 
 struct CacheShape {
   uint32_t n_layer = 0;
@@ -40,7 +38,17 @@ struct CacheConfig {
   Format k_format = Format::F16;
   Format v_format = Format::F16;
   uint32_t capacity = 0;  // slots per (layer, kv_head); the context length
+  // Elements per quantization group along head_dim (q8, q4, kivi2 values);
+  // 0: default_group_size(head_dim). Must divide head_dim (checked at creation).
+  uint32_t group_size = 0;
+  // kivi2 keys: slots per per-channel block, which is also how many recent
+  // tokens stay in f16 (the block being filled). 0: kDefaultTokenGroup.
+  uint32_t token_group = 0;
 };
+
+// Device bytes of keys and values over all layers for a cache of this shape
+// and config, as KvCache allocates them (no device needed: `kvscope info`).
+uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config);
 
 // Thrown when tokens do not fit: the message says how many and what to do.
 struct ContextFull : std::runtime_error {
@@ -48,25 +56,47 @@ struct ContextFull : std::runtime_error {
 };
 
 // Which position each slot of one (layer, kv_head) holds.
+//
+// Slots come in blocks of `block_slots` consecutive slots (1 for every format
+// but kivi2 keys, whose blocks are quantized per channel as a whole). One
+// block at a time is open: new positions fill its empty slots (lowest first);
+// when it is full it is sealed (the cache quantizes it) and the lowest wholly
+// empty block opens next. A slot freed in a sealed block is reused only when
+// the whole block is empty: writing into a quantized block would need its
+// per-channel scales recomputed from tokens held only as 2-bit codes, so the
+// hole is left instead (truncating into a sealed block, or evicting from it,
+// costs up to block_slots - 1 slots until the block empties). With
+// block_slots 1 every slot is its own block: the lowest empty slot is used.
 class SlotTable {
  public:
-  explicit SlotTable(uint32_t capacity = 0);
-  // The lowest empty slot for `position`, or -1 when every slot is live.
+  explicit SlotTable(uint32_t capacity = 0, uint32_t block_slots = 1);
+  // A slot for `position` (see above), or -1 when none can be used.
   int32_t assign(int32_t position);
   void release(uint32_t slot);
   int32_t position(uint32_t slot) const { return positions_[slot]; }
   uint32_t capacity() const { return static_cast<uint32_t>(positions_.size()); }
   uint32_t live() const { return live_; }
+  uint32_t block_slots() const { return block_slots_; }
+  // The block being filled (its rows live in kivi2's f16 window), -1: none.
+  int32_t open_block() const { return open_block_; }
+  // How many more positions assign() can place now (<= capacity - live).
+  uint32_t assignable() const;
   // One past the highest slot ever live: the attention shader scans [0, high_water).
   uint32_t high_water() const { return high_water_; }
   std::span<const int32_t> positions() const { return positions_; }
   void clear();
 
  private:
+  uint32_t block_of(uint32_t slot) const { return slot / block_slots_; }
+  uint32_t block_size(uint32_t block) const;
+
   std::vector<int32_t> positions_;
+  std::vector<uint32_t> block_live_;  // live slots per block
+  uint32_t block_slots_ = 1;
   uint32_t live_ = 0;
   uint32_t high_water_ = 0;
-  uint32_t next_free_hint_ = 0;
+  uint32_t next_free_block_hint_ = 0;  // no wholly empty block below it
+  int32_t open_block_ = -1;
 };
 
 class KvCache {
@@ -92,6 +122,10 @@ class KvCache {
   gpu::Binding values(uint32_t layer) const;
   gpu::Binding slot_positions(uint32_t layer) const;  // int[n_kv_head][capacity]
   gpu::Binding write_slots(uint32_t layer) const;     // int[n_tokens][n_kv_head] of the last reserve
+  gpu::Binding open_blocks(uint32_t layer) const;     // int[n_kv_head]: each table's open_block()
+  // How keys and values of one layer are laid out (kv/formats.h).
+  const TensorLayout& key_layout() const { return key_layout_; }
+  const TensorLayout& value_layout() const { return value_layout_; }
   uint32_t scan_slots(uint32_t layer) const;          // max high_water over the layer's heads
 
   const SlotTable& table(uint32_t layer, uint32_t kv_head) const {
@@ -99,8 +133,9 @@ class KvCache {
   }
   uint32_t tokens() const { return tokens_; }  // positions held (same in every table now)
 
-  // What the cache costs: K and V bytes per token over all layers, and the
-  // device memory actually allocated for keys and values.
+  // What the cache costs: the device memory allocated for keys and values,
+  // and that per slot of capacity (over all layers; kivi2's f16 window and
+  // every scale counted, so it depends on the capacity for kivi2 keys).
   double bytes_per_token() const;
   uint64_t device_bytes() const;
 
@@ -110,10 +145,12 @@ class KvCache {
   CacheShape shape_;
   CacheConfig config_;
   uint32_t max_batch_;
+  TensorLayout key_layout_, value_layout_;
   std::vector<gpu::Buffer> keys_, values_;  // per layer
   gpu::Buffer slot_positions_;              // [layer][stride]: host-visible
   gpu::Buffer write_slots_;                 // [layer][stride]: host-visible
-  uint64_t slot_positions_stride_ = 0, write_slots_stride_ = 0;
+  gpu::Buffer open_blocks_;                 // [layer][stride]: host-visible
+  uint64_t slot_positions_stride_ = 0, write_slots_stride_ = 0, open_blocks_stride_ = 0;
   std::vector<SlotTable> tables_;           // [layer][kv_head]
   uint32_t tokens_ = 0;
 };

@@ -96,10 +96,44 @@ void GpuModel::make_pipelines() {
   P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams), {}, kTexelBinding1);
   P.rmsnorm = make(Id::rmsnorm, 3, sizeof(RmsNormParams));
   P.swiglu = make(Id::swiglu, 2, sizeof(SwigluParams));
-  P.rope_kv_write[0] = make(Id::rope_kv_write_f32, 5, sizeof(RopeKvWriteParams));
-  P.rope_kv_write[1] = make(Id::rope_kv_write_f16, 5, sizeof(RopeKvWriteParams));
-  P.attention[0] = make(Id::attention_f32, 7, sizeof(AttentionParams));
-  P.attention[1] = make(Id::attention_f16, 7, sizeof(AttentionParams));
+}
+
+namespace {
+// shaders.cmake's rows per (key format, value format), indexed by kv::Format.
+constexpr Id kRopeKvWrite[5][5] = {
+    {Id::rope_kv_write_f32_f32, Id::rope_kv_write_f32_f16, Id::rope_kv_write_f32_q8, Id::rope_kv_write_f32_q4, Id::rope_kv_write_f32_kivi2},
+    {Id::rope_kv_write_f16_f32, Id::rope_kv_write_f16_f16, Id::rope_kv_write_f16_q8, Id::rope_kv_write_f16_q4, Id::rope_kv_write_f16_kivi2},
+    {Id::rope_kv_write_q8_f32, Id::rope_kv_write_q8_f16, Id::rope_kv_write_q8_q8, Id::rope_kv_write_q8_q4, Id::rope_kv_write_q8_kivi2},
+    {Id::rope_kv_write_q4_f32, Id::rope_kv_write_q4_f16, Id::rope_kv_write_q4_q8, Id::rope_kv_write_q4_q4, Id::rope_kv_write_q4_kivi2},
+    {Id::rope_kv_write_kivi2_f32, Id::rope_kv_write_kivi2_f16, Id::rope_kv_write_kivi2_q8, Id::rope_kv_write_kivi2_q4, Id::rope_kv_write_kivi2_kivi2},
+};
+constexpr Id kAttention[5][5] = {
+    {Id::attention_f32_f32, Id::attention_f32_f16, Id::attention_f32_q8, Id::attention_f32_q4, Id::attention_f32_kivi2},
+    {Id::attention_f16_f32, Id::attention_f16_f16, Id::attention_f16_q8, Id::attention_f16_q4, Id::attention_f16_kivi2},
+    {Id::attention_q8_f32, Id::attention_q8_f16, Id::attention_q8_q8, Id::attention_q8_q4, Id::attention_q8_kivi2},
+    {Id::attention_q4_f32, Id::attention_q4_f16, Id::attention_q4_q8, Id::attention_q4_q4, Id::attention_q4_kivi2},
+    {Id::attention_kivi2_f32, Id::attention_kivi2_f16, Id::attention_kivi2_q8, Id::attention_kivi2_q4, Id::attention_kivi2_kivi2},
+};
+static_assert(int(kv::Format::Kivi2) == 4, "kRopeKvWrite/kAttention are indexed by kv::Format");
+
+params::KvLayout kv_layout(const kv::KvCache& cache) {
+  const kv::TensorLayout &K = cache.key_layout(), &V = cache.value_layout();
+  return {cache.config().group_size, K.row_words, K.code_words, V.row_words, V.code_words,
+          K.token_group, K.n_blocks, K.params_offset, K.recent_offset};
+}
+}  // namespace
+
+void GpuModel::make_kv_pipelines(const kv::CacheConfig& config) {
+  const int k = int(config.k_format), v = int(config.v_format);
+  Pipelines& P = pipelines_;
+  if (P.attention[k][v].handle() != VK_NULL_HANDLE) return;
+  auto make = [&](Id id, uint32_t bindings, uint32_t push) {
+    return gpu::Pipeline(*ctx_, gpu::PipelineDesc{id, bindings, push, {wg_}, 0});
+  };
+  P.rope_kv_write[k][v] = make(kRopeKvWrite[k][v], 5, sizeof(params::RopeKvWriteParams));
+  P.attention[k][v] = make(kAttention[k][v], 8, sizeof(params::AttentionParams));
+  if (config.k_format == kv::Format::Kivi2 && P.kivi_key_write.handle() == VK_NULL_HANDLE)
+    P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams));
 }
 
 GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, uint32_t capacity)
@@ -163,11 +197,16 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
   // Check the whole input fits before writing anything.
   for (uint32_t l = 0; l < cfg_.n_layer; ++l)
     for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
-      if (cache.table(l, h).live() + tokens.size() > cache.capacity())
+      if (cache.table(l, h).assignable() < tokens.size())
         throw kv::ContextFull(fmt::format(
-            "{} new tokens do not fit: the context holds {} of {} tokens; use a larger context (-c) or "
+            "{} new tokens do not fit: the context holds {} of {} tokens{}; use a larger context (-c) or "
             "a shorter prompt",
-            tokens.size(), cache.table(l, h).live(), cache.capacity()));
+            tokens.size(), cache.table(l, h).live(), cache.capacity(),
+            cache.table(l, h).live() + cache.table(l, h).assignable() < cache.capacity()
+                ? fmt::format(" (kivi2 keys reuse freed slots only as whole blocks of {})",
+                              cache.table(l, h).block_slots())
+                : ""));
+  make_kv_pipelines(cache.config());
 
   const size_t n_vocab = cfg_.n_vocab;
   logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
@@ -220,6 +259,8 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
   const uint32_t ffn = cfg_.ffn_dim;
   auto& P = pipelines_;
   auto& rec = recorder_;
+  const int kf = int(cache.config().k_format), vf = int(cache.config().v_format);
+  const params::KvLayout kv = kv_layout(cache);
 
   rec.begin(timer_.get());
 
@@ -237,18 +278,24 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     rec.barrier();
     project(L.wqkv, xb_, qkv_, n);
     rec.barrier();
-    const int kf = cache.config().k_format == kv::Format::F32 ? 0 : 1;
     const uint32_t qkv_stride = uint32_t(L.wqkv.out_width);
     params::RopeKvWriteParams rp{n,  cfg_.n_head,       cfg_.n_kv_head,   hd,
-                                 cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride};
-    rec.dispatch(P.rope_kv_write[kf], {qkv_, positions_, cache.write_slots(l), cache.keys(l), cache.values(l)}, rp,
-                 cfg_.n_head + cfg_.n_kv_head, n);
+                                 cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride, kv};
+    rec.dispatch(P.rope_kv_write[kf][vf], {qkv_, positions_, cache.write_slots(l), cache.keys(l), cache.values(l)},
+                 rp, cfg_.n_head + cfg_.n_kv_head, n);
     rec.barrier();
+    if (kf == int(kv::Format::Kivi2)) {  // keys left rotated in qkv_: into the f16 window, full blocks quantized
+      params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, cache.capacity(), qkv_stride, cfg_.q_dim(), kv};
+      rec.dispatch(P.kivi_key_write, {qkv_, cache.write_slots(l), cache.open_blocks(l), cache.keys(l)}, kp,
+                   cfg_.n_kv_head);
+      rec.barrier();
+    }
     params::AttentionParams ap{n, cfg_.n_head, cfg_.n_kv_head, hd, cache.capacity(), cache.scan_slots(l),
-                               1.0f / std::sqrt(float(hd)), qkv_stride};
-    rec.dispatch(P.attention[kf],
-                 {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_}, ap,
-                 cfg_.n_head, n);
+                               1.0f / std::sqrt(float(hd)), qkv_stride, kv};
+    rec.dispatch(P.attention[kf][vf],
+                 {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
+                  cache.open_blocks(l)},
+                 ap, cfg_.n_head, n);
     rec.barrier();
     matmul(L.wo, xb2_, x_, n, dim, true);
     rec.barrier();

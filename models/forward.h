@@ -50,6 +50,8 @@ class GpuModel {
 
  private:
   void make_pipelines();
+  // The pipelines for this cache's formats, made if not yet.
+  void make_kv_pipelines(const kv::CacheConfig& config);
   void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted);
   // y[t][y_offset + r] (+)= w[r] . x[t]; y rows are y_stride floats.
   void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
@@ -68,7 +70,11 @@ class GpuModel {
   struct Pipelines {
     gpu::Pipeline embed[4], matvec[4], matmul[4];
     gpu::Pipeline rmsnorm, swiglu;
-    gpu::Pipeline rope_kv_write[2], attention[2];
+    // Per (key format, value format), indexed by kv::Format, made on first
+    // use (kv_pipelines): lavapipe compiles each pipeline through LLVM, and a
+    // cache uses one pair.
+    gpu::Pipeline rope_kv_write[5][5], attention[5][5];
+    gpu::Pipeline kivi_key_write;
   } pipelines_;
 
   // Activations, sized for max_batch tokens.

@@ -1,6 +1,7 @@
 #version 450
 // Attention of one query head of one token over the live slots of its kv head
-// (workgroup (head, token)), dequantizing the cache on read (KV_F32/KV_F16).
+// (workgroup (head, token)), dequantizing the cache on read in its format
+// (K_* / V_* variants: k_dot and v_at in kv.glsl; no dequantized copy exists).
 // Pass 1 writes the scaled scores of visible slots into the probs row (binding
 // 6, which doubles as the attention probe) and finds their max; pass 2 turns
 // them into exp(score - max) and sums; pass 3 normalizes; then invocations
@@ -14,17 +15,19 @@ layout(constant_id = 0) const uint WG = 64;
 #include "reduce.glsl"
 
 layout(std430, binding = 0) readonly buffer Q { float q[]; };
+shared float q_scaled[KVSCOPE_ATTENTION_MAX_HEAD_DIM];
+shared float q_group_sum[KVSCOPE_ATTENTION_MAX_HEAD_DIM];  // q4 / 2-bit keys: the min's weight per group
 #define K_BINDING 1
 #define V_BINDING 2
+#define KV_READER
 #include "kv.glsl"
 layout(std430, binding = 3) readonly buffer SlotPositions { int slot_pos[]; };
 layout(std430, binding = 4) readonly buffer QueryPositions { int query_pos[]; };
 layout(std430, binding = 5) writeonly buffer Out { float out_values[]; };
 layout(std430, binding = 6) coherent buffer Probs { float probs[]; };
+layout(std430, binding = 7) readonly buffer OpenBlocks { int open_blocks[]; };
 
 layout(push_constant) uniform Push { AttentionParams p; };
-
-shared float q_scaled[KVSCOPE_ATTENTION_MAX_HEAD_DIM];
 
 void main() {
   const uint tid = gl_LocalInvocationID.x;
@@ -40,17 +43,22 @@ void main() {
 
   for (uint d = tid; d < p.head_dim; d += WG) q_scaled[d] = q[q_base + d] * p.scale;
   barrier();
+#if K_ENC == KV_ENC_Q4 || K_ENC == KV_ENC_Q2
+  for (uint g = tid; g < p.head_dim / p.kv.group_size; g += WG) {
+    float sum = 0.0;
+    for (uint d = g * p.kv.group_size; d < (g + 1u) * p.kv.group_size; ++d) sum += q_scaled[d];
+    q_group_sum[g] = sum;
+  }
+  barrier();
+#endif
+  const int open_block = open_blocks[kv_head];
 
   // Pass 1: scores of visible slots, and their max.
   float local_max = uintBitsToFloat(0xff800000u);  // -inf
   for (uint s = tid; s < n_slots; s += WG) {
     const int sp = slot_pos[slot_base + s];
     if (sp < 0 || sp > position) continue;
-    const uint k_base = (slot_base + s) * p.head_dim;
-    float score = 0.0;
-    for (uint d = 0u; d < p.head_dim; d += 2u) {
-      score += dot(vec2(q_scaled[d], q_scaled[d + 1u]), k_load2(k_base + d));
-    }
+    const float score = k_dot(kv_head, s, p.capacity, p.head_dim, p.kv, open_block);
     probs[probs_base + s] = score;
     local_max = max(local_max, score);
   }
@@ -83,7 +91,7 @@ void main() {
     for (uint s = 0u; s < n_slots; ++s) {
       const int sp = slot_pos[slot_base + s];
       if (sp < 0 || sp > position) continue;
-      acc += probs[probs_base + s] * v_load((slot_base + s) * p.head_dim + d);
+      acc += probs[probs_base + s] * v_at(kv_head, s, d, p.capacity, p.kv);
     }
     out_values[out_base + d] = acc;
   }

@@ -17,13 +17,23 @@ set(KVSCOPE_SHADER_TABLE
   "matmul_f16|matmul.comp|WTYPE_F16"
   "matmul_q8_0|matmul.comp|WTYPE_Q8_0"
   "matmul_q4_0|matmul.comp|WTYPE_Q4_0"
-  "rope_kv_write_f32|rope_kv_write.comp|KV_F32"
-  "rope_kv_write_f16|rope_kv_write.comp|KV_F16"
-  "attention_f32|attention.comp|KV_F32"
-  "attention_f16|attention.comp|KV_F16"
+  "kivi_key_write|kivi_key_write.comp|"
   "swiglu|swiglu.comp|"
   "add|add.comp|"
 )
+
+# KV cache formats, keys and values independent: one rope_kv_write and one
+# attention per (key format, value format), e.g. Id::attention_q8_kivi2 for
+# q8 keys and kivi2 values (kv/formats.h; models/forward.cpp picks them).
+set(KVSCOPE_KV_FORMATS f32 f16 q8 q4 kivi2)
+foreach(k IN LISTS KVSCOPE_KV_FORMATS)
+  foreach(v IN LISTS KVSCOPE_KV_FORMATS)
+    string(TOUPPER "K_${k},V_${v}" defs)
+    list(APPEND KVSCOPE_SHADER_TABLE
+      "rope_kv_write_${k}_${v}|rope_kv_write.comp|${defs}"
+      "attention_${k}_${v}|attention.comp|${defs}")
+  endforeach()
+endforeach()
 
 set(_gen ${CMAKE_BINARY_DIR}/generated)
 file(MAKE_DIRECTORY ${_gen}/kvscope_shaders)

@@ -34,7 +34,15 @@ kv::CacheConfig cache_config(const ModelOptions& m) {
   return c;
 }
 
-EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256) {
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+}  // namespace
+
+EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch) {
   EngineOptions e;
   e.model_path = model_path(m.model);
   e.device_index = m.device;
@@ -49,14 +57,6 @@ std::string human_bytes(double b) {
   while (b >= 1024 && u < 4) b /= 1024, ++u;
   return u == 0 ? fmt::format("{:.0f} {}", b, units[u]) : fmt::format("{:.2f} {}", b, units[u]);
 }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-}  // namespace
 
 // ------------------------------------------------------------------------ run
 

@@ -2,7 +2,12 @@
 // process exit code; errors are thrown and turned into one line by main().
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
+
+namespace kvscope {
+struct EngineOptions;
+}
 
 namespace kvscope::cli {
 
@@ -47,7 +52,22 @@ struct BenchOptions {
 };
 int bench(const BenchOptions& o);
 
+struct EvalOptions {
+  ModelOptions m;                   // -m -c --device, and --kv SPEC for the cache under test
+  std::string text_file;            // -f: the text to evaluate on
+  std::string kv_k, kv_v;           // --kv-k, --kv-v: override --kv's key / value format
+  std::optional<uint32_t> kv_group; // --kv-group
+  std::string baseline = "f16";     // --baseline SPEC
+  bool json = false;
+  bool sweep = false;               // every format against the baseline, as a markdown table
+};
+int eval(const EvalOptions& o);
+
 int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer, const std::string& out);
 int quantize(const std::string& in, const std::string& out, const std::string& type);
+
+// Shared by the subcommands' files.
+EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
+std::string human_bytes(double bytes);
 
 }  // namespace kvscope::cli

@@ -59,6 +59,25 @@ int main(int argc, char** argv) {
   bench_cmd->add_flag("--json", bench_o.json, "print JSON");
   bench_cmd->add_flag("--profile", bench_o.profile, "GPU time per shader (timestamp queries)");
 
+  EvalOptions eval_o;
+  auto* eval_cmd = app.add_subcommand(
+      "eval", "perplexity, KL divergence and top-1 agreement of a KV cache against a baseline cache over a text");
+  add_model_options(eval_cmd, eval_o.m);
+  auto* eval_kv = eval_cmd->get_option("--kv");
+  eval_kv->description("KV cache under test: a format, or a spec such as k=f32,v=f16 (see --baseline)");
+  eval_cmd->add_option("-f,--file", eval_o.text_file, "text to evaluate on (at least 2 x context tokens)");
+  auto* eval_kv_k = eval_cmd->add_option("--kv-k", eval_o.kv_k, "format of the keys under test")->excludes(eval_kv);
+  auto* eval_kv_v = eval_cmd->add_option("--kv-v", eval_o.kv_v, "format of the values under test")->excludes(eval_kv);
+  eval_cmd->add_option("--kv-group", eval_o.kv_group, "quantization group size along head_dim (quantized formats)");
+  eval_cmd->add_option("--baseline", eval_o.baseline,
+                       "baseline cache: FORMAT or items k=FORMAT, v=FORMAT, group=N joined by commas")
+      ->capture_default_str();
+  eval_cmd->add_flag("--json", eval_o.json, "print one JSON object");
+  eval_cmd->add_flag("--sweep", eval_o.sweep, "every cache format against the baseline, as a markdown table")
+      ->excludes(eval_kv)
+      ->excludes(eval_kv_k)
+      ->excludes(eval_kv_v);
+
   std::string ck, tk, out;
   auto* conv_cmd = app.add_subcommand("convert-llama2c", "convert a llama2.c checkpoint + tokenizer to GGUF");
   conv_cmd->add_option("checkpoint", ck, "llama2.c model.bin")->required();
@@ -86,6 +105,7 @@ int main(int argc, char** argv) {
     if (*tok_cmd) return tokenize(tok_o);
     if (*dev_cmd) return devices(dev_json);
     if (*bench_cmd) return bench(bench_o);
+    if (*eval_cmd) return eval(eval_o);
     if (*conv_cmd) return convert_llama2c(ck, tk, out);
     if (*q_cmd) return quantize(q_in, q_out, q_type);
   } catch (const std::exception& e) {

@@ -116,16 +116,34 @@ struct MatMulParams {
   uint accumulate;
 };
 
+// How one layer's keys and values are laid out in their caches: the host
+// copies it from kv::TensorLayout (KvCache::key_layout()/value_layout()),
+// whose comment in kv/formats.h specifies every format's words. Shaders
+// variants are per (key format, value format): K_* and V_* defines
+// (shaders/shaders.cmake, shaders/common/kv.glsl).
+struct KvLayout {
+  uint group_size;       // elements per quantization group along head_dim (q8, q4, kivi2 values)
+  uint k_row_words;      // words per (kv_head, slot) row of the key cache: codes, then params
+  uint k_code_words;
+  uint v_row_words;
+  uint v_code_words;
+  uint token_group;      // kivi2 keys: slots per block, = rows of the f16 window
+  uint k_blocks;         // kivi2 keys: blocks per kv head
+  uint k_params_offset;  // kivi2 keys: word of [n_kv_head][k_blocks][head_dim] scale | min << 16
+  uint k_recent_offset;  // kivi2 keys: word of [n_kv_head][min(token_group, capacity)][head_dim/2] f16 pairs
+};
+
 // rope_kv_write: 0 qkv f32[n_tokens][qkv_stride], a token's row holding its q
 // heads (n_head * head_dim), then k heads and v heads (n_kv_head * head_dim
 // each); 1 positions int[n_tokens]; 2 slots int[n_tokens][n_kv_head] (slot of
 // the token in that head's table; <0 or >= capacity: not stored); 3 K cache,
-// 4 V cache, layout [n_kv_head][capacity][head_dim] in the KV_* format (F32:
-// float; F16: halves two per uint).
+// 4 V cache, each in its format (KvLayout).
 // RoPE (adjacent pairs, llama "normal" mode): pair (2i, 2i+1) of each head,
 // i < rope_dim/2, rotated by pos * theta^(-2i/rope_dim); dims >= rope_dim are
 // left alone. q is rotated in place in the qkv row; k is rotated on its way to
-// the cache (k and v in the qkv row are left as they were). head_dim even.
+// the cache and quantized there, v quantized (k and v in the qkv row are left
+// as they were) — except kivi2 keys: their k is rotated in place in the qkv
+// row and not stored, for kivi_key_write to store. head_dim even.
 // groups: (n_head + n_kv_head, n_tokens)
 struct RopeKvWriteParams {
   uint n_tokens;
@@ -136,14 +154,35 @@ struct RopeKvWriteParams {
   float theta;
   uint capacity;
   uint qkv_stride;  // floats from one token's row to the next, >= (n_head + 2 n_kv_head) head_dim
+  KvLayout kv;
+};
+
+// kivi_key_write (kivi2 keys, after rope_kv_write): 0 qkv (k rotated, at
+// k_offset in each row), 1 slots int[n_tokens][n_kv_head], 2 open blocks
+// int[n_kv_head] (KvCache::open_blocks: each head's open block after this
+// step's reserve, -1: none), 3 K cache.
+// One workgroup per kv head walks the tokens in order: each k goes into the
+// f16 window row slot % token_group; after the last token of a block that is
+// not open (so complete), the block is quantized per channel from the window
+// (kv::TensorImage::write is the CPU reference). groups: (n_kv_head)
+struct KiviKeyWriteParams {
+  uint n_tokens;
+  uint n_kv_head;
+  uint head_dim;
+  uint capacity;
+  uint qkv_stride;
+  uint k_offset;  // floats from a row's start to its first k head: n_head * head_dim
+  KvLayout kv;
 };
 
 // attention: 0 q f32[n_tokens][q_stride] (query heads at the start of each
-// row: the qkv rows of rope_kv_write), 1 K cache, 2 V cache,
-// 3 slot positions int[n_kv_head][capacity] (token position held by each slot,
-// -1: empty), 4 query positions int[n_tokens], 5 out f32[n_tokens][n_head*head_dim],
-// 6 probs f32[n_tokens][n_head][capacity] (softmax row over slots; 0 for
-// masked slots — doubles as the attention probe).
+// row: the qkv rows of rope_kv_write), 1 K cache, 2 V cache (each in its
+// format: KvLayout), 3 slot positions int[n_kv_head][capacity] (token position
+// held by each slot, -1: empty), 4 query positions int[n_tokens],
+// 5 out f32[n_tokens][n_head*head_dim], 6 probs f32[n_tokens][n_head][capacity]
+// (softmax row over slots; 0 for masked slots — doubles as the attention
+// probe), 7 open blocks int[n_kv_head] (kivi2 keys: the block read from the
+// f16 window; other formats ignore it).
 // Query head h reads kv head h / (n_head / n_kv_head). Slot s is visible to a
 // query at position p when 0 <= slot_pos[s] <= p. Only slots < n_slots are
 // scanned; probs of slots in [n_slots, capacity) are written as 0. A query
@@ -158,6 +197,7 @@ struct AttentionParams {
   uint n_slots;
   float scale;
   uint q_stride;  // floats from one token's q row to the next, >= n_head * head_dim
+  KvLayout kv;
 };
 
 // swiglu: 0 gate|up f32[n_tokens][in_stride] (gate in columns [0, n), up in
@@ -178,6 +218,8 @@ struct AddParams {
 #ifdef __cplusplus
 }  // namespace kvscope::params
 static_assert(sizeof(kvscope::params::AttentionParams) <= 128);
+static_assert(sizeof(kvscope::params::RopeKvWriteParams) <= 128);
+static_assert(sizeof(kvscope::params::KiviKeyWriteParams) <= 128);
 static_assert(sizeof(kvscope::params::MatMulParams) <= 128);
 #endif
 #endif

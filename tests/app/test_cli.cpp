@@ -2,48 +2,19 @@
 // line with a non-zero exit for every kind of bad input.
 #include <doctest/doctest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
+#include "tests/app/cli_runner.h"
 #include "tests/test_util.h"
 
 using nlohmann::json;
 using namespace kvscope;
-
-namespace {
-
-struct Result {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result kvscope_cli(const std::string& args) {
-  const std::string cmd = std::string(KVSCOPE_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-json last_json(const std::string& out) {
-  const auto start = out.find('{');
-  REQUIRE_MESSAGE(start != std::string::npos, out);
-  return json::parse(out.substr(start));
-}
-
-size_t count_lines(const std::string& s) { return std::count(s.begin(), s.end(), '\n'); }
-
-}  // namespace
+using test::count_lines;
+using test::kvscope_cli;
+using test::last_json;
+using Result = test::CliResult;
 
 TEST_CASE("cli: run --json greedy gives the reference continuation") {
   test::model_path();

@@ -521,6 +521,13 @@ std::vector<float> cache_values(const CacheImage& cache, size_t elements) {
   return v;
 }
 
+// The cache layout of f32 or f16 keys and values (rows of head_dim elements);
+// the quantized formats are tested in test_kv_formats.cpp.
+params::KvLayout plain_kv_layout(bool f16, uint32_t head_dim) {
+  const uint32_t row = f16 ? head_dim / 2 : head_dim;
+  return {head_dim, row, row, row, row, 1, 0, 0, 0};
+}
+
 // The fused q|k|v rows of n_tokens tokens, in the forward pass's layout.
 struct QkvCase {
   uint32_t head_dim, rope_dim, n_head, n_kv_head;
@@ -529,7 +536,7 @@ struct QkvCase {
 TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, GQA, skipped slots") {
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
-      gpu::Pipeline pipe(context(), {f16 ? Id::rope_kv_write_f16 : Id::rope_kv_write_f32, 5,
+      gpu::Pipeline pipe(context(), {f16 ? Id::rope_kv_write_f16_f16 : Id::rope_kv_write_f32_f32, 5,
                                      sizeof(params::RopeKvWriteParams), {wg}});
       for (QkvCase c : {QkvCase{48, 48, 6, 3}, QkvCase{64, 64, 8, 2}, QkvCase{128, 128, 3, 3}, QkvCase{64, 32, 3, 1}}) {
         const uint32_t n_tokens = 5, capacity = 13, hd = c.head_dim;
@@ -556,7 +563,8 @@ TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, G
         gpu::Recorder rec(context());
         rec.begin();
         rec.dispatch(pipe, {qkv_out.buffer, pos_buffer, slot_buffer, k_cache.buffer, v_cache.buffer},
-                     params::RopeKvWriteParams{n_tokens, c.n_head, c.n_kv_head, hd, c.rope_dim, theta, capacity, stride},
+                     params::RopeKvWriteParams{n_tokens, c.n_head, c.n_kv_head, hd, c.rope_dim, theta, capacity, stride,
+                                               plain_kv_layout(f16, hd)},
                      c.n_head + c.n_kv_head, n_tokens);
         rec.submit_and_wait();
 
@@ -669,12 +677,14 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
               v_buffer = upload(v_cache.words, "v cache"), slot_buffer = upload(slot_pos, "slot positions"),
               qpos_buffer = upload(query_pos, "query positions");
   GuardedOutput out(q.size()), probs(size_t(c.n_tokens) * c.n_head * c.capacity);
-  const params::AttentionParams p{
-      c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.n_slots, 1.0f / std::sqrt(float(hd)), q_stride};
+  const params::AttentionParams p{c.n_tokens, c.n_head,  c.n_kv_head, hd, c.capacity, c.n_slots,
+                                  1.0f / std::sqrt(float(hd)), q_stride, plain_kv_layout(f16, hd)};
+  const std::vector<int32_t> no_open_blocks(c.n_kv_head, -1);
+  gpu::Buffer open_buffer = upload(no_open_blocks, "open blocks");
   gpu::Recorder rec(context());
   rec.begin();
-  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer}, p,
-               c.n_head, c.n_tokens);
+  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer, open_buffer},
+               p, c.n_head, c.n_tokens);
   rec.submit_and_wait();
 
   // CPU: per (token, head), gather the visible slots' rows and run the reference.
@@ -720,7 +730,7 @@ TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
       gpu::Pipeline pipe(
-          context(), {f16 ? Id::attention_f16 : Id::attention_f32, 7, sizeof(params::AttentionParams), {wg}});
+          context(), {f16 ? Id::attention_f16_f16 : Id::attention_f32_f32, 8, sizeof(params::AttentionParams), {wg}});
       for (const AttentionCase& c : cases) {
         check_attention(
             pipe, f16, c,

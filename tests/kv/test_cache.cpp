@@ -84,3 +84,79 @@ TEST_CASE("kv: device memory matches the format") {
   CHECK(kv::parse_format("f16") == kv::Format::F16);
   CHECK_FALSE(kv::parse_format("q9").has_value());
 }
+
+TEST_CASE("kv: every format and group allocates exactly its layout, keys and values independent") {
+  const kv::CacheShape shape{2, 3, 48};
+  uint64_t f16_bytes = 0;
+  for (kv::Format k : kv::all_formats()) {
+    for (kv::Format v : kv::all_formats()) {
+      for (uint32_t group : {0u, 12u, 24u}) {
+        for (uint32_t capacity : {256u, 50u}) {
+          kv::CacheConfig cfg;
+          cfg.k_format = k;
+          cfg.v_format = v;
+          cfg.capacity = capacity;
+          cfg.group_size = group;
+          kv::KvCache cache(context(), shape, cfg, 8);
+          const uint64_t layer = cache.key_layout().bytes() + cache.value_layout().bytes();
+          CHECK(cache.device_bytes() == 2 * layer);
+          CHECK(cache.device_bytes() == kv::cache_device_bytes(shape, cfg));
+          CHECK(cache.bytes_per_token() == double(cache.device_bytes()) / capacity);
+          CHECK(cache.config().group_size == (group == 0 ? 16u : group));
+          if (k == kv::Format::F16 && v == k && capacity == 256) f16_bytes = cache.device_bytes();
+        }
+      }
+    }
+  }
+  // kivi2 at the full 256-token context, its f16 window counted: <= 0.3 x f16.
+  kv::CacheConfig kivi;
+  kivi.k_format = kivi.v_format = kv::Format::Kivi2;
+  kivi.capacity = 256;
+  CHECK(double(kv::cache_device_bytes(shape, kivi)) / double(f16_bytes) <= 0.3);
+  kv::CacheConfig bad = kivi;
+  bad.group_size = 20;
+  CHECK_THROWS_WITH_AS(kv::KvCache(context(), shape, bad, 8), doctest::Contains("20 does not divide head_dim 48"),
+                       std::invalid_argument);
+  CHECK(context().validation_messages() == 0);
+}
+
+TEST_CASE("kv: kivi2 keys open one block at a time; the device mirror of the open blocks follows") {
+  const kv::CacheShape shape{2, 2, 48};
+  kv::CacheConfig cfg;
+  cfg.k_format = kv::Format::Kivi2;
+  cfg.v_format = kv::Format::Q8;
+  cfg.capacity = 20;
+  cfg.token_group = 8;  // blocks {0..7} {8..15} {16..19}
+  kv::KvCache cache(context(), shape, cfg, 16);
+  auto device_open = [&](uint32_t layer) {
+    std::vector<int32_t> open(2);
+    const gpu::Binding b = cache.open_blocks(layer);
+    b.buffer->read_as<int32_t>(open, b.offset);
+    return open;
+  };
+  CHECK(device_open(1) == std::vector<int32_t>{-1, -1});
+  std::vector<int32_t> pos(10);
+  for (int32_t i = 0; i < 10; ++i) pos[i] = i;
+  cache.reserve(pos);
+  CHECK(cache.table(1, 1).open_block() == 1);
+  CHECK(device_open(1) == std::vector<int32_t>{1, 1});
+  // Truncating into sealed block 0 leaves holes that are not reused: 20
+  // slots, 5 live, 8 + 4 usable.
+  cache.truncate(5);
+  CHECK(cache.tokens() == 5);
+  CHECK(device_open(0) == std::vector<int32_t>{-1, -1});
+  std::vector<int32_t> twelve(12), thirteen(13);
+  for (int32_t i = 0; i < 13; ++i) thirteen[i] = 5 + i;
+  try {
+    cache.reserve(thirteen);
+    FAIL("13 tokens must not fit");
+  } catch (const kv::ContextFull& e) {
+    CHECK(std::string(e.what()).find("whole blocks of 8") != std::string::npos);
+  }
+  for (int32_t i = 0; i < 12; ++i) twelve[i] = 5 + i;
+  cache.reserve(twelve);
+  CHECK(cache.table(0, 0).position(8) == 5);
+  CHECK(cache.table(0, 0).position(16) == 13);
+  CHECK(cache.table(0, 0).open_block() == -1);  // the short last block is full
+  CHECK(context().validation_messages() == 0);
+}

@@ -1,0 +1,192 @@
+// `kvscope eval`: a cache under test (or every format, --sweep) against a
+// baseline cache over a text, as a short report, JSON, or a markdown table.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "app/cli/commands.h"
+#include "app/core/evaluation.h"
+
+namespace kvscope::cli {
+
+using nlohmann::json;
+
+namespace {
+
+std::string read_text_file(const std::string& path) {
+  if (path.empty())
+    throw std::invalid_argument("eval needs a text to evaluate on: -f FILE (for example -f tests/data/corpus.txt)");
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path,
+                                         std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path, std::strerror(errno)));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Parses a spec given to `flag`, naming the flag in the error.
+CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
+  try {
+    return parse_cache_spec(text);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("{} {}: {}", flag, text, e.what()));
+  }
+}
+
+kv::Format format_from_flag(std::string_view flag, const std::string& text) {
+  if (auto f = kv::parse_format(text)) return *f;
+  throw std::invalid_argument(fmt::format("{} {}: unknown format; choose one of: {}", flag, text, kv::format_names()));
+}
+
+// The cache under test: --kv SPEC, then --kv-k, --kv-v and --kv-group over it.
+CacheSpec test_spec(const EvalOptions& o) {
+  CacheSpec spec = spec_from_flag("--kv", o.m.kv);
+  if (!o.kv_k.empty()) spec.k_format = format_from_flag("--kv-k", o.kv_k);
+  if (!o.kv_v.empty()) spec.v_format = format_from_flag("--kv-v", o.kv_v);
+  if (o.kv_group) spec.group_size = o.kv_group;
+  try {
+    spec.check();
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(o.kv_group ? fmt::format("--kv-group {}: {}", *o.kv_group, e.what()) : e.what());
+  }
+  return spec;
+}
+
+double mib(uint64_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
+
+// KL figures span many decades (0 for an identical cache, 1e-6 for f32 vs
+// f16, 1e-2 for 4-bit), so they are shown in scientific notation.
+std::string kl_text(double kl) { return kl == 0 ? "0" : fmt::format("{:.2e}", kl); }
+
+json cache_json(const EvaluationReport& r, const CacheEvaluation& t, const std::string& text_file) {
+  const PerplexityRun& b = r.baseline;
+  const Divergence& d = t.divergence;
+  return json{
+      {"ppl_base", b.ppl},
+      {"ppl", t.run.ppl},
+      {"kl_mean", d.kl_mean},
+      {"kl_median", d.kl_median},
+      {"kl_p99", d.kl_p99},
+      {"kl_max", d.kl_max},
+      {"top1_agreement", d.top1_agreement},
+      {"dp_top_mean", d.dp_top_mean},
+      {"bytes_per_token_base", b.bytes_per_token},
+      {"bytes_per_token", t.run.bytes_per_token},
+      {"cache_bytes_base", b.cache_bytes},
+      {"cache_bytes", t.run.cache_bytes},
+      {"tok_s_base", b.tok_s()},
+      {"tok_s", t.run.tok_s()},
+      {"ppl_ratio", t.ppl_ratio},
+      {"ppl_base_stderr", b.ppl_stderr},
+      {"ppl_stderr", t.run.ppl_stderr},
+      {"kv_base", b.spec.name()},
+      {"kv", t.run.spec.name()},
+      {"n_tokens", r.n_tokens},
+      {"n_chunks", r.n_chunks},
+      {"n_ctx", r.n_ctx},
+      {"n_scored", r.n_scored},
+      {"text", text_file},
+      {"device", r.device},
+  };
+}
+
+void print_report(const EvaluationReport& r, const std::string& text_file) {
+  const PerplexityRun& b = r.baseline;
+  const CacheEvaluation& t = r.tests.front();
+  const Divergence& d = t.divergence;
+  fmt::print("{}: {} tokens, {} chunks of {} ({} positions scored, the second half of each chunk), {}\n\n", text_file,
+             r.n_tokens, r.n_chunks, r.n_ctx, r.n_scored, r.device);
+  fmt::print("{:<22} {:<22} {:<22}\n", "", fmt::format("baseline {}", b.spec.name()),
+             fmt::format("test {}", t.run.spec.name()));
+  fmt::print("{:<22} {:<22} {:<22} ratio {:.4f}\n", "perplexity", fmt::format("{:.4f} ± {:.4f}", b.ppl, b.ppl_stderr),
+             fmt::format("{:.4f} ± {:.4f}", t.run.ppl, t.run.ppl_stderr), t.ppl_ratio);
+  fmt::print("{:<22} {:<22.6g} {:<22.6g}\n", "KV bytes per token", b.bytes_per_token, t.run.bytes_per_token);
+  fmt::print("{:<22} {:<22} {:<22}\n", "cache device memory", human_bytes(double(b.cache_bytes)),
+             human_bytes(double(t.run.cache_bytes)));
+  fmt::print("{:<22} {:<22.1f} {:<22.1f}\n\n", "tokens/s", b.tok_s(), t.run.tok_s());
+  fmt::print("KL(baseline || test)   mean {}  median {}  p99 {}  max {}\n", kl_text(d.kl_mean),
+             kl_text(d.kl_median), kl_text(d.kl_p99), kl_text(d.kl_max));
+  fmt::print("top-1 agreement        {:.2f}%\n", 100 * d.top1_agreement);
+  fmt::print("mean |Δp(top token)|   {:.5f}\n", d.dp_top_mean);
+}
+
+void print_sweep_table(const EvaluationReport& r) {
+  const PerplexityRun& b = r.baseline;
+  fmt::print("Baseline {}: perplexity {:.4f} ± {:.4f}; {} chunks of {} tokens, {} positions scored; {}\n\n",
+             b.spec.name(), b.ppl, b.ppl_stderr, r.n_chunks, r.n_ctx, r.n_scored, r.device);
+  std::vector<const CacheEvaluation*> rows;
+  for (const auto& t : r.tests) rows.push_back(&t);
+  std::stable_sort(rows.begin(), rows.end(), [](const CacheEvaluation* x, const CacheEvaluation* y) {
+    return x->run.bytes_per_token < y->run.bytes_per_token;
+  });
+  fmt::print("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | tok/s |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const CacheEvaluation* t : rows) {
+    const std::string name = t->run.spec == b.spec ? t->run.spec.name() + " (baseline)" : t->run.spec.name();
+    fmt::print("| {} | {:.6g} | {:.2f} | {:.4f} | {:+.4f} | {} | {} | {:.2f}% | {:.0f} |\n", name,
+               t->run.bytes_per_token, mib(t->run.cache_bytes), t->run.ppl, t->run.ppl - b.ppl,
+               kl_text(t->divergence.kl_mean), kl_text(t->divergence.kl_p99), 100 * t->divergence.top1_agreement,
+               t->run.tok_s());
+  }
+  fmt::print("\nRank caches by KL and top-1 agreement, not perplexity: a cache can keep perplexity while changing "
+             "which tokens the model predicts.\n");
+}
+
+}  // namespace
+
+int eval(const EvalOptions& o) {
+  const std::string text = read_text_file(o.text_file);
+  const CacheSpec baseline = spec_from_flag("--baseline", o.baseline);
+  EvaluationOptions options;
+  options.n_ctx = o.m.n_ctx;
+  options.baseline = baseline;
+  options.tests = o.sweep ? sweep_specs(o.kv_group) : std::vector<CacheSpec>{test_spec(o)};
+  // Progress only where a person watches: not into a pipe or a JSON consumer.
+  const bool show_progress = !o.json && ::isatty(STDERR_FILENO);
+  if (show_progress)
+    options.on_chunk = [](uint32_t done, uint32_t n) {
+      std::fprintf(stderr, "\rchunk %u/%u", done, n);
+      if (done == n) std::fprintf(stderr, "\r\033[K");
+      std::fflush(stderr);
+    };
+
+  Engine engine(engine_options(o.m));
+  const std::vector<int32_t> tokens = engine.tokenizer().encode(text, true);
+  EvaluationReport report;
+  try {
+    report = evaluate_caches(engine, tokens, options);
+  } catch (const TextTooShort& e) {
+    throw TextTooShort(fmt::format("-f {}: {}", o.text_file, e.what()));
+  }
+
+  if (o.json) {
+    if (!o.sweep) {
+      std::cout << cache_json(report, report.tests.front(), o.text_file).dump(2) << "\n";
+      return 0;
+    }
+    json rows = json::array();
+    for (const auto& t : report.tests) rows.push_back(cache_json(report, t, o.text_file));
+    std::cout << json{{"rows", rows}}.dump(2) << "\n";
+    return 0;
+  }
+  if (o.sweep)
+    print_sweep_table(report);
+  else
+    print_report(report, o.text_file);
+  return 0;
+}
+
+}  // namespace kvscope::cli

@@ -1,0 +1,53 @@
+// A KV cache named in one short string, the way both front ends let a person
+// choose one (`kvscope eval --baseline SPEC`, `--kv SPEC`, the GUI's field):
+//
+//   spec := item ("," item)*
+//   item := FORMAT           keys and values in FORMAT           f16
+//         | "k=" FORMAT      keys only                           k=f32,v=f16
+//         | "v=" FORMAT      values only
+//         | "group=" N       quantization group along head_dim   q8,group=16
+//
+// FORMAT is one of kv::format_names(). What a spec leaves unset is f16. Each of
+// keys, values and group may be given once (a bare FORMAT gives both keys and
+// values). name() writes the shortest spec that parses back to the same cache.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kv/cache.h"
+
+namespace kvscope {
+
+// Formats that store codes and scales rather than floats; only they have a
+// group size.
+bool is_quantized(kv::Format f);
+
+struct CacheSpec {
+  kv::Format k_format = kv::Format::F16;
+  kv::Format v_format = kv::Format::F16;
+  std::optional<uint32_t> group_size;  // unset: the format's default
+
+  // "f16", "k=f32,v=f16", "q8,group=16".
+  std::string name() const;
+  // Throws std::invalid_argument when the parts do not fit together (a group
+  // size for a cache with no quantized format).
+  void check() const;
+  // The cache this spec describes with `capacity` slots; check()s first.
+  kv::CacheConfig config(uint32_t capacity) const;
+
+  bool operator==(const CacheSpec&) const = default;
+};
+
+// Throws std::invalid_argument naming the item that is wrong and what is
+// accepted.
+CacheSpec parse_cache_spec(std::string_view text);
+
+// The caches `kvscope eval --sweep` measures: every format of
+// kv::all_formats() for keys and values alike, `group_size` applied to the
+// quantized ones (an error when there are none).
+std::vector<CacheSpec> sweep_specs(std::optional<uint32_t> group_size);
+
+}  // namespace kvscope

@@ -1,0 +1,193 @@
+#include "app/core/evaluation.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+
+#include <fmt/format.h>
+
+namespace kvscope {
+
+namespace eval_stats {
+
+void log_softmax(std::span<const float> logits, std::span<double> out) {
+  double max_logit = -INFINITY;
+  for (float x : logits) max_logit = std::max(max_logit, double(x));
+  double sum = 0;
+  for (float x : logits) sum += std::exp(double(x) - max_logit);
+  const double log_z = max_logit + std::log(sum);
+  for (size_t i = 0; i < logits.size(); ++i) out[i] = double(logits[i]) - log_z;
+}
+
+double kl_divergence(std::span<const double> log_p, std::span<const double> log_q) {
+  double kl = 0;
+  for (size_t i = 0; i < log_p.size(); ++i) kl += std::exp(log_p[i]) * (log_p[i] - log_q[i]);
+  return std::max(kl, 0.0);
+}
+
+uint32_t argmax(std::span<const float> values) {
+  return static_cast<uint32_t>(std::max_element(values.begin(), values.end()) - values.begin());
+}
+
+double quantile(std::vector<double> values, double q) {
+  if (values.empty()) return 0;
+  std::sort(values.begin(), values.end());
+  const double at = std::clamp(q, 0.0, 1.0) * double(values.size() - 1);
+  const size_t below = static_cast<size_t>(at);
+  const size_t above = std::min(below + 1, values.size() - 1);
+  return values[below] + (at - double(below)) * (values[above] - values[below]);
+}
+
+}  // namespace eval_stats
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One cache's running totals over the chunks.
+struct CacheRun {
+  std::unique_ptr<Session> session;
+  PerplexityRun result;
+  double nll_sum = 0, nll_sq_sum = 0;
+  // Against the baseline (tests only).
+  std::vector<double> kl;  // one per scored position
+  uint64_t top1_same = 0;
+  double dp_top_sum = 0;
+
+  CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx)
+      : session(std::make_unique<Session>(engine, spec.config(n_ctx))) {
+    result.spec = spec;
+    result.bytes_per_token = session->cache().bytes_per_token();
+    result.cache_bytes = session->cache().device_bytes();
+  }
+
+  // Runs one chunk on an empty cache; returns the logits of all its tokens.
+  std::vector<float> run_chunk(const std::vector<int32_t>& chunk) {
+    session->reset();
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<float> logits = session->logits_all(chunk);
+    result.seconds += seconds_since(t0);
+    result.tokens_evaluated += chunk.size();
+    return logits;
+  }
+
+  void add_nll(double nll) {
+    nll_sum += nll;
+    nll_sq_sum += nll * nll;
+  }
+
+  // Perplexity and its error as llama.cpp reports them.
+  void finish_perplexity(uint64_t count) {
+    const double mean = nll_sum / double(count);
+    result.ppl = std::exp(mean);
+    const double variance = nll_sq_sum / double(count) - mean * mean;
+    result.ppl_stderr = variance > 0 && count > 1 ? std::sqrt(variance / double(count - 1)) * result.ppl : 0;
+  }
+};
+
+}  // namespace
+
+EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options) {
+  const uint32_t n_ctx = options.n_ctx ? options.n_ctx : engine.n_ctx();
+  if (n_ctx > engine.n_ctx())
+    throw std::invalid_argument(fmt::format(
+        "an evaluation context of {} tokens is larger than the engine's {}; open the model with that context (-c)",
+        n_ctx, engine.n_ctx()));
+  // The second half of a chunk must hold at least one position that predicts
+  // a token inside the chunk.
+  if (n_ctx < 4)
+    throw std::invalid_argument(fmt::format("an evaluation context of {} tokens scores nothing; use -c 4 or more",
+                                            n_ctx));
+  if (tokens.size() < 2 * uint64_t{n_ctx})
+    throw TextTooShort(fmt::format(
+        "the text is {} tokens; evaluating with a context of {} needs at least {} (two chunks, as llama.cpp's "
+        "perplexity requires): use a longer text or a smaller context (-c)",
+        tokens.size(), n_ctx, 2 * uint64_t{n_ctx}));
+
+  const uint32_t n_vocab = engine.config().n_vocab;
+  const uint32_t first = n_ctx / 2;                    // first scored position of a chunk
+  const uint32_t n_scored_per_chunk = n_ctx - 1 - first;  // positions first .. n_ctx-2
+
+  EvaluationReport report;
+  report.n_tokens = tokens.size();
+  report.n_chunks = static_cast<uint32_t>(tokens.size() / n_ctx);
+  report.n_ctx = n_ctx;
+  report.n_scored = uint64_t{report.n_chunks} * n_scored_per_chunk;
+  report.device = engine.device_name();
+
+  CacheRun baseline(engine, options.baseline, n_ctx);
+  std::vector<CacheRun> tests;
+  tests.reserve(options.tests.size());
+  for (const CacheSpec& spec : options.tests) {
+    tests.emplace_back(engine, spec, n_ctx);
+    tests.back().kl.reserve(report.n_scored);
+  }
+
+  // The baseline's log-probabilities of one chunk's scored positions,
+  // [n_scored_per_chunk][n_vocab], and its argmax at each.
+  std::vector<double> base_log_probs(size_t{n_scored_per_chunk} * n_vocab);
+  std::vector<uint32_t> base_top(n_scored_per_chunk);
+  std::vector<double> test_log_probs(n_vocab);
+
+  std::vector<int32_t> chunk(n_ctx);
+  for (uint32_t c = 0; c < report.n_chunks; ++c) {
+    const auto begin = tokens.begin() + size_t{c} * n_ctx;
+    std::copy(begin, begin + n_ctx, chunk.begin());
+    chunk[0] = engine.tokenizer().bos();
+    // The targets are the text's own tokens: chunk[0]'s replacement is never a
+    // target because scoring starts in the second half.
+    auto target = [&](uint32_t j) { return begin[j + 1]; };
+
+    const std::vector<float> base_logits = baseline.run_chunk(chunk);
+    for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
+      const uint32_t j = first + i;
+      const std::span<const float> row(base_logits.data() + size_t{j} * n_vocab, n_vocab);
+      const std::span<double> log_p(base_log_probs.data() + size_t{i} * n_vocab, n_vocab);
+      eval_stats::log_softmax(row, log_p);
+      baseline.add_nll(-log_p[target(j)]);
+      base_top[i] = eval_stats::argmax(row);
+    }
+
+    for (CacheRun& test : tests) {
+      const std::vector<float> logits = test.run_chunk(chunk);
+      for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
+        const uint32_t j = first + i;
+        const std::span<const float> row(logits.data() + size_t{j} * n_vocab, n_vocab);
+        const std::span<const double> log_p(base_log_probs.data() + size_t{i} * n_vocab, n_vocab);
+        eval_stats::log_softmax(row, test_log_probs);
+        test.add_nll(-test_log_probs[target(j)]);
+        test.kl.push_back(eval_stats::kl_divergence(log_p, test_log_probs));
+        const uint32_t top = base_top[i];
+        test.top1_same += eval_stats::argmax(row) == top;
+        test.dp_top_sum += std::abs(std::exp(test_log_probs[top]) - std::exp(log_p[top]));
+      }
+    }
+    if (options.on_chunk) options.on_chunk(c + 1, report.n_chunks);
+  }
+
+  const double n = double(report.n_scored);
+  baseline.finish_perplexity(report.n_scored);
+  report.baseline = baseline.result;
+  for (CacheRun& test : tests) {
+    test.finish_perplexity(report.n_scored);
+    CacheEvaluation e;
+    e.run = test.result;
+    e.ppl_ratio = e.run.ppl / report.baseline.ppl;
+    Divergence& d = e.divergence;
+    double kl_sum = 0;
+    for (double k : test.kl) kl_sum += k;
+    d.kl_mean = kl_sum / n;
+    d.kl_median = eval_stats::quantile(test.kl, 0.5);
+    d.kl_p99 = eval_stats::quantile(test.kl, 0.99);
+    d.kl_max = test.kl.empty() ? 0 : *std::max_element(test.kl.begin(), test.kl.end());
+    d.top1_agreement = double(test.top1_same) / n;
+    d.dp_top_mean = test.dp_top_sum / n;
+    report.tests.push_back(e);
+  }
+  return report;
+}
+
+}  // namespace kvscope

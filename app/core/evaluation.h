@@ -1,0 +1,102 @@
+// What a KV cache costs and what it breaks, measured against a baseline cache
+// over the same text: `kvscope eval` and the GUI's evaluation view.
+//
+// The text runs teacher-forced in chunks of n_ctx tokens exactly as llama.cpp's
+// perplexity tool does by default (examples/perplexity, perplexity()): the
+// whole text is tokenized with BOS, cut into n_tokens / n_ctx chunks (the
+// remainder is dropped), the first token of every chunk is replaced by BOS,
+// each chunk runs on an empty cache, and positions j = n_ctx/2 .. n_ctx-2 of
+// each chunk are scored on predicting token j+1 — the second half, where the
+// model always has context. Perplexity is exp(mean negative log-likelihood).
+//
+// Every cache under test runs over the same chunks as the baseline, and at
+// each scored position the two next-token distributions are compared over
+// the whole vocabulary.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "app/core/cache_spec.h"
+#include "app/core/session.h"
+
+namespace kvscope {
+
+// The text has fewer tokens than two chunks; the message says how many it
+// has and how many are needed.
+struct TextTooShort : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+// One cache's run over the text.
+struct PerplexityRun {
+  CacheSpec spec;
+  double ppl = 0;
+  double ppl_stderr = 0;          // llama.cpp's "±": the standard error of the mean NLL, times ppl
+  double bytes_per_token = 0;     // kv::KvCache::bytes_per_token()
+  uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
+  uint64_t tokens_evaluated = 0;  // every token run through the model (n_chunks * n_ctx)
+  double seconds = 0;             // in the forward passes that produced them
+  double tok_s() const { return seconds > 0 ? tokens_evaluated / seconds : 0; }
+};
+
+// How far a test cache's next-token distributions are from the baseline's,
+// over all scored positions.
+struct Divergence {
+  double kl_mean = 0, kl_median = 0, kl_p99 = 0, kl_max = 0;  // KL(baseline || test), nats
+  double top1_agreement = 0;  // fraction of positions where both argmaxes are the same token
+  double dp_top_mean = 0;     // mean |p_test(t) - p_base(t)|, t the baseline's argmax
+};
+
+struct CacheEvaluation {
+  PerplexityRun run;
+  Divergence divergence;
+  double ppl_ratio = 0;  // run.ppl / baseline.ppl
+};
+
+struct EvaluationReport {
+  uint64_t n_tokens = 0;  // of the whole text, BOS included
+  uint32_t n_chunks = 0;
+  uint32_t n_ctx = 0;
+  uint64_t n_scored = 0;  // positions scored per cache: n_chunks * (n_ctx - 1 - n_ctx/2)
+  std::string device;
+  PerplexityRun baseline;
+  std::vector<CacheEvaluation> tests;  // in the order of EvaluationOptions::tests
+};
+
+struct EvaluationOptions {
+  uint32_t n_ctx = 0;  // 0: the engine's context
+  CacheSpec baseline;  // f16 keys and values
+  std::vector<CacheSpec> tests;
+  // Called after each chunk (every cache done with it): chunks done, of how many.
+  std::function<void(uint32_t done, uint32_t n_chunks)> on_chunk;
+};
+
+// Runs the baseline once per chunk and every test cache over the same chunk.
+// `tokens` is the whole text tokenized with BOS. Holds one chunk's
+// distributions at a time. Throws TextTooShort when tokens.size() < 2 * n_ctx
+// (llama.cpp's minimum), std::invalid_argument for an n_ctx the engine cannot
+// hold or one too small to score anything.
+EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options);
+
+// The statistics, exposed for their tests.
+namespace eval_stats {
+
+// log of softmax(logits), in double so that tiny probabilities and the
+// differences KL sums keep their digits.
+void log_softmax(std::span<const float> logits, std::span<double> out);
+// KL(p || q) = sum p (log p - log q) from log-probabilities; 0 for identical
+// inputs, and never negative (rounding below zero is clamped).
+double kl_divergence(std::span<const double> log_p, std::span<const double> log_q);
+// Index of the largest value (the lowest index among equals).
+uint32_t argmax(std::span<const float> values);
+// The q-quantile (0..1) with linear interpolation between order statistics
+// (numpy's default): the median of {1, 2, 3, 4} is 2.5. 0 for no values.
+double quantile(std::vector<double> values, double q);
+
+}  // namespace eval_stats
+
+}  // namespace kvscope
