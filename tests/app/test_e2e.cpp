@@ -14,14 +14,6 @@ using nlohmann::json;
 
 namespace {
 
-std::vector<json> read_jsonl(const std::string& path) {
-  std::vector<json> rows;
-  std::istringstream in(test::read_text(path));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) rows.push_back(json::parse(line));
-  return rows;
-}
-
 Engine& engine_for(const std::string& path) {
   // One engine per model file for the whole run: weights upload and pipeline
   // creation dominate on lavapipe.
@@ -53,7 +45,7 @@ size_t first_difference(const std::vector<int32_t>& a, const std::vector<int32_t
 
 TEST_CASE("e2e: greedy continuations equal llama.cpp's for all three prompts (F32 weights, f32 cache)") {
   Engine& engine = engine_for(test::model_path());
-  for (const json& row : read_jsonl(test::data_path("greedy-f32.jsonl"))) {
+  for (const json& row : test::read_jsonl(test::data_path("greedy-f32.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
     const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
     CAPTURE(row["prompt"].get<std::string>());
@@ -68,7 +60,7 @@ TEST_CASE("e2e: greedy continuations equal llama.cpp's for all three prompts (F3
 TEST_CASE("e2e: greedy with the default f16 cache agrees with llama.cpp's f32-cache continuation") {
   Engine& engine = engine_for(test::model_path());
   size_t total = 0, agreed = 0;
-  for (const json& row : read_jsonl(test::data_path("greedy-f32.jsonl"))) {
+  for (const json& row : test::read_jsonl(test::data_path("greedy-f32.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
     const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
     const auto got = greedy(engine, kv::Format::F16, prompt, expected.size());
@@ -148,7 +140,7 @@ TEST_CASE("e2e: Q8_0 weights against llama.cpp's Q8_0 continuations") {
   }());
   const size_t n_vocab = engine.config().n_vocab;
   size_t steps = 0, agree = 0;
-  for (const json& row : read_jsonl(test::data_path("greedy-q8_0.jsonl"))) {
+  for (const json& row : test::read_jsonl(test::data_path("greedy-q8_0.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
     const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
     const auto got = greedy(engine, kv::Format::F32, prompt, expected.size());
@@ -198,7 +190,7 @@ TEST_CASE("e2e: tensors larger than one binding run in row chunks with the same 
   o.model_path = test::model_path();
   o.max_binding_bytes = 4u << 20;
   Engine engine(o);
-  const json row = read_jsonl(test::data_path("greedy-f32.jsonl")).at(0);
+  const json row = test::read_jsonl(test::data_path("greedy-f32.jsonl")).at(0);
   const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
   auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
   expected.resize(40);

@@ -13,22 +13,10 @@
 using namespace kvscope;
 using nlohmann::json;
 
-namespace {
-
-std::vector<json> read_jsonl(const std::string& path) {
-  std::vector<json> rows;
-  std::istringstream in(test::read_text(path));
-  for (std::string line; std::getline(in, line);)
-    if (!line.empty()) rows.push_back(json::parse(line));
-  return rows;
-}
-
-}  // namespace
-
 TEST_CASE("reference: greedy continuation of the first prompt equals llama.cpp's (F32)") {
   GgufFile file = GgufFile::open(test::model_path());
   const Tokenizer tok = Tokenizer::from_gguf(file);
-  const json row = read_jsonl(test::data_path("greedy-f32.jsonl")).at(0);
+  const json row = test::read_jsonl(test::data_path("greedy-f32.jsonl")).at(0);
   const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
   const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
   CHECK(tok.encode(row["prompt"].get<std::string>(), true) == prompt);
