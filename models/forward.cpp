@@ -207,6 +207,7 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
                               cache.table(l, h).block_slots())
                 : ""));
   make_kv_pipelines(cache.config());
+  probe_position_ = -1;
 
   const size_t n_vocab = cfg_.n_vocab;
   logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
@@ -228,7 +229,23 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
     else
       std::memcpy(logits_host_.data(), src, n_vocab * sizeof(float));
   }
+  if (probe_on_) probe_position_ = positions.back(), probe_capacity_ = cache.capacity();
   return logits_host_;
+}
+
+void GpuModel::set_attention_probe(bool on) {
+  if (on && !probe_readback_.host_visible())
+    probe_readback_ = gpu::Buffer(*ctx_, uint64_t{cfg_.n_layer} * cfg_.n_head * capacity_ * sizeof(float),
+                                  gpu::MemoryUse::Readback, "attention probe readback");
+  probe_on_ = on;
+  probe_position_ = -1;
+}
+
+std::span<const float> GpuModel::attention_probe_row(uint32_t layer) const {
+  if (probe_position_ < 0 || layer >= cfg_.n_layer) return {};
+  const size_t layer_stride = size_t{cfg_.n_head} * capacity_;
+  return {static_cast<const float*>(probe_readback_.mapped()) + layer * layer_stride,
+          size_t{cfg_.n_head} * probe_capacity_};
 }
 
 void GpuModel::project(const FusedProjection& f, const Buffer& x, Buffer& y, uint32_t n_tokens) {
@@ -297,6 +314,11 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
                   cache.open_blocks(l)},
                  ap, cfg_.n_head, n);
     rec.barrier();
+    if (probe_on_) {  // the last token's rows ([n_head][cache capacity]) into this layer's place
+      const uint64_t row_bytes = uint64_t{cfg_.n_head} * cache.capacity() * sizeof(float);
+      const uint64_t layer_stride = uint64_t{cfg_.n_head} * capacity_ * sizeof(float);
+      rec.copy(probs_, uint64_t{n - 1} * row_bytes, probe_readback_, uint64_t{l} * layer_stride, row_bytes);
+    }
     matmul(L.wo, xb2_, x_, n, dim, true);
     rec.barrier();
 

@@ -43,6 +43,17 @@ class GpuModel {
   std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
                                  kv::KvCache& cache, LogitsWanted wanted);
 
+  // Attention probe readback for views (the GUI's heatmap): when on, every
+  // forward call also copies, for each layer, the softmax row of its last
+  // token ([n_head][cache capacity], indexed by cache slot) to a host-visible
+  // buffer. Off by default: then nothing is recorded or allocated for it.
+  void set_attention_probe(bool on);
+  bool attention_probe() const { return probe_on_; }
+  // The query position of the rows read back by the last forward call (-1:
+  // none), and one layer's row ([n_head][cache capacity]).
+  int32_t attention_probe_position() const { return probe_position_; }
+  std::span<const float> attention_probe_row(uint32_t layer) const;
+
   // GPU milliseconds per shader, summed since the last call, when profiling.
   void set_profiling(bool on);
   std::map<std::string, double> take_profile();
@@ -86,6 +97,10 @@ class GpuModel {
   gpu::Buffer probs_;                          // f32 [max_batch][n_head][capacity]
   gpu::Buffer x_last_, xn_last_;               // f32 [dim]
   gpu::Buffer logits_;                         // f32 [max_batch][n_vocab] (readback)
+  gpu::Buffer probe_readback_;                 // f32 [n_layer][n_head][capacity] (readback), when probing
+  bool probe_on_ = false;
+  int32_t probe_position_ = -1;
+  uint32_t probe_capacity_ = 0;                // the probed cache's capacity: the rows' stride
   std::vector<float> logits_host_;
   gpu::Recorder recorder_;
   std::unique_ptr<gpu::Timer> timer_;

@@ -1,13 +1,17 @@
-// SentencePiece-style tokenizer over a GGUF "llama" vocabulary.
+// Tokenizer over a GGUF vocabulary: loading, special tokens, and the
+// SentencePiece-style "llama" model (the byte-level BPE "gpt2" model is in
+// tokenizer_bpe.cpp).
 //
 // [SECTION] loading the vocabulary from GGUF metadata
-// [SECTION] encode: highest-score merges over a linked list of symbols
+// [SECTION] encode: special tokens, then the model's algorithm per run of text
+// [SECTION] SentencePiece: highest-score merges over a linked list of symbols
 // [SECTION] decode and token text
 // [SECTION] streaming detokenizer (valid UTF-8 only)
 #include "models/tokenizer.h"
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <queue>
 #include <stdexcept>
 
@@ -44,9 +48,9 @@ int32_t special_id(const GgufFile& file, const std::string& key, uint64_t fallba
 
 Tokenizer Tokenizer::from_gguf(const GgufFile& file) {
   const std::string model = file.get_string("tokenizer.ggml.model");
-  if (model != "llama") {
-    throw GgufError(fmt::format("{}: tokenizer.ggml.model is \"{}\"; kvscope only supports the "
-                                "SentencePiece \"llama\" tokenizer",
+  if (model != "llama" && model != "gpt2") {
+    throw GgufError(fmt::format("{}: tokenizer.ggml.model is \"{}\"; kvscope supports the SentencePiece "
+                                "\"llama\" and the byte-level BPE \"gpt2\" tokenizers",
                                 file.path(), model));
   }
   const std::string tokens_key = "tokenizer.ggml.tokens";
@@ -81,21 +85,52 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& file) {
     }
   }
 
-  tok.bos_ = special_id(file, "tokenizer.ggml.bos_token_id", 1, n_vocab);
-  tok.eos_ = special_id(file, "tokenizer.ggml.eos_token_id", 2, n_vocab);
-  tok.unk_ = special_id(file, "tokenizer.ggml.unknown_token_id", 0, n_vocab);
-  if (file.has("tokenizer.ggml.add_space_prefix")) {
-    tok.add_space_prefix_ = file.get("tokenizer.ggml.add_space_prefix").as_bool("tokenizer.ggml.add_space_prefix");
-  }
-
   // Later duplicates win, as in llama.cpp's token_to_id.
   tok.piece_to_id_.reserve(n_vocab);
   for (size_t i = 0; i < n_vocab; ++i) tok.piece_to_id_[tok.pieces_[i]] = static_cast<int32_t>(i);
 
-  for (int byte = 0; byte < 256; ++byte) {
-    tok.byte_tokens_[byte] = tok.find_piece(fmt::format("<0x{:02X}>", byte));
+  if (model == "llama") {
+    tok.kind_ = TokenizerKind::SentencePiece;
+    tok.bos_ = special_id(file, "tokenizer.ggml.bos_token_id", 1, n_vocab);
+    tok.eos_ = special_id(file, "tokenizer.ggml.eos_token_id", 2, n_vocab);
+    tok.unk_ = special_id(file, "tokenizer.ggml.unknown_token_id", 0, n_vocab);
+    tok.wants_bos_ = true;
+    if (file.has("tokenizer.ggml.add_space_prefix")) {
+      tok.add_space_prefix_ = file.get("tokenizer.ggml.add_space_prefix").as_bool("tokenizer.ggml.add_space_prefix");
+    }
+    for (int byte = 0; byte < 256; ++byte) {
+      tok.byte_tokens_[byte] = tok.find_piece(fmt::format("<0x{:02X}>", byte));
+    }
+  } else {
+    tok.kind_ = TokenizerKind::ByteLevelBpe;
+    // Byte-level vocabularies name their special tokens or have none (-1).
+    auto optional_id = [&](const std::string& key) { return file.has(key) ? special_id(file, key, 0, n_vocab) : -1; };
+    tok.bos_ = optional_id("tokenizer.ggml.bos_token_id");
+    tok.eos_ = optional_id("tokenizer.ggml.eos_token_id");
+    tok.unk_ = optional_id("tokenizer.ggml.unknown_token_id");
+    tok.add_space_prefix_ = false;
+    std::fill(std::begin(tok.byte_tokens_), std::end(tok.byte_tokens_), -1);
+    tok.load_bpe(file);  // also sets wants_bos_ from the pre-tokenizer
   }
+  if (file.has("tokenizer.ggml.add_bos_token")) {
+    tok.wants_bos_ = file.get("tokenizer.ggml.add_bos_token").as_bool("tokenizer.ggml.add_bos_token");
+  }
+  tok.index_special_tokens();
   return tok;
+}
+
+void Tokenizer::index_special_tokens() {
+  for (int32_t id = 0; id < n_vocab(); ++id) {
+    const TokenType t = types_[id];
+    if (pieces_[id].empty()) continue;
+    if (t == TokenType::Control || t == TokenType::UserDefined || t == TokenType::Unknown) {
+      special_by_first_byte_[static_cast<uint8_t>(pieces_[id][0])].push_back(id);
+    }
+  }
+  for (auto& candidates : special_by_first_byte_) {
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [&](int32_t a, int32_t b) { return pieces_[a].size() > pieces_[b].size(); });
+  }
 }
 
 int32_t Tokenizer::find_piece(std::string_view text) const {
@@ -119,8 +154,62 @@ TokenType Tokenizer::type(int32_t id) const {
   return types_[id];
 }
 
+
 // ======================================================================
-// [SECTION] encode: highest-score merges over a linked list of symbols
+// [SECTION] encode: special tokens, then the model's algorithm per run of text
+// ======================================================================
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos, bool parse_special) const {
+  const TextSpan everything{0, text.size()};
+  return encode_with_markup(text, add_bos, parse_special ? std::span<const TextSpan>(&everything, 1)
+                                                         : std::span<const TextSpan>());
+}
+
+std::vector<int32_t> Tokenizer::encode_with_markup(std::string_view text, bool add_bos,
+                                                   std::span<const TextSpan> markup) const {
+  std::vector<int32_t> ids;
+  if (add_bos && bos_ >= 0) ids.push_back(bos_);
+
+  // Cut special tokens out of the text, leftmost first and longest at each
+  // position (as Hugging Face's added-token matcher does); the runs of plain
+  // text between them go through the model's algorithm one by one.
+  bool after_special = true;  // SentencePiece adds its space prefix after these
+  auto flush_text = [&](std::string_view run) {
+    if (run.empty()) return;
+    if (kind_ == TokenizerKind::SentencePiece) encode_spm(run, add_space_prefix_ && after_special, ids);
+    else encode_bpe(run, ids);
+    after_special = false;
+  };
+  size_t span = 0;  // first markup span that does not end before `pos`
+  size_t run_start = 0;
+  for (size_t pos = 0; pos < text.size();) {
+    while (span < markup.size() && markup[span].end <= pos) ++span;
+    const bool in_markup = span < markup.size() && markup[span].begin <= pos;
+    int32_t matched = -1;
+    for (int32_t id : special_by_first_byte_[static_cast<uint8_t>(text[pos])]) {
+      const size_t len = pieces_[id].size();
+      if (types_[id] != TokenType::UserDefined && !(in_markup && pos + len <= markup[span].end)) continue;
+      if (text.compare(pos, len, pieces_[id]) == 0) {
+        matched = id;
+        break;
+      }
+    }
+    if (matched < 0) {
+      ++pos;
+      continue;
+    }
+    flush_text(text.substr(run_start, pos - run_start));
+    ids.push_back(matched);
+    after_special = true;
+    pos += pieces_[matched].size();
+    run_start = pos;
+  }
+  flush_text(text.substr(run_start));
+  return ids;
+}
+
+// ======================================================================
+// [SECTION] SentencePiece: highest-score merges over a linked list of symbols
 // ======================================================================
 
 namespace {
@@ -158,14 +247,10 @@ struct MergeOrder {
 
 }  // namespace
 
-std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_bos) const {
-  std::vector<int32_t> ids;
-  if (add_bos) ids.push_back(bos_);
-  if (input.empty()) return ids;  // SentencePiece: "" -> [] (plus BOS)
-
+void Tokenizer::encode_spm(std::string_view input, bool add_space_prefix, std::vector<int32_t>& ids) const {
   std::string text;
   text.reserve(input.size() * 3 + kSpaceMark.size());
-  if (add_space_prefix_) text += kSpaceMark;
+  if (add_space_prefix) text += kSpaceMark;
   for (char c : input) {
     if (c == ' ') text += kSpaceMark;
     else text += c;
@@ -218,7 +303,6 @@ std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_bos) con
       ids.push_back(byte_id >= 0 ? byte_id : unk_);
     }
   }
-  return ids;
 }
 
 // ======================================================================
@@ -257,9 +341,12 @@ std::string Tokenizer::token_bytes(int32_t id) const {
       if (byte >= 0) return std::string(1, static_cast<char>(byte));
       return pieces_[id];  // a "byte" token not spelled <0xNN>: its text as is
     }
+    case TokenType::UserDefined:
+      return pieces_[id];  // stored as the text it stands for, in both models
     default:
       break;
   }
+  if (kind_ == TokenizerKind::ByteLevelBpe) return bpe_token_bytes(id);
   const std::string& piece = pieces_[id];
   std::string out;
   out.reserve(piece.size());

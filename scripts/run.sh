@@ -3,7 +3,7 @@
 # the window when there is a display and the GUI is built, else the CLI demo.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-"$root/scripts/setup.sh" kvscope
+"$root/scripts/setup.sh" kvscope kvscope_gui
 if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ] && [ -x "$root/build/kvscope-gui" ]; then
   exec "$root/build/kvscope-gui" "$@"
 fi

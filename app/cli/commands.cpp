@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "app/core/cache_spec.h"
 #include "app/core/paths.h"
 #include "app/core/session.h"
 #include "gpu/context.h"
@@ -26,12 +27,17 @@ namespace {
 std::string model_path(const std::string& m) { return require_model(m.empty() ? default_model_path() : m); }
 
 kv::CacheConfig cache_config(const ModelOptions& m) {
-  auto f = kv::parse_format(m.kv);
-  if (!f) throw std::invalid_argument(fmt::format("--kv {}: unknown format; choose one of: {}", m.kv, kv::format_names()));
+  return cache_spec_from_flags(m.kv, m.kv_k, m.kv_v, m.kv_group).config(m.n_ctx);  // capacity 0: the model's
+}
+
+// Exact device bytes per token of keys and values in `format` (default
+// group) for a cache of the model's trained context: scales and kivi2's f16
+// window included, as KvCache allocates them.
+double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
   kv::CacheConfig c;
-  c.k_format = c.v_format = *f;
-  c.capacity = m.n_ctx;
-  return c;
+  c.k_format = c.v_format = format;
+  c.capacity = std::max(cfg.n_ctx_train, 1u);
+  return double(kv::cache_device_bytes({cfg.n_layer, cfg.n_kv_head, cfg.head_dim}, c)) / c.capacity;
 }
 
 double median(std::vector<double> v) {
@@ -132,8 +138,8 @@ int info(const std::string& model, bool as_json) {
   j["norm_eps"] = cfg.norm_eps;
   j["tied_output"] = cfg.tied_output;
   json kvj;
-  for (auto f : {kv::Format::F32, kv::Format::F16})
-    kvj[std::string(kv::format_name(f))] = kv_bytes_per_token(cfg, kv::bytes_per_element(f));
+  for (kv::Format f : kv::all_formats())
+    kvj[std::string(kv::format_name(f))] = kv_format_bytes_per_token(cfg, f);
   j["kv_bytes_per_token"] = kvj;
   json tensors = json::array();
   std::map<std::string, uint64_t> by_type;
@@ -155,10 +161,9 @@ int info(const std::string& model, bool as_json) {
   fmt::print("  rope theta {}, rms eps {}, output {}\n", cfg.rope_theta, cfg.norm_eps,
              cfg.tied_output ? "tied to token_embd" : "output.weight");
   fmt::print("  KV bytes per token:");
-  for (auto f : {kv::Format::F32, kv::Format::F16})
-    fmt::print(" {} {}", kv::format_name(f), kv_bytes_per_token(cfg, kv::bytes_per_element(f)));
-  fmt::print(" (at context {}: f16 {})\n", cfg.n_ctx_train,
-             human_bytes(kv_bytes_per_token(cfg, 2) * cfg.n_ctx_train));
+  for (kv::Format f : kv::all_formats()) fmt::print(" {} {:g}", kv::format_name(f), kv_format_bytes_per_token(cfg, f));
+  fmt::print(" (at context {}, group {}; f16 cache {})\n", cfg.n_ctx_train, kv::default_group_size(cfg.head_dim),
+             human_bytes(kv_format_bytes_per_token(cfg, kv::Format::F16) * cfg.n_ctx_train));
   fmt::print("  weights by type:");
   for (const auto& [type, bytes] : by_type) fmt::print(" {} {}", type, human_bytes(double(bytes)));
   fmt::print("\n  metadata ({} keys):\n", file.metadata_order().size());
@@ -190,7 +195,7 @@ int info(const std::string& model, bool as_json) {
 int tokenize(const TokenizeOptions& o) {
   GgufFile file = GgufFile::open(model_path(o.model));
   const Tokenizer tok = Tokenizer::from_gguf(file);
-  const std::vector<int32_t> ids = tok.encode(o.text, true);
+  const std::vector<int32_t> ids = tok.encode(o.text, tok.wants_bos());
   if (o.json) {
     json pieces = json::array();
     for (int32_t id : ids) pieces.push_back(tok.piece(id));
@@ -271,7 +276,8 @@ int bench(const BenchOptions& o) {
   if (o.json) {
     json j{{"prefill_tok_s", prefill_tok_s}, {"decode_tok_s", decode_tok_s}, {"decode_gb_s", decode_gb_s},
            {"device", engine.device_name()}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
-           {"kv", o.m.kv}, {"weight_bytes", model.weight_bytes()},
+           {"kv", cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).name()},
+           {"weight_bytes", model.weight_bytes()},
            {"dispatches_per_token", model.last_dispatch_count()}};
     if (o.profile) j["profile_ms"] = model.take_profile();
     std::cout << j.dump(2) << "\n";

@@ -15,7 +15,9 @@ struct ModelOptions {
   std::string model;   // -m; empty: the default model
   uint32_t n_ctx = 0;  // -c; 0: the model's trained context
   int device = -1;     // --device
-  std::string kv = "f16";  // --kv FORMAT (K and V)
+  std::string kv = "f16";  // --kv SPEC: a format for K and V, or k=F,v=F,group=N (app/core/cache_spec.h)
+  std::string kv_k, kv_v;            // --kv-k, --kv-v: the key / value format (empty: from --kv)
+  std::optional<uint32_t> kv_group;  // --kv-group: quantization group along head_dim
 };
 
 struct RunOptions {
@@ -53,10 +55,8 @@ struct BenchOptions {
 int bench(const BenchOptions& o);
 
 struct EvalOptions {
-  ModelOptions m;                   // -m -c --device, and --kv SPEC for the cache under test
+  ModelOptions m;                   // -m -c --device, and --kv/--kv-k/--kv-v/--kv-group: the cache under test
   std::string text_file;            // -f: the text to evaluate on
-  std::string kv_k, kv_v;           // --kv-k, --kv-v: override --kv's key / value format
-  std::optional<uint32_t> kv_group; // --kv-group
   std::string baseline = "f16";     // --baseline SPEC
   bool json = false;
   bool sweep = false;               // every format against the baseline, as a markdown table

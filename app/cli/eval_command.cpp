@@ -46,24 +46,8 @@ CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
   }
 }
 
-kv::Format format_from_flag(std::string_view flag, const std::string& text) {
-  if (auto f = kv::parse_format(text)) return *f;
-  throw std::invalid_argument(fmt::format("{} {}: unknown format; choose one of: {}", flag, text, kv::format_names()));
-}
-
 // The cache under test: --kv SPEC, then --kv-k, --kv-v and --kv-group over it.
-CacheSpec test_spec(const EvalOptions& o) {
-  CacheSpec spec = spec_from_flag("--kv", o.m.kv);
-  if (!o.kv_k.empty()) spec.k_format = format_from_flag("--kv-k", o.kv_k);
-  if (!o.kv_v.empty()) spec.v_format = format_from_flag("--kv-v", o.kv_v);
-  if (o.kv_group) spec.group_size = o.kv_group;
-  try {
-    spec.check();
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(o.kv_group ? fmt::format("--kv-group {}: {}", *o.kv_group, e.what()) : e.what());
-  }
-  return spec;
-}
+CacheSpec test_spec(const EvalOptions& o) { return cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group); }
 
 double mib(uint64_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
 
@@ -153,7 +137,7 @@ int eval(const EvalOptions& o) {
   EvaluationOptions options;
   options.n_ctx = o.m.n_ctx;
   options.baseline = baseline;
-  options.tests = o.sweep ? sweep_specs(o.kv_group) : std::vector<CacheSpec>{test_spec(o)};
+  options.tests = o.sweep ? sweep_specs(o.m.kv_group) : std::vector<CacheSpec>{test_spec(o)};
   // Progress only where a person watches: not into a pipe or a JSON consumer.
   const bool show_progress = !o.json && ::isatty(STDERR_FILENO);
   if (show_progress)

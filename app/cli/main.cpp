@@ -11,7 +11,15 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
   cmd->add_option("-m,--model", m.model, "GGUF model (default: the stories15M model in the cache directory)");
   cmd->add_option("-c,--ctx-size", m.n_ctx, "context length in tokens (default: the model's)");
   cmd->add_option("--device", m.device, "Vulkan device index (see `kvscope devices`)");
-  cmd->add_option("--kv", m.kv, "KV cache format for keys and values: f32 f16")->capture_default_str();
+  auto* kv = cmd->add_option("--kv", m.kv,
+                             "KV cache: a format for keys and values (f32 f16 q8 q4 kivi2), or items "
+                             "k=FORMAT, v=FORMAT, group=N joined by commas")
+                 ->capture_default_str();
+  cmd->add_option("--kv-k", m.kv_k, "format of the cached keys (f32 f16 q8 q4 kivi2)")->excludes(kv);
+  cmd->add_option("--kv-v", m.kv_v, "format of the cached values (f32 f16 q8 q4 kivi2)")->excludes(kv);
+  cmd->add_option("--kv-group", m.kv_group,
+                  "quantization group along head_dim for q8, q4 and kivi2 values; must divide head_dim "
+                  "(default: the largest of 32, 16, 8 that does, else the whole head)");
 }
 
 }  // namespace
@@ -66,9 +74,10 @@ int main(int argc, char** argv) {
   auto* eval_kv = eval_cmd->get_option("--kv");
   eval_kv->description("KV cache under test: a format, or a spec such as k=f32,v=f16 (see --baseline)");
   eval_cmd->add_option("-f,--file", eval_o.text_file, "text to evaluate on (at least 2 x context tokens)");
-  auto* eval_kv_k = eval_cmd->add_option("--kv-k", eval_o.kv_k, "format of the keys under test")->excludes(eval_kv);
-  auto* eval_kv_v = eval_cmd->add_option("--kv-v", eval_o.kv_v, "format of the values under test")->excludes(eval_kv);
-  eval_cmd->add_option("--kv-group", eval_o.kv_group, "quantization group size along head_dim (quantized formats)");
+  auto* eval_kv_k = eval_cmd->get_option("--kv-k");
+  auto* eval_kv_v = eval_cmd->get_option("--kv-v");
+  eval_kv_k->description("format of the keys under test");
+  eval_kv_v->description("format of the values under test");
   eval_cmd->add_option("--baseline", eval_o.baseline,
                        "baseline cache: FORMAT or items k=FORMAT, v=FORMAT, group=N joined by commas")
       ->capture_default_str();

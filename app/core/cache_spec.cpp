@@ -99,6 +99,35 @@ CacheSpec parse_cache_spec(std::string_view text) {
   return spec;
 }
 
+namespace {
+CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
+  try {
+    return parse_cache_spec(text);
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("{} {}: {}", flag, text, e.what()));
+  }
+}
+
+kv::Format format_from_flag(std::string_view flag, const std::string& text) {
+  if (auto f = kv::parse_format(text)) return *f;
+  throw std::invalid_argument(fmt::format("{} {}: unknown format; choose one of: {}", flag, text, kv::format_names()));
+}
+}  // namespace
+
+CacheSpec cache_spec_from_flags(const std::string& kv, const std::string& kv_k, const std::string& kv_v,
+                                std::optional<uint32_t> kv_group) {
+  CacheSpec spec = spec_from_flag("--kv", kv);
+  if (!kv_k.empty()) spec.k_format = format_from_flag("--kv-k", kv_k);
+  if (!kv_v.empty()) spec.v_format = format_from_flag("--kv-v", kv_v);
+  if (kv_group) spec.group_size = kv_group;
+  try {
+    spec.check();
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(kv_group ? fmt::format("--kv-group {}: {}", *kv_group, e.what()) : e.what());
+  }
+  return spec;
+}
+
 std::vector<CacheSpec> sweep_specs(std::optional<uint32_t> group_size) {
   std::vector<CacheSpec> specs;
   bool any_quantized = false;

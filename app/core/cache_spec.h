@@ -45,6 +45,12 @@ struct CacheSpec {
 // accepted.
 CacheSpec parse_cache_spec(std::string_view text);
 
+// The cache the command-line flags describe: --kv SPEC, then --kv-k FORMAT,
+// --kv-v FORMAT (empty: not given) and --kv-group N over it. Errors name the
+// flag.
+CacheSpec cache_spec_from_flags(const std::string& kv, const std::string& kv_k, const std::string& kv_v,
+                                std::optional<uint32_t> kv_group);
+
 // The caches `kvscope eval --sweep` measures: every format of
 // kv::all_formats() for keys and values alike, `group_size` applied to the
 // quantized ones (an error when there are none).

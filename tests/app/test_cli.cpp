@@ -117,9 +117,25 @@ TEST_CASE("cli: bad input is one clear line and a non-zero exit") {
     CHECK(r.code != 0);
     CHECK(r.out.find("--kv q9") != std::string::npos);
   }
+  SUBCASE("a KV group size that does not divide head_dim") {
+    const Result r = kvscope_cli("run --kv q4 --kv-group 20 -n 1");
+    CHECK(r.code != 0);
+    CHECK(r.out.find("20 does not divide head_dim 48") != std::string::npos);
+    CHECK(count_lines(r.out) == 1);
+  }
   SUBCASE("device index out of range") {
     const Result r = kvscope_cli("run --device 99 -n 1");
     CHECK(r.code != 0);
     CHECK(count_lines(r.out) == 1);
+  }
+}
+
+TEST_CASE("cli: run with quantized KV caches, keys and values in different formats") {
+  for (const char* kv : {"--kv q8", "--kv q4", "--kv kivi2", "--kv-k kivi2 --kv-v q8 --kv-group 12", "--kv k=q4,v=f32"}) {
+    const Result r = kvscope_cli(std::string("run --temp 0 -n 40 --json ") + kv);
+    INFO(kv);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+    CHECK(j["ids"].size() == 40);
   }
 }

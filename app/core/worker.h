@@ -1,0 +1,172 @@
+// A Session driven from its own thread, for front ends that must never wait
+// on the device (the GUI): commands go in (generate, stop, regenerate, reset),
+// immutable snapshots come out (conversation, tokens, per-layer occupancy,
+// cache bytes, timings, attention probe rows). Nothing here knows about
+// windows or ImGui.
+//
+// Several workers may share one Engine (the weights are on the device once):
+// GpuModel's activations and command buffer are shared, so their forward
+// passes take turns through EngineTurns, handed over after every token so
+// side-by-side sessions advance together.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/core/cache_spec.h"
+#include "app/core/session.h"
+#include "models/sampler.h"
+
+namespace kvscope {
+
+// A fair (first come, first served) lock: a session that releases the engine
+// after a token and asks again goes behind the sessions already waiting.
+class EngineTurns {
+ public:
+  void lock();
+  void unlock();
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable turn_changed_;
+  uint64_t next_ticket_ = 0, serving_ = 0;
+};
+
+// One message of a conversation. A completion model has no chat template:
+// the user's text and the model's reply are appended to one token stream.
+struct Turn {
+  enum class Role { User, Model };
+  Role role = Role::User;
+  std::string text;
+  uint32_t first_token = 0;  // index of its first token in the context
+  uint32_t n_tokens = 0;
+  double ttft_seconds = 0;   // Model: command start -> first token
+  double tok_s = 0;          // Model: decode tokens per second after the first
+  bool streaming = false;    // Model: still being written
+  bool stopped = false;      // Model: stopped by the user
+};
+
+// Occupancy of one layer: live slots over its kv heads (equal today; an
+// evicting policy may keep different tokens per head).
+struct LayerOccupancy {
+  uint32_t live_min = 0, live_max = 0, capacity = 0;
+};
+
+// Attention of one decode step in one layer: probabilities [n_head][n_pos]
+// over token positions 0..n_pos-1 (0 where the position is not in the cache).
+struct ProbeRow {
+  uint32_t step = 0;       // position of the query token
+  uint32_t layer = 0;
+  uint32_t n_head = 0, n_pos = 0;
+  std::vector<float> probs;
+  std::vector<int32_t> slot_of_position;  // [n_pos], -1: not held (head 0)
+};
+
+struct SessionSnapshot {
+  enum class State { Starting, Idle, Prefill, Generating, Error };
+  uint64_t version = 0;  // increases with every publish
+  State state = State::Starting;
+  std::string error;     // last failure, one line; kept until the next command
+  std::string name;      // "A", "B", ...
+  CacheSpec spec;
+  std::vector<Turn> turns;
+  std::vector<int32_t> tokens;       // the context
+  std::vector<std::string> pieces;   // display text of each token
+  std::vector<LayerOccupancy> layers;
+  // Per context position: how many layers hold it (kv head 0's table). All
+  // of them until a policy evicts; the token strip shades by it.
+  std::vector<uint16_t> layers_holding;
+  // One past the highest position written to the cache: the newest sampled
+  // token is shown before it is written, and is not "evicted".
+  uint32_t written_positions = 0;
+  uint32_t n_kv_head = 0;
+  uint32_t used_tokens = 0, capacity = 0;
+  uint64_t cache_bytes_full = 0;     // device bytes of the whole cache
+  double bytes_per_token = 0;        // over all layers
+  double last_tok_s = 0, last_ttft_seconds = 0;
+  // Recent decode steps' rows, oldest first; shared between snapshots so a
+  // publish copies pointers, not probabilities.
+  std::deque<std::shared_ptr<const ProbeRow>> probes;
+  bool probes_supported = false;     // the forward pass can read attention back
+};
+
+struct GenerateRequest {
+  std::string text;            // appended to the conversation (empty: continue)
+  uint32_t max_new = 128;
+  SamplerConfig sampling;
+};
+
+class SessionWorker {
+ public:
+  // Creates the session's cache on the worker thread (a failure shows in the
+  // snapshot's error). `engine` and `turns` must outlive the worker.
+  SessionWorker(Engine& engine, EngineTurns& turns, std::string name, const CacheSpec& spec);
+  ~SessionWorker();  // stops generation and joins
+  SessionWorker(const SessionWorker&) = delete;
+  SessionWorker& operator=(const SessionWorker&) = delete;
+
+  void generate(const GenerateRequest& request);
+  // Drops the last reply and writes it again with `sampling`.
+  void regenerate(uint32_t max_new, const SamplerConfig& sampling);
+  void stop();   // returns at once; the reply ends after the current token
+  // Whether a view shows this session's attention: only then does the
+  // forward pass read attention rows back (no cost otherwise).
+  void set_probes_wanted(bool wanted) { probes_wanted_ = wanted; }
+  void reset();  // empties the conversation and the cache
+
+  // The latest snapshot; cheap (a pointer copy under a lock), never waits on
+  // the device.
+  std::shared_ptr<const SessionSnapshot> snapshot() const;
+  bool busy() const;  // a command is queued or running
+
+  // How many recent decode steps of probe rows the snapshot keeps.
+  static constexpr size_t kProbeSteps = 64;
+
+ private:
+  struct Command {
+    enum class Kind { Generate, Regenerate, Reset } kind;
+    GenerateRequest request;
+  };
+  void run();
+  void execute(const Command& command);
+  void generate_reply(const std::vector<int32_t>& prompt, const GenerateRequest& request);
+  void publish();  // copies the working state into a new snapshot
+  // With the engine held: turns the model's probe readback on or off for
+  // this session's next step, and keeps the rows of the step just run.
+  void apply_probe_setting();
+  void capture_probes();
+
+  Engine* engine_;
+  EngineTurns* turns_;
+  std::unique_ptr<Session> session_;  // made on the worker thread
+  SessionSnapshot working_;           // worker thread only
+
+  mutable std::mutex mutex_;          // guards queue_, published_, running_
+  std::condition_variable wake_;
+  std::deque<Command> queue_;
+  bool running_ = false, quit_ = false;
+  std::shared_ptr<const SessionSnapshot> published_;
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> probes_wanted_{false};
+  std::thread thread_;
+};
+
+// One layer's attention probe (probabilities [n_head][capacity] indexed by
+// cache slot, as the attention shader writes them) turned into a ProbeRow
+// indexed by token position 0..step, through the layer's slot tables.
+ProbeRow probe_row_from_slots(const kv::KvCache& cache, uint32_t layer, uint32_t n_head, uint32_t step,
+                              std::span<const float> probs_by_slot);
+
+// Display text of a token for strips and tooltips: "▁" as a space, byte
+// tokens as their character or "↵" for a newline, control tokens as <s>.
+std::string token_display_text(const Tokenizer& tokenizer, int32_t id);
+
+}  // namespace kvscope

@@ -1,0 +1,211 @@
+// SessionWorker: a session on its own thread, commands in, snapshots out.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "app/core/worker.h"
+#include "tests/test_util.h"
+
+using namespace kvscope;
+
+namespace {
+
+Engine& shared_engine() {
+  static std::unique_ptr<Engine> engine = [] {
+    EngineOptions o;
+    o.model_path = test::model_path();
+    return std::make_unique<Engine>(o);
+  }();
+  return *engine;
+}
+
+// Waits (polling snapshots, as the GUI does) until the worker is idle.
+std::shared_ptr<const SessionSnapshot> wait_idle(SessionWorker& w) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while (w.busy() || w.snapshot()->state == SessionSnapshot::State::Starting) {
+    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "the worker did not finish in 3 minutes");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return w.snapshot();
+}
+
+GenerateRequest greedy(const std::string& text, uint32_t n) {
+  GenerateRequest r;
+  r.text = text;
+  r.max_new = n;
+  r.sampling.temperature = 0;
+  return r;
+}
+
+const Turn& last_reply(const SessionSnapshot& s) {
+  REQUIRE(!s.turns.empty());
+  REQUIRE(s.turns.back().role == Turn::Role::Model);
+  return s.turns.back();
+}
+
+}  // namespace
+
+TEST_CASE("worker: a reply streams into snapshots with timings, occupancy and bytes") {
+  EngineTurns turns;
+  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.generate(greedy("Once upon a time", 12));
+  auto s = wait_idle(worker);
+  CHECK(s->error.empty());
+  CHECK(s->state == SessionSnapshot::State::Idle);
+  REQUIRE(s->turns.size() == 2);
+  CHECK(s->turns[0].role == Turn::Role::User);
+  const Turn& reply = last_reply(*s);
+  CHECK(reply.n_tokens == 12);
+  CHECK(!reply.text.empty());
+  CHECK(reply.ttft_seconds > 0);
+  CHECK(reply.tok_s > 0);
+  CHECK_FALSE(reply.streaming);
+  // The context: BOS + prompt + reply, every token held by every layer.
+  CHECK(s->tokens.size() == s->pieces.size());
+  CHECK(s->tokens.size() == s->used_tokens);
+  CHECK(s->tokens.size() == reply.first_token + reply.n_tokens);
+  REQUIRE(s->layers.size() == shared_engine().config().n_layer);
+  for (const LayerOccupancy& o : s->layers) {
+    CHECK(o.live_max == s->used_tokens);
+    CHECK(o.capacity == shared_engine().n_ctx());
+  }
+  for (uint16_t held : s->layers_holding) CHECK(held == s->layers.size());
+  CHECK(s->cache_bytes_full > 0);
+  CHECK(s->bytes_per_token > 0);
+}
+
+TEST_CASE("worker: greedy regenerate writes the same reply; reset empties the cache") {
+  EngineTurns turns;
+  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.generate(greedy("The cat", 10));
+  const std::string first = last_reply(*wait_idle(worker)).text;
+  SamplerConfig greedy_sampling;
+  greedy_sampling.temperature = 0;
+  worker.regenerate(10, greedy_sampling);
+  auto s = wait_idle(worker);
+  CHECK(s->turns.size() == 2);
+  CHECK(last_reply(*s).text == first);
+  worker.reset();
+  s = wait_idle(worker);
+  CHECK(s->turns.empty());
+  CHECK(s->used_tokens == 0);
+  CHECK(s->tokens.empty());
+}
+
+TEST_CASE("worker: stop ends a long reply early and the app keeps working") {
+  EngineTurns turns;
+  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.generate(greedy("Once upon a time", 200));
+  while (worker.snapshot()->turns.empty() || last_reply(*worker.snapshot()).n_tokens < 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  worker.stop();
+  auto s = wait_idle(worker);
+  CHECK(last_reply(*s).stopped);
+  CHECK(last_reply(*s).n_tokens < 200);
+  // What is shown is what the cache holds: no token past the stop.
+  CHECK(s->used_tokens == s->tokens.size());
+}
+
+TEST_CASE("worker: errors land in the snapshot, not in an exception") {
+  EngineTurns turns;
+  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.generate(greedy("", 4));
+  auto s = wait_idle(worker);
+  CHECK(s->state == SessionSnapshot::State::Error);
+  CHECK(s->error.find("prompt") != std::string::npos);
+  worker.generate(greedy("Hello", 3));  // and the next command works
+  s = wait_idle(worker);
+  CHECK(s->error.empty());
+  CHECK(last_reply(*s).n_tokens == 3);
+}
+
+TEST_CASE("worker: two sessions on one engine take turns token by token and match a lone session") {
+  EngineTurns turns;
+  SessionWorker a(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker b(shared_engine(), turns, "B", parse_cache_spec("f16"));
+  a.generate(greedy("Once upon a time", 24));
+  b.generate(greedy("Once upon a time", 24));
+  // While both write, neither finishes before the other has started.
+  bool both_streaming = false;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
+  while ((a.busy() || b.busy()) && std::chrono::steady_clock::now() < deadline) {
+    auto sa = a.snapshot(), sb = b.snapshot();
+    if (!sa->turns.empty() && !sb->turns.empty() && last_reply(*sa).n_tokens > 0 &&
+        last_reply(*sb).n_tokens > 0 && (a.busy() && b.busy()))
+      both_streaming = true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  CHECK(both_streaming);
+  auto sa = wait_idle(a), sb = wait_idle(b);
+  CHECK(sa->tokens == sb->tokens);  // same cache, same greedy tokens
+  SessionWorker lone(shared_engine(), turns, "C", parse_cache_spec("f16"));
+  lone.generate(greedy("Once upon a time", 24));
+  CHECK(wait_idle(lone)->tokens == sa->tokens);
+}
+
+TEST_CASE("token display text: spaces, newlines and control tokens") {
+  const Tokenizer& tok = shared_engine().tokenizer();
+  CHECK(token_display_text(tok, tok.bos()) == "<s>");
+  const std::vector<int32_t> ids = tok.encode("Hello world", false);
+  std::string joined;
+  for (int32_t id : ids) joined += token_display_text(tok, id);
+  CHECK(joined == " Hello world");
+  const std::vector<int32_t> newline = tok.encode("\n", false);
+  bool has_return_glyph = false;
+  for (int32_t id : newline) has_return_glyph |= token_display_text(tok, id) == "\xE2\x86\xB5";
+  CHECK(has_return_glyph);
+  CHECK(token_display_text(tok, -5) == "?");
+}
+
+TEST_CASE("probe rows: slot-indexed probabilities land at their token positions") {
+  Engine& engine = shared_engine();
+  const LlamaConfig& c = engine.config();
+  kv::CacheConfig config;
+  config.capacity = 16;
+  kv::KvCache cache(engine.context(), engine.model().cache_shape(), config, 8);
+  const std::vector<int32_t> positions{0, 1, 2, 3, 4};
+  cache.reserve(positions);
+  cache.truncate(3);  // positions 3 and 4 leave; their slots are empty
+  const uint32_t n_head = c.n_head;
+  std::vector<float> by_slot(size_t{n_head} * config.capacity, 0.0f);
+  for (uint32_t h = 0; h < n_head; ++h)
+    for (uint32_t slot = 0; slot < config.capacity; ++slot) by_slot[size_t{h} * config.capacity + slot] = h + slot * 0.01f;
+  const ProbeRow row = probe_row_from_slots(cache, 1, n_head, 4, by_slot);
+  CHECK(row.n_pos == 5);
+  CHECK(row.layer == 1);
+  for (uint32_t pos = 0; pos < 3; ++pos) {
+    CHECK(row.slot_of_position[pos] == static_cast<int32_t>(pos));  // empty cache: slot i holds position i
+    for (uint32_t h = 0; h < n_head; ++h) CHECK(row.probs[size_t{h} * row.n_pos + pos] == doctest::Approx(h + pos * 0.01f));
+  }
+  CHECK(row.slot_of_position[3] == -1);  // not in the cache: drawn as evicted
+  CHECK(row.probs[3] == 0.0f);
+  CHECK_THROWS_AS(probe_row_from_slots(cache, 0, n_head, 4, std::span<const float>(by_slot).first(3)),
+                  std::invalid_argument);
+}
+
+TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per head over held positions") {
+  EngineTurns turns;
+  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.set_probes_wanted(true);
+  worker.generate(greedy("Once upon a time", 8));
+  auto s = wait_idle(worker);
+  const uint32_t n_layer = shared_engine().config().n_layer;
+  REQUIRE(s->probes.size() == size_t{9} * n_layer);  // the prompt's last token, then 8 decode steps
+  for (const auto& row : s->probes) {
+    CHECK(row->n_pos == row->step + 1);
+    for (uint32_t h = 0; h < row->n_head; ++h) {
+      double sum = 0;
+      for (uint32_t pos = 0; pos < row->n_pos; ++pos) sum += row->probs[size_t{h} * row->n_pos + pos];
+      CHECK(sum == doctest::Approx(1.0).epsilon(1e-4));
+    }
+  }
+  CHECK(s->probes.back()->step == s->used_tokens - 1);
+  // Unwanted: no rows, and the model's readback is off again for others.
+  worker.set_probes_wanted(false);
+  worker.reset();
+  worker.generate(greedy("Hello", 4));
+  s = wait_idle(worker);
+  CHECK(s->probes.empty());
+  CHECK_FALSE(shared_engine().model().attention_probe());
+}
