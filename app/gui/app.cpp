@@ -69,7 +69,8 @@ void App::poll_loading() {
     engine_ = loading_.get();
     model_path_ = loading_path_;
   } catch (const std::exception& e) {
-    banner_ = fmt::format("Cannot open {}: {}", loading_path_, one_line(e.what()));
+    // The message names the file already (models/ and gpu/ errors do).
+    banner_ = fmt::format("{}  —  open another model with the model button at the top left", one_line(e.what()));
     prompt_sent_ = !options_.prompt.empty();  // a scripted run ends with the error shown
     return;
   }
@@ -194,7 +195,8 @@ void App::draw() {
     ImGui::BeginChild("empty", {0, 0}, true);
     const bool loading = loading_.valid();
     const std::string note = loading ? fmt::format("Loading {} …", file_name(loading_path_))
-                                     : std::string("No model loaded: use Open model… in the toolbar.");
+                                     : std::string("No model loaded: click the model button at the top left "
+                                                   "to open a GGUF file.");
     ImGui::TextColored(colour::muted, "%s", note.c_str());
     ImGui::EndChild();
   } else if (compare_mode_ && sessions_.size() > 1) {

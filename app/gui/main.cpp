@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <thread>
 #include <nlohmann/json.hpp>
 
 #include "app/gui/app.h"
@@ -132,6 +133,10 @@ int run(const GuiOptions& options) {
     }
     if (options.screenshot.empty() && options.frames > 0 && clock.frames >= static_cast<uint64_t>(options.frames))
       done = true;
+    // At most 60 frames/s: FIFO presentation does not pace every display
+    // (Xvfb), and on a CPU device each extra frame takes cores from decoding.
+    const double frame_seconds = std::chrono::duration<double>(FrameClock::Clock::now() - build_start).count();
+    if (frame_seconds < 1.0 / 60) std::this_thread::sleep_for(std::chrono::duration<double>(1.0 / 60 - frame_seconds));
   }
 
   const RunReport report = app.report();

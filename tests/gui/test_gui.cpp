@@ -109,16 +109,25 @@ TEST_CASE("gui: a scripted chat generates, renders, and writes a screenshot of t
   CHECK(img.height == 800);
   // Text, bars and panels: far from a blank or single-colour frame.
   CHECK(distinct_colours(img, 0, 0, img.width, img.height) > 200);
-  // The heatmap region: varied colours when attention rows were drawn, else
-  // the placeholder note on its plain background.
+  // The heatmap region: attention rows were drawn, in many colours.
   const auto& h = report["heatmap"];
   const int hx = h[0].get<float>(), hy = h[1].get<float>(), hw = h[2].get<float>(), hh = h[3].get<float>();
   REQUIRE(hw > 100);
   REQUIRE(hh > 100);
-  if (report["heatmap_cells"].get<bool>())
-    CHECK(distinct_colours(img, hx, hy, hw, hh) > 16);
-  else
-    MESSAGE("no attention probe rows in this build: the heatmap shows its placeholder");
+  CHECK(report["heatmap_cells"].get<bool>());
+  CHECK(distinct_colours(img, hx, hy, hw, hh) > 16);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: --no-probes leaves the heatmap empty and still generates") {
+  kvscope::test::model_path();
+  const std::string png = temp_png("kvscope-gui-noprobes");
+  const Run r = gui("--prompt 'Once upon a time' --tokens 8 --no-probes --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["generated_tokens"] == 8);
+  CHECK_FALSE(report["heatmap_cells"].get<bool>());
   std::filesystem::remove(png);
 }
 
