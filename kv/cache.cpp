@@ -5,6 +5,9 @@
 
 #include <fmt/format.h>
 
+#include "kv/event_log.h"
+#include "kv/policy.h"
+
 namespace kvscope::kv {
 
 namespace {
@@ -87,7 +90,7 @@ void SlotTable::clear() {
 
 KvCache::KvCache(const gpu::Context& ctx, const CacheShape& shape, const CacheConfig& config,
                  uint32_t max_batch)
-    : shape_(shape), config_(config), max_batch_(max_batch) {
+    : shape_(shape), config_(config), max_batch_(max_batch), ctx_(&ctx) {
   if (config.capacity == 0) throw std::invalid_argument("KV cache: capacity must be > 0");
   key_layout_ = tensor_layout(encoding(config.k_format, Role::Keys), shape.n_kv_head, config.capacity,
                               shape.head_dim, config.group_size, config.token_group);
@@ -134,7 +137,11 @@ void KvCache::upload_tables(uint32_t layer) {
   open_blocks_.write_as<int32_t>(open, layer * open_blocks_stride_);
 }
 
-void KvCache::reserve(std::span<const int32_t> positions) {
+KvCache::~KvCache() = default;
+KvCache::KvCache(KvCache&&) noexcept = default;
+KvCache& KvCache::operator=(KvCache&&) noexcept = default;
+
+void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_t> tokens) {
   const uint32_t n = static_cast<uint32_t>(positions.size());
   if (n > max_batch_)
     throw std::invalid_argument(fmt::format("KV cache: {} tokens in one step, at most {}", n, max_batch_));
@@ -160,6 +167,130 @@ void KvCache::reserve(std::span<const int32_t> positions) {
     upload_tables(l);
   }
   tokens_ += n;
+  if (!policy_) return;
+  tokens_ = tables_.front().live();  // evictions happened too
+  for (uint32_t i = 0; i < n; ++i) {
+    const auto p = static_cast<size_t>(positions[i]);
+    if (token_ids_.size() <= p) token_ids_.resize(p + 1, -1);
+    token_ids_[p] = i < tokens.size() ? tokens[i] : -1;
+  }
+  std::vector<int32_t> ids(n, -1);
+  std::copy_n(tokens.begin(), std::min<size_t>(n, tokens.size()), ids.begin());
+  log_->written(step_, positions, ids);
+  log_->occupancy(step_, tables_);
+  ++step_;
+}
+
+// ----------------------------------------------------------------- eviction
+
+void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pins) {
+  if (!policy) throw std::invalid_argument("KV cache: set_policy needs a policy");
+  const PolicyShape& ps = policy->shape();
+  if (ps.n_layer != shape_.n_layer || ps.n_kv_head != shape_.n_kv_head || ps.capacity != config_.capacity)
+    throw std::invalid_argument(fmt::format(
+        "policy {} was made for {} layers x {} kv heads x {} slots, the cache has {} x {} x {}",
+        policy->name(), ps.n_layer, ps.n_kv_head, ps.capacity, shape_.n_layer, shape_.n_kv_head, config_.capacity));
+  policy_ = std::move(policy);
+  pins_ = std::move(pins);
+  log_ = std::make_unique<EventLog>(TraceHeader{policy_->spec().text(), shape_.n_layer, shape_.n_kv_head,
+                                                config_.capacity, tables_.front().block_slots(), pins_.spans()});
+  scores_host_.clear();
+  if (policy_->needs_scores()) {
+    scores_stride_ = align_up(uint64_t{shape_.n_kv_head} * config_.capacity * 4, kBindingAlign);
+    scores_ = gpu::Buffer(*ctx_, scores_stride_ * shape_.n_layer, gpu::MemoryUse::Readback, "kv eviction scores");
+    scores_.fill_zero();
+    scores_host_.assign(size_t{shape_.n_layer} * shape_.n_kv_head * config_.capacity, 0.0f);
+  }
+  clear();
+}
+
+uint32_t KvCache::room() const {
+  uint32_t room = UINT32_MAX;
+  for (uint32_t l = 0; l < shape_.n_layer; ++l)
+    for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
+      const SlotTable& t = table(l, h);
+      if (!policy_ || !policy_->evicts()) {
+        const uint32_t budget = policy_ ? policy_->budget(l, h) : t.capacity();
+        room = std::min({room, t.assignable(), budget > t.live() ? budget - t.live() : 0u});
+        continue;
+      }
+      // Live tokens the policy may not evict; the recent window moves with the step.
+      const uint32_t sinks = policy_->protection().sinks;
+      uint32_t kept = 0;
+      for (uint32_t s = 0; s < t.high_water(); ++s) {
+        const int32_t p = t.position(s);
+        if (p >= 0 && (p < static_cast<int64_t>(sinks) || pins_.contains(p))) ++kept;
+      }
+      const uint32_t budget = policy_->budget(l, h);
+      room = std::min(room, budget > kept ? budget - kept : 0u);
+    }
+  return room;
+}
+
+void KvCache::make_room(uint32_t incoming, int32_t next_position) {
+  if (!policy_) return;
+  const StepInfo info{step_, prefill_done_ ? Phase::Decode : Phase::Prefill, next_position, incoming};
+  const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, log_.get()};
+  for (uint32_t l = 0; l < shape_.n_layer; ++l) {
+    LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
+                   policy_->layer_budgets(l), context);
+    policy_->on_step(view, step_ == 0 ? LayerScores{} : layer_scores(l));
+    for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
+      if (view.excess(h) == 0) continue;
+      const auto message = fmt::format("layer {} kv head {} holds {} tokens; {} more exceed the budget of {}", l, h,
+                                       view.live(h), incoming, view.budget(h));
+      if (!policy_->evicts())
+        throw ContextFull(fmt::format("the context is full: {}; start a new conversation, use a larger context "
+                                      "(-c) or an evicting --policy (e.g. window:budget=N)",
+                                      message));
+      throw std::logic_error(fmt::format("policy {}: {}", policy_->name(), message));
+    }
+    upload_tables(l);
+  }
+}
+
+void KvCache::end_prefill() {
+  if (!policy_ || prefill_done_) return;
+  prefill_done_ = true;
+  if (step_ == 0) return;
+  const StepInfo info{step_ - 1, Phase::Prefill, static_cast<int32_t>(token_ids_.size()), 0};
+  const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, log_.get()};
+  for (uint32_t l = 0; l < shape_.n_layer; ++l) {
+    LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
+                   policy_->layer_budgets(l), context);
+    policy_->on_prefill(view, layer_scores(l));
+    upload_tables(l);
+  }
+  tokens_ = tables_.front().live();
+}
+
+bool KvCache::needs_scores() const { return policy_ && policy_->needs_scores(); }
+
+gpu::Binding KvCache::scores(uint32_t layer) const {
+  return {scores_, layer * scores_stride_, uint64_t{shape_.n_kv_head} * config_.capacity * 4};
+}
+
+uint32_t KvCache::score_first_query(uint32_t n_tokens) const {
+  const ScoreRequest r = policy_ ? policy_->score_request() : ScoreRequest{};
+  if (r.kind != ScoreKind::LastQueries || r.last_queries == 0 || r.last_queries >= n_tokens) return 0;
+  return n_tokens - r.last_queries;
+}
+
+bool KvCache::scores_accumulate() const {
+  return policy_ && policy_->score_request().kind == ScoreKind::Accumulated;
+}
+
+void KvCache::scores_written() {
+  if (!needs_scores()) return;
+  const size_t layer_floats = size_t{shape_.n_kv_head} * config_.capacity;
+  for (uint32_t l = 0; l < shape_.n_layer; ++l)
+    scores_.read_as<float>(std::span(scores_host_).subspan(l * layer_floats, layer_floats), l * scores_stride_);
+}
+
+LayerScores KvCache::layer_scores(uint32_t layer) const {
+  if (scores_host_.empty()) return {};
+  const size_t layer_floats = size_t{shape_.n_kv_head} * config_.capacity;
+  return {std::span<const float>(scores_host_).subspan(layer * layer_floats, layer_floats), config_.capacity};
 }
 
 void KvCache::truncate(int32_t position) {
@@ -175,12 +306,26 @@ void KvCache::truncate(int32_t position) {
     upload_tables(l);
   }
   tokens_ -= removed;
+  if (policy_) {
+    log_->truncated(step_, position);
+    if (token_ids_.size() > static_cast<size_t>(std::max(position, 0)))
+      token_ids_.resize(static_cast<size_t>(std::max(position, 0)));
+    policy_->reset();
+  }
 }
 
 void KvCache::clear() {
   for (auto& t : tables_) t.clear();
   for (uint32_t l = 0; l < shape_.n_layer; ++l) upload_tables(l);
   tokens_ = 0;
+  step_ = 0;
+  prefill_done_ = false;
+  token_ids_.clear();
+  if (policy_) {
+    policy_->reset();
+    log_->clear();
+    std::fill(scores_host_.begin(), scores_host_.end(), 0.0f);
+  }
 }
 
 gpu::Binding KvCache::keys(uint32_t layer) const { return keys_.at(layer); }

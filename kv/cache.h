@@ -10,6 +10,7 @@
 // are independent: the quantized formats and the policies plug in here.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -20,8 +21,13 @@
 #include "gpu/buffer.h"
 #include "gpu/context.h"
 #include "kv/formats.h"
+#include "kv/pins.h"
 
 namespace kvscope::kv {
+
+class EvictionPolicy;
+class EventLog;
+struct LayerScores;
 
 // Format, format_name(), parse_format(), format_names(): kv/formats.h.
 // Every storage format, in declaration order: what `kvscope eval --sweep`
@@ -109,13 +115,52 @@ class KvCache {
   const CacheConfig& config() const { return config_; }
   uint32_t capacity() const { return config_.capacity; }
 
+  ~KvCache();
+  KvCache(KvCache&&) noexcept;
+  KvCache& operator=(KvCache&&) noexcept;
+
   // Assigns a slot in every (layer, kv_head) for each position, in order, and
   // writes the assignments to the device. Throws ContextFull (nothing changed)
-  // when they do not fit.
-  void reserve(std::span<const int32_t> positions);
+  // when they do not fit. `tokens` (the ids at those positions) go to the
+  // eviction log when there is one.
+  void reserve(std::span<const int32_t> positions, std::span<const int32_t> tokens = {});
   // Empties every slot holding a position >= `position` (regenerate, edit).
   void truncate(int32_t position);
   void clear();
+
+  // Eviction (kv/policy.h). With a policy the cache owns it, the pinned
+  // spans and the event log, and a forward call runs as steps:
+  //   n = min(tokens left, room()); make_room(n, next position);
+  //   reserve(positions, tokens); attention (+ the scores pass when
+  //   needs_scores()); scores_written() after the submit.
+  // end_prefill() after the last prompt step; the steps after it are decode
+  // steps. Without a policy every tokens fits until the capacity is used.
+  // The policy's shape must match the cache (std::invalid_argument if not).
+  void set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pins = {});
+  const EvictionPolicy* policy() const { return policy_.get(); }
+  const PinnedSpans& pins() const { return pins_; }
+  const EventLog* log() const { return log_.get(); }  // null without a policy
+  // The most tokens the next step may write: with a policy, the smallest
+  // budget less the live tokens it may not evict (sinks, pins; every live
+  // token for `full`); without one, the free slots.
+  uint32_t room() const;
+  // Lets the policy free slots for `incoming` tokens starting at
+  // `next_position`. Throws ContextFull when the policy does not evict and
+  // they would exceed its budget (then nothing changed).
+  void make_room(uint32_t incoming, int32_t next_position);
+  void end_prefill();
+  uint32_t steps() const { return step_; }
+  // The per-slot scores the policy asks for, [n_kv_head][capacity] per layer
+  // on the device; the host copy is that of the last step.
+  bool needs_scores() const;
+  gpu::Binding scores(uint32_t layer) const;
+  // For the scores pass of a step of n tokens: the first query summed, and
+  // whether to add to the previous values (kv/policy.h's ScoreKind).
+  uint32_t score_first_query(uint32_t n_tokens) const;
+  bool scores_accumulate() const;
+  void scores_written();  // the step's submit finished: copy the scores to the host
+  LayerScores layer_scores(uint32_t layer) const;
+  std::span<const SlotTable> tables() const { return tables_; }  // [layer][kv_head]
 
   // Device views for the shaders of one layer.
   gpu::Binding keys(uint32_t layer) const;
@@ -131,7 +176,9 @@ class KvCache {
   const SlotTable& table(uint32_t layer, uint32_t kv_head) const {
     return tables_[size_t{layer} * shape_.n_kv_head + kv_head];
   }
-  uint32_t tokens() const { return tokens_; }  // positions held (same in every table now)
+  // Positions held: the same in every table without a policy; with one, those
+  // of layer 0, kv head 0 (a per-head policy keeps other tokens elsewhere).
+  uint32_t tokens() const { return tokens_; }
 
   // What the cache costs: the device memory allocated for keys and values,
   // and that per slot of capacity (over all layers; kivi2's f16 window and
@@ -153,6 +200,17 @@ class KvCache {
   uint64_t slot_positions_stride_ = 0, write_slots_stride_ = 0, open_blocks_stride_ = 0;
   std::vector<SlotTable> tables_;           // [layer][kv_head]
   uint32_t tokens_ = 0;
+
+  std::unique_ptr<EvictionPolicy> policy_;
+  PinnedSpans pins_;
+  std::unique_ptr<EventLog> log_;
+  gpu::Buffer scores_;                      // [layer][stride]: readback
+  uint64_t scores_stride_ = 0;
+  std::vector<float> scores_host_;          // [layer][kv_head][capacity], after the last step
+  std::vector<int32_t> token_ids_;          // by position, -1 unknown: for the log
+  uint32_t step_ = 0;
+  bool prefill_done_ = false;
+  const gpu::Context* ctx_ = nullptr;
 };
 
 }  // namespace kvscope::kv

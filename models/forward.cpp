@@ -136,6 +136,12 @@ void GpuModel::make_kv_pipelines(const kv::CacheConfig& config) {
     P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams));
 }
 
+void GpuModel::make_scores_pipeline() {
+  if (pipelines_.attention_scores.handle() != VK_NULL_HANDLE) return;
+  pipelines_.attention_scores = gpu::Pipeline(
+      *ctx_, gpu::PipelineDesc{Id::attention_scores, 4, sizeof(params::AttentionScoresParams), {wg_}, 0});
+}
+
 GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, uint32_t capacity)
     : ctx_(&ctx), cfg_(read_llama_config(file)), capacity_(capacity), recorder_(ctx) {
   if (capacity == 0) throw std::invalid_argument("context length must be > 0");
@@ -194,35 +200,46 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
   if (cache.capacity() > capacity_)
     throw std::invalid_argument(fmt::format("a cache of {} slots is larger than this model was built for ({})",
                                             cache.capacity(), capacity_));
-  // Check the whole input fits before writing anything.
-  for (uint32_t l = 0; l < cfg_.n_layer; ++l)
-    for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
-      if (cache.table(l, h).assignable() < tokens.size())
-        throw kv::ContextFull(fmt::format(
-            "{} new tokens do not fit: the context holds {} of {} tokens{}; use a larger context (-c) or "
-            "a shorter prompt",
-            tokens.size(), cache.table(l, h).live(), cache.capacity(),
-            cache.table(l, h).live() + cache.table(l, h).assignable() < cache.capacity()
-                ? fmt::format(" (kivi2 keys reuse freed slots only as whole blocks of {})",
-                              cache.table(l, h).block_slots())
-                : ""));
+  // Without a policy, check the whole input fits before writing anything
+  // (with one, each step makes room first; `full` says when it cannot).
+  if (!cache.policy()) {
+    for (uint32_t l = 0; l < cfg_.n_layer; ++l)
+      for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
+        if (cache.table(l, h).assignable() < tokens.size())
+          throw kv::ContextFull(fmt::format(
+              "{} new tokens do not fit: the context holds {} of {} tokens{}; use a larger context (-c) or "
+              "a shorter prompt",
+              tokens.size(), cache.table(l, h).live(), cache.capacity(),
+              cache.table(l, h).live() + cache.table(l, h).assignable() < cache.capacity()
+                  ? fmt::format(" (kivi2 keys reuse freed slots only as whole blocks of {})",
+                                cache.table(l, h).block_slots())
+                  : ""));
+  }
   make_kv_pipelines(cache.config());
+  if (cache.needs_scores()) make_scores_pipeline();
   probe_position_ = -1;
 
   const size_t n_vocab = cfg_.n_vocab;
   logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
-  for (size_t start = 0; start < tokens.size(); start += max_batch_) {
-    const size_t n = std::min<size_t>(max_batch_, tokens.size() - start);
+  size_t n = 0;
+  for (size_t start = 0; start < tokens.size(); start += n) {
+    n = std::min<size_t>(max_batch_, tokens.size() - start);
+    // An evicting cache takes a step no larger than the room its policy can
+    // make (at least one token, so that a full `full` cache says so).
+    if (cache.policy()) n = std::min<size_t>(n, std::max(cache.room(), 1u));
     const bool last_batch = start + n == tokens.size();
+    cache.make_room(static_cast<uint32_t>(n), positions[start]);
     tokens_.write_as<int32_t>(tokens.subspan(start, n));
     positions_.write_as<int32_t>(positions.subspan(start, n));
-    cache.reserve(positions.subspan(start, n));
+    cache.reserve(positions.subspan(start, n), tokens.subspan(start, n));
     const LogitsWanted w = wanted == LogitsWanted::All ? LogitsWanted::All : LogitsWanted::Last;
     if (wanted == LogitsWanted::Last && !last_batch) {
       record_batch(tokens.subspan(start, n), cache, LogitsWanted::Last);  // logits unused
+      cache.scores_written();
       continue;
     }
     record_batch(tokens.subspan(start, n), cache, w);
+    cache.scores_written();
     const float* src = static_cast<const float*>(logits_.mapped());
     if (w == LogitsWanted::All)
       std::memcpy(logits_host_.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
@@ -314,6 +331,12 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
                   cache.open_blocks(l)},
                  ap, cfg_.n_head, n);
     rec.barrier();
+    if (cache.needs_scores()) {  // per-slot scores for the eviction policy, from the probs rows
+      params::AttentionScoresParams sp{n, cfg_.n_head, cfg_.n_kv_head, cache.capacity(), cache.scan_slots(l),
+                                       cache.score_first_query(n), cache.scores_accumulate() ? 1u : 0u};
+      rec.dispatch(P.attention_scores, {probs_, cache.slot_positions(l), positions_, cache.scores(l)}, sp,
+                   elementwise_groups(cache.capacity(), wg_), cfg_.n_kv_head);
+    }
     if (probe_on_) {  // the last token's rows ([n_head][cache capacity]) into this layer's place
       const uint64_t row_bytes = uint64_t{cfg_.n_head} * cache.capacity() * sizeof(float);
       const uint64_t layer_stride = uint64_t{cfg_.n_head} * capacity_ * sizeof(float);

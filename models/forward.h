@@ -38,8 +38,11 @@ class GpuModel {
   // Runs tokens at the given positions (cache slots are reserved in `cache`),
   // and returns the logits of the last token (n_vocab) or of every token
   // (n_tokens x n_vocab). Inputs longer than max_batch are split into several
-  // submits. Throws kv::ContextFull (nothing written) when the cache has no
-  // room, std::invalid_argument for token ids outside the vocabulary.
+  // submits; with an eviction policy on the cache, into steps no larger than
+  // the room the policy can make (kv/policy.h), each preceded by its
+  // evictions. Throws kv::ContextFull when the cache has no room (nothing
+  // written without a policy; with `full`, the steps before it stay),
+  // std::invalid_argument for token ids outside the vocabulary.
   std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
                                  kv::KvCache& cache, LogitsWanted wanted);
 
@@ -63,6 +66,7 @@ class GpuModel {
   void make_pipelines();
   // The pipelines for this cache's formats, made if not yet.
   void make_kv_pipelines(const kv::CacheConfig& config);
+  void make_scores_pipeline();
   void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted);
   // y[t][y_offset + r] (+)= w[r] . x[t]; y rows are y_stride floats.
   void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
@@ -86,6 +90,7 @@ class GpuModel {
     // cache uses one pair.
     gpu::Pipeline rope_kv_write[5][5], attention[5][5];
     gpu::Pipeline kivi_key_write;
+    gpu::Pipeline attention_scores;  // only for caches whose policy needs scores
   } pipelines_;
 
   // Activations, sized for max_batch tokens.

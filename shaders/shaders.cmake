@@ -18,6 +18,7 @@ set(KVSCOPE_SHADER_TABLE
   "matmul_q8_0|matmul.comp|WTYPE_Q8_0"
   "matmul_q4_0|matmul.comp|WTYPE_Q4_0"
   "kivi_key_write|kivi_key_write.comp|"
+  "attention_scores|attention_scores.comp|"
   "swiglu|swiglu.comp|"
   "add|add.comp|"
 )

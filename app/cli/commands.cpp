@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <numeric>
 
@@ -13,6 +14,9 @@
 #include "app/core/paths.h"
 #include "app/core/session.h"
 #include "gpu/context.h"
+#include "kv/event_log.h"
+#include "kv/pins.h"
+#include "kv/policy.h"
 #include "models/hparams.h"
 #include "models/llama2c.h"
 #include "models/quantize.h"
@@ -40,6 +44,41 @@ double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
   return double(kv::cache_device_bytes({cfg.n_layer, cfg.n_kv_head, cfg.head_dim}, c)) / c.capacity;
 }
 
+// --policy, --pin and --trace: the session evicts with the policy (`full`
+// when only pins or a trace are asked for). Errors name the flag.
+void apply_policy(Session& session, const ModelOptions& m) {
+  if (!wants_policy(m)) return;
+  kv::PinnedSpans pins;
+  for (const std::string& text : m.pins) {
+    try {
+      pins.add(kv::parse_pinned_span(text));
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(fmt::format("--pin: {}", e.what()));
+    }
+  }
+  kv::PolicySpec spec;
+  try {
+    spec = kv::parse_policy_spec(m.policy.empty() ? "full" : m.policy);
+  } catch (const std::invalid_argument& e) {
+    const std::string message = e.what();
+    throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
+  }
+  session.set_policy(spec, pins);
+}
+
+// --trace FILE.jsonl: the event log of the session's cache.
+void write_trace(const Session& session, const ModelOptions& m) {
+  if (m.trace.empty() || !session.cache().log()) return;
+  std::ofstream out(m.trace);
+  if (!out) throw std::runtime_error(fmt::format("--trace {}: cannot open the file for writing", m.trace));
+  kv::write_jsonl(*session.cache().log(), out);
+  if (!out) throw std::runtime_error(fmt::format("--trace {}: writing failed (disk full?)", m.trace));
+}
+
+std::string policy_text(const Session& session) {
+  return session.cache().policy() ? session.cache().policy()->spec().text() : "none";
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -57,6 +96,8 @@ EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch) {
   return e;
 }
 
+bool wants_policy(const ModelOptions& m) { return !m.policy.empty() || !m.pins.empty() || !m.trace.empty(); }
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -69,6 +110,7 @@ std::string human_bytes(double b) {
 int run(const RunOptions& o) {
   Engine engine(engine_options(o.m));
   Session session(engine, cache_config(o.m));
+  apply_policy(session, o.m);
   const std::vector<int32_t> prompt = engine.tokenizer().encode(o.prompt, true);
   SamplerConfig sc;
   sc.temperature = o.temp;
@@ -93,8 +135,12 @@ int run(const RunOptions& o) {
   }
   const std::vector<int32_t> ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
   const GenerationStats& st = session.stats();
+  write_trace(session, o.m);
+  const uint64_t evictions = session.cache().log() ? session.cache().log()->eviction_count() : 0;
   if (o.json) {
     json j;
+    j["policy"] = policy_text(session);
+    j["evictions"] = evictions;
     j["prompt_ids"] = prompt;
     j["ids"] = ids;
     j["text"] = text;
@@ -108,6 +154,9 @@ int run(const RunOptions& o) {
     std::fprintf(stderr, "prefill: %u tokens, %.1f tokens/s | decode: %u tokens, %.1f tokens/s | %s\n",
                  st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(),
                  engine.device_name().c_str());
+    if (session.cache().policy())
+      std::fprintf(stderr, "policy: %s | %llu evictions\n", policy_text(session).c_str(),
+                   static_cast<unsigned long long>(evictions));
   }
   return 0;
 }
@@ -236,6 +285,7 @@ int bench(const BenchOptions& o) {
     throw std::invalid_argument(fmt::format(
         "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, ctx));
   Session session(engine, cache_config(o.m));
+  apply_policy(session, o.m);
   GpuModel& model = engine.model();
   model.set_profiling(o.profile);
 
@@ -251,6 +301,7 @@ int bench(const BenchOptions& o) {
     std::iota(pos.begin(), pos.end(), 0);
     auto t0 = std::chrono::steady_clock::now();
     model.forward(prompt, pos, session.cache(), LogitsWanted::Last);
+    session.end_prefill();
     auto t1 = std::chrono::steady_clock::now();
     for (uint32_t i = 0; i < o.n_gen; ++i) {
       const int32_t tok = prompt[i % prompt.size()];
@@ -267,6 +318,7 @@ int bench(const BenchOptions& o) {
   model.take_profile();
   for (uint32_t r = 0; r < o.reps; ++r) run_once();
 
+  write_trace(session, o.m);  // the last repetition's
   const double prefill_tok_s = median(prefill);
   const double decode_tok_s = decode.empty() ? 0 : median(decode);
   // Bytes one decode step reads: all weights, plus the KV cache at the mean
@@ -277,6 +329,7 @@ int bench(const BenchOptions& o) {
     json j{{"prefill_tok_s", prefill_tok_s}, {"decode_tok_s", decode_tok_s}, {"decode_gb_s", decode_gb_s},
            {"device", engine.device_name()}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
            {"kv", cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).name()},
+           {"policy", policy_text(session)},
            {"weight_bytes", model.weight_bytes()},
            {"dispatches_per_token", model.last_dispatch_count()}};
     if (o.profile) j["profile_ms"] = model.take_profile();

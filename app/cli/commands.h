@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace kvscope {
 struct EngineOptions;
@@ -18,6 +19,9 @@ struct ModelOptions {
   std::string kv = "f16";  // --kv SPEC: a format for K and V, or k=F,v=F,group=N (app/core/cache_spec.h)
   std::string kv_k, kv_v;            // --kv-k, --kv-v: the key / value format (empty: from --kv)
   std::optional<uint32_t> kv_group;  // --kv-group: quantization group along head_dim
+  std::string policy;                // --policy SPEC (kv/policy.h); empty: no eviction
+  std::vector<std::string> pins;     // --pin START:END, repeatable
+  std::string trace;                 // --trace FILE.jsonl: the eviction log (run, bench)
 };
 
 struct RunOptions {
@@ -55,19 +59,37 @@ struct BenchOptions {
 int bench(const BenchOptions& o);
 
 struct EvalOptions {
-  ModelOptions m;                   // -m -c --device, and --kv/--kv-k/--kv-v/--kv-group: the cache under test
+  ModelOptions m;                   // -m -c --device, and --kv/--kv-k/--kv-v/--kv-group/--policy: the cache under test
   std::string text_file;            // -f: the text to evaluate on
   std::string baseline = "f16";     // --baseline SPEC
   bool json = false;
   bool sweep = false;               // every format against the baseline, as a markdown table
+  uint32_t max_chunks = 0;          // --max-chunks: only the first N chunks of the text (0: all)
 };
 int eval(const EvalOptions& o);
+
+// An interactive chat on stdin/stdout (app/cli/chat_command.cpp).
+struct ChatOptions {
+  ModelOptions m;
+  std::string system;         // --system
+  std::string chat_template;  // --chat-template NAME; empty: from the model file
+  int32_t n_predict = 256;    // -n: most tokens per reply
+  float temp = 0.8f;
+  int32_t top_k = 40;
+  float top_p = 0.95f;
+  uint64_t seed = 0;
+  bool seed_set = false;
+  bool verbose = false;       // a line per turn: tokens prefilled and reused from the cache
+};
+int chat(const ChatOptions& o);
 
 int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer, const std::string& out);
 int quantize(const std::string& in, const std::string& out, const std::string& type);
 
 // Shared by the subcommands' files.
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
+// True when --policy, --pin or --trace asks for a policy on the cache.
+bool wants_policy(const ModelOptions& m);
 std::string human_bytes(double bytes);
 
 }  // namespace kvscope::cli

@@ -16,6 +16,7 @@
 
 #include "app/cli/commands.h"
 #include "app/core/evaluation.h"
+#include "kv/policy.h"
 
 namespace kvscope::cli {
 
@@ -47,7 +48,29 @@ CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
 }
 
 // The cache under test: --kv SPEC, then --kv-k, --kv-v and --kv-group over it.
-CacheSpec test_spec(const EvalOptions& o) { return cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group); }
+// --policy SPEC (canonical text), named in the error.
+CacheSpec test_spec(const EvalOptions& o) {
+  CacheSpec spec = cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group);
+  if (!o.m.policy.empty()) {
+    try {
+      spec.policy = kv::parse_policy_spec(o.m.policy).text();
+    } catch (const std::invalid_argument& e) {
+      const std::string message = e.what();
+      throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
+    }
+  }
+  return spec;
+}
+
+// --sweep: the formats, then the policies at the budgets the context leaves room for.
+std::vector<CacheSpec> sweep(const EvalOptions& o, uint32_t n_ctx) {
+  std::vector<CacheSpec> specs = sweep_specs(o.m.kv_group);
+  std::vector<uint32_t> budgets;
+  for (uint32_t b : {32u, 64u, 128u})
+    if (b < n_ctx) budgets.push_back(b);
+  for (CacheSpec& s : policy_sweep_specs(budgets)) specs.push_back(std::move(s));
+  return specs;
+}
 
 double mib(uint64_t bytes) { return double(bytes) / (1024.0 * 1024.0); }
 
@@ -78,6 +101,8 @@ json cache_json(const EvaluationReport& r, const CacheEvaluation& t, const std::
       {"ppl_stderr", t.run.ppl_stderr},
       {"kv_base", b.spec.name()},
       {"kv", t.run.spec.name()},
+      {"policy", t.run.spec.policy.empty() ? "none" : t.run.spec.policy},
+      {"evictions", t.run.evictions},
       {"n_tokens", r.n_tokens},
       {"n_chunks", r.n_chunks},
       {"n_ctx", r.n_ctx},
@@ -94,7 +119,7 @@ void print_report(const EvaluationReport& r, const std::string& text_file) {
   fmt::print("{}: {} tokens, {} chunks of {} ({} positions scored, the second half of each chunk), {}\n\n", text_file,
              r.n_tokens, r.n_chunks, r.n_ctx, r.n_scored, r.device);
   fmt::print("{:<22} {:<22} {:<22}\n", "", fmt::format("baseline {}", b.spec.name()),
-             fmt::format("test {}", t.run.spec.name()));
+             fmt::format("test {}", t.run.spec.label()));
   fmt::print("{:<22} {:<22} {:<22} ratio {:.4f}\n", "perplexity", fmt::format("{:.4f} ± {:.4f}", b.ppl, b.ppl_stderr),
              fmt::format("{:.4f} ± {:.4f}", t.run.ppl, t.run.ppl_stderr), t.ppl_ratio);
   fmt::print("{:<22} {:<22.6g} {:<22.6g}\n", "KV bytes per token", b.bytes_per_token, t.run.bytes_per_token);
@@ -119,14 +144,15 @@ void print_sweep_table(const EvaluationReport& r) {
   fmt::print("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | tok/s |\n");
   fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const CacheEvaluation* t : rows) {
-    const std::string name = t->run.spec == b.spec ? t->run.spec.name() + " (baseline)" : t->run.spec.name();
+    const std::string name = t->run.spec == b.spec ? t->run.spec.label() + " (baseline)" : t->run.spec.label();
     fmt::print("| {} | {:.6g} | {:.2f} | {:.4f} | {:+.4f} | {} | {} | {:.2f}% | {:.0f} |\n", name,
                t->run.bytes_per_token, mib(t->run.cache_bytes), t->run.ppl, t->run.ppl - b.ppl,
                kl_text(t->divergence.kl_mean), kl_text(t->divergence.kl_p99), 100 * t->divergence.top1_agreement,
                t->run.tok_s());
   }
   fmt::print("\nRank caches by KL and top-1 agreement, not perplexity: a cache can keep perplexity while changing "
-             "which tokens the model predicts.\n");
+             "which tokens the model predicts (an evicting cache can even lower it while its distributions move far "
+             "from the full cache's).\n");
 }
 
 }  // namespace
@@ -137,7 +163,8 @@ int eval(const EvalOptions& o) {
   EvaluationOptions options;
   options.n_ctx = o.m.n_ctx;
   options.baseline = baseline;
-  options.tests = o.sweep ? sweep_specs(o.m.kv_group) : std::vector<CacheSpec>{test_spec(o)};
+  options.max_chunks = o.max_chunks;
+  if (!o.sweep) options.tests = {test_spec(o)};  // a bad spec is an error before the model loads
   // Progress only where a person watches: not into a pipe or a JSON consumer.
   const bool show_progress = !o.json && ::isatty(STDERR_FILENO);
   if (show_progress)
@@ -148,6 +175,7 @@ int eval(const EvalOptions& o) {
     };
 
   Engine engine(engine_options(o.m));
+  if (o.sweep) options.tests = sweep(o, o.m.n_ctx ? o.m.n_ctx : engine.n_ctx());
   const std::vector<int32_t> tokens = engine.tokenizer().encode(text, true);
   EvaluationReport report;
   try {

@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "app/cli/commands.h"
+#include "kv/policy.h"
 
 namespace {
 
@@ -22,6 +23,16 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
                   "(default: the largest of 32, 16, 8 that does, else the whole head)");
 }
 
+// --policy and --pin (run, bench, eval); --trace where a run has one log (run, bench).
+void add_policy_options(CLI::App* cmd, kvscope::cli::ModelOptions& m, bool trace) {
+  cmd->add_option("--policy", m.policy,
+                  "KV eviction policy NAME[:KEY=VALUE,...], e.g. h2o:budget=64,recent=32 (default: none, keep "
+                  "everything). Policies:\n" + kvscope::kv::policy_help());
+  cmd->add_option("--pin", m.pins, "token positions START:END (end exclusive) that no policy may evict; repeatable");
+  if (trace)
+    cmd->add_option("--trace", m.trace, "write the eviction log (events and occupancy per step) to FILE.jsonl");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -33,6 +44,7 @@ int main(int argc, char** argv) {
   RunOptions run_o;
   auto* run_cmd = app.add_subcommand("run", "generate text from a prompt");
   add_model_options(run_cmd, run_o.m);
+  add_policy_options(run_cmd, run_o.m, true);
   run_cmd->add_option("-p,--prompt", run_o.prompt, "prompt text")->capture_default_str();
   run_cmd->add_option("-n,--n-predict", run_o.n_predict, "tokens to generate")->capture_default_str();
   run_cmd->add_option("--temp", run_o.temp, "temperature; 0 is greedy")->capture_default_str();
@@ -40,6 +52,20 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--top-p", run_o.top_p, "top-p sampling (1: off)")->capture_default_str();
   auto* seed_opt = run_cmd->add_option("--seed", run_o.seed, "random seed (default: from the clock)");
   run_cmd->add_flag("--json", run_o.json, "print one JSON object instead of streaming text");
+
+  ChatOptions chat_o;
+  auto* chat_cmd = app.add_subcommand("chat", "an interactive chat, one line of stdin per turn (/reset /save /load /quit)");
+  add_model_options(chat_cmd, chat_o.m);
+  chat_cmd->add_option("--system", chat_o.system, "system prompt");
+  chat_cmd->add_option("--chat-template", chat_o.chat_template,
+                       "conversation format, overriding the model's (chatml, llama3, llama2, mistral-v1, zephyr, "
+                       "gemma, phi3, ...)");
+  chat_cmd->add_option("-n,--n-predict", chat_o.n_predict, "most tokens per reply")->capture_default_str();
+  chat_cmd->add_option("--temp", chat_o.temp, "temperature; 0 is greedy")->capture_default_str();
+  chat_cmd->add_option("--top-k", chat_o.top_k, "top-k sampling (0: off)")->capture_default_str();
+  chat_cmd->add_option("--top-p", chat_o.top_p, "top-p sampling (1: off)")->capture_default_str();
+  auto* chat_seed_opt = chat_cmd->add_option("--seed", chat_o.seed, "random seed (default: from the clock)");
+  chat_cmd->add_flag("--verbose", chat_o.verbose, "after each reply, the tokens prefilled and reused from the cache");
 
   std::string info_model;
   bool info_json = false;
@@ -61,6 +87,7 @@ int main(int argc, char** argv) {
   BenchOptions bench_o;
   auto* bench_cmd = app.add_subcommand("bench", "prefill and decode speed (median of repetitions)");
   add_model_options(bench_cmd, bench_o.m);
+  add_policy_options(bench_cmd, bench_o.m, true);
   bench_cmd->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
   bench_cmd->add_option("-n,--n-gen", bench_o.n_gen, "generated tokens")->capture_default_str();
   bench_cmd->add_option("-r,--repetitions", bench_o.reps, "repetitions")->capture_default_str();
@@ -81,11 +108,20 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--baseline", eval_o.baseline,
                        "baseline cache: FORMAT or items k=FORMAT, v=FORMAT, group=N joined by commas")
       ->capture_default_str();
+  auto* eval_policy = eval_cmd->add_option(
+      "--policy", eval_o.m.policy,
+      "eviction policy of the cache under test (the baseline keeps everything); once its budget is reached the "
+      "text is fed one token per step, as decoding would. Policies:\n" + kvscope::kv::policy_help());
+  eval_cmd->add_option("--max-chunks", eval_o.max_chunks,
+                       "evaluate only the first N chunks of the text (eviction runs token by token: slower)");
   eval_cmd->add_flag("--json", eval_o.json, "print one JSON object");
-  eval_cmd->add_flag("--sweep", eval_o.sweep, "every cache format against the baseline, as a markdown table")
+  eval_cmd->add_flag("--sweep", eval_o.sweep,
+                     "every cache format, then every eviction policy at budgets 32, 64 and 128 (those below the "
+                     "context), against the baseline, as a markdown table")
       ->excludes(eval_kv)
       ->excludes(eval_kv_k)
-      ->excludes(eval_kv_v);
+      ->excludes(eval_kv_v)
+      ->excludes(eval_policy);
 
   std::string ck, tk, out;
   auto* conv_cmd = app.add_subcommand("convert-llama2c", "convert a llama2.c checkpoint + tokenizer to GGUF");
@@ -109,6 +145,10 @@ int main(int argc, char** argv) {
     if (*run_cmd) {
       run_o.seed_set = seed_opt->count() > 0;
       return run(run_o);
+    }
+    if (*chat_cmd) {
+      chat_o.seed_set = chat_seed_opt->count() > 0;
+      return chat(chat_o);
     }
     if (*info_cmd) return info(info_model, info_json);
     if (*tok_cmd) return tokenize(tok_o);

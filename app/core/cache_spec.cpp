@@ -38,6 +38,8 @@ std::string CacheSpec::name() const {
   return s;
 }
 
+std::string CacheSpec::label() const { return policy.empty() ? name() : name() + " + " + policy; }
+
 void CacheSpec::check() const {
   if (group_size && !is_quantized(k_format) && !is_quantized(v_format))
     throw std::invalid_argument(fmt::format("{}; the cache {} has none", kGroupNeedsQuantized, name()));
@@ -143,6 +145,21 @@ std::vector<CacheSpec> sweep_specs(std::optional<uint32_t> group_size) {
   if (group_size && !any_quantized)
     throw std::invalid_argument(fmt::format("{}; the formats swept ({}) include none", kGroupNeedsQuantized,
                                             kv::format_names()));
+  return specs;
+}
+
+std::vector<CacheSpec> policy_sweep_specs(std::span<const uint32_t> budgets) {
+  std::vector<CacheSpec> specs;
+  for (uint32_t b : budgets) {
+    for (const std::string& policy :
+         {fmt::format("window:budget={}", b), fmt::format("streamingllm:sinks=4,window={}", b - 4),
+          fmt::format("h2o:budget={},recent={}", b, b / 2), fmt::format("tova:budget={}", b),
+          fmt::format("snapkv:budget={}", b), fmt::format("pyramidkv:budget={}", b)}) {
+      CacheSpec s;
+      s.policy = policy;
+      specs.push_back(s);
+    }
+  }
   return specs;
 }
 

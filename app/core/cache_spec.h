@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,9 +30,15 @@ struct CacheSpec {
   kv::Format k_format = kv::Format::F16;
   kv::Format v_format = kv::Format::F16;
   std::optional<uint32_t> group_size;  // unset: the format's default
+  // The eviction policy (kv/policy.h's spec text, e.g. "h2o:budget=64"),
+  // empty: none. Not part of the spec grammar above (policy options use
+  // commas too): `kvscope eval --policy` and the sweep set it.
+  std::string policy;
 
-  // "f16", "k=f32,v=f16", "q8,group=16".
+  // "f16", "k=f32,v=f16", "q8,group=16": the storage only.
   std::string name() const;
+  // name(), then " + POLICY" when there is one: how tables and reports name the cache.
+  std::string label() const;
   // Throws std::invalid_argument when the parts do not fit together (a group
   // size for a cache with no quantized format).
   void check() const;
@@ -55,5 +62,11 @@ CacheSpec cache_spec_from_flags(const std::string& kv, const std::string& kv_k, 
 // kv::all_formats() for keys and values alike, `group_size` applied to the
 // quantized ones (an error when there are none).
 std::vector<CacheSpec> sweep_specs(std::optional<uint32_t> group_size);
+
+// Every eviction policy but `full` at each budget, on f16 storage, with
+// options chosen so that the budget holds what each must keep (h2o's recent
+// window is half the budget; streamingllm keeps 4 sinks): what `--sweep`
+// adds after the formats.
+std::vector<CacheSpec> policy_sweep_specs(std::span<const uint32_t> budgets);
 
 }  // namespace kvscope

@@ -7,6 +7,9 @@
 
 #include <fmt/format.h>
 
+#include "kv/event_log.h"
+#include "kv/policy.h"
+
 namespace kvscope {
 
 namespace eval_stats {
@@ -62,13 +65,28 @@ struct CacheRun {
     result.spec = spec;
     result.bytes_per_token = session->cache().bytes_per_token();
     result.cache_bytes = session->cache().device_bytes();
+    if (!spec.policy.empty()) session->set_policy(kv::parse_policy_spec(spec.policy));
   }
 
   // Runs one chunk on an empty cache; returns the logits of all its tokens.
   std::vector<float> run_chunk(const std::vector<int32_t>& chunk) {
     session->reset();
     const auto t0 = std::chrono::steady_clock::now();
-    std::vector<float> logits = session->logits_all(chunk);
+    std::vector<float> logits;
+    if (!session->evicting()) {
+      logits = session->logits_all(chunk);
+    } else {
+      // Prefill what the budget holds, then decode: one token per step.
+      const size_t prompt = std::min<size_t>(chunk.size(), std::max(session->cache().room(), 1u));
+      logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
+      session->end_prefill();
+      logits.reserve(chunk.size() * (logits.size() / prompt));
+      for (size_t i = prompt; i < chunk.size(); ++i) {
+        const std::vector<float> row = session->logits_all({chunk[i]});
+        logits.insert(logits.end(), row.begin(), row.end());
+      }
+      result.evictions += session->cache().log()->eviction_count();
+    }
     result.seconds += seconds_since(t0);
     result.tokens_evaluated += chunk.size();
     return logits;
@@ -114,6 +132,7 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
   EvaluationReport report;
   report.n_tokens = tokens.size();
   report.n_chunks = static_cast<uint32_t>(tokens.size() / n_ctx);
+  if (options.max_chunks) report.n_chunks = std::min(report.n_chunks, options.max_chunks);
   report.n_ctx = n_ctx;
   report.n_scored = uint64_t{report.n_chunks} * n_scored_per_chunk;
   report.device = engine.device_name();

@@ -12,6 +12,12 @@
 // Every cache under test runs over the same chunks as the baseline, and at
 // each scored position the two next-token distributions are compared over
 // the whole vocabulary.
+//
+// A cache with an evicting policy (CacheSpec::policy) takes each chunk as a
+// prompt of as many tokens as its budget holds (the room the policy can
+// make), then one token per forward call, as decoding would: every scored
+// position sees exactly the cache the policy kept, never a whole-chunk
+// prefill that attends to tokens the policy would already have dropped.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -39,6 +45,7 @@ struct PerplexityRun {
   double bytes_per_token = 0;     // kv::KvCache::bytes_per_token()
   uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
   uint64_t tokens_evaluated = 0;  // every token run through the model (n_chunks * n_ctx)
+  uint64_t evictions = 0;         // by the cache's policy, over all chunks (every layer and kv head)
   double seconds = 0;             // in the forward passes that produced them
   double tok_s() const { return seconds > 0 ? tokens_evaluated / seconds : 0; }
 };
@@ -69,6 +76,7 @@ struct EvaluationReport {
 
 struct EvaluationOptions {
   uint32_t n_ctx = 0;  // 0: the engine's context
+  uint32_t max_chunks = 0;  // 0: every chunk of the text; else at most the first max_chunks
   CacheSpec baseline;  // f16 keys and values
   std::vector<CacheSpec> tests;
   // Called after each chunk (every cache done with it): chunks done, of how many.

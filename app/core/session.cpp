@@ -45,6 +45,17 @@ Session::Session(Engine& engine, const kv::CacheConfig& cache_config)
              }(),
              engine.model().max_batch()) {}
 
+void Session::set_policy(const kv::PolicySpec& spec, const kv::PinnedSpans& pins) {
+  if (spec.flag("rolling"))
+    throw std::invalid_argument(fmt::format(
+        "--policy {}: the `rolling` option (RoPE at cache-relative positions) is not implemented on the GPU "
+        "yet; leave it out",
+        spec.text()));
+  const kv::CacheShape shape = cache_.shape();
+  cache_.set_policy(kv::make_policy(spec, {shape.n_layer, shape.n_kv_head, cache_.capacity()}, pins), pins);
+  reset();
+}
+
 void Session::reset() {
   cache_.clear();
   tokens_.clear();
@@ -64,7 +75,7 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
   if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
   GpuModel& model = engine_->model();
   const uint32_t capacity = cache_.capacity();
-  if (tokens_.size() + prompt.size() > capacity)
+  if (!evicting() && tokens_.size() + prompt.size() > capacity)
     throw kv::ContextFull(fmt::format(
         "the prompt is {} tokens and the context holds {} (with {} already used); use a larger context (-c) "
         "or a shorter prompt",
@@ -77,6 +88,7 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
   stats_.prefill_seconds += seconds_since(t0);
   stats_.prompt_tokens += static_cast<uint32_t>(prompt.size());
   tokens_.insert(tokens_.end(), prompt.begin(), prompt.end());
+  cache_.end_prefill();
 
   std::vector<int32_t> out;
   Detokenizer detok(engine_->tokenizer());
@@ -86,7 +98,8 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
     out.push_back(next);
     if (next == engine_->tokenizer().eos()) break;
     if (on_token && !on_token(next, detok.push(next))) break;
-    if (tokens_.size() >= capacity) break;  // the context is full: stop, as llama.cpp does
+    // The context is full: stop, as llama.cpp does (an evicting cache never fills).
+    if (!evicting() && tokens_.size() >= capacity) break;
     const int32_t pos = static_cast<int32_t>(tokens_.size());
     logits = model.forward({&next, 1}, {&pos, 1}, cache_, LogitsWanted::Last);
     tokens_.push_back(next);

@@ -11,6 +11,8 @@
 
 #include "gpu/context.h"
 #include "kv/cache.h"
+#include "kv/pins.h"
+#include "kv/policy.h"
 #include "models/forward.h"
 #include "models/gguf.h"
 #include "models/sampler.h"
@@ -61,6 +63,14 @@ class Session {
  public:
   Session(Engine& engine, const kv::CacheConfig& cache_config);
 
+  // Evicts with this policy from now on (the session is reset): budgets are
+  // checked against the cache (std::invalid_argument with what to change).
+  // The cache then owns the policy, the pins and the event log.
+  void set_policy(const kv::PolicySpec& spec, const kv::PinnedSpans& pins = {});
+  // True when the cache drops tokens to stay within a budget (any policy but
+  // `full`): the context never fills.
+  bool evicting() const { return cache_.policy() && cache_.policy()->evicts(); }
+
   // Feeds the prompt, then samples up to `max_new` tokens (stopping at EOS or
   // when the context is full), calling `on_token(id, text)` with text that is
   // always whole UTF-8 characters; returning false from it stops early.
@@ -70,11 +80,16 @@ class Session {
                                 const TokenCallback& on_token = {});
 
   // Teacher-forced logits for every token of `ids` (continuing the session).
+  // With an evicting policy the cache may take them in several steps.
   std::vector<float> logits_all(const std::vector<int32_t>& ids);
+  // The prompt is complete (SnapKV and PyramidKV compress it now); later
+  // calls are decode steps. generate() calls it after its prompt.
+  void end_prefill() { cache_.end_prefill(); }
 
   void reset();
   const std::vector<int32_t>& tokens() const { return tokens_; }
   kv::KvCache& cache() { return cache_; }
+  const kv::KvCache& cache() const { return cache_; }
   const GenerationStats& stats() const { return stats_; }
 
  private:

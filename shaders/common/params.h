@@ -200,6 +200,23 @@ struct AttentionParams {
   KvLayout kv;
 };
 
+// attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),
+// 1 slot positions int[n_kv_head][capacity], 2 query positions int[n_tokens],
+// 3 scores f32[n_kv_head][capacity]. scores[kv][s] = sum over the query heads
+// of kv head kv and the queries t in [first_query, n_tokens) of probs[t][h][s]
+// (0 for s >= n_slots); accumulate != 0 adds it to the old value, except for
+// empty slots and slots written by this call (position >= query position 0),
+// which start over. groups: (ceil(capacity / wg), n_kv_head)
+struct AttentionScoresParams {
+  uint n_tokens;
+  uint n_head;
+  uint n_kv_head;
+  uint capacity;
+  uint n_slots;
+  uint first_query;
+  uint accumulate;
+};
+
 // swiglu: 0 gate|up f32[n_tokens][in_stride] (gate in columns [0, n), up in
 // [n, 2n): the output rows of the fused w1|w3 projection), 1 out f32[n_tokens][n];
 // out = gate * sigmoid(gate) * up. groups: (ceil(n / wg), n_tokens)

@@ -236,7 +236,8 @@ TEST_CASE("cli: eval --json has every figure the issue names") {
 
 TEST_CASE("cli: eval --sweep prints a markdown table sorted by bytes per token") {
   test::TempDir dir;
-  const test::CliResult r = test::kvscope_cli("eval --sweep -f " + corpus_cut(dir) + " -c 128");
+  // Two chunks: the eviction rows run token by token once their budget is reached.
+  const test::CliResult r = test::kvscope_cli("eval --sweep -f " + corpus_cut(dir) + " -c 128 --max-chunks 2");
   REQUIRE_MESSAGE(r.code == 0, r.out);
   CHECK(r.out.find("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | tok/s |") !=
         std::string::npos);
@@ -247,6 +248,28 @@ TEST_CASE("cli: eval --sweep prints a markdown table sorted by bytes per token")
   CHECK(f16_row < f32_row);
   CHECK(r.out.find("| f16 (baseline) | 6912 | 0.84 |") != std::string::npos);  // 6912 B x 128 slots
   CHECK(r.out.find("not perplexity") != std::string::npos);
+  // Every policy at the budgets below the context, on f16 storage.
+  for (const char* row : {"| f16 + window:budget=32 | 6912 |", "| f16 + h2o:budget=64,recent=32 | 6912 |",
+                          "| f16 + pyramidkv:budget=64 | 6912 |"})
+    CHECK_MESSAGE(r.out.find(row) != std::string::npos, row);
+  CHECK(r.out.find("budget=128") == std::string::npos);
+}
+
+TEST_CASE("cli: eval --policy evicts in the cache under test only, and --json says so") {
+  test::TempDir dir;
+  const test::CliResult r = test::kvscope_cli("eval -f " + corpus_cut(dir) +
+                                              " -c 64 --max-chunks 2 --policy window:budget=32 --json");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  const json j = test::last_json(r.out);
+  CHECK(j["policy"] == "window:budget=32");
+  CHECK(j["kv"] == "f16");
+  CHECK(j["n_chunks"] == 2);
+  CHECK(j["evictions"].get<uint64_t>() > 0);
+  CHECK(j["kl_mean"].get<double>() > 0);
+  const test::CliResult bad = test::kvscope_cli("eval -f " + corpus_cut(dir) + " --policy window:size=3");
+  CHECK(bad.code != 0);
+  CHECK(test::count_lines(bad.out) == 1);
+  CHECK(bad.out.find("--policy") != std::string::npos);
 }
 
 TEST_CASE("cli: eval errors are one clear line and a non-zero exit") {

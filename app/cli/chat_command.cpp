@@ -1,0 +1,433 @@
+// `kvscope chat`: a conversation in the terminal, one line of stdin per turn.
+//
+// The session's KV cache lives across turns: each turn feeds only the text
+// the conversation gained since the last one (the end of the previous reply's
+// turn, the new user message, the opening of the assistant's turn), found by
+// rendering the whole conversation and cutting off what the session already
+// holds, as llama.cpp's chat does. A template that re-renders earlier turns
+// (the rendered text no longer starts with what was fed) falls back to a
+// reset and a full prefill, which is slower but never wrong.
+//
+// A model without tokenizer.chat_template (the default stories15M) is not a
+// chat model: each line is appended to one running story and continued.
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "app/cli/commands.h"
+#include "app/core/cache_spec.h"
+#include "app/core/session.h"
+#include "models/chat_template.h"
+
+namespace kvscope::cli {
+
+using nlohmann::json;
+
+namespace {
+
+// [SECTION] Ctrl-C: stops a reply; at the prompt, ends the chat.
+
+volatile std::sig_atomic_t g_interrupted = 0;
+
+extern "C" void on_sigint(int) { g_interrupted = 1; }
+
+// Installs on_sigint for the chat's lifetime and restores the previous
+// handler after. No SA_RESTART: a Ctrl-C at the prompt must interrupt the
+// blocking read so that the chat can end.
+class SigintHandler {
+ public:
+  SigintHandler() {
+    struct sigaction sa {};
+    sa.sa_handler = on_sigint;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    sigaction(SIGINT, &sa, &previous_);
+  }
+  ~SigintHandler() { sigaction(SIGINT, &previous_, nullptr); }
+  SigintHandler(const SigintHandler&) = delete;
+  SigintHandler& operator=(const SigintHandler&) = delete;
+
+ private:
+  struct sigaction previous_ {};
+};
+
+enum class LineRead { Line, EndOfInput, Interrupted };
+
+// One line of stdin without its newline; getline(3) rather than iostreams so
+// that an interrupted read is seen as such (EINTR) and not as end of input.
+LineRead read_line(std::string& line) {
+  char* buffer = nullptr;
+  size_t capacity = 0;
+  errno = 0;
+  const ssize_t n = ::getline(&buffer, &capacity, stdin);
+  const int read_errno = errno;
+  if (n >= 0) line.assign(buffer, static_cast<size_t>(n));
+  std::free(buffer);
+  if (n < 0) {
+    const bool interrupted = read_errno == EINTR || g_interrupted;
+    std::clearerr(stdin);
+    return interrupted ? LineRead::Interrupted : LineRead::EndOfInput;
+  }
+  while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) line.pop_back();
+  return LineRead::Line;
+}
+
+// [SECTION] the conversation and how it becomes tokens
+
+struct Conversation {
+  std::string system;                 // --system; "" for none
+  std::vector<ChatMessage> messages;  // user and assistant turns, in order
+
+  std::vector<ChatMessage> with_system() const {
+    std::vector<ChatMessage> all;
+    if (!system.empty()) all.push_back({"system", system});
+    all.insert(all.end(), messages.begin(), messages.end());
+    return all;
+  }
+};
+
+// A chat template, or none: then the conversation is plain text, one story
+// that every user line extends (separated by a space) and every reply
+// continues.
+class PromptFormat {
+ public:
+  PromptFormat(const Tokenizer& tok, std::optional<ChatTemplate> tmpl) : tok_(&tok), template_(std::move(tmpl)) {
+    if (template_) {
+      stop_ids_ = stop_token_ids(*template_, tok);
+    } else if (tok.eos() >= 0) {
+      stop_ids_ = {tok.eos()};
+    }
+  }
+
+  bool plain() const { return !template_; }
+  // As written to a saved conversation: the family's name, or "none".
+  std::string name() const { return template_ ? std::string(chat_family_name(template_->family)) : "none"; }
+  bool is_stop(int32_t id) const { return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end(); }
+
+  ChatPrompt render(const Conversation& conv, bool add_generation_prompt) const {
+    if (template_) return render_chat(*template_, conv.with_system(), add_generation_prompt, ChatTokens::from(*tok_));
+    ChatPrompt prompt;
+    prompt.text = conv.system;
+    for (const ChatMessage& m : conv.messages) {
+      if (m.role == "user" && !prompt.text.empty() && prompt.text.back() != ' ' && prompt.text.back() != '\n')
+        prompt.text += ' ';
+      prompt.text += m.content;
+    }
+    return prompt;
+  }
+
+  // The whole prompt for an empty session: BOS where the vocabulary wants
+  // one and the template does not write it.
+  std::vector<int32_t> encode_whole(const ChatPrompt& prompt) const {
+    if (template_) {
+      const bool add_bos = tok_->wants_bos() && !template_writes_bos(template_->family);
+      return tok_->encode_with_markup(prompt.text, add_bos, prompt.markup);
+    }
+    return tok_->encode(prompt.text, tok_->wants_bos());
+  }
+
+  // The part of `prompt` from byte `from` on, for a session that holds the
+  // rest: control tokens parsed only in the template's markup, as in the
+  // whole prompt.
+  std::vector<int32_t> encode_continuation(const ChatPrompt& prompt, size_t from) const {
+    std::string_view part = std::string_view(prompt.text).substr(from);
+    std::vector<TextSpan> markup;
+    for (const TextSpan& s : prompt.markup) {
+      if (s.end <= from) continue;
+      markup.push_back({std::max(s.begin, from) - from, s.end - from});
+    }
+    // SentencePiece puts a space in front of the text it is given; the
+    // separating space of plain text is that space.
+    if (plain() && tok_->kind() == TokenizerKind::SentencePiece && part.starts_with(' ')) part.remove_prefix(1);
+    return tok_->encode_with_markup(part, false, markup);
+  }
+
+ private:
+  const Tokenizer* tok_;
+  std::optional<ChatTemplate> template_;
+  std::vector<int32_t> stop_ids_;
+};
+
+// [SECTION] the chat loop
+
+class Chat {
+ public:
+  Chat(const ChatOptions& o, Engine& engine, Session& session, Sampler& sampler, PromptFormat format)
+      : o_(o), engine_(engine), session_(session), sampler_(sampler), format_(std::move(format)) {
+    conv_.system = o.system;
+  }
+
+  // Returns when the input ends, on /quit, or on Ctrl-C at the prompt.
+  void run() {
+    const bool interactive = ::isatty(STDIN_FILENO);
+    for (;;) {
+      if (interactive) {
+        std::fputs("> ", stdout);
+        std::fflush(stdout);
+      }
+      g_interrupted = 0;
+      std::string line;
+      const LineRead r = read_line(line);
+      if (r == LineRead::Interrupted) {
+        if (interactive) std::fputs("\n", stdout);
+        return;
+      }
+      if (r == LineRead::EndOfInput) return;
+      if (line.empty()) continue;
+      if (line.front() == '/') {
+        if (!command(line)) return;
+        continue;
+      }
+      turn(line);
+    }
+  }
+
+ private:
+  const ChatOptions& o_;
+  Engine& engine_;
+  Session& session_;
+  Sampler& sampler_;
+  PromptFormat format_;
+  Conversation conv_;
+  std::string fed_text_;  // the rendered text the session's tokens stand for
+
+  uint32_t capacity() { return session_.cache().capacity(); }
+  size_t used() const { return session_.tokens().size(); }
+
+  static void note(const std::string& text) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s\n", text.c_str());
+  }
+
+  std::string overflow_message(size_t needed) {
+    return fmt::format(
+        "[context full: this needs {} tokens and the context holds {} ({} in use); type /reset to start over, or "
+        "run with a larger -c]",
+        needed, capacity(), used());
+  }
+
+  // Brings the session to `prompt`: only the new text when the session holds
+  // a prefix of it, else everything after a reset. Returns false (nothing
+  // changed) when it would not leave room for one new token.
+  bool plan(const ChatPrompt& prompt, std::vector<int32_t>& tokens, bool& from_scratch) {
+    from_scratch = used() == 0 || !prompt.text.starts_with(fed_text_);
+    tokens = from_scratch ? format_.encode_whole(prompt) : format_.encode_continuation(prompt, fed_text_.size());
+    const size_t needed = (from_scratch ? 0 : used()) + tokens.size();
+    if (tokens.empty()) return false;
+    if (needed >= capacity()) {
+      note(overflow_message(needed));
+      return false;
+    }
+    if (from_scratch && used() != 0) {
+      if (o_.verbose) note("[the template re-renders earlier turns: feeding the whole conversation again]");
+      session_.reset();
+      fed_text_.clear();
+    }
+    return true;
+  }
+
+  void turn(const std::string& line) {
+    Conversation next = conv_;
+    next.messages.push_back({"user", line});
+    const ChatPrompt prompt = format_.render(next, /*add_generation_prompt=*/true);
+    std::vector<int32_t> tokens;
+    bool from_scratch = false;
+    if (!plan(prompt, tokens, from_scratch)) return;
+
+    const size_t reused = used();
+    const GenerationStats before = session_.stats();
+    const Tokenizer& tok = engine_.tokenizer();
+    std::string reply;
+    bool stopped_by_user = false;
+    bool first_piece = true;
+    auto on_token = [&](int32_t id, const std::string& text) {
+      if (id >= 0 && g_interrupted) {
+        stopped_by_user = true;
+        return false;  // this token is neither shown nor fed
+      }
+      if (id >= 0 && format_.is_stop(id)) return false;
+      std::string shown = text;
+      // A reply starts a fresh detokenizer, which drops the first piece's
+      // leading space as at the start of a text; in a story it separates words.
+      if (format_.plain() && first_piece && id >= 0 && !shown.starts_with(' ') && tok.token_bytes(id).starts_with(' '))
+        shown.insert(0, 1, ' ');
+      if (id >= 0) first_piece = false;
+      std::fwrite(shown.data(), 1, shown.size(), stdout);
+      std::fflush(stdout);
+      reply += shown;
+      return true;
+    };
+    try {
+      session_.generate(tokens, static_cast<uint32_t>(o_.n_predict), sampler_, on_token);
+    } catch (const kv::ContextFull&) {
+      note(overflow_message(used() + tokens.size()));
+      return;
+    }
+    std::fputs("\n", stdout);
+
+    next.messages.push_back({"assistant", reply});
+    conv_ = std::move(next);
+    fed_text_ = prompt.text + reply;
+
+    const GenerationStats& after = session_.stats();
+    const uint32_t generated = after.generated_tokens - before.generated_tokens;
+    const double seconds = after.decode_seconds - before.decode_seconds;
+    if (o_.verbose)
+      note(fmt::format("[prefill {} tokens, {} reused from the cache; {} generated]", tokens.size(),
+                       from_scratch ? 0 : reused, generated));
+    std::string status = fmt::format("[{:.1f} tok/s · {}/{} tokens", seconds > 0 ? generated / seconds : 0.0, used(),
+                                     capacity());
+    if (stopped_by_user) status += " · stopped";
+    if (used() >= capacity()) status += " · context full: type /reset to start over";
+    note(status + "]");
+  }
+
+  // Returns false to end the chat.
+  bool command(const std::string& line) {
+    const size_t space = line.find(' ');
+    const std::string name = line.substr(0, space);
+    std::string arg = space == std::string::npos ? "" : line.substr(space + 1);
+    while (!arg.empty() && arg.front() == ' ') arg.erase(0, 1);
+    if (name == "/quit" || name == "/exit") return false;
+    if (name == "/reset") {
+      reset();
+      note("[conversation cleared]");
+    } else if (name == "/save" && !arg.empty()) {
+      save(arg);
+    } else if (name == "/load" && !arg.empty()) {
+      load(arg);
+    } else {
+      note("commands: /reset (clear the conversation and the cache), /save FILE, /load FILE (conversation as "
+           "JSON), /quit; Ctrl-C stops a reply, and at the prompt ends the chat");
+    }
+    return true;
+  }
+
+  void reset() {
+    session_.reset();
+    conv_.messages.clear();
+    fed_text_.clear();
+  }
+
+  json to_json() const {
+    json messages = json::array();
+    for (const ChatMessage& m : conv_.messages) messages.push_back({{"role", m.role}, {"content", m.content}});
+    return {{"model", engine_.file().path()}, {"template", format_.name()}, {"system", conv_.system},
+            {"messages", messages}};
+  }
+
+  void save(const std::string& path) {
+    std::ofstream out(path, std::ios::binary);
+    out << to_json().dump(2) << "\n";
+    out.close();
+    if (!out) return note(fmt::format("[could not write {}: {}; check the path and permissions]", path,
+                                      std::strerror(errno)));
+    note(fmt::format("[saved {} messages to {}]", conv_.messages.size(), path));
+  }
+
+  // Throws std::runtime_error naming the file and the field that is wrong.
+  static Conversation parse_conversation(const std::string& path, const json& j) {
+    if (!j.is_object()) throw std::runtime_error(path + ": not a JSON object (as written by /save)");
+    Conversation conv;
+    if (j.contains("system")) {
+      if (!j["system"].is_string()) throw std::runtime_error(path + ": \"system\" must be a string");
+      conv.system = j["system"].get<std::string>();
+    }
+    if (!j.contains("messages") || !j["messages"].is_array())
+      throw std::runtime_error(path + ": \"messages\" must be an array of {role, content}");
+    for (size_t i = 0; i < j["messages"].size(); ++i) {
+      const json& m = j["messages"][i];
+      const bool ok = m.is_object() && m.contains("role") && m["role"].is_string() && m.contains("content") &&
+                      m["content"].is_string() && (m["role"] == "user" || m["role"] == "assistant");
+      if (!ok)
+        throw std::runtime_error(fmt::format(
+            "{}: messages[{}] must be {{\"role\": \"user\" or \"assistant\", \"content\": string}}", path, i));
+      conv.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    }
+    return conv;
+  }
+
+  void load(const std::string& path) {
+    Conversation conv;
+    json j;
+    try {
+      std::ifstream in(path, std::ios::binary);
+      if (!in) throw std::runtime_error(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
+      j = json::parse(in);
+      conv = parse_conversation(path, j);
+    } catch (const std::exception& e) {
+      return note(fmt::format("[not loaded: {}]", e.what()));
+    }
+    if (j.value("template", format_.name()) != format_.name())
+      note(fmt::format("[{} was saved with template {}; continuing with {}]", path, j.value("template", ""),
+                       format_.name()));
+    if (j.value("model", engine_.file().path()) != engine_.file().path())
+      note(fmt::format("[{} was saved with model {}; continuing with {}]", path, j.value("model", ""),
+                       engine_.file().path()));
+
+    // Re-feed the conversation so that the next turn continues it.
+    const ChatPrompt prompt = format_.render(conv, /*add_generation_prompt=*/false);
+    std::vector<int32_t> tokens;
+    if (!prompt.text.empty()) tokens = format_.encode_whole(prompt);
+    if (tokens.size() >= capacity()) {
+      return note(fmt::format("[not loaded: {} is {} tokens and the context holds {}; run with a larger -c]", path,
+                              tokens.size(), capacity()));
+    }
+    reset();
+    conv_ = std::move(conv);
+    if (!tokens.empty()) {
+      session_.generate(tokens, 0, sampler_);
+      fed_text_ = prompt.text;
+    }
+    note(fmt::format("[loaded {} messages from {} · {}/{} tokens]", conv_.messages.size(), path, used(), capacity()));
+  }
+};
+
+}  // namespace
+
+int chat(const ChatOptions& o) {
+  if (o.n_predict <= 0) throw std::invalid_argument("-n must be >= 1 (tokens per reply)");
+  Engine engine(engine_options(o.m));
+  Session session(engine, cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).config(o.m.n_ctx));
+  SamplerConfig sc;
+  sc.temperature = o.temp;
+  sc.top_k = o.top_k;
+  sc.top_p = o.top_p;
+  sc.seed = o.seed_set ? o.seed : static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  Sampler sampler(sc);
+
+  std::optional<ChatTemplate> tmpl;
+  const bool has_template = !engine.file().get_string_or("tokenizer.chat_template", "").empty();
+  if (has_template || !o.chat_template.empty()) {
+    tmpl = chat_template_for(engine.file(), o.chat_template);
+    if (tmpl->fallback) std::fprintf(stderr, "warning: %s\n", tmpl->warning.c_str());
+    std::fprintf(stderr, "[chat template %s · context %u tokens · /reset /save FILE /load FILE /quit]\n",
+                 std::string(chat_family_name(tmpl->family)).c_str(), session.cache().capacity());
+  } else {
+    const std::string model_name = std::filesystem::path(engine.file().path()).stem().string();
+    std::fprintf(stderr,
+                 "%s has no chat template: each line continues the story (--chat-template NAME to force one)\n",
+                 model_name.c_str());
+  }
+
+  SigintHandler sigint;
+  Chat chat(o, engine, session, sampler, PromptFormat(engine.tokenizer(), std::move(tmpl)));
+  chat.run();
+  return 0;
+}
+
+}  // namespace kvscope::cli
