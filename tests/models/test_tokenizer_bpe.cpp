@@ -225,6 +225,13 @@ TEST_CASE("tokenizer bpe: starcoder vocabulary matches the reference ids") {
   check_round_trip(*v->tok, "starcoder");
 }
 
+TEST_CASE("tokenizer: llama-spm (SentencePiece), a vocabulary-only file, matches the reference ids") {
+  const auto v = load_vocab_file("llama-spm");
+  CHECK(v->file->tensors().empty());
+  CHECK(v->tok->kind() == TokenizerKind::SentencePiece);
+  check_against_reference(*v->tok, "llama-spm");
+}
+
 TEST_CASE("tokenizer: phi-3 (SentencePiece) vocabulary matches the reference ids") {
   const auto v = load_vocab_file("phi-3");
   CHECK(v->tok->kind() == TokenizerKind::SentencePiece);
