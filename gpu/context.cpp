@@ -178,16 +178,6 @@ const char* type_name(VkPhysicalDeviceType t) {
   }
 }
 
-// Higher is better: discrete > integrated > virtual > cpu > other.
-int type_rank(VkPhysicalDeviceType t) {
-  switch (t) {
-    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 4;
-    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 3;
-    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
-    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 1;
-    default: return 0;
-  }
-}
 
 // The compute queue family: the first with COMPUTE whose queues write
 // timestamps, else the first with COMPUTE. nullopt when there is none.
@@ -304,6 +294,20 @@ std::vector<DeviceInfo> list_devices() {
   }
   vkDestroyInstance(instance, nullptr);
   return out;
+}
+
+int device_type_rank(VkPhysicalDeviceType type) {
+  switch (type) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 4;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 3;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 1;
+    default: return 0;
+  }
+}
+
+bool validation_wanted(bool requested) {
+  return (requested || env_flag("KVSCOPE_VALIDATION")) && has_layer(kValidationLayer);
 }
 
 // ===================================================================== Context
@@ -450,7 +454,7 @@ Context::Context(const ContextOptions& options) : s_(std::make_unique<State>()) 
   } else {
     int best_rank = -1;
     for (uint32_t i = 0; i < facts.size(); ++i) {
-      int rank = type_rank(facts[i].properties.deviceType);
+      int rank = device_type_rank(facts[i].properties.deviceType);
       if (facts[i].family && rank > best_rank) best_rank = rank, chosen = static_cast<int>(i);
     }
     if (chosen < 0)

@@ -140,6 +140,14 @@ void Context::run_once(F&& record) const {
   end_one_shot(cb);
 }
 
+// How the Context ranks device types when none is asked for: higher is
+// better (discrete > integrated > virtual > cpu > other). The window's own
+// device choice uses the same order.
+int device_type_rank(VkPhysicalDeviceType type);
+// Whether the validation layer should be on: asked for by `requested` or by
+// KVSCOPE_VALIDATION=1, and VK_LAYER_KHRONOS_validation is installed.
+bool validation_wanted(bool requested);
+
 // Throws GpuError("what: VK_ERROR_...") or OutOfMemory for non-success codes.
 void check(VkResult r, const char* what);
 

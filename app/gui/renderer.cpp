@@ -73,31 +73,6 @@ VKAPI_ATTR VkBool32 VKAPI_CALL on_validation_message(VkDebugUtilsMessageSeverity
   return VK_FALSE;
 }
 
-bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v && *v && std::string_view(v) != "0";
-}
-
-bool has_validation_layer() {
-  uint32_t n = 0;
-  vkEnumerateInstanceLayerProperties(&n, nullptr);
-  std::vector<VkLayerProperties> layers(n);
-  vkEnumerateInstanceLayerProperties(&n, layers.data());
-  return std::any_of(layers.begin(), layers.end(), [](const VkLayerProperties& p) {
-    return std::strcmp(p.layerName, "VK_LAYER_KHRONOS_validation") == 0;
-  });
-}
-
-int type_rank(VkPhysicalDeviceType t) {  // as gpu::Context chooses
-  switch (t) {
-    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU: return 4;
-    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU: return 3;
-    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU: return 2;
-    case VK_PHYSICAL_DEVICE_TYPE_CPU: return 1;
-    default: return 0;
-  }
-}
-
 // A queue family that draws and presents to `surface`; -1 if none.
 int graphics_present_family(VkPhysicalDevice pd, VkSurfaceKHR surface) {
   uint32_t n = 0;
@@ -129,7 +104,7 @@ Renderer::Renderer(Window& window, int device_index) : window_(&window) {
 
 void Renderer::init(int device_index) {
   Window& window = *window_;
-  const bool validation = env_flag("KVSCOPE_VALIDATION") && has_validation_layer();
+  const bool validation = gpu::validation_wanted(false);
   uint32_t glfw_count = 0;
   const char** glfw_extensions = glfwGetRequiredInstanceExtensions(&glfw_count);
   if (!glfw_extensions) throw NoDisplay("this display offers no Vulkan surface extensions");
@@ -175,7 +150,7 @@ void Renderer::init(int device_index) {
     if (graphics_present_family(devices[i], surface_) < 0) continue;
     VkPhysicalDeviceProperties p;
     vkGetPhysicalDeviceProperties(devices[i], &p);
-    const int rank = device_index == static_cast<int>(i) ? 100 : type_rank(p.deviceType);
+    const int rank = device_index == static_cast<int>(i) ? 100 : gpu::device_type_rank(p.deviceType);
     if (rank > best_rank) best_rank = rank, chosen = static_cast<int>(i);
   }
   if (chosen < 0)
