@@ -463,6 +463,8 @@ Context::Context(const ContextOptions& options) : s_(std::make_unique<State>()) 
   }
   s.physical = devices[chosen];
   s.info = facts[chosen].info;
+  if (options.max_device_bytes > 0)
+    s.info.device_local_bytes = std::min(s.info.device_local_bytes, options.max_device_bytes);
   s.properties = facts[chosen].properties;
   s.family = *facts[chosen].family;
   s.max_allocation_bytes = facts[chosen].max_allocation_bytes;

@@ -66,6 +66,10 @@ struct ContextOptions {
   // maxStorageBufferRange (0: the device limit). Tests lower it to exercise
   // the splitting of large tensors across bindings.
   uint64_t max_binding_bytes = 0;
+  // Cap on the device memory reported in DeviceInfo::device_local_bytes (0:
+  // the largest device-local heap). Tests lower it to exercise the check that
+  // a model fits before anything is uploaded.
+  uint64_t max_device_bytes = 0;
 };
 
 class Context {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <utility>
+#include <vector>
 
 #include "gpu/timer.h"
 
@@ -126,6 +127,22 @@ void Recorder::barrier() {
   const VkPipelineStageFlags stages =
       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
   vkCmdPipelineBarrier(cb_, stages, stages, 0, 1, &b, 0, nullptr, 0, nullptr);
+}
+
+void Recorder::copy(const Buffer& src, const Buffer& dst, std::span<const CopyRange> ranges) {
+  if (!recording_) throw GpuError("Recorder::copy outside begin()/submit_and_wait()");
+  if (!src.handle() || !dst.handle()) throw GpuError("Recorder::copy: empty buffer");
+  std::vector<VkBufferCopy> regions;
+  regions.reserve(ranges.size());
+  for (const CopyRange& r : ranges) {
+    if (r.src_offset > src.size() || r.bytes > src.size() - r.src_offset || r.dst_offset > dst.size() ||
+        r.bytes > dst.size() - r.dst_offset)
+      throw GpuError(fmt::format("Recorder::copy: {} bytes from offset {} of a {}-byte buffer to "
+                                 "offset {} of a {}-byte buffer run past an end",
+                                 r.bytes, r.src_offset, src.size(), r.dst_offset, dst.size()));
+    if (r.bytes > 0) regions.push_back({r.src_offset, r.dst_offset, r.bytes});
+  }
+  if (!regions.empty()) vkCmdCopyBuffer(cb_, src.handle(), dst.handle(), uint32_t(regions.size()), regions.data());
 }
 
 void Recorder::copy(const Buffer& src, uint64_t src_offset, const Buffer& dst,

@@ -44,6 +44,11 @@ class Recorder {
   void barrier();
   void copy(const Buffer& src, uint64_t src_offset, const Buffer& dst, uint64_t dst_offset,
             uint64_t bytes);
+  // Many ranges between the same two buffers in one command (each checked as copy() checks).
+  struct CopyRange {
+    uint64_t src_offset, dst_offset, bytes;
+  };
+  void copy(const Buffer& src, const Buffer& dst, std::span<const CopyRange> ranges);
   void fill_zero(const Buffer& dst, uint64_t offset = 0, uint64_t bytes = VK_WHOLE_SIZE);
 
   // Ends, submits under the context's queue lock, waits on the fence.

@@ -7,6 +7,7 @@
 
 #include "kv/event_log.h"
 #include "kv/policy.h"
+#include "kv/spill.h"
 
 namespace kvscope::kv {
 
@@ -135,6 +136,37 @@ void KvCache::upload_tables(uint32_t layer) {
   std::vector<int32_t> open(shape_.n_kv_head);
   for (uint32_t h = 0; h < shape_.n_kv_head; ++h) open[h] = table(layer, h).open_block();
   open_blocks_.write_as<int32_t>(open, layer * open_blocks_stride_);
+  if (!rolling_) return;
+  // Cache-relative positions: each live slot's rank by position in its table.
+  std::vector<int32_t> live;
+  for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
+    auto pos = table(layer, h).positions();
+    live.clear();
+    for (int32_t p : pos)
+      if (p >= 0) live.push_back(p);
+    std::sort(live.begin(), live.end());
+    int32_t* out = flat.data() + size_t{h} * config_.capacity;
+    for (size_t s = 0; s < pos.size(); ++s)
+      out[s] = pos[s] < 0 ? -1
+                          : static_cast<int32_t>(std::lower_bound(live.begin(), live.end(), pos[s]) - live.begin());
+  }
+  rope_positions_.write_as<int32_t>(flat, layer * slot_positions_stride_);
+}
+
+gpu::Binding KvCache::rope_positions(uint32_t layer) const {
+  if (!rolling_) return slot_positions(layer);
+  return {rope_positions_, layer * slot_positions_stride_, uint64_t{shape_.n_kv_head} * config_.capacity * 4};
+}
+
+std::vector<int32_t> KvCache::rope_query_positions(std::span<const int32_t> positions) const {
+  std::vector<int32_t> live;
+  for (int32_t p : table(0, 0).positions())
+    if (p >= 0) live.push_back(p);
+  std::sort(live.begin(), live.end());
+  std::vector<int32_t> ranks(positions.size());
+  for (size_t i = 0; i < positions.size(); ++i)
+    ranks[i] = static_cast<int32_t>(std::lower_bound(live.begin(), live.end(), positions[i]) - live.begin());
+  return ranks;
 }
 
 KvCache::~KvCache() = default;
@@ -162,6 +194,7 @@ void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_
     for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
       SlotTable& t = tables_[size_t{l} * shape_.n_kv_head + h];
       for (uint32_t i = 0; i < n; ++i) slots[size_t{i} * shape_.n_kv_head + h] = t.assign(positions[i]);
+      if (spill_ && n > 0) last_slots_[size_t{l} * shape_.n_kv_head + h] = slots[size_t{n - 1} * shape_.n_kv_head + h];
     }
     write_slots_.write_as<int32_t>(slots, l * write_slots_stride_);
     upload_tables(l);
@@ -192,6 +225,24 @@ void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pin
         policy->name(), ps.n_layer, ps.n_kv_head, ps.capacity, shape_.n_layer, shape_.n_kv_head, config_.capacity));
   policy_ = std::move(policy);
   pins_ = std::move(pins);
+  // The flag is streamingllm's (kv/policies/streamingllm.cpp); the cache and
+  // the forward pass carry it out.
+  rolling_ = policy_->spec().flag("rolling");
+  spill_.reset();
+  if (config_.spill) {
+    // Key bounds are taken over keys as the cache holds them; rolling keeps
+    // them un-rotated, so the bounds would not bound the logits attention sees.
+    if (rolling_)
+      throw std::invalid_argument(fmt::format("--spill does not work with a rolling policy ({}): its keys are "
+                                              "stored un-rotated; leave out `rolling` or --spill",
+                                              policy_->spec().text()));
+    spill_ = std::make_unique<SpillTier>(shape_.n_layer, shape_.n_kv_head, key_layout_, value_layout_,
+                                         config_.spill_max_bytes);
+    last_slots_.assign(size_t{shape_.n_layer} * shape_.n_kv_head, -1);
+  }
+  if (rolling_ && !rope_positions_.host_visible())
+    rope_positions_ = gpu::Buffer(*ctx_, slot_positions_stride_ * shape_.n_layer, gpu::MemoryUse::Upload,
+                                  "kv rope positions");
   log_ = std::make_unique<EventLog>(TraceHeader{policy_->spec().text(), shape_.n_layer, shape_.n_kv_head,
                                                 config_.capacity, tables_.front().block_slots(), pins_.spans()});
   scores_host_.clear();
@@ -234,7 +285,12 @@ void KvCache::make_room(uint32_t incoming, int32_t next_position) {
   for (uint32_t l = 0; l < shape_.n_layer; ++l) {
     LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
                    policy_->layer_budgets(l), context);
+    const auto before = spill_ ? snapshot_positions(l) : std::vector<std::vector<int32_t>>{};
     policy_->on_step(view, step_ == 0 ? LayerScores{} : layer_scores(l));
+    if (spill_) {
+      queue_evicted(l, before);
+      if (incoming == 1) recall(view);
+    }
     for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
       if (view.excess(h) == 0) continue;
       const auto message = fmt::format("layer {} kv head {} holds {} tokens; {} more exceed the budget of {}", l, h,
@@ -258,7 +314,9 @@ void KvCache::end_prefill() {
   for (uint32_t l = 0; l < shape_.n_layer; ++l) {
     LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
                    policy_->layer_budgets(l), context);
+    const auto before = spill_ ? snapshot_positions(l) : std::vector<std::vector<int32_t>>{};
     policy_->on_prefill(view, layer_scores(l));
+    if (spill_) queue_evicted(l, before);
     upload_tables(l);
   }
   tokens_ = tables_.front().live();
@@ -281,6 +339,7 @@ bool KvCache::scores_accumulate() const {
 }
 
 void KvCache::scores_written() {
+  if (spill_) spill_step_done();
   if (!needs_scores()) return;
   const size_t layer_floats = size_t{shape_.n_kv_head} * config_.capacity;
   for (uint32_t l = 0; l < shape_.n_layer; ++l)
@@ -306,6 +365,11 @@ void KvCache::truncate(int32_t position) {
     upload_tables(l);
   }
   tokens_ -= removed;
+  if (spill_) {  // spilled positions past the cut would come back as the wrong tokens: forget them all
+    spill_->clear();
+    spill_out_pending_.clear();
+    spill_query_valid_ = false;
+  }
   if (policy_) {
     log_->truncated(step_, position);
     if (token_ids_.size() > static_cast<size_t>(std::max(position, 0)))
@@ -321,6 +385,13 @@ void KvCache::clear() {
   step_ = 0;
   prefill_done_ = false;
   token_ids_.clear();
+  if (spill_) {
+    spill_->clear();
+    spill_out_pending_.clear();
+    spill_in_pending_.clear();
+    spill_query_valid_ = false;
+    recalls_ = 0;
+  }
   if (policy_) {
     policy_->reset();
     log_->clear();

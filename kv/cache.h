@@ -20,6 +20,7 @@
 
 #include "gpu/buffer.h"
 #include "gpu/context.h"
+#include "gpu/recorder.h"
 #include "kv/formats.h"
 #include "kv/pins.h"
 
@@ -27,6 +28,8 @@ namespace kvscope::kv {
 
 class EvictionPolicy;
 class EventLog;
+class LayerView;
+class SpillTier;
 struct LayerScores;
 
 // Format, format_name(), parse_format(), format_names(): kv/formats.h.
@@ -50,6 +53,11 @@ struct CacheConfig {
   // kivi2 keys: slots per per-channel block, which is also how many recent
   // tokens stay in f16 (the block being filled). 0: kDefaultTokenGroup.
   uint32_t token_group = 0;
+  // --spill: evicted entries go to a host-memory tier and come back when the
+  // previous step's query would attend to them more than to the weakest live
+  // entry (kv/spill.h; KvCache's spill section). Needs a policy to evict.
+  bool spill = false;
+  uint64_t spill_max_bytes = 0;  // cap on the host tier, 0: none (the oldest blocks go past it)
 };
 
 // Device bytes of keys and values over all layers for a cache of this shape
@@ -168,6 +176,23 @@ class KvCache {
   gpu::Binding slot_positions(uint32_t layer) const;  // int[n_kv_head][capacity]
   gpu::Binding write_slots(uint32_t layer) const;     // int[n_tokens][n_kv_head] of the last reserve
   gpu::Binding open_blocks(uint32_t layer) const;     // int[n_kv_head]: each table's open_block()
+
+  // Rolling StreamingLLM (`streamingllm:...,rolling`): keys are stored
+  // un-rotated and RoPE is applied at cache-relative positions: a key's is
+  // its rank among the live positions of its (layer, kv_head) in token order,
+  // a query's the number of live tokens before it. Token positions (the
+  // causal mask, the log) keep growing past the context; RoPE never sees
+  // more than the slot capacity, so generation continues past the trained
+  // context.
+  bool rolling() const { return rolling_; }
+  // int[n_kv_head][capacity]: each slot's cache-relative position (-1:
+  // empty), refreshed with the slot tables. Without rolling, a binding
+  // attention does not read.
+  gpu::Binding rope_positions(uint32_t layer) const;
+  // The cache-relative positions of live `positions` (those of the last
+  // reserve): their ranks in layer 0, kv head 0 — the same in every table of
+  // a policy that keeps the same tokens in all heads, as streamingllm does.
+  std::vector<int32_t> rope_query_positions(std::span<const int32_t> positions) const;
   // How keys and values of one layer are laid out (kv/formats.h).
   const TensorLayout& key_layout() const { return key_layout_; }
   const TensorLayout& value_layout() const { return value_layout_; }
@@ -180,6 +205,22 @@ class KvCache {
   // of layer 0, kv head 0 (a per-head policy keeps other tokens elsewhere).
   uint32_t tokens() const { return tokens_; }
 
+  // --spill (CacheConfig::spill, with a policy). Per step the forward pass
+  // records record_spill_transfers() before anything writes the cache (rows
+  // of the slots evicted since the last step are copied out, recalled rows
+  // in), and record_spill_query() after each layer's attention (the last
+  // token's query, softmax row and key, read back for the next step's recall
+  // decision: a one-step lag); scores_written() then moves the evicted rows
+  // into the host tier. make_room() recalls on single-token (decode) steps,
+  // after the policy's evictions (kv/cache_spill.cpp).
+  const SpillTier* spill() const { return spill_.get(); }
+  uint64_t recalls() const { return recalls_; }
+  void record_spill_transfers(gpu::Recorder& rec);
+  // q_offset/probs_offset: bytes to the last token's query row in `qkv` and
+  // its softmax rows ([n_head][capacity]) in `probs`.
+  void record_spill_query(gpu::Recorder& rec, uint32_t layer, uint32_t n_head, const gpu::Buffer& qkv,
+                          uint64_t q_offset, const gpu::Buffer& probs, uint64_t probs_offset);
+
   // What the cache costs: the device memory allocated for keys and values,
   // and that per slot of capacity (over all layers; kivi2's f16 window and
   // every scale counted, so it depends on the capacity for kivi2 keys).
@@ -188,6 +229,15 @@ class KvCache {
 
  private:
   void upload_tables(uint32_t layer);
+  // --spill (kv/cache_spill.cpp)
+  struct SpillMove {  // one row moving between the device cache and the host tier
+    uint32_t layer, kv_head, slot;
+    int32_t position, token;
+  };
+  std::vector<std::vector<int32_t>> snapshot_positions(uint32_t layer) const;
+  void queue_evicted(uint32_t layer, const std::vector<std::vector<int32_t>>& before);
+  void recall(LayerView& view);
+  void spill_step_done();
 
   CacheShape shape_;
   CacheConfig config_;
@@ -197,6 +247,8 @@ class KvCache {
   gpu::Buffer slot_positions_;              // [layer][stride]: host-visible
   gpu::Buffer write_slots_;                 // [layer][stride]: host-visible
   gpu::Buffer open_blocks_;                 // [layer][stride]: host-visible
+  gpu::Buffer rope_positions_;              // [layer][slot_positions_stride_]: host-visible, rolling only
+  bool rolling_ = false;
   uint64_t slot_positions_stride_ = 0, write_slots_stride_ = 0, open_blocks_stride_ = 0;
   std::vector<SlotTable> tables_;           // [layer][kv_head]
   uint32_t tokens_ = 0;
@@ -210,6 +262,19 @@ class KvCache {
   std::vector<int32_t> token_ids_;          // by position, -1 unknown: for the log
   uint32_t step_ = 0;
   bool prefill_done_ = false;
+
+  std::unique_ptr<SpillTier> spill_;
+  std::vector<SpillMove> spill_out_pending_;      // evicted, rows still on the device
+  std::vector<SpillMove> spill_in_pending_;       // recalled, rows in spill_in_words_
+  std::vector<uint32_t> spill_in_words_;          // [move][k_row_words + v_row_words]
+  gpu::Buffer spill_out_, spill_in_;              // staging: readback, upload
+  gpu::Buffer spill_query_;                       // readback: per layer q | probs | the last token's key rows
+  uint64_t spill_query_stride_ = 0;
+  uint32_t spill_n_head_ = 0;
+  std::vector<int32_t> last_slots_;               // [layer][kv_head]: the last token's slot of the last reserve
+  std::vector<int32_t> query_slots_;              // last_slots_ as of the query read back
+  bool spill_query_valid_ = false;
+  uint64_t recalls_ = 0;
   const gpu::Context* ctx_ = nullptr;
 };
 

@@ -265,6 +265,24 @@ std::unique_ptr<EvictionPolicy> make_policy(const PolicySpec& spec, const Policy
   return policy;
 }
 
+void check_on_full_policy(const PolicySpec& spec, const PolicyShape& shape, const PinnedSpans& pins) {
+  if (spec.name == "full")
+    throw std::invalid_argument(fmt::format(
+        "--on-full {}: full does not evict; name the policy that should evict once the context is full, e.g. "
+        "--on-full streamingllm:sinks=4,window={}",
+        spec.text(), shape.capacity > 4 ? shape.capacity - 4 : 1));
+  const auto policy = make_policy(spec, shape, pins);
+  for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
+    for (uint32_t head = 0; head < shape.n_kv_head; ++head)
+      if (policy->budget(layer, head) != shape.capacity)
+        throw std::invalid_argument(fmt::format(
+            "--on-full {}: layer {} has a budget of {} slots, but a policy that takes over when the context is full "
+            "keeps the whole context of {} tokens until then and evicts only what each new token needs: give it a "
+            "budget of {}{} (or use --policy {} to evict before the context is full)",
+            spec.text(), layer, policy->budget(layer, head), shape.capacity, shape.capacity,
+            spec.name == "streamingllm" ? " (sinks + window)" : "", spec.text()));
+}
+
 // ------------------------------------------------------------ shared helpers
 
 namespace policies {

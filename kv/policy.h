@@ -228,4 +228,13 @@ class EvictionPolicy {
 std::unique_ptr<EvictionPolicy> make_policy(const PolicySpec& spec, const PolicyShape& shape,
                                             const PinnedSpans& pins = {});
 
+// `--on-full SPEC`: the policy that takes over from `full` once the context is
+// full. Its budget must be the whole context in every layer and kv head, so
+// that it keeps every token until the context fills and from then on evicts,
+// by its own rule, only what each new token needs (e.g.
+// streamingllm:sinks=4,window=252 for a 256-token context). Throws
+// std::invalid_argument with the budget that fits when it is not, or when
+// SPEC is `full` itself.
+void check_on_full_policy(const PolicySpec& spec, const PolicyShape& shape, const PinnedSpans& pins = {});
+
 }  // namespace kvscope::kv

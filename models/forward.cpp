@@ -30,6 +30,10 @@ int type_index(GgmlType t) {
     case GgmlType::F16: return 1;
     case GgmlType::Q8_0: return 2;
     case GgmlType::Q4_0: return 3;
+    case GgmlType::BF16: return 4;
+    case GgmlType::Q4_K: return 5;
+    case GgmlType::Q5_K: return 6;
+    case GgmlType::Q6_K: return 7;
     default: break;
   }
   throw std::invalid_argument(fmt::format("no shader for weight type {}", type_traits(uint32_t(t))->name));
@@ -61,6 +65,17 @@ std::pair<uint32_t, uint32_t> matmul_groups(uint64_t rows, uint32_t n_tokens, ui
 }
 uint32_t elementwise_groups(uint64_t n, uint32_t wg) { return gpu::ceil_div(n, wg); }
 
+// Attention runs one workgroup per (head, token): a decode step is only
+// n_head workgroups, too few to fill a GPU, so there each gets 256
+// invocations that split the slot range (attention.comp). A CPU device runs
+// workgroups on its few cores anyway and keeps the common size.
+uint32_t attention_workgroup_size(const gpu::Context& ctx, uint32_t wg) {
+  if (one_row_per_invocation(ctx)) return wg;
+  uint32_t a = std::max<uint32_t>(wg, 256);
+  while (a > ctx.info().max_workgroup_size_x && a > wg) a /= 2;
+  return a;
+}
+
 }  // namespace
 
 void GpuModel::make_pipelines() {
@@ -77,9 +92,12 @@ void GpuModel::make_pipelines() {
   constexpr uint32_t kTexelBinding0 = 1u << 0, kTexelBinding1 = 1u << 1;
   using namespace params;
   Pipelines& P = pipelines_;
-  const Id embed[4] = {Id::embed_f32, Id::embed_f16, Id::embed_q8_0, Id::embed_q4_0};
-  const Id matvec[4] = {Id::matvec_f32, Id::matvec_f16, Id::matvec_q8_0, Id::matvec_q4_0};
-  const Id matmul[4] = {Id::matmul_f32, Id::matmul_f16, Id::matmul_q8_0, Id::matmul_q4_0};
+  const Id embed[Pipelines::kWeightTypeCount] = {Id::embed_f32,  Id::embed_f16,  Id::embed_q8_0, Id::embed_q4_0,
+                                                 Id::embed_bf16, Id::embed_q4_k, Id::embed_q5_k, Id::embed_q6_k};
+  const Id matvec[Pipelines::kWeightTypeCount] = {Id::matvec_f32,  Id::matvec_f16,  Id::matvec_q8_0, Id::matvec_q4_0,
+                                                  Id::matvec_bf16, Id::matvec_q4_k, Id::matvec_q5_k, Id::matvec_q6_k};
+  const Id matmul[Pipelines::kWeightTypeCount] = {Id::matmul_f32,  Id::matmul_f16,  Id::matmul_q8_0, Id::matmul_q4_0,
+                                                  Id::matmul_bf16, Id::matmul_q4_k, Id::matmul_q5_k, Id::matmul_q6_k};
   // Only the weight types this model uses: lavapipe compiles each pipeline
   // through LLVM, so unused variants would cost start-up time.
   std::set<int> used = {type_index(weights_.token_embd.type), type_index(weights_.logits_weight().type)};
@@ -96,6 +114,7 @@ void GpuModel::make_pipelines() {
   P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams), {}, kTexelBinding1);
   P.rmsnorm = make(Id::rmsnorm, 3, sizeof(RmsNormParams));
   P.swiglu = make(Id::swiglu, 2, sizeof(SwigluParams));
+  if (cfg_.qkv_bias) P.add = make(Id::add, 3, sizeof(AddParams));
 }
 
 namespace {
@@ -127,19 +146,42 @@ void GpuModel::make_kv_pipelines(const kv::CacheConfig& config) {
   const int k = int(config.k_format), v = int(config.v_format);
   Pipelines& P = pipelines_;
   if (P.attention[k][v].handle() != VK_NULL_HANDLE) return;
-  auto make = [&](Id id, uint32_t bindings, uint32_t push) {
-    return gpu::Pipeline(*ctx_, gpu::PipelineDesc{id, bindings, push, {wg_}, 0});
+  auto make = [&](Id id, uint32_t bindings, uint32_t push, uint32_t wg) {
+    return gpu::Pipeline(*ctx_, gpu::PipelineDesc{id, bindings, push, {wg}, 0});
   };
-  P.rope_kv_write[k][v] = make(kRopeKvWrite[k][v], 5, sizeof(params::RopeKvWriteParams));
-  P.attention[k][v] = make(kAttention[k][v], 8, sizeof(params::AttentionParams));
+  P.rope_kv_write[k][v] = make(kRopeKvWrite[k][v], 6, sizeof(params::RopeKvWriteParams), wg_);
+  P.attention[k][v] =
+      make(kAttention[k][v], 10, sizeof(params::AttentionParams), attention_workgroup_size(*ctx_, wg_));
   if (config.k_format == kv::Format::Kivi2 && P.kivi_key_write.handle() == VK_NULL_HANDLE)
-    P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams));
+    P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams), wg_);
 }
 
 void GpuModel::make_scores_pipeline() {
   if (pipelines_.attention_scores.handle() != VK_NULL_HANDLE) return;
   pipelines_.attention_scores = gpu::Pipeline(
       *ctx_, gpu::PipelineDesc{Id::attention_scores, 4, sizeof(params::AttentionScoresParams), {wg_}, 0});
+}
+
+void GpuModel::check_fits_device(const GgufFile& file) const {
+  // Device-local activations of one batch (the buffers the constructor makes);
+  // tokens, positions and logits live in host-visible memory.
+  const uint64_t b = max_batch_, dim = cfg_.dim, q_dim = cfg_.q_dim(), kv_dim = cfg_.kv_dim(), ffn = cfg_.ffn_dim;
+  const uint64_t activations =
+      4 * (b * dim + 2 * b * std::max(dim, q_dim) + b * (q_dim + 2 * kv_dim) + 3 * b * ffn +
+           b * cfg_.n_head * uint64_t{capacity_} + 2 * dim);
+  const uint64_t weights = weight_device_bytes(file, cfg_);
+  const uint64_t available = ctx_->info().device_local_bytes;
+  if (weights + activations <= available) return;
+  auto gib = [](uint64_t bytes) {
+    return bytes >= (1ull << 30) ? fmt::format("{:.2f} GiB", double(bytes) / double(1ull << 30))
+                                 : fmt::format("{:.1f} MiB", double(bytes) / double(1ull << 20));
+  };
+  throw gpu::OutOfMemory(fmt::format(
+      "{}: the model needs {} of device memory ({} of weights, {} of activations for batches of {} tokens "
+      "at a context of {}), before its KV cache; {} has {}. Use a smaller model or a smaller weight type "
+      "(kvscope quantize IN OUT Q4_0), or another device (--device; kvscope devices lists them)",
+      file.path(), gib(weights + activations), gib(weights), gib(activations), max_batch_, capacity_,
+      ctx_->info().name, gib(available)));
 }
 
 GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, uint32_t capacity)
@@ -156,6 +198,7 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
         "binding of {} bytes on {}; use a smaller context (-c)",
         capacity, probe_row, limit, ctx.info().name));
 
+  check_fits_device(file);
   weights_ = upload_weights(ctx, file, cfg_);
   // The qkv and gate|up rows are laid out from the config; the tensors must agree.
   for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
@@ -171,6 +214,7 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
   const uint64_t b = max_batch_;
   tokens_ = Buffer(ctx, b * 4, MemoryUse::Upload, "tokens");
   positions_ = Buffer(ctx, b * 4, MemoryUse::Upload, "positions");
+  rope_positions_ = Buffer(ctx, b * 4, MemoryUse::Upload, "rope positions");
   x_ = Buffer(ctx, b * cfg_.dim * 4, MemoryUse::Device, "x");
   xb_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb");
   xb2_ = Buffer(ctx, b * std::max(cfg_.dim, cfg_.q_dim()) * 4, MemoryUse::Device, "xb2");
@@ -232,6 +276,7 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
     tokens_.write_as<int32_t>(tokens.subspan(start, n));
     positions_.write_as<int32_t>(positions.subspan(start, n));
     cache.reserve(positions.subspan(start, n), tokens.subspan(start, n));
+    if (cache.rolling()) rope_positions_.write_as<int32_t>(cache.rope_query_positions(positions.subspan(start, n)));
     const LogitsWanted w = wanted == LogitsWanted::All ? LogitsWanted::All : LogitsWanted::Last;
     if (wanted == LogitsWanted::Last && !last_batch) {
       record_batch(tokens.subspan(start, n), cache, LogitsWanted::Last);  // logits unused
@@ -295,8 +340,11 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
   auto& rec = recorder_;
   const int kf = int(cache.config().k_format), vf = int(cache.config().v_format);
   const params::KvLayout kv = kv_layout(cache);
+  // RoPE frequency divisors (Llama 3); without them the binding is not read.
+  const Buffer& freq_factors = cfg_.rope_freqs ? weights_.rope_freqs : positions_;
 
   rec.begin(timer_.get());
+  cache.record_spill_transfers(rec);  // --spill: evicted rows out, recalled rows in, before any write
 
   const GpuTensor& embd = weights_.token_embd;
   for (const auto& chunk : embd.chunks()) {
@@ -312,11 +360,22 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     rec.barrier();
     project(L.wqkv, xb_, qkv_, n);
     rec.barrier();
+    if (cfg_.qkv_bias) {  // one q|k|v bias row added to every token's qkv row, in place
+      const uint32_t width = uint32_t(L.wqkv.out_width), total = n * width;
+      rec.dispatch(P.add, {qkv_, L.qkv_bias, qkv_}, params::AddParams{total, width}, elementwise_groups(total, wg_));
+      rec.barrier();
+    }
     const uint32_t qkv_stride = uint32_t(L.wqkv.out_width);
     params::RopeKvWriteParams rp{n,  cfg_.n_head,       cfg_.n_kv_head,   hd,
                                  cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride, kv};
-    rec.dispatch(P.rope_kv_write[kf][vf], {qkv_, positions_, cache.write_slots(l), cache.keys(l), cache.values(l)},
-                 rp, cfg_.n_head + cfg_.n_kv_head, n);
+    rp.rope_mode = uint32_t(cfg_.rope_mode);
+    rp.has_freq_factors = cfg_.rope_freqs ? 1u : 0u;
+    rp.keys_unrotated = cache.rolling() ? 1u : 0u;
+    // Rolling: q turns by its cache-relative position, keys are stored as they are.
+    const Buffer& rope_query_positions = cache.rolling() ? rope_positions_ : positions_;
+    rec.dispatch(P.rope_kv_write[kf][vf],
+                 {qkv_, rope_query_positions, cache.write_slots(l), cache.keys(l), cache.values(l), freq_factors}, rp,
+                 cfg_.n_head + cfg_.n_kv_head, n);
     rec.barrier();
     if (kf == int(kv::Format::Kivi2)) {  // keys left rotated in qkv_: into the f16 window, full blocks quantized
       params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, cache.capacity(), qkv_stride, cfg_.q_dim(), kv};
@@ -326,11 +385,16 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     }
     params::AttentionParams ap{n, cfg_.n_head, cfg_.n_kv_head, hd, cache.capacity(), cache.scan_slots(l),
                                1.0f / std::sqrt(float(hd)), qkv_stride, kv};
+    if (cache.rolling()) ap.rolling = 1, ap.rope_dim = cfg_.rope_dim, ap.rope_theta = cfg_.rope_theta;
+    ap.rope_mode = uint32_t(cfg_.rope_mode);
+    ap.has_freq_factors = cfg_.rope_freqs ? 1u : 0u;
     rec.dispatch(P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
-                  cache.open_blocks(l)},
+                  cache.open_blocks(l), cache.rope_positions(l), freq_factors},
                  ap, cfg_.n_head, n);
     rec.barrier();
+    cache.record_spill_query(rec, l, cfg_.n_head, qkv_, uint64_t{n - 1} * qkv_stride * 4, probs_,
+                             uint64_t{n - 1} * cfg_.n_head * cache.capacity() * 4);  // --spill only
     if (cache.needs_scores()) {  // per-slot scores for the eviction policy, from the probs rows
       params::AttentionScoresParams sp{n, cfg_.n_head, cfg_.n_kv_head, cache.capacity(), cache.scan_slots(l),
                                        cache.score_first_query(n), cache.scores_accumulate() ? 1u : 0u};

@@ -64,6 +64,10 @@ class GpuModel {
 
  private:
   void make_pipelines();
+  // Throws gpu::OutOfMemory, before anything is allocated, when the weights
+  // and activations need more than the device's memory: how much, how much
+  // there is, what to do.
+  void check_fits_device(const GgufFile& file) const;
   // The pipelines for this cache's formats, made if not yet.
   void make_kv_pipelines(const kv::CacheConfig& config);
   void make_scores_pipeline();
@@ -83,8 +87,11 @@ class GpuModel {
   GpuWeights weights_;
 
   struct Pipelines {
-    gpu::Pipeline embed[4], matvec[4], matmul[4];
+    // Indexed by type_index() in forward.cpp: F32 F16 Q8_0 Q4_0 BF16 Q4_K Q5_K Q6_K.
+    static constexpr int kWeightTypeCount = 8;
+    gpu::Pipeline embed[kWeightTypeCount], matvec[kWeightTypeCount], matmul[kWeightTypeCount];
     gpu::Pipeline rmsnorm, swiglu;
+    gpu::Pipeline add;  // q|k|v biases (qwen2), only when the model has them
     // Per (key format, value format), indexed by kv::Format, made on first
     // use (kv_pipelines): lavapipe compiles each pipeline through LLVM, and a
     // cache uses one pair.
@@ -95,6 +102,7 @@ class GpuModel {
 
   // Activations, sized for max_batch tokens.
   gpu::Buffer tokens_, positions_;             // int[max_batch] (host-visible)
+  gpu::Buffer rope_positions_;                 // int[max_batch]: queries' cache-relative positions (rolling)
   gpu::Buffer x_, xb_, xb2_;                   // f32 [max_batch][dim | q_dim]
   gpu::Buffer qkv_;                            // f32 [max_batch][q_dim + 2 kv_dim]: q | k | v
   gpu::Buffer gate_up_;                        // f32 [max_batch][2 ffn_dim]: gate | up

@@ -15,6 +15,8 @@
 
 #include <fmt/format.h>
 
+#include "models/ggml_kquants.h"
+
 namespace kvscope {
 
 namespace {
@@ -156,10 +158,30 @@ std::optional<TypeTraits> type_traits(uint32_t type_id) {
 }
 
 bool type_supported(GgmlType t) {
-  return t == GgmlType::F32 || t == GgmlType::F16 || t == GgmlType::Q8_0 || t == GgmlType::Q4_0;
+  switch (t) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16:
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
 }
 
-std::string_view supported_types_list() { return "F32 F16 Q8_0 Q4_0"; }
+std::string_view supported_types_list() { return "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"; }
+
+uint16_t f32_to_bf16(float f) {
+  const uint32_t bits = std::bit_cast<uint32_t>(f);
+  if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((bits >> 16) | 64u);  // NaN stays quiet NaN
+  return static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);  // round to nearest even
+}
+
+float bf16_to_f32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
 std::optional<GgmlType> type_from_name(std::string_view name) {
   for (const TypeRow& row : kTypes) {
@@ -176,8 +198,9 @@ std::optional<GgmlType> type_from_name(std::string_view name) {
 size_t row_bytes(GgmlType t, size_t n) {
   const TypeTraits traits = traits_of(t);
   if (n % traits.block_elems != 0)
-    throw std::invalid_argument(fmt::format("a {} row of {} elements is not a whole number of {}-element blocks",
-                                            traits.name, n, traits.block_elems));
+    throw std::invalid_argument(fmt::format("a {} row of {} elements is not a whole number of {}-element blocks; "
+                                            "{} needs row lengths that are multiples of {}",
+                                            traits.name, n, traits.block_elems, traits.name, traits.block_elems));
   return n / traits.block_elems * traits.block_bytes;
 }
 
@@ -232,8 +255,17 @@ void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst
     case GgmlType::F16:
       for (size_t i = 0; i < src.size(); ++i) store_f16(dst.data() + 2 * i, src[i]);
       return;
+    case GgmlType::BF16:
+      for (size_t i = 0; i < src.size(); ++i) {
+        const uint16_t h = f32_to_bf16(src[i]);
+        std::memcpy(dst.data() + 2 * i, &h, sizeof h);
+      }
+      return;
     case GgmlType::Q8_0: quantize_q8_0(src, dst.data()); return;
     case GgmlType::Q4_0: quantize_q4_0(src, dst.data()); return;
+    case GgmlType::Q4_K: quantize_q4_k(src, dst.data()); return;
+    case GgmlType::Q5_K: quantize_q5_k(src, dst.data()); return;
+    case GgmlType::Q6_K: quantize_q6_k(src, dst.data()); return;
     default:
       throw std::invalid_argument(fmt::format("quantize_row: kvscope cannot write type {}; supported: {}",
                                               traits_of(t).name, supported_types_list()));
@@ -252,8 +284,18 @@ void dequantize_row(GgmlType t, std::span<const uint8_t> src, std::span<float> d
     case GgmlType::F16:
       for (size_t i = 0; i < dst.size(); ++i) dst[i] = load_f16(src.data() + 2 * i);
       return;
+    case GgmlType::BF16:
+      for (size_t i = 0; i < dst.size(); ++i) {
+        uint16_t h;
+        std::memcpy(&h, src.data() + 2 * i, sizeof h);
+        dst[i] = bf16_to_f32(h);
+      }
+      return;
     case GgmlType::Q8_0: dequantize_q8_0(src.data(), dst); return;
     case GgmlType::Q4_0: dequantize_q4_0(src.data(), dst); return;
+    case GgmlType::Q4_K: dequantize_q4_k(src.data(), dst); return;
+    case GgmlType::Q5_K: dequantize_q5_k(src.data(), dst); return;
+    case GgmlType::Q6_K: dequantize_q6_k(src.data(), dst); return;
     default:
       throw std::invalid_argument(fmt::format("dequantize_row: kvscope cannot read type {}; supported: {}",
                                               traits_of(t).name, supported_types_list()));

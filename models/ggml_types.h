@@ -41,9 +41,11 @@ struct TypeTraits {
 
 // Traits of a type this build knows the size of; nullopt for unknown ids.
 std::optional<TypeTraits> type_traits(uint32_t type_id);
-// Whether kvscope can compute with this type (F32 F16 Q8_0 Q4_0 now).
+// Whether kvscope can compute with this type (read, write, and run on the GPU).
 bool type_supported(GgmlType t);
-std::string_view supported_types_list();  // "F32 F16 Q8_0 Q4_0"
+std::string_view supported_types_list();  // "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"
+// K-quants: super-blocks of 256 elements (layouts in models/ggml_kquants.h).
+constexpr bool is_k_quant(GgmlType t) { return t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K; }
 std::optional<GgmlType> type_from_name(std::string_view name);  // case-insensitive
 
 // Bytes of a row of n elements; n must be a multiple of block_elems.
@@ -52,12 +54,17 @@ size_t row_bytes(GgmlType t, size_t n);
 // IEEE half <-> float, round to nearest even, inf/NaN preserved.
 uint16_t f32_to_f16(float f);
 float f16_to_f32(uint16_t h);
+// bfloat16 (the top half of an f32): round to nearest even as ggml does, NaN kept quiet.
+uint16_t f32_to_bf16(float f);
+float bf16_to_f32(uint16_t h);
 
 // Q8_0: blocks of 32 -> { f16 d; int8 q[32]; }  x = d * q, d = amax / 127.
 // Q4_0: blocks of 32 -> { f16 d; uint8 qs[16]; } x = d * (q - 8),
 //   d = max / -8 where max is the signed value of largest magnitude;
 //   qs[j] holds element j in the low nibble and element j+16 in the high one.
-// Both match ggml's reference quantizers bit for bit.
+// Both match ggml's reference quantizers bit for bit, as does BF16.
+// Q4_K Q5_K Q6_K: see models/ggml_kquants.h (dequantization exact to ggml's
+// formulas; quantization is kvscope's own scale search).
 constexpr size_t kQ8_0BlockBytes = 34;
 constexpr size_t kQ4_0BlockBytes = 18;
 void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst);

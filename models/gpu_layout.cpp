@@ -1,12 +1,16 @@
 // Repacking of GGUF rows into the GPU layout of shaders/common/params.h:
 // block scales pulled out of the quant blocks into their own array; every value
 // row starts on a 16-byte texel (the shaders read values as texels), every
-// scale row on a 32-bit word.
+// scale row on a 32-bit word. K-quant super-blocks keep ggml's byte order.
 #include "models/gpu_layout.h"
 
 #include <cstring>
 #include <stdexcept>
 #include <string>
+
+#include <fmt/format.h>
+
+#include "models/ggml_kquants.h"
 
 namespace kvscope {
 
@@ -14,6 +18,9 @@ namespace {
 
 constexpr uint64_t kBlock = 32;  // elements per Q8_0 / Q4_0 block
 constexpr uint64_t kTexelBytes = 16;  // value rows are padded to whole texels
+// Q6_K keeps ql, qh and its 16 int8 scales (208 bytes, 13 texels) per
+// super-block in the values; its f16 d goes to the scales like Q8_0's.
+constexpr uint64_t kQ6_KValueBytes = 208;
 
 uint64_t words_for_bytes(uint64_t bytes) { return (bytes + 3) / 4; }
 
@@ -23,19 +30,32 @@ uint64_t value_bytes_per_row(GgmlType type, uint64_t cols) {
     case GgmlType::F32:
       return cols * 4;
     case GgmlType::F16:
+    case GgmlType::BF16:
       return cols * 2;
     case GgmlType::Q8_0:
       return cols;
     case GgmlType::Q4_0:
       return cols / 2;
+    case GgmlType::Q4_K:
+      return cols / kSuperBlock * kQ4_KBlockBytes;
+    case GgmlType::Q5_K:
+      return cols / kSuperBlock * kQ5_KBlockBytes;
+    case GgmlType::Q6_K:
+      return cols / kSuperBlock * kQ6_KValueBytes;
     default:
       break;
   }
-  throw std::invalid_argument("repack_for_gpu: type id " + std::to_string(static_cast<uint32_t>(type)) +
-                              " is not supported on the GPU; supported: F32 F16 Q8_0 Q4_0");
+  throw std::invalid_argument(fmt::format("repack_for_gpu: type {} is not supported on the GPU; supported: {}",
+                                          type_traits(static_cast<uint32_t>(type)) ? type_traits(static_cast<uint32_t>(type))->name
+                                                                                   : std::string_view("(unknown)"),
+                                          supported_types_list()));
 }
 
-bool is_quantized(GgmlType type) { return type == GgmlType::Q8_0 || type == GgmlType::Q4_0; }
+// Types with one f16 scale per block in the scale array.
+bool has_scale_array(GgmlType type) {
+  return type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q6_K;
+}
+uint64_t block_elems(GgmlType type) { return is_k_quant(type) ? kSuperBlock : kBlock; }
 
 }  // namespace
 
@@ -44,8 +64,8 @@ uint64_t GpuWeight::value_row_bytes() const {
 }
 
 uint64_t GpuWeight::scale_row_bytes() const {
-  if (!is_quantized(type)) return 0;
-  return 4 * words_for_bytes(2 * (cols / kBlock));  // one f16 per block
+  if (!has_scale_array(type)) return 0;
+  return 4 * words_for_bytes(2 * (cols / block_elems(type)));  // one f16 per block
 }
 
 GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint64_t cols) {
@@ -54,10 +74,11 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
   out.rows = rows;
   out.cols = cols;
   const uint64_t src_value_bytes = value_bytes_per_row(type, cols);  // throws for other types
-  if (is_quantized(type) && cols % kBlock != 0) {
-    throw std::invalid_argument("repack_for_gpu: a " + std::string(type == GgmlType::Q8_0 ? "Q8_0" : "Q4_0") +
-                                " tensor needs a row length that is a multiple of 32, got " +
-                                std::to_string(cols));
+  const bool blocked = has_scale_array(type) || is_k_quant(type);
+  if (blocked && cols % block_elems(type) != 0) {
+    throw std::invalid_argument(fmt::format(
+        "repack_for_gpu: a {} tensor needs a row length that is a multiple of {}, got {}",
+        type_traits(static_cast<uint32_t>(type))->name, block_elems(type), cols));
   }
   const uint64_t value_row_bytes = out.value_row_bytes();
   const uint64_t scale_row_bytes = out.scale_row_bytes();
@@ -66,27 +87,34 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
   auto* values = reinterpret_cast<uint8_t*>(out.values.data());
   auto* scales = reinterpret_cast<uint8_t*>(out.scales.data());
 
-  if (!is_quantized(type)) {
-    // F32/F16 rows are copied as they are, then zero padding to a whole texel.
+  if (!has_scale_array(type)) {
+    // F32/F16/BF16 rows, and Q4_K/Q5_K super-blocks (144 and 176 bytes: whole
+    // texels, d/dmin/scales in the first), are copied as they are, then zero
+    // padding to a whole texel.
     for (uint64_t r = 0; r < rows; ++r) {
       std::memcpy(values + r * value_row_bytes, data + r * src_value_bytes, src_value_bytes);
     }
     return out;
   }
 
-  // ggml blocks: { f16 d; q[...] } with q of 32 int8 (Q8_0) or 16 bytes of
-  // nibble pairs (Q4_0). The quant bytes keep their order; d moves to `scales`.
-  const uint64_t block_bytes = type == GgmlType::Q8_0 ? kQ8_0BlockBytes : kQ4_0BlockBytes;
+  // Q8_0/Q4_0 blocks { f16 d; q[...] } (32 int8, or 16 bytes of nibble pairs):
+  // the quant bytes keep their order, d moves to `scales`. Q6_K blocks
+  // { ql[128]; qh[64]; i8 scales[16]; f16 d }: the first 208 bytes stay, d moves.
+  const uint64_t block_bytes = type == GgmlType::Q8_0   ? kQ8_0BlockBytes
+                               : type == GgmlType::Q4_0 ? kQ4_0BlockBytes
+                                                        : kQ6_KBlockBytes;
   const uint64_t quant_bytes = block_bytes - 2;
-  const uint64_t blocks_per_row = cols / kBlock;
+  const uint64_t d_offset = type == GgmlType::Q6_K ? kQ6_KValueBytes : 0;
+  const uint64_t quant_offset = type == GgmlType::Q6_K ? 0 : 2;
+  const uint64_t blocks_per_row = cols / block_elems(type);
   for (uint64_t r = 0; r < rows; ++r) {
     const uint8_t* src_row = data + r * blocks_per_row * block_bytes;
     uint8_t* value_row = values + r * value_row_bytes;
     uint8_t* scale_row = scales + r * scale_row_bytes;
     for (uint64_t b = 0; b < blocks_per_row; ++b) {
       const uint8_t* block = src_row + b * block_bytes;
-      std::memcpy(scale_row + 2 * b, block, 2);
-      std::memcpy(value_row + b * quant_bytes, block + 2, quant_bytes);
+      std::memcpy(scale_row + 2 * b, block + d_offset, 2);
+      std::memcpy(value_row + b * quant_bytes, block + quant_offset, quant_bytes);
     }
   }
   return out;

@@ -34,7 +34,7 @@ class ConfigReader {
     return static_cast<uint32_t>(value);
   }
   uint32_t required(const std::string& key, uint64_t max) const {
-    if (!file_.has(key)) fail(fmt::format("metadata {} is missing; this llama model needs it", key));
+    if (!file_.has(key)) fail(fmt::format("metadata {} is missing; this model needs it", key));
     return checked(key, file_.get_uint(key), max);
   }
   uint32_t optional(const std::string& key, uint64_t fallback, uint64_t max) const {
@@ -52,23 +52,28 @@ class ConfigReader {
 
 std::string shape_string(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
-void check_tensor(const GgufFile& file, const std::string& name, std::vector<uint64_t> expected, bool must_be_f32) {
+// `f32_only`: what the tensor is, when it must be F32 ("norm weights"); null otherwise.
+void check_tensor(const GgufFile& file, const std::string& arch, const std::string& name,
+                  std::vector<uint64_t> expected, const char* f32_only) {
   const GgufTensorInfo* t = file.find_tensor(name);
-  if (!t) throw GgufError(fmt::format("{}: tensor '{}' is missing; this llama model needs it", file.path(), name));
+  if (!t)
+    throw GgufError(fmt::format("{}: tensor '{}' is missing; this {} model needs it", file.path(), name, arch));
   const std::string_view type_name = type_traits(static_cast<uint32_t>(t->type))->name;  // reader checked the id
   if (!type_supported(t->type))
     throw GgufError(fmt::format("{}: tensor {} has type {}, which kvscope does not support yet; supported: {}",
                                 file.path(), name, type_name, supported_types_list()));
-  if (must_be_f32 && t->type != GgmlType::F32)
-    throw GgufError(fmt::format("{}: tensor '{}' has type {}; norm weights must be F32", file.path(), name, type_name));
+  if (f32_only && t->type != GgmlType::F32)
+    throw GgufError(fmt::format("{}: tensor '{}' has type {}; {} must be F32", file.path(), name, type_name, f32_only));
   if (t->shape != expected)
-    throw GgufError(fmt::format("{}: tensor '{}' has shape {}, expected {} for this llama model", file.path(), name,
-                                shape_string(t->shape), shape_string(expected)));
+    throw GgufError(fmt::format("{}: tensor '{}' has shape {}, expected {} for this {} model", file.path(), name,
+                                shape_string(t->shape), shape_string(expected), arch));
 }
 
 }  // namespace
 
 std::string layer_tensor(uint32_t layer, const char* suffix) { return fmt::format("blk.{}.{}", layer, suffix); }
+
+std::string supported_architectures_list() { return "llama qwen2"; }
 
 LlamaConfig read_llama_config(const GgufFile& file) {
   ConfigReader in(file);
@@ -76,8 +81,13 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (!file.has("general.architecture"))
     in.fail("metadata general.architecture is missing; kvscope runs llama-family models");
   cfg.arch = file.get_string("general.architecture");
-  if (cfg.arch != "llama")
-    in.fail(fmt::format("general.architecture is '{}'; kvscope runs llama-family models", cfg.arch));
+  if (cfg.arch != "llama" && cfg.arch != "qwen2")
+    in.fail(fmt::format("general.architecture is '{}', which kvscope does not run; supported: {}", cfg.arch,
+                        supported_architectures_list()));
+  // qwen2 is llama with biases on q, k, v and GPT-NeoX's rotation pairs
+  // (llama.cpp's LLAMA_ROPE_TYPE_NEOX for it).
+  const bool qwen2 = cfg.arch == "qwen2";
+  cfg.rope_mode = qwen2 ? RopeMode::Neox : RopeMode::Normal;
   cfg.name = file.get_string_or("general.name", "");
 
   const std::string& a = cfg.arch;  // every hyperparameter key is prefixed with the architecture
@@ -117,30 +127,42 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   } else if (embd && embd->shape.size() == 2) {
     n_vocab = embd->shape[1];
   } else if (!embd) {
-    in.fail("tensor 'token_embd.weight' is missing; this llama model needs it");
+    in.fail(fmt::format("tensor 'token_embd.weight' is missing; this {} model needs it", cfg.arch));
   } else {
-    in.fail(fmt::format("tensor 'token_embd.weight' has shape {}, expected [{}, n_vocab] for this llama model",
-                        shape_string(embd->shape), cfg.dim));
+    in.fail(fmt::format("tensor 'token_embd.weight' has shape {}, expected [{}, n_vocab] for this {} model",
+                        shape_string(embd->shape), cfg.dim, cfg.arch));
   }
   cfg.n_vocab = in.checked("vocabulary size", n_vocab, kMaxVocab);
 
   // Tensors, shapes ne[0] first (ne[0] is the input side of a matmul).
   const uint64_t dim = cfg.dim, q_dim = cfg.q_dim(), kv_dim = cfg.kv_dim(), ffn = cfg.ffn_dim;
-  check_tensor(file, "token_embd.weight", {dim, cfg.n_vocab}, false);
-  check_tensor(file, "output_norm.weight", {dim}, true);
+  check_tensor(file, cfg.arch, "token_embd.weight", {dim, cfg.n_vocab}, nullptr);
+  check_tensor(file, cfg.arch, "output_norm.weight", {dim}, "norm weights");
   cfg.tied_output = file.find_tensor("output.weight") == nullptr;
-  if (!cfg.tied_output) check_tensor(file, "output.weight", {dim, cfg.n_vocab}, false);
+  if (!cfg.tied_output) check_tensor(file, cfg.arch, "output.weight", {dim, cfg.n_vocab}, nullptr);
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
-    check_tensor(file, layer_tensor(l, "attn_norm.weight"), {dim}, true);
-    check_tensor(file, layer_tensor(l, "attn_q.weight"), {dim, q_dim}, false);
-    check_tensor(file, layer_tensor(l, "attn_k.weight"), {dim, kv_dim}, false);
-    check_tensor(file, layer_tensor(l, "attn_v.weight"), {dim, kv_dim}, false);
-    check_tensor(file, layer_tensor(l, "attn_output.weight"), {q_dim, dim}, false);
-    check_tensor(file, layer_tensor(l, "ffn_norm.weight"), {dim}, true);
-    check_tensor(file, layer_tensor(l, "ffn_gate.weight"), {dim, ffn}, false);
-    check_tensor(file, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, false);
-    check_tensor(file, layer_tensor(l, "ffn_down.weight"), {ffn, dim}, false);
+    check_tensor(file, cfg.arch, layer_tensor(l, "attn_norm.weight"), {dim}, "norm weights");
+    check_tensor(file, cfg.arch, layer_tensor(l, "attn_q.weight"), {dim, q_dim}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "attn_k.weight"), {dim, kv_dim}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "attn_v.weight"), {dim, kv_dim}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "attn_output.weight"), {q_dim, dim}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_norm.weight"), {dim}, "norm weights");
+    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_gate.weight"), {dim, ffn}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, nullptr);
+    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_down.weight"), {ffn, dim}, nullptr);
   }
+  // q/k/v biases: required by qwen2, accepted on llama when every layer has all three.
+  cfg.qkv_bias = qwen2 || file.find_tensor(layer_tensor(0, "attn_q.bias")) != nullptr;
+  if (cfg.qkv_bias) {
+    for (uint32_t l = 0; l < cfg.n_layer; ++l) {
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_q.bias"), {q_dim}, "biases");
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_k.bias"), {kv_dim}, "biases");
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_v.bias"), {kv_dim}, "biases");
+    }
+  }
+  // Llama 3.1+ stores its RoPE frequency scaling as one divisor per pair.
+  cfg.rope_freqs = file.find_tensor("rope_freqs.weight") != nullptr;
+  if (cfg.rope_freqs) check_tensor(file, cfg.arch, "rope_freqs.weight", {cfg.rope_dim / 2}, "rope frequency factors");
   return cfg;
 }
 

@@ -8,6 +8,15 @@
 
 namespace kvscope {
 
+// Which dims of a head RoPE rotates together (shaders/common/rope.glsl):
+// Normal (llama) pairs (2i, 2i+1), Neox (qwen2) pairs (i, i + rope_dim/2).
+enum class RopeMode : uint32_t { Normal = 0, Neox = 1 };
+
+// The architectures kvscope runs (general.architecture): llama (Llama 2 and
+// 3.x, TinyLlama, SmolLM, Mistral) and qwen2 (Qwen 2 / 2.5: biases on q, k, v,
+// NeoX RoPE). Both are the same pre-norm SwiGLU transformer.
+std::string supported_architectures_list();  // "llama qwen2"
+
 struct LlamaConfig {
   std::string arch = "llama";   // general.architecture
   std::string name;             // general.name, if any
@@ -23,6 +32,9 @@ struct LlamaConfig {
   float rope_theta = 10000.0f;  // {arch}.rope.freq_base
   uint32_t rope_dim = 0;        // {arch}.rope.dimension_count (default head_dim)
   bool tied_output = false;     // no output.weight: logits use token_embd.weight
+  RopeMode rope_mode = RopeMode::Normal;  // from the architecture: qwen2 rotates NeoX pairs
+  bool rope_freqs = false;      // rope_freqs.weight (rope_dim/2 f32): per-pair frequency divisors (Llama 3)
+  bool qkv_bias = false;        // blk.N.attn_{q,k,v}.bias (f32): added after the projections (qwen2)
 
   uint32_t kv_dim() const { return n_kv_head * head_dim; }
   uint32_t q_dim() const { return n_head * head_dim; }
@@ -30,6 +42,7 @@ struct LlamaConfig {
 
 // Reads and validates the hyperparameters. Throws GgufError naming the file and
 // key for: unsupported architecture, missing keys, zero or absurd sizes,
+// missing q/k/v biases for qwen2 (optional for llama, all or none),
 // n_head not divisible by n_kv_head, and every tensor whose shape or type does
 // not fit (missing tensor, wrong shape, type kvscope cannot compute with).
 LlamaConfig read_llama_config(const GgufFile& file);

@@ -1,9 +1,13 @@
 // `kvscope quantize`: every 2-D *.weight matrix (token embedding included)
-// is converted row by row through f32 to the target type; norms and other
-// 1-D tensors are copied untouched; all metadata is kept and
+// is converted row by row through f32 to the type the scheme picks for it;
+// norms and other 1-D tensors are copied untouched; all metadata is kept and
 // general.file_type says what the weights now are.
 #include "models/quantize.h"
 
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
 #include <filesystem>
 #include <stdexcept>
 #include <vector>
@@ -16,18 +20,52 @@ namespace kvscope {
 
 namespace {
 
-// llama.cpp's LLAMA_FTYPE numbers, the values general.file_type holds.
-uint32_t llama_file_type(GgmlType t) {
-  switch (t) {
+constexpr std::array kSchemes = {
+    QuantizeScheme{"F16", GgmlType::F16},   QuantizeScheme{"Q8_0", GgmlType::Q8_0},
+    QuantizeScheme{"Q4_0", GgmlType::Q4_0}, QuantizeScheme{"Q4_K", GgmlType::Q4_K},
+    QuantizeScheme{"Q5_K", GgmlType::Q5_K}, QuantizeScheme{"Q6_K", GgmlType::Q6_K},
+    QuantizeScheme{"Q4_K_M", GgmlType::Q4_K, true}, QuantizeScheme{"Q5_K_M", GgmlType::Q5_K, true},
+};
+
+// llama.cpp's LLAMA_FTYPE numbers, the values general.file_type holds. A
+// model that is Q4_K or Q5_K throughout is marked as llama.cpp's "_S" mix of
+// that type, the nearest it has.
+uint32_t llama_file_type(const QuantizeScheme& scheme) {
+  if (scheme.name == "Q4_K_M") return 15;
+  if (scheme.name == "Q5_K_M") return 17;
+  switch (scheme.base) {
     case GgmlType::F32: return 0;
     case GgmlType::F16: return 1;
     case GgmlType::Q4_0: return 2;
     case GgmlType::Q8_0: return 7;
+    case GgmlType::Q4_K: return 14;
+    case GgmlType::Q5_K: return 16;
+    case GgmlType::Q6_K: return 18;
     default: break;
   }
-  throw std::runtime_error(fmt::format("kvscope cannot quantize to {}; choose one of F32 F16 Q8_0 Q4_0",
-                                       type_traits(static_cast<uint32_t>(t)) ? type_traits(static_cast<uint32_t>(t))->name
-                                                                              : std::string_view("an unknown type")));
+  throw std::runtime_error(fmt::format("kvscope cannot quantize to {}; choose one of {}", scheme.name,
+                                       quantize_scheme_list()));
+}
+
+// The layer of "blk.<n>.<rest>", or -1.
+int layer_of(std::string_view name) {
+  if (!name.starts_with("blk.")) return -1;
+  int layer = -1;
+  const char* begin = name.data() + 4;
+  const auto [end, ec] = std::from_chars(begin, name.data() + name.size(), layer);
+  return ec == std::errc() && end != begin && *end == '.' ? layer : -1;
+}
+
+// The type a scheme gives one weight matrix before the row-length check
+// (llama_tensor_get_type's rules for the _M mixes, the ones that apply to
+// dense llama-family models).
+GgmlType scheme_type(const QuantizeScheme& scheme, std::string_view name, int n_layers) {
+  if (!scheme.more_bits_mix) return scheme.base;
+  if (name == "output.weight") return GgmlType::Q6_K;
+  const bool more_bits_tensor = name.ends_with(".attn_v.weight") || name.ends_with(".ffn_down.weight");
+  const int layer = layer_of(name);
+  if (more_bits_tensor && layer >= 0 && use_more_bits(layer, n_layers)) return GgmlType::Q6_K;
+  return scheme.base;
 }
 
 bool is_weight_matrix(const GgufTensorInfo& t) {
@@ -61,19 +99,54 @@ std::vector<uint8_t> convert(const GgufFile& in, const GgufTensorInfo& t, GgmlTy
 
 }  // namespace
 
+std::optional<QuantizeScheme> quantize_scheme(std::string_view name) {
+  for (const QuantizeScheme& scheme : kSchemes) {
+    if (scheme.name.size() != name.size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < name.size() && same; ++i)
+      same = std::toupper(static_cast<unsigned char>(name[i])) == static_cast<unsigned char>(scheme.name[i]);
+    if (same) return scheme;
+  }
+  return std::nullopt;
+}
+
+std::string_view quantize_scheme_list() { return "F16 Q8_0 Q4_0 Q4_K Q5_K Q6_K Q4_K_M Q5_K_M"; }
+
+bool use_more_bits(int layer, int n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
 QuantizeResult quantize_model(const std::string& in_path, const std::string& out_path, GgmlType type) {
-  const uint32_t file_type = llama_file_type(type);  // rejects unsupported targets before any work
+  for (const QuantizeScheme& scheme : kSchemes)
+    if (scheme.base == type && !scheme.more_bits_mix) return quantize_model(in_path, out_path, scheme);
+  const auto traits = type_traits(static_cast<uint32_t>(type));
+  throw std::runtime_error(fmt::format("kvscope cannot quantize to {}; choose one of {}",
+                                       traits ? traits->name : std::string_view("an unknown type"),
+                                       quantize_scheme_list()));
+}
+
+QuantizeResult quantize_model(const std::string& in_path, const std::string& out_path, const QuantizeScheme& scheme) {
+  const uint32_t file_type = llama_file_type(scheme);  // rejects unsupported targets before any work
   const GgufFile in = GgufFile::open(in_path);
 
   GgufWriter out(in.alignment());
   for (const std::string& key : in.metadata_order()) out.set(key, in.get(key));
   out.set_uint32("general.file_type", file_type);
 
+  int n_layers = 0;
+  for (const GgufTensorInfo& t : in.tensors()) n_layers = std::max(n_layers, layer_of(t.name) + 1);
+
   QuantizeResult result;
   for (const GgufTensorInfo& t : in.tensors()) {
-    if (is_weight_matrix(t) && t.type != type) {
-      const std::vector<uint8_t> bytes = convert(in, t, type);
-      out.add_tensor(t.name, type, t.shape, bytes);
+    GgmlType target = scheme_type(scheme, t.name, n_layers);
+    if (is_weight_matrix(t) && is_k_quant(target) && t.shape[0] % 256 != 0) {
+      // As llama.cpp does for such tensors: a type whose blocks fit the rows.
+      target = t.shape[0] % 32 == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+      ++result.n_fallback;
+    }
+    if (is_weight_matrix(t) && t.type != target) {
+      const std::vector<uint8_t> bytes = convert(in, t, target);
+      out.add_tensor(t.name, target, t.shape, bytes);
       ++result.n_quantized;
     } else {
       out.add_tensor(t.name, t.type, t.shape, {t.data, t.n_bytes});

@@ -36,12 +36,18 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
   w.token_embd = view(file, "token_embd.weight");
   w.output_norm = floats(file, "output_norm.weight");
   w.output = cfg.tied_output ? w.token_embd : view(file, "output.weight");
+  if (cfg.rope_freqs) w.rope_freqs = floats(file, "rope_freqs.weight");
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     LayerWeights lw;
     lw.attn_norm = floats(file, layer_tensor(l, "attn_norm.weight"));
     lw.wq = view(file, layer_tensor(l, "attn_q.weight"));
     lw.wk = view(file, layer_tensor(l, "attn_k.weight"));
     lw.wv = view(file, layer_tensor(l, "attn_v.weight"));
+    if (cfg.qkv_bias) {
+      lw.bq = floats(file, layer_tensor(l, "attn_q.bias"));
+      lw.bk = floats(file, layer_tensor(l, "attn_k.bias"));
+      lw.bv = floats(file, layer_tensor(l, "attn_v.bias"));
+    }
     lw.wo = view(file, layer_tensor(l, "attn_output.weight"));
     lw.ffn_norm = floats(file, layer_tensor(l, "ffn_norm.weight"));
     lw.w1 = view(file, layer_tensor(l, "ffn_gate.weight"));
@@ -93,8 +99,14 @@ const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
     mv(q_, lw.wq, {xb_.data(), dim});
     mv(k_, lw.wk, {xb_.data(), dim});
     mv(v_, lw.wv, {xb_.data(), dim});
-    for (uint32_t h = 0; h < cfg_.n_head; ++h) rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta);
-    for (uint32_t h = 0; h < cfg_.n_kv_head; ++h) rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta);
+    if (cfg_.qkv_bias) {
+      for (uint32_t i = 0; i < q_dim; ++i) q_[i] += lw.bq[i];
+      for (uint32_t i = 0; i < kv_dim; ++i) k_[i] += lw.bk[i], v_[i] += lw.bv[i];
+    }
+    for (uint32_t h = 0; h < cfg_.n_head; ++h)
+      rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta, cfg_.rope_mode, w_.rope_freqs);
+    for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
+      rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta, cfg_.rope_mode, w_.rope_freqs);
     std::memcpy(key_layer + size_t(pos) * kv_dim, k_.data(), kv_dim * sizeof(float));
     std::memcpy(value_layer + size_t(pos) * kv_dim, v_.data(), kv_dim * sizeof(float));
 

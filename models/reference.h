@@ -21,8 +21,12 @@ void matvec(std::span<float> y, GgmlType type, const uint8_t* w, uint64_t rows, 
 // row `id` of an embedding table (rows = n_vocab, cols = dim) as f32
 void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n_vocab,
            uint64_t dim, int32_t id);
-// adjacent-pair rotation of one head vector (head_dim), first rope_dim dims
-void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta);
+// rotary embedding of one head vector (head_dim), first rope_dim dims
+// (shaders/common/rope.glsl): pair i < rope_dim/2 is dims (2i, 2i+1) (Normal)
+// or (i, i + rope_dim/2) (Neox), turned by pos * theta^(-2i/rope_dim), divided
+// by freq_factors[i] when given (rope_dim/2 of them: Llama 3's rope_freqs).
+void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta, RopeMode mode = RopeMode::Normal,
+          std::span<const float> freq_factors = {});
 // out = silu(gate) * up
 void swiglu(std::span<float> out, std::span<const float> gate, std::span<const float> up);
 // in-place softmax
@@ -45,6 +49,7 @@ struct LayerWeights {
   TensorView wq;                 // (n_head*head_dim, dim)
   TensorView wk;                 // (n_kv_head*head_dim, dim)
   TensorView wv;                 // (n_kv_head*head_dim, dim)
+  std::vector<float> bq, bk, bv; // (q_dim), (kv_dim), (kv_dim); empty without biases (llama)
   TensorView wo;                 // (dim, n_head*head_dim)
   std::vector<float> ffn_norm;   // (dim)
   TensorView w1;                 // gate (ffn_dim, dim)
@@ -56,6 +61,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> output_norm; // (dim)
   TensorView output;              // (n_vocab, dim); token_embd when tied
+  std::vector<float> rope_freqs;  // (rope_dim/2) frequency divisors; empty: none
 };
 ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg);
 

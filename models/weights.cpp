@@ -30,6 +30,22 @@ gpu::Buffer upload_floats(const gpu::Context& ctx, const GgufFile& file, const s
   return b;
 }
 
+// Several f32 vectors end to end in one buffer (the q | k | v biases, laid
+// out like the fused projection's output row).
+gpu::Buffer upload_concatenated_floats(const gpu::Context& ctx, const GgufFile& file,
+                                       const std::vector<std::string>& names) {
+  std::vector<float> v;
+  for (const std::string& name : names) {
+    const GgufTensorInfo& t = file.tensor(name);
+    const size_t start = v.size();
+    v.resize(start + t.n_elements);
+    dequantize_row(t.type, {t.data, t.n_bytes}, std::span(v).subspan(start));
+  }
+  gpu::Buffer b(ctx, v.size() * sizeof(float), gpu::MemoryUse::Device, names[0].c_str());
+  b.write_as<float>(v);
+  return b;
+}
+
 // `data` holds rows x cols elements of `type` as GGUF stores them.
 GpuTensor upload_rows(const gpu::Context& ctx, const std::string& name, GgmlType type, const uint8_t* data,
                       uint64_t rows, uint64_t cols) {
@@ -128,10 +144,34 @@ std::vector<GpuTensor::Chunk> GpuTensor::chunks() const {
 }
 
 uint64_t GpuWeights::device_bytes() const {
-  uint64_t total = token_embd.device_bytes() + output_norm.size() + (tied_output ? 0 : output.device_bytes());
+  uint64_t total = token_embd.device_bytes() + output_norm.size() + (tied_output ? 0 : output.device_bytes()) +
+                   rope_freqs.size();
   for (const auto& l : layers)
-    total += l.attn_norm.size() + l.ffn_norm.size() + l.wqkv.device_bytes() + l.wo.device_bytes() +
-             l.w13.device_bytes() + l.w2.device_bytes();
+    total += l.attn_norm.size() + l.ffn_norm.size() + l.wqkv.device_bytes() + l.qkv_bias.size() +
+             l.wo.device_bytes() + l.w13.device_bytes() + l.w2.device_bytes();
+  return total;
+}
+
+uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
+  auto bytes_of = [&](const std::string& name) -> uint64_t {
+    const GgufTensorInfo& t = file.tensor(name);
+    if (t.shape.size() == 1) return t.n_elements * sizeof(float);  // norms, biases: f32 buffers
+    GpuWeight layout;  // row sizes only: no data is repacked
+    layout.type = t.type;
+    layout.cols = t.shape[0];
+    return rows_of(t) * (layout.value_row_bytes() + layout.scale_row_bytes());
+  };
+  uint64_t total = bytes_of("token_embd.weight") + bytes_of("output_norm.weight");
+  if (!cfg.tied_output) total += bytes_of("output.weight");
+  if (cfg.rope_freqs) total += bytes_of("rope_freqs.weight");
+  for (uint32_t l = 0; l < cfg.n_layer; ++l) {
+    for (const char* suffix : {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                               "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+                               "ffn_down.weight"})
+      total += bytes_of(layer_tensor(l, suffix));
+    if (cfg.qkv_bias)
+      for (const char* suffix : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) total += bytes_of(layer_tensor(l, suffix));
+  }
   return total;
 }
 
@@ -141,6 +181,7 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
   w.token_embd = upload_tensor(ctx, file, "token_embd.weight");
   w.output_norm = upload_floats(ctx, file, "output_norm.weight");
   if (!cfg.tied_output) w.output = upload_tensor(ctx, file, "output.weight");
+  if (cfg.rope_freqs) w.rope_freqs = upload_floats(ctx, file, "rope_freqs.weight");
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     GpuLayer layer;
     layer.attn_norm = upload_floats(ctx, file, layer_tensor(l, "attn_norm.weight"));
@@ -148,6 +189,10 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
     layer.wqkv = upload_fused(
         ctx, file,
         {layer_tensor(l, "attn_q.weight"), layer_tensor(l, "attn_k.weight"), layer_tensor(l, "attn_v.weight")});
+    if (cfg.qkv_bias)
+      layer.qkv_bias = upload_concatenated_floats(
+          ctx, file,
+          {layer_tensor(l, "attn_q.bias"), layer_tensor(l, "attn_k.bias"), layer_tensor(l, "attn_v.bias")});
     layer.wo = upload_tensor(ctx, file, layer_tensor(l, "attn_output.weight"));
     layer.w13 = upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
     layer.w2 = upload_tensor(ctx, file, layer_tensor(l, "ffn_down.weight"));

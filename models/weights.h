@@ -46,6 +46,7 @@ struct FusedProjection {
 struct GpuLayer {
   gpu::Buffer attn_norm, ffn_norm;  // f32 (dim)
   FusedProjection wqkv;  // rows: q (n_head * head_dim) | k | v (n_kv_head * head_dim each); cols dim
+  gpu::Buffer qkv_bias;  // f32 (q_dim + 2 kv_dim): q | k | v biases, added to the wqkv row (qwen2); empty without
   GpuTensor wo;          // (dim, q_dim)
   FusedProjection w13;   // rows: gate (ffn_dim) | up (ffn_dim); cols dim
   GpuTensor w2;          // (dim, ffn_dim)
@@ -56,10 +57,15 @@ struct GpuWeights {
   std::vector<GpuLayer> layers;
   gpu::Buffer output_norm;
   GpuTensor output;        // unused when tied: use token_embd
+  gpu::Buffer rope_freqs;  // f32 (rope_dim/2) frequency divisors (Llama 3); empty without
   bool tied_output = false;
   const GpuTensor& logits_weight() const { return tied_output ? token_embd : output; }
   uint64_t device_bytes() const;
 };
+
+// Device bytes the weights of `file` will take once uploaded (repacked rows,
+// f32 norms and biases), computed from the tensor shapes alone.
+uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg);
 
 // Uploads every tensor; throws gpu::OutOfMemory with the model's size when the
 // device cannot hold it. Afterwards the file's pages are released

@@ -6,7 +6,9 @@
 // 6, which doubles as the attention probe) and finds their max; pass 2 turns
 // them into exp(score - max) and sums; pass 3 normalizes; then invocations
 // split head_dim and accumulate the values. Any capacity works: the row lives
-// in the probs buffer, not in shared memory.
+// in the probs buffer, not in shared memory. Rolling StreamingLLM (p.rolling)
+// stores keys un-rotated; pass 1 then rotates each at its slot's
+// cache-relative position (rolling_k_dot).
 #extension GL_GOOGLE_include_directive : require
 #include "params.h"
 
@@ -26,8 +28,29 @@ layout(std430, binding = 4) readonly buffer QueryPositions { int query_pos[]; };
 layout(std430, binding = 5) writeonly buffer Out { float out_values[]; };
 layout(std430, binding = 6) coherent buffer Probs { float probs[]; };
 layout(std430, binding = 7) readonly buffer OpenBlocks { int open_blocks[]; };
+// Rolling StreamingLLM only (p.rolling != 0): each slot's cache-relative
+// position, and the model's per-pair frequency divisors (Llama 3).
+layout(std430, binding = 8) readonly buffer RopePositions { int rope_pos[]; };
+layout(std430, binding = 9) readonly buffer FreqFactors { float freq_factors[]; };
 
 layout(push_constant) uniform Push { AttentionParams p; };
+#include "rope.glsl"
+
+// q . k for an un-rotated key, rotated here at its cache-relative position
+// (after dequantization, pair by pair, as rope_kv_write would have rotated it).
+float rolling_k_dot(uint kv_head, uint slot, int open_block) {
+  const float pos = float(rope_pos[kv_head * p.capacity + slot]);
+  float score = 0.0;
+  for (uint i = 0u; i < p.head_dim / 2u; ++i) {
+    const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
+    const vec2 k = vec2(k_at(kv_head, slot, d.x, p.capacity, p.head_dim, p.kv, open_block),
+                        k_at(kv_head, slot, d.y, p.capacity, p.head_dim, p.kv, open_block));
+    const float factor = 2u * i < p.rope_dim && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
+    const vec2 r = rope_rotate(k, i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor);
+    score += q_scaled[d.x] * r.x + q_scaled[d.y] * r.y;
+  }
+  return score;
+}
 
 void main() {
   const uint tid = gl_LocalInvocationID.x;
@@ -58,7 +81,9 @@ void main() {
   for (uint s = tid; s < n_slots; s += WG) {
     const int sp = slot_pos[slot_base + s];
     if (sp < 0 || sp > position) continue;
-    const float score = k_dot(kv_head, s, p.capacity, p.head_dim, p.kv, open_block);
+    // A uniform branch: without rolling, the cost is one push-constant test per slot.
+    const float score = p.rolling != 0u ? rolling_k_dot(kv_head, s, open_block)
+                                         : k_dot(kv_head, s, p.capacity, p.head_dim, p.kv, open_block);
     probs[probs_base + s] = score;
     local_max = max(local_max, score);
   }
@@ -83,16 +108,36 @@ void main() {
   memoryBarrierBuffer();
   barrier();
 
-  // Values: invocations split head_dim, each reads the whole probs row.
-  // Masked and empty slots are skipped, not multiplied by 0: an empty slot
-  // may hold anything, NaN included.
-  for (uint d = tid; d < p.head_dim; d += WG) {
+  // Values: the invocations form WG / lanes slices of `lanes` head dims each
+  // (lanes = min(head_dim, WG)); each slice sums a strided share of the
+  // slots and the slices' partial sums meet in shared memory. With WG <=
+  // head_dim (lavapipe: 64 invocations, head_dim 48) there is one slice and
+  // the order of the sum is the plain slot order. Masked and empty slots are
+  // skipped, not multiplied by 0: an empty slot may hold anything, NaN
+  // included.
+  const uint lanes = min(p.head_dim, WG), slices = WG / lanes;
+  const uint lane = tid % lanes, slice = tid / lanes;
+  for (uint d0 = 0u; d0 < p.head_dim; d0 += lanes) {
+    const uint d = d0 + lane;
     float acc = 0.0;
-    for (uint s = 0u; s < n_slots; ++s) {
-      const int sp = slot_pos[slot_base + s];
-      if (sp < 0 || sp > position) continue;
-      acc += probs[probs_base + s] * v_at(kv_head, s, d, p.capacity, p.kv);
+    if (slice < slices && d < p.head_dim) {
+      for (uint s = slice; s < n_slots; s += slices) {
+        const int sp = slot_pos[slot_base + s];
+        if (sp < 0 || sp > position) continue;
+        acc += probs[probs_base + s] * v_at(kv_head, s, d, p.capacity, p.kv);
+      }
     }
-    out_values[out_base + d] = acc;
+    if (slices == 1u) {  // invocations past the one slice (WG % head_dim) hold nothing
+      if (slice == 0u && d < p.head_dim) out_values[out_base + d] = acc;
+      continue;
+    }
+    reduce_scratch[tid] = acc;
+    barrier();
+    if (slice == 0u && d < p.head_dim) {
+      float total = 0.0;
+      for (uint j = 0u; j < slices; ++j) total += reduce_scratch[j * lanes + lane];
+      out_values[out_base + d] = total;
+    }
+    barrier();
   }
 }

@@ -21,7 +21,15 @@ void main() {
   const int id = ids[t];
   if (id < int(p.row_offset) || id >= int(p.row_offset + p.n_vocab)) return;
   const uint row = uint(id) - p.row_offset;  // row within the bound chunk
+#if defined(W_KQUANT)
+  // Four elements per read: their scales and quants share words (dim % 256 == 0).
+  for (uint q = gl_LocalInvocationID.x; q < p.dim / 4u; q += gl_WorkGroupSize.x) {
+    const vec4 v = w_quad(row, 4u * q, p.dim);
+    for (uint i = 0u; i < 4u; ++i) out_rows[t * p.dim + 4u * q + i] = v[i];
+  }
+#else
   for (uint d = gl_LocalInvocationID.x; d < p.dim; d += gl_WorkGroupSize.x) {
     out_rows[t * p.dim + d] = w_element(row, d, p.dim);
   }
+#endif
 }

@@ -34,10 +34,10 @@ shared float x_tile[TILE_TOKENS * TILE_K]; // [token][k]
 // block, and how many elements each holds.
 #if defined(WTYPE_F32)
 const uint UNITS_PER_BLOCK = 32u;
-#elif defined(WTYPE_F16)
+#elif defined(WTYPE_F16) || defined(WTYPE_BF16)
 const uint UNITS_PER_BLOCK = 16u;
-#elif defined(WTYPE_Q8_0)
-const uint UNITS_PER_BLOCK = 8u;
+#elif defined(WTYPE_Q8_0) || defined(W_KQUANT)
+const uint UNITS_PER_BLOCK = 8u;  // K-quants: quads (w_quad)
 #else
 const uint UNITS_PER_BLOCK = 4u;
 #endif
@@ -51,9 +51,9 @@ void load_w_unit(uint tile_row, uint row, uint block, uint u) {
 #if defined(WTYPE_F32)
   const uint c = block * 32u + u;
   w_tile[dst + u] = c < cols ? uintBitsToFloat(w_word(row_base + c)) : 0.0;
-#elif defined(WTYPE_F16)
+#elif defined(WTYPE_F16) || defined(WTYPE_BF16)
   const uint c = block * 32u + 2u * u;
-  const vec2 pair = c < cols ? unpackHalf2x16(w_word(row_base + block * 16u + u)) : vec2(0.0);
+  const vec2 pair = c < cols ? w_pair(w_word(row_base + block * 16u + u)) : vec2(0.0);
   w_tile[dst + 2u * u] = pair.x;
   w_tile[dst + 2u * u + 1u] = pair.y;  // a padding half is 0
 #elif defined(WTYPE_Q8_0)
@@ -62,6 +62,9 @@ void load_w_unit(uint tile_row, uint row, uint block, uint u) {
   w_tile[dst + 4u * u + 1u] = q.y;
   w_tile[dst + 4u * u + 2u] = q.z;
   w_tile[dst + 4u * u + 3u] = q.w;
+#elif defined(W_KQUANT)
+  const vec4 q = w_quad(row, block * 32u + 4u * u, cols);  // cols % 256 == 0: no tail
+  for (uint i = 0u; i < 4u; ++i) w_tile[dst + 4u * u + i] = q[i];
 #else
   vec4 low, high;
   q4_unpack(w_word(row_base + block * 4u + u), low, high);
@@ -120,12 +123,12 @@ void main_row_per_invocation() {
   } else {
     add_scalar_row(row, token0, n_tok);
   }
-#elif defined(WTYPE_F16)
+#elif defined(WTYPE_F16) || defined(WTYPE_BF16)
   if (cols % 8u == 0u) {
     for (uint i = 0u; i < cols / 8u; ++i) {
       const uvec4 words = w_texel(row4 + i);
-      add_quad(vec4(unpackHalf2x16(words.x), unpackHalf2x16(words.y)), 8u * i, token0, n_tok);
-      add_quad(vec4(unpackHalf2x16(words.z), unpackHalf2x16(words.w)), 8u * i + 4u, token0, n_tok);
+      add_quad(vec4(w_pair(words.x), w_pair(words.y)), 8u * i, token0, n_tok);
+      add_quad(vec4(w_pair(words.z), w_pair(words.w)), 8u * i + 4u, token0, n_tok);
     }
   } else {
     add_scalar_row(row, token0, n_tok);
@@ -136,6 +139,47 @@ void main_row_per_invocation() {
     for (uint h = 0u; h < 2u; ++h) {
       const uvec4 words = w_texel(row4 + 2u * b + h);
       for (uint i = 0u; i < 4u; ++i) add_quad(d * q8_unpack(words[i]), 32u * b + 16u * h + 4u * i, token0, n_tok);
+    }
+  }
+#elif defined(WTYPE_Q6_K)
+  // Each quad of weights is dequantized once and used for every token, as it
+  // is decoded (no array of a whole group: measured faster on lavapipe).
+  for (uint b = 0u; b < cols / W_BLOCK; ++b) {
+    const uint T = row4 + b * KQ_BLOCK_TEXELS;
+    const float d = w_scale(row, b, cols);
+    for (uint g = 0u; g < 4u; ++g) {
+      const vec4 scales = d * kq_group_scales(T, g);
+      uvec4 first[2], second[2], qh[2];
+      kq_group_texels6(T, g, first, second, qh);
+      const uint shift = 4u * (g & 1u), col = b * W_BLOCK + 64u * g;
+      for (uint t = 0u; t < 2u; ++t) {
+        for (uint i = 0u; i < 4u; ++i) {
+          add_quad(scales[t] * kq_codes6(first[t][i], qh[t][i], g, shift), col + 16u * t + 4u * i, token0, n_tok);
+          add_quad(scales[2u + t] * kq_codes6(second[t][i], qh[t][i], g, shift + 2u), col + 32u + 16u * t + 4u * i,
+                   token0, n_tok);
+        }
+      }
+    }
+  }
+#elif defined(W_KQUANT)
+  for (uint b = 0u; b < cols / W_BLOCK; ++b) {
+    const uint T = row4 + b * KQ_BLOCK_TEXELS;
+    vec2 d_dmin;
+    uvec4 sm;
+    kq_header(w_texel(T), d_dmin, sm);
+    for (uint g = 0u; g < 4u; ++g) {
+      const vec2 a = kq_step_offset(d_dmin, sm, 2u * g), c = kq_step_offset(d_dmin, sm, 2u * g + 1u);
+      uvec4 qs[2], qh[2];
+      kq_group_texels(T, g, qs, qh);
+      const uint col = b * W_BLOCK + 64u * g;
+      for (uint t = 0u; t < 2u; ++t) {
+        for (uint i = 0u; i < 4u; ++i) {
+          vec4 low, high;
+          kq_codes(qs[t][i], qh[t][i], g, low, high);
+          add_quad(a.x * low - a.y, col + 16u * t + 4u * i, token0, n_tok);
+          add_quad(c.x * high - c.y, col + 32u + 16u * t + 4u * i, token0, n_tok);
+        }
+      }
     }
   }
 #else

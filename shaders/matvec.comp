@@ -42,20 +42,23 @@ float row_dot(uint row, uint lane, uint x_base) {
   for (uint c = 4u * full_units + lane; c < cols; c += THREADS_PER_ROW) {
     acc += uintBitsToFloat(w_word(row_base + c)) * x[x_base + c];
   }
-#elif defined(WTYPE_F16)
+#elif defined(WTYPE_F16) || defined(WTYPE_BF16)
   const uint full_units = cols / 2u;
   for (uint u = lane; u < full_units; u += THREADS_PER_ROW) {
     const uint c = 2u * u;
-    acc += dot(unpackHalf2x16(w_word(row_base + u)), vec2(x[x_base + c], x[x_base + c + 1u]));
+    acc += dot(w_pair(w_word(row_base + u)), vec2(x[x_base + c], x[x_base + c + 1u]));
   }
   if ((cols & 1u) != 0u && lane == 0u) {  // odd cols: the last word holds one element
-    acc += unpackHalf2x16(w_word(row_base + full_units)).x * x[x_base + cols - 1u];
+    acc += w_pair(w_word(row_base + full_units)).x * x[x_base + cols - 1u];
   }
 #elif defined(WTYPE_Q8_0)
   const uint words = cols / 4u;  // 8 words per block of 32
   for (uint u = lane; u < words; u += THREADS_PER_ROW) {
     acc += w_scale(row, u / 8u, cols) * dot(q8_unpack(w_word(row_base + u)), x4(x_base + 4u * u));
   }
+#elif defined(W_KQUANT)
+  // cols is a multiple of 256: quads never cross a sub-block.
+  for (uint u = lane; u < cols / 4u; u += THREADS_PER_ROW) acc += dot(w_quad(row, 4u * u, cols), x4(x_base + 4u * u));
 #else  // WTYPE_Q4_0
   const uint words = cols / 8u;  // 4 words per block of 32
   for (uint u = lane; u < words; u += THREADS_PER_ROW) {
@@ -105,14 +108,14 @@ void rows_dot_whole(uint row0, uint x_base, out float acc[MAX_ROWS_PER_INVOCATIO
       for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) acc[k] += uintBitsToFloat(w_word(4u * row_base[k] + c)) * xc;
     }
   }
-#elif defined(WTYPE_F16)
+#elif defined(WTYPE_F16) || defined(WTYPE_BF16)
   if (cols % 8u == 0u) {
     for (uint i = 0u; i < cols / 8u; ++i) {
       const vec4 x_lo = x_vec4[x_base / 4u + 2u * i], x_hi = x_vec4[x_base / 4u + 2u * i + 1u];
       for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) {
         const uvec4 words = w_texel(row_base[k] + i);
-        acc[k] += dot(vec4(unpackHalf2x16(words.x), unpackHalf2x16(words.y)), x_lo) +
-                  dot(vec4(unpackHalf2x16(words.z), unpackHalf2x16(words.w)), x_hi);
+        acc[k] += dot(vec4(w_pair(words.x), w_pair(words.y)), x_lo) +
+                  dot(vec4(w_pair(words.z), w_pair(words.w)), x_hi);
       }
     }
   } else {
@@ -120,6 +123,25 @@ void rows_dot_whole(uint row0, uint x_base, out float acc[MAX_ROWS_PER_INVOCATIO
       const float xc = x[x_base + c];
       for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k)
         acc[k] += w_element(min(row0 + k * WG, p.rows - 1u), c, cols) * xc;
+    }
+  }
+#elif defined(W_KQUANT)
+  // One group of 64 elements at a time: its x (16 vec4) is loaded once and
+  // serves every row of this invocation; the weights are never expanded to
+  // floats, scales multiply per-piece sums (kq_group_dot).
+  const uint x4_base = x_base / 4u;
+  for (uint b = 0u; b < cols / W_BLOCK; ++b) {
+    for (uint g = 0u; g < 4u; ++g) {
+      vec4 xg[16];
+      for (uint i = 0u; i < 16u; ++i) xg[i] = x_vec4[x4_base + b * 64u + g * 16u + i];
+      vec2 xsums = vec2(0.0);
+#if !defined(WTYPE_Q6_K)
+      for (uint i = 0u; i < 8u; ++i) xsums += vec2(dot(xg[i], vec4(1.0)), dot(xg[8u + i], vec4(1.0)));
+#endif
+      for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) {
+        const uint row = min(row0 + k * WG, p.rows - 1u);
+        acc[k] += kq_group_dot(row, row_base[k] + b * KQ_BLOCK_TEXELS, b, g, cols, xg, xsums);
+      }
     }
   }
 #else

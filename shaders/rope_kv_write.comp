@@ -18,16 +18,19 @@ layout(std430, binding = 2) readonly buffer Slots { int slots[]; };
 #define V_BINDING 4
 #define KV_WRITER
 #include "kv.glsl"
+#include "rope.glsl"
+// Per-pair divisors of the rotation frequency (rope_dim / 2 floats), read only
+// when p.has_freq_factors != 0 (Llama 3's rope_freqs.weight).
+layout(std430, binding = 5) readonly buffer FreqFactors { float freq_factors[]; };
 
 layout(push_constant) uniform Push { RopeKvWriteParams p; };
 
-// The pair (x, y) = dims (2i, 2i+1) of a head, rotated by pos * theta^(-2i/rope_dim)
-// (the same expression as reference::rope); dims >= rope_dim are not rotated.
+// Pair i of a head at position pos, rotated the way this model rotates
+// (rope.glsl: mode, theta, rope_dim, frequency factors).
 vec2 rope_pair(vec2 v, uint i, float pos) {
-  if (2u * i >= p.rope_dim) return v;
-  const float angle = pos * pow(p.theta, -float(2u * i) / float(p.rope_dim));
-  const float c = cos(angle), s = sin(angle);
-  return vec2(v.x * c - v.y * s, v.x * s + v.y * c);
+  const bool rotated = 2u * i < p.rope_dim;
+  const float factor = rotated && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
+  return rope_rotate(v, i, pos, p.rope_mode, p.theta, p.rope_dim, factor);
 }
 
 void main() {
@@ -38,10 +41,10 @@ void main() {
   if (head < p.n_head) {
     const uint base = row + head * p.head_dim;
     for (uint i = gl_LocalInvocationID.x; i < p.head_dim / 2u; i += gl_WorkGroupSize.x) {
-      const uint e = base + 2u * i;
-      const vec2 r = rope_pair(vec2(qkv[e], qkv[e + 1u]), i, pos);
-      qkv[e] = r.x;
-      qkv[e + 1u] = r.y;
+      const uvec2 e = base + rope_pair_dims(i, p.rope_mode, p.rope_dim);
+      const vec2 r = rope_pair(vec2(qkv[e.x], qkv[e.y]), i, pos);
+      qkv[e.x] = r.x;
+      qkv[e.y] = r.y;
     }
     return;
   }
@@ -54,24 +57,32 @@ void main() {
   const uint tid = gl_LocalInvocationID.x;
   const uint k_dst = (kv_head * p.capacity + uint(slot)) * p.kv.k_row_words;
   const uint v_dst = (kv_head * p.capacity + uint(slot)) * p.kv.v_row_words;
-  // f32 / f16 go straight to the cache; quantized rows are encoded by the
-  // whole workgroup from shared memory (kv_encode_row).
+  // f32 goes straight to the cache; f16 pairs its words as (2i, 2i+1), which
+  // NeoX pairs are not, and quantized rows are encoded by the whole
+  // workgroup: both go through shared memory (kv_row).
   for (uint i = tid; i < p.head_dim / 2u; i += WG) {
-    const uint d = 2u * i;
-    const vec2 k = rope_pair(vec2(qkv[k_src + d], qkv[k_src + d + 1u]), i, pos);
+    const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
+    const vec2 k_raw = vec2(qkv[k_src + d.x], qkv[k_src + d.y]);
+    const vec2 k = p.keys_unrotated != 0u ? k_raw : rope_pair(k_raw, i, pos);  // rolling: attention rotates
 #if K_ENC == KV_ENC_F32
-    k_cache[k_dst + d] = floatBitsToUint(k.x);
-    k_cache[k_dst + d + 1u] = floatBitsToUint(k.y);
-#elif K_ENC == KV_ENC_F16
-    k_cache[k_dst + i] = packHalf2x16(k);
+    k_cache[k_dst + d.x] = floatBitsToUint(k.x);
+    k_cache[k_dst + d.y] = floatBitsToUint(k.y);
 #elif K_ENC == KV_ENC_Q2_CHANNEL
-    qkv[k_src + d] = k.x;
-    qkv[k_src + d + 1u] = k.y;
+    qkv[k_src + d.x] = k.x;
+    qkv[k_src + d.y] = k.y;
 #else
-    kv_row[d] = k.x;
-    kv_row[d + 1u] = k.y;
+    kv_row[d.x] = k.x;
+    kv_row[d.y] = k.y;
 #endif
   }
+#if K_ENC == KV_ENC_F16
+  barrier();
+  for (uint i = tid; i < p.head_dim / 2u; i += WG)
+    k_cache[k_dst + i] = packHalf2x16(vec2(kv_row[2u * i], kv_row[2u * i + 1u]));
+#if V_ENC != KV_ENC_F32 && V_ENC != KV_ENC_F16
+  barrier();  // kv_row is reused for v
+#endif
+#endif
 #if K_ENC == KV_ENC_Q8 || K_ENC == KV_ENC_Q4
   barrier();
   kv_encode_row(K_ENC, p.head_dim, p.kv.group_size, p.kv.k_code_words);

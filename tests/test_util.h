@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "app/core/paths.h"
+#include "tests/cleanup.h"
 
 namespace kvscope::test {
 

@@ -213,6 +213,31 @@ class Chat {
     std::fprintf(stderr, "%s\n", text.c_str());
   }
 
+  // --pin-system: the system prompt's tokens as the whole conversation
+  // starts with them (the span the two encodings share, in case the system
+  // text's last token merges with what follows).
+  kv::PinnedSpans system_pins(const std::vector<int32_t>& whole) const {
+    if (!o_.pin_system || conv_.system.empty()) return {};
+    Conversation system_only;
+    system_only.system = conv_.system;
+    const std::vector<int32_t> system = format_.encode_whole(format_.render(system_only, false));
+    size_t shared = 0;
+    while (shared < system.size() && shared < whole.size() && system[shared] == whole[shared]) ++shared;
+    if (shared == 0) return {};
+    return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
+  }
+
+  // Before feeding a whole conversation from an empty cache: the policy of
+  // --policy/--pin/--on-full, with the system prompt pinned (resets the session).
+  void start_policy(const std::vector<int32_t>& whole) {
+    const kv::PinnedSpans pins = system_pins(whole);
+    if (!wants_policy(o_.m) && pins.empty()) return;
+    apply_policy(session_, o_.m, pins);
+    fed_text_.clear();
+    if (o_.verbose && !pins.empty())
+      note(fmt::format("[system prompt pinned: tokens 0:{}]", pins.spans().front().end));
+  }
+
   std::string overflow_message(size_t needed) {
     return fmt::format(
         "[context full: this needs {} tokens and the context holds {} ({} in use); type /reset to start over, or "
@@ -228,7 +253,8 @@ class Chat {
     tokens = from_scratch ? format_.encode_whole(prompt) : format_.encode_continuation(prompt, fed_text_.size());
     const size_t needed = (from_scratch ? 0 : used()) + tokens.size();
     if (tokens.empty()) return false;
-    if (needed >= capacity()) {
+    // An evicting cache never fills (the pinned system prompt stays).
+    if (!session_.evicting() && needed >= capacity()) {
       note(overflow_message(needed));
       return false;
     }
@@ -237,6 +263,7 @@ class Chat {
       session_.reset();
       fed_text_.clear();
     }
+    if (from_scratch) start_policy(tokens);
     return true;
   }
 
@@ -292,7 +319,10 @@ class Chat {
     std::string status = fmt::format("[{:.1f} tok/s · {}/{} tokens", seconds > 0 ? generated / seconds : 0.0, used(),
                                      capacity());
     if (stopped_by_user) status += " · stopped";
-    if (used() >= capacity()) status += " · context full: type /reset to start over";
+    if (session_.evicting())
+      status += fmt::format(" · {} held", session_.cache().tokens());
+    else if (used() >= capacity())
+      status += " · context full: type /reset to start over";
     note(status + "]");
   }
 
@@ -383,12 +413,13 @@ class Chat {
     const ChatPrompt prompt = format_.render(conv, /*add_generation_prompt=*/false);
     std::vector<int32_t> tokens;
     if (!prompt.text.empty()) tokens = format_.encode_whole(prompt);
-    if (tokens.size() >= capacity()) {
+    if (!session_.evicting() && tokens.size() >= capacity()) {
       return note(fmt::format("[not loaded: {} is {} tokens and the context holds {}; run with a larger -c]", path,
                               tokens.size(), capacity()));
     }
     reset();
     conv_ = std::move(conv);
+    start_policy(tokens);
     if (!tokens.empty()) {
       session_.generate(tokens, 0, sampler_);
       fed_text_ = prompt.text;
@@ -403,6 +434,7 @@ int chat(const ChatOptions& o) {
   if (o.n_predict <= 0) throw std::invalid_argument("-n must be >= 1 (tokens per reply)");
   Engine engine(engine_options(o.m));
   Session session(engine, cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).config(o.m.n_ctx));
+  apply_policy(session, o.m);  // a bad --policy, --pin or --on-full is an error before the first turn
   SamplerConfig sc;
   sc.temperature = o.temp;
   sc.top_k = o.top_k;
@@ -427,6 +459,7 @@ int chat(const ChatOptions& o) {
   SigintHandler sigint;
   Chat chat(o, engine, session, sampler, PromptFormat(engine.tokenizer(), std::move(tmpl)));
   chat.run();
+  write_trace(session, o.m);
   return 0;
 }
 

@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <iostream>
 #include <numeric>
 
@@ -20,6 +22,7 @@
 #include "models/hparams.h"
 #include "models/llama2c.h"
 #include "models/quantize.h"
+#include "models/synthetic.h"
 #include "models/tokenizer.h"
 
 namespace kvscope::cli {
@@ -31,7 +34,7 @@ namespace {
 std::string model_path(const std::string& m) { return require_model(m.empty() ? default_model_path() : m); }
 
 kv::CacheConfig cache_config(const ModelOptions& m) {
-  return cache_spec_from_flags(m.kv, m.kv_k, m.kv_v, m.kv_group).config(m.n_ctx);  // capacity 0: the model's
+  return cache_spec_from_options(m).config(m.n_ctx);  // capacity 0: the model's
 }
 
 // Exact device bytes per token of keys and values in `format` (default
@@ -44,11 +47,11 @@ double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
   return double(kv::cache_device_bytes({cfg.n_layer, cfg.n_kv_head, cfg.head_dim}, c)) / c.capacity;
 }
 
-// --policy, --pin and --trace: the session evicts with the policy (`full`
-// when only pins or a trace are asked for). Errors name the flag.
-void apply_policy(Session& session, const ModelOptions& m) {
-  if (!wants_policy(m)) return;
-  kv::PinnedSpans pins;
+}  // namespace
+
+void apply_policy(Session& session, const ModelOptions& m, const kv::PinnedSpans& extra_pins) {
+  if (!wants_policy(m) && extra_pins.empty()) return;
+  kv::PinnedSpans pins = extra_pins;
   for (const std::string& text : m.pins) {
     try {
       pins.add(kv::parse_pinned_span(text));
@@ -63,10 +66,25 @@ void apply_policy(Session& session, const ModelOptions& m) {
     const std::string message = e.what();
     throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
   }
+  if (!m.on_full.empty()) {
+    if (spec.name != "full")
+      throw std::invalid_argument(fmt::format(
+          "--on-full applies to policy full (keep everything until the context is full); --policy {} already "
+          "evicts: leave out one of the two",
+          spec.text()));
+    try {
+      spec = kv::parse_policy_spec(m.on_full);
+    } catch (const std::invalid_argument& e) {
+      const std::string message = e.what();
+      throw std::invalid_argument(message.starts_with("--policy ") ? "--on-full " + message.substr(9)
+                                                                   : "--on-full: " + message);
+    }
+    const kv::CacheShape shape = session.cache().shape();
+    kv::check_on_full_policy(spec, {shape.n_layer, shape.n_kv_head, session.cache().capacity()}, pins);
+  }
   session.set_policy(spec, pins);
 }
 
-// --trace FILE.jsonl: the event log of the session's cache.
 void write_trace(const Session& session, const ModelOptions& m) {
   if (m.trace.empty() || !session.cache().log()) return;
   std::ofstream out(m.trace);
@@ -74,6 +92,17 @@ void write_trace(const Session& session, const ModelOptions& m) {
   kv::write_jsonl(*session.cache().log(), out);
   if (!out) throw std::runtime_error(fmt::format("--trace {}: writing failed (disk full?)", m.trace));
 }
+
+namespace {
+
+// What to do when a cache with policy `full` runs out of context.
+std::string full_context_advice(const Session& session) {
+  const uint32_t capacity = session.cache().capacity();
+  return fmt::format("use a larger context (-c), or pass --on-full POLICY to evict once it is full (e.g. "
+                     "--on-full streamingllm:sinks=4,window={})",
+                     capacity > 4 ? capacity - 4 : 1);
+}
+
 
 std::string policy_text(const Session& session) {
   return session.cache().policy() ? session.cache().policy()->spec().text() : "none";
@@ -96,7 +125,9 @@ EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch) {
   return e;
 }
 
-bool wants_policy(const ModelOptions& m) { return !m.policy.empty() || !m.pins.empty() || !m.trace.empty(); }
+bool wants_policy(const ModelOptions& m) {
+  return !m.policy.empty() || !m.pins.empty() || !m.trace.empty() || !m.on_full.empty();
+}
 
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -106,6 +137,15 @@ std::string human_bytes(double b) {
 }
 
 // ------------------------------------------------------------------------ run
+
+CacheSpec cache_spec_from_options(const ModelOptions& m) {
+  CacheSpec spec = cache_spec_from_flags(m.kv, m.kv_k, m.kv_v, m.kv_group);
+  if (m.spill_max_mb < 0) throw std::invalid_argument("--spill-max-mb must be >= 0");
+  if (m.spill_max_mb > 0 && !m.spill) throw std::invalid_argument("--spill-max-mb caps --spill: add --spill");
+  spec.spill = m.spill;
+  spec.spill_max_bytes = static_cast<uint64_t>(m.spill_max_mb * 1048576.0);
+  return spec;
+}
 
 int run(const RunOptions& o) {
   Engine engine(engine_options(o.m));
@@ -133,7 +173,24 @@ int run(const RunOptions& o) {
     std::fputs(o.prompt.c_str(), stdout);
     std::fflush(stdout);
   }
-  const std::vector<int32_t> ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
+  // With policy `full` named, a context that fills is an error that says what
+  // to do; without a policy the run stops there, as llama.cpp's does.
+  const bool full_policy = session.cache().policy() && !session.evicting();
+  std::vector<int32_t> ids;
+  try {
+    ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
+  } catch (const kv::ContextFull& e) {
+    if (!full_policy) throw;
+    throw kv::ContextFull(fmt::format("{} (policy full keeps every token; {})", e.what(), full_context_advice(session)));
+  }
+  if (full_policy && ids.size() < static_cast<size_t>(o.n_predict) &&
+      session.tokens().size() >= session.cache().capacity() && (ids.empty() || ids.back() != engine.tokenizer().eos())) {
+    if (!o.json) std::fputs("\n", stdout);
+    std::fflush(stdout);
+    throw kv::ContextFull(fmt::format(
+        "the context is full: policy full keeps every token and all {} slots are used after {} of {} new tokens; {}",
+        session.cache().capacity(), ids.size(), o.n_predict, full_context_advice(session)));
+  }
   const GenerationStats& st = session.stats();
   write_trace(session, o.m);
   const uint64_t evictions = session.cache().log() ? session.cache().log()->eviction_count() : 0;
@@ -186,6 +243,9 @@ int info(const std::string& model, bool as_json) {
   j["rope_theta"] = cfg.rope_theta;
   j["norm_eps"] = cfg.norm_eps;
   j["tied_output"] = cfg.tied_output;
+  j["rope_mode"] = cfg.rope_mode == RopeMode::Neox ? "neox" : "normal";
+  j["rope_freqs"] = cfg.rope_freqs;
+  j["qkv_bias"] = cfg.qkv_bias;
   json kvj;
   for (kv::Format f : kv::all_formats())
     kvj[std::string(kv::format_name(f))] = kv_format_bytes_per_token(cfg, f);
@@ -207,8 +267,10 @@ int info(const std::string& model, bool as_json) {
              params / 1e6);
   fmt::print("  vocab {}, dim {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}, context {}\n", cfg.n_vocab,
              cfg.dim, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.ffn_dim, cfg.n_ctx_train);
-  fmt::print("  rope theta {}, rms eps {}, output {}\n", cfg.rope_theta, cfg.norm_eps,
-             cfg.tied_output ? "tied to token_embd" : "output.weight");
+  fmt::print("  rope theta {} ({} pairs{}), rms eps {}, output {}{}\n", cfg.rope_theta,
+             cfg.rope_mode == RopeMode::Neox ? "NeoX" : "normal", cfg.rope_freqs ? ", rope_freqs factors" : "",
+             cfg.norm_eps, cfg.tied_output ? "tied to token_embd" : "output.weight",
+             cfg.qkv_bias ? ", q/k/v biases" : "");
   fmt::print("  KV bytes per token:");
   for (kv::Format f : kv::all_formats()) fmt::print(" {} {:g}", kv::format_name(f), kv_format_bytes_per_token(cfg, f));
   fmt::print(" (at context {}, group {}; f16 cache {})\n", cfg.n_ctx_train, kv::default_group_size(cfg.head_dim),
@@ -277,36 +339,34 @@ int devices(bool as_json) {
 
 // ---------------------------------------------------------------------- bench
 
-int bench(const BenchOptions& o) {
-  if (o.reps == 0) throw std::invalid_argument("-r must be >= 1");
-  Engine engine(engine_options(o.m));
-  const uint32_t ctx = engine.n_ctx();
-  if (o.n_prompt == 0 || o.n_prompt + o.n_gen > ctx)
-    throw std::invalid_argument(fmt::format(
-        "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, ctx));
-  Session session(engine, cache_config(o.m));
-  apply_policy(session, o.m);
-  GpuModel& model = engine.model();
-  model.set_profiling(o.profile);
+namespace {
 
+struct BenchTimes {
+  double prefill_tok_s = 0, decode_tok_s = 0;  // medians over the repetitions
+};
+
+// Times o.reps runs (after a warm-up) of a pseudo-random prompt of
+// o.n_prompt tokens and o.n_gen decode steps; `reset` empties the cache.
+BenchTimes time_prefill_and_decode(GpuModel& model, kv::KvCache& cache, const std::function<void()>& reset,
+                                   const BenchOptions& o) {
   // A deterministic pseudo-random prompt (the speed does not depend on the words).
   std::vector<int32_t> prompt(o.n_prompt);
   uint32_t state = 12345;
-  for (auto& t : prompt) t = static_cast<int32_t>((state = state * 1664525u + 1013904223u) % engine.config().n_vocab);
+  for (auto& t : prompt) t = static_cast<int32_t>((state = state * 1664525u + 1013904223u) % model.config().n_vocab);
 
   std::vector<double> prefill, decode;
   auto run_once = [&] {
-    session.reset();
+    reset();
     std::vector<int32_t> pos(prompt.size());
     std::iota(pos.begin(), pos.end(), 0);
     auto t0 = std::chrono::steady_clock::now();
-    model.forward(prompt, pos, session.cache(), LogitsWanted::Last);
-    session.end_prefill();
+    model.forward(prompt, pos, cache, LogitsWanted::Last);
+    cache.end_prefill();
     auto t1 = std::chrono::steady_clock::now();
     for (uint32_t i = 0; i < o.n_gen; ++i) {
       const int32_t tok = prompt[i % prompt.size()];
       const int32_t p = static_cast<int32_t>(o.n_prompt + i);
-      model.forward({&tok, 1}, {&p, 1}, session.cache(), LogitsWanted::Last);
+      model.forward({&tok, 1}, {&p, 1}, cache, LogitsWanted::Last);
     }
     auto t2 = std::chrono::steady_clock::now();
     prefill.push_back(o.n_prompt / std::chrono::duration<double>(t1 - t0).count());
@@ -317,29 +377,31 @@ int bench(const BenchOptions& o) {
   decode.clear();
   model.take_profile();
   for (uint32_t r = 0; r < o.reps; ++r) run_once();
+  return {median(prefill), decode.empty() ? 0 : median(decode)};
+}
 
-  write_trace(session, o.m);  // the last repetition's
-  const double prefill_tok_s = median(prefill);
-  const double decode_tok_s = decode.empty() ? 0 : median(decode);
-  // Bytes one decode step reads: all weights, plus the KV cache at the mean
-  // fill of the generation.
-  const double kv_read = session.cache().bytes_per_token() * (o.n_prompt + o.n_gen / 2.0);
-  const double decode_gb_s = decode_tok_s * (double(model.weight_bytes()) + kv_read) / 1e9;
+// Prints (or returns as JSON) what both bench paths report. Effective GB/s:
+// the bytes one decode step reads — every weight, plus the KV cache at the
+// mean fill of the generation — times decode tokens/s.
+void report_bench(GpuModel& model, const kv::KvCache& cache, const BenchTimes& times, const BenchOptions& o,
+                  const std::string& device, const std::string& model_name, json extra) {
+  const double kv_read = cache.bytes_per_token() * (o.n_prompt + o.n_gen / 2.0);
+  const double decode_gb_s = times.decode_tok_s * (double(model.weight_bytes()) + kv_read) / 1e9;
   if (o.json) {
-    json j{{"prefill_tok_s", prefill_tok_s}, {"decode_tok_s", decode_tok_s}, {"decode_gb_s", decode_gb_s},
-           {"device", engine.device_name()}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
+    json j{{"prefill_tok_s", times.prefill_tok_s}, {"decode_tok_s", times.decode_tok_s}, {"decode_gb_s", decode_gb_s},
+           {"device", device}, {"model", model_name}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
            {"kv", cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).name()},
-           {"policy", policy_text(session)},
+           {"policy", cache.policy() ? cache.policy()->spec().text() : "none"},
            {"weight_bytes", model.weight_bytes()},
            {"dispatches_per_token", model.last_dispatch_count()}};
+    j.update(extra);
     if (o.profile) j["profile_ms"] = model.take_profile();
     std::cout << j.dump(2) << "\n";
-    return 0;
+    return;
   }
-  fmt::print("device   {}\nmodel    {} ({} on device)\n", engine.device_name(), engine.file().path(),
-             human_bytes(double(model.weight_bytes())));
-  fmt::print("prefill  {:>9.1f} tokens/s  (p={}, median of {})\n", prefill_tok_s, o.n_prompt, o.reps);
-  fmt::print("decode   {:>9.1f} tokens/s  (n={}, {:.2f} GB/s effective, {} dispatches/token)\n", decode_tok_s,
+  fmt::print("device   {}\nmodel    {} ({} on device)\n", device, model_name, human_bytes(double(model.weight_bytes())));
+  fmt::print("prefill  {:>9.1f} tokens/s  (p={}, median of {})\n", times.prefill_tok_s, o.n_prompt, o.reps);
+  fmt::print("decode   {:>9.1f} tokens/s  (n={}, {:.2f} GB/s effective, {} dispatches/token)\n", times.decode_tok_s,
              o.n_gen, decode_gb_s, model.last_dispatch_count());
   if (o.profile) {
     auto prof = model.take_profile();
@@ -351,6 +413,80 @@ int bench(const BenchOptions& o) {
     std::sort(rows.rbegin(), rows.rend());
     for (const auto& [ms, name] : rows) fmt::print("  {:<16} {:>9.2f} ms {:>5.1f}%\n", name, ms, 100 * ms / total);
   }
+}
+
+// bench --synthetic NAME: a model of a real shape with pseudo-random weights,
+// built in memory (no file is written), uploaded, and the memory freed
+// before timing. The context is just what the run needs unless -c says.
+int bench_synthetic(const BenchOptions& o) {
+  if (!o.m.model.empty()) throw std::invalid_argument("--synthetic builds its own model; leave out -m");
+  if (wants_policy(o.m))
+    throw std::invalid_argument("--synthetic times the full cache; leave out --policy, --pin and --trace");
+  SyntheticSpec spec = synthetic_preset(o.synthetic);
+  spec.type = o.type;
+  // 256 quantized rows per matrix, the rest copies of them: the same bytes to
+  // read, built in seconds whatever the type's quantizer costs.
+  spec.distinct_rows = 256;
+  const uint32_t capacity = o.m.n_ctx ? o.m.n_ctx : o.n_prompt + o.n_gen;
+  if (o.n_prompt == 0 || o.n_prompt + o.n_gen > capacity)
+    throw std::invalid_argument(fmt::format(
+        "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, capacity));
+
+  gpu::ContextOptions co;
+  co.device_index = o.m.device;
+  co.pipeline_cache_path = pipeline_cache_path();
+  gpu::Context ctx(co);
+  const uint64_t parameters = synthetic_parameter_count(spec);
+  // Refuse before generating gigabytes that could not be uploaded (the model
+  // checks again, exactly, with its activations).
+  const uint64_t weight_bytes = synthetic_weight_bytes(spec);
+  if (weight_bytes > ctx.info().device_local_bytes)
+    throw gpu::OutOfMemory(fmt::format(
+        "synthetic {} in {} has {} of weights; {} has {} of memory. Choose a smaller --type (Q8_0, Q4_K_M)",
+        spec.name, spec.type, human_bytes(double(weight_bytes)), ctx.info().name,
+        human_bytes(double(ctx.info().device_local_bytes))));
+  if (!o.json)
+    fmt::print(stderr, "building {} ({:.2f} B parameters, {}) in memory...\n", spec.name, parameters / 1e9, spec.type);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<GpuModel> model;
+  double build_seconds = 0, upload_seconds = 0;
+  {
+    std::vector<uint8_t> bytes = synthetic_gguf(spec);
+    const auto t1 = std::chrono::steady_clock::now();
+    build_seconds = std::chrono::duration<double>(t1 - t0).count();
+    const GgufFile file = GgufFile::from_memory(bytes, fmt::format("synthetic {}", spec.name));
+    model = std::make_unique<GpuModel>(ctx, file, 256, capacity);
+    upload_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+  }  // the host copy is freed: the model lives on the device
+  if (!o.json) fmt::print(stderr, "built in {:.1f} s, uploaded in {:.1f} s\n", build_seconds, upload_seconds);
+
+  kv::CacheConfig cc = cache_config(o.m);
+  cc.capacity = capacity;
+  kv::KvCache cache(ctx, model->cache_shape(), cc, model->max_batch());
+  model->set_profiling(o.profile);
+  const BenchTimes times = time_prefill_and_decode(*model, cache, [&] { cache.clear(); }, o);
+  report_bench(*model, cache, times, o, ctx.info().name, fmt::format("synthetic {} ({})", spec.name, spec.type),
+               {{"parameters", parameters}, {"build_seconds", build_seconds}, {"upload_seconds", upload_seconds}});
+  return 0;
+}
+
+}  // namespace
+
+int bench(const BenchOptions& o) {
+  if (o.reps == 0) throw std::invalid_argument("-r must be >= 1");
+  if (!o.synthetic.empty()) return bench_synthetic(o);
+  Engine engine(engine_options(o.m));
+  const uint32_t ctx = engine.n_ctx();
+  if (o.n_prompt == 0 || o.n_prompt + o.n_gen > ctx)
+    throw std::invalid_argument(fmt::format(
+        "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, ctx));
+  Session session(engine, cache_config(o.m));
+  apply_policy(session, o.m);
+  GpuModel& model = engine.model();
+  model.set_profiling(o.profile);
+  const BenchTimes times = time_prefill_and_decode(model, session.cache(), [&] { session.reset(); }, o);
+  write_trace(session, o.m);  // the last repetition's
+  report_bench(model, session.cache(), times, o, engine.device_name(), engine.file().path(), json::object());
   return 0;
 }
 
@@ -365,12 +501,18 @@ int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer,
 }
 
 int quantize(const std::string& in, const std::string& out, const std::string& type_name) {
-  auto type = type_from_name(type_name);
-  if (!type || (*type != GgmlType::F16 && *type != GgmlType::Q8_0 && *type != GgmlType::Q4_0))
-    throw std::invalid_argument(fmt::format("quantize: type '{}' is not one of F16 Q8_0 Q4_0", type_name));
-  const QuantizeResult r = quantize_model(in, out, *type);
-  fmt::print(stderr, "{}: {} tensors to {}, {} kept; {} -> {}\n", out, r.n_quantized, type_name, r.n_kept,
+  const auto scheme = quantize_scheme(type_name);
+  if (!scheme)
+    throw std::invalid_argument(
+        fmt::format("quantize: type '{}' is not one of {}", type_name, quantize_scheme_list()));
+  const QuantizeResult r = quantize_model(in, out, *scheme);
+  fmt::print(stderr, "{}: {} tensors to {}, {} kept; {} -> {}\n", out, r.n_quantized, scheme->name, r.n_kept,
              human_bytes(double(r.bytes_in)), human_bytes(double(r.bytes_out)));
+  if (r.n_fallback > 0)
+    fmt::print(stderr,
+               "{}: {} tensors have rows that are not a multiple of 256 elements and were written as Q8_0 "
+               "(F16 where not a multiple of 32) instead of a K-quant\n",
+               out, r.n_fallback);
   return 0;
 }
 

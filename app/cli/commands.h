@@ -6,8 +6,12 @@
 #include <string>
 #include <vector>
 
+#include "app/core/cache_spec.h"
+#include "kv/pins.h"
+
 namespace kvscope {
 struct EngineOptions;
+class Session;
 }
 
 namespace kvscope::cli {
@@ -21,8 +25,14 @@ struct ModelOptions {
   std::optional<uint32_t> kv_group;  // --kv-group: quantization group along head_dim
   std::string policy;                // --policy SPEC (kv/policy.h); empty: no eviction
   std::vector<std::string> pins;     // --pin START:END, repeatable
+  std::string on_full;               // --on-full SPEC: policy `full` evicts with SPEC once the context is full
   std::string trace;                 // --trace FILE.jsonl: the eviction log (run, bench)
+  bool spill = false;                // --spill: evicted entries to host memory, recalled when attended (kv/spill.h)
+  double spill_max_mb = 0;           // --spill-max-mb: cap on that host memory (0: none)
 };
+
+// The cache spec of the --kv* flags with --spill applied (run, bench, chat, eval).
+CacheSpec cache_spec_from_options(const ModelOptions& m);
 
 struct RunOptions {
   ModelOptions m;
@@ -50,6 +60,8 @@ int devices(bool json);
 
 struct BenchOptions {
   ModelOptions m;
+  std::string synthetic;      // --synthetic NAME: a model of that shape with random weights (models/synthetic.h)
+  std::string type = "Q8_0";  // --type: its weight type (F32, Q8_0, Q4_K_M, ...)
   uint32_t n_prompt = 128;
   uint32_t n_gen = 128;
   uint32_t reps = 3;
@@ -63,10 +75,20 @@ struct EvalOptions {
   std::string text_file;            // -f: the text to evaluate on
   std::string baseline = "f16";     // --baseline SPEC
   bool json = false;
-  bool sweep = false;               // every format against the baseline, as a markdown table
+  std::string sweep;                // --sweep[=all|formats|policies]: many caches as a markdown table ("": one cache)
   uint32_t max_chunks = 0;          // --max-chunks: only the first N chunks of the text (0: all)
 };
 int eval(const EvalOptions& o);
+
+// `kvscope probe` (app/cli/probe_command.cpp): scenarios under the full cache and each policy.
+struct ProbeOptions {
+  ModelOptions m;                   // -m -c --device --kv
+  std::vector<std::string> scenarios;  // scenario files
+  bool all = false;                 // --all: every file in assets/scenarios
+  std::vector<std::string> policies;   // --policy SPEC, repeatable
+  bool json = false;
+};
+int probe(const ProbeOptions& o);
 
 // An interactive chat on stdin/stdout (app/cli/chat_command.cpp).
 struct ChatOptions {
@@ -80,6 +102,7 @@ struct ChatOptions {
   uint64_t seed = 0;
   bool seed_set = false;
   bool verbose = false;       // a line per turn: tokens prefilled and reused from the cache
+  bool pin_system = false;    // --pin-system: no policy may evict the system prompt's tokens
 };
 int chat(const ChatOptions& o);
 
@@ -88,8 +111,13 @@ int quantize(const std::string& in, const std::string& out, const std::string& t
 
 // Shared by the subcommands' files.
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
-// True when --policy, --pin or --trace asks for a policy on the cache.
+// True when --policy, --pin, --on-full or --trace asks for a policy on the cache.
 bool wants_policy(const ModelOptions& m);
+// Sets the policy those flags ask for on the session (which resets it), with
+// `extra_pins` pinned besides --pin (chat's --pin-system). Errors name the flag.
+void apply_policy(Session& session, const ModelOptions& m, const kv::PinnedSpans& extra_pins = {});
+// --trace FILE.jsonl: writes the session's eviction log there (nothing without --trace or a policy).
+void write_trace(const Session& session, const ModelOptions& m);
 std::string human_bytes(double bytes);
 
 }  // namespace kvscope::cli

@@ -23,14 +23,27 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
                   "(default: the largest of 32, 16, 8 that does, else the whole head)");
 }
 
+// --spill and --spill-max-mb (run, bench, chat, eval): a cache option of every policy.
+void add_spill_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
+  cmd->add_flag("--spill", m.spill,
+                "keep evicted entries in host memory and bring them back when the previous query would attend to "
+                "them more than to the weakest live entry (works with every policy but rolling; not kivi2 keys)");
+  cmd->add_option("--spill-max-mb", m.spill_max_mb, "cap on the --spill host memory in MiB (default: none)");
+}
+
 // --policy and --pin (run, bench, eval); --trace where a run has one log (run, bench).
 void add_policy_options(CLI::App* cmd, kvscope::cli::ModelOptions& m, bool trace) {
   cmd->add_option("--policy", m.policy,
                   "KV eviction policy NAME[:KEY=VALUE,...], e.g. h2o:budget=64,recent=32 (default: none, keep "
                   "everything). Policies:\n" + kvscope::kv::policy_help());
   cmd->add_option("--pin", m.pins, "token positions START:END (end exclusive) that no policy may evict; repeatable");
+  cmd->add_option("--on-full", m.on_full,
+                  "with policy full (the default): once the context is full, evict with this policy, e.g. "
+                  "streamingllm:sinks=4,window=252 (its budget must be the context); without it a full context "
+                  "is an error");
   if (trace)
     cmd->add_option("--trace", m.trace, "write the eviction log (events and occupancy per step) to FILE.jsonl");
+  add_spill_options(cmd, m);
 }
 
 }  // namespace
@@ -66,6 +79,9 @@ int main(int argc, char** argv) {
   chat_cmd->add_option("--top-p", chat_o.top_p, "top-p sampling (1: off)")->capture_default_str();
   auto* chat_seed_opt = chat_cmd->add_option("--seed", chat_o.seed, "random seed (default: from the clock)");
   chat_cmd->add_flag("--verbose", chat_o.verbose, "after each reply, the tokens prefilled and reused from the cache");
+  add_policy_options(chat_cmd, chat_o.m, true);
+  chat_cmd->add_flag("--pin-system", chat_o.pin_system,
+                     "pin the system prompt's tokens: no policy evicts them (they count in its budget)");
 
   std::string info_model;
   bool info_json = false;
@@ -91,6 +107,11 @@ int main(int argc, char** argv) {
   bench_cmd->add_option("-p,--n-prompt", bench_o.n_prompt, "prompt tokens")->capture_default_str();
   bench_cmd->add_option("-n,--n-gen", bench_o.n_gen, "generated tokens")->capture_default_str();
   bench_cmd->add_option("-r,--repetitions", bench_o.reps, "repetitions")->capture_default_str();
+  bench_cmd->add_option("--synthetic", bench_o.synthetic,
+                        "time a model of this shape with random weights, built in memory: llama-1b, qwen-0.5b, "
+                        "tiny-llama3, tiny-qwen2, tiny-head48");
+  bench_cmd->add_option("--type", bench_o.type, "--synthetic's weight type (F32 F16 Q8_0 Q4_0 Q4_K_M ...)")
+      ->capture_default_str();
   bench_cmd->add_flag("--json", bench_o.json, "print JSON");
   bench_cmd->add_flag("--profile", bench_o.profile, "GPU time per shader (timestamp queries)");
 
@@ -112,16 +133,33 @@ int main(int argc, char** argv) {
       "--policy", eval_o.m.policy,
       "eviction policy of the cache under test (the baseline keeps everything); once its budget is reached the "
       "text is fed one token per step, as decoding would. Policies:\n" + kvscope::kv::policy_help());
+  eval_cmd->add_option("--pin", eval_o.m.pins,
+                       "token positions START:END of every chunk (end exclusive) that the policy under test may not "
+                       "evict; repeatable");
+  add_spill_options(eval_cmd, eval_o.m);
   eval_cmd->add_option("--max-chunks", eval_o.max_chunks,
                        "evaluate only the first N chunks of the text (eviction runs token by token: slower)");
   eval_cmd->add_flag("--json", eval_o.json, "print one JSON object");
-  eval_cmd->add_flag("--sweep", eval_o.sweep,
-                     "every cache format, then every eviction policy at budgets 32, 64 and 128 (those below the "
-                     "context), against the baseline, as a markdown table")
+  eval_cmd->add_flag("--sweep{all}", eval_o.sweep,
+                     "many caches against the baseline, as a markdown table: --sweep (or --sweep=all) every cache "
+                     "format, then every eviction policy at budgets 32, 64 and 128 (those below the context) on f16, "
+                     "q8 and q4 keys and values; --sweep=formats or --sweep=policies for one half. Progress on stderr")
       ->excludes(eval_kv)
       ->excludes(eval_kv_k)
       ->excludes(eval_kv_v)
       ->excludes(eval_policy);
+
+  ProbeOptions probe_o;
+  auto* probe_cmd = app.add_subcommand(
+      "probe", "what eviction silently breaks: scenarios (a fact early, a question late) under the full cache and "
+               "each --policy, with the log-probability of the right answer and where the fact's tokens went");
+  add_model_options(probe_cmd, probe_o.m);
+  probe_cmd->add_option("scenarios", probe_o.scenarios, "scenario files (JSON, see assets/scenarios/)");
+  probe_cmd->add_flag("--all", probe_o.all, "every scenario in assets/scenarios");
+  probe_cmd->add_option("--policy", probe_o.policies,
+                        "eviction policy to probe (repeatable), compared with the full cache. Policies:\n" +
+                            kvscope::kv::policy_help());
+  probe_cmd->add_flag("--json", probe_o.json, "print one JSON object");
 
   std::string ck, tk, out;
   auto* conv_cmd = app.add_subcommand("convert-llama2c", "convert a llama2.c checkpoint + tokenizer to GGUF");
@@ -130,10 +168,10 @@ int main(int argc, char** argv) {
   conv_cmd->add_option("out", out, "output GGUF")->required();
 
   std::string q_in, q_out, q_type;
-  auto* q_cmd = app.add_subcommand("quantize", "rewrite a GGUF model's weight matrices as F16, Q8_0 or Q4_0");
+  auto* q_cmd = app.add_subcommand("quantize", "rewrite a GGUF model's weight matrices as F16, Q8_0, Q4_0, K-quants or a K-quant mix");
   q_cmd->add_option("in", q_in, "input GGUF")->required();
   q_cmd->add_option("out", q_out, "output GGUF")->required();
-  q_cmd->add_option("type", q_type, "F16 | Q8_0 | Q4_0")->required();
+  q_cmd->add_option("type", q_type, "F16 | Q8_0 | Q4_0 | Q4_K | Q5_K | Q6_K | Q4_K_M | Q5_K_M")->required();
 
   try {
     app.parse(argc, argv);
@@ -155,6 +193,7 @@ int main(int argc, char** argv) {
     if (*dev_cmd) return devices(dev_json);
     if (*bench_cmd) return bench(bench_o);
     if (*eval_cmd) return eval(eval_o);
+    if (*probe_cmd) return probe(probe_o);
     if (*conv_cmd) return convert_llama2c(ck, tk, out);
     if (*q_cmd) return quantize(q_in, q_out, q_type);
   } catch (const std::exception& e) {

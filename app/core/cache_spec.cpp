@@ -38,7 +38,9 @@ std::string CacheSpec::name() const {
   return s;
 }
 
-std::string CacheSpec::label() const { return policy.empty() ? name() : name() + " + " + policy; }
+std::string CacheSpec::label() const {
+  return (policy.empty() ? name() : name() + " + " + policy) + (spill ? " + spill" : "");
+}
 
 void CacheSpec::check() const {
   if (group_size && !is_quantized(k_format) && !is_quantized(v_format))
@@ -52,6 +54,8 @@ kv::CacheConfig CacheSpec::config(uint32_t capacity) const {
   c.v_format = v_format;
   c.capacity = capacity;
   c.group_size = group_size.value_or(0);  // 0: the cache's default for head_dim; it checks divisibility
+  c.spill = spill;
+  c.spill_max_bytes = spill_max_bytes;
   return c;
 }
 

@@ -34,10 +34,14 @@ struct CacheSpec {
   // empty: none. Not part of the spec grammar above (policy options use
   // commas too): `kvscope eval --policy` and the sweep set it.
   std::string policy;
+  // --spill (kv::CacheConfig::spill): evicted entries go to host memory and
+  // may be recalled; the cap in bytes, 0: none. Not part of the grammar either.
+  bool spill = false;
+  uint64_t spill_max_bytes = 0;
 
   // "f16", "k=f32,v=f16", "q8,group=16": the storage only.
   std::string name() const;
-  // name(), then " + POLICY" when there is one: how tables and reports name the cache.
+  // name(), then " + POLICY" (and " + spill") when there is one: how tables and reports name the cache.
   std::string label() const;
   // Throws std::invalid_argument when the parts do not fit together (a group
   // size for a cache with no quantized format).

@@ -9,6 +9,7 @@
 
 #include "kv/event_log.h"
 #include "kv/policy.h"
+#include "kv/spill.h"
 
 namespace kvscope {
 
@@ -59,17 +60,23 @@ struct CacheRun {
   std::vector<double> kl;  // one per scored position
   uint64_t top1_same = 0;
   double dp_top_sum = 0;
+  LostAttentionAccumulator lost;  // evicting caches only
 
-  CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx)
+  CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx, const kv::PinnedSpans& pins = {})
       : session(std::make_unique<Session>(engine, spec.config(n_ctx))) {
     result.spec = spec;
     result.bytes_per_token = session->cache().bytes_per_token();
     result.cache_bytes = session->cache().device_bytes();
-    if (!spec.policy.empty()) session->set_policy(kv::parse_policy_spec(spec.policy));
+    if (!spec.policy.empty()) session->set_policy(kv::parse_policy_spec(spec.policy), pins);
   }
 
   // Runs one chunk on an empty cache; returns the logits of all its tokens.
-  std::vector<float> run_chunk(const std::vector<int32_t>& chunk) {
+  // With an evicting policy, `prompt_done(n)` is called once the first n
+  // tokens ran as a prompt, and `decoded(j)` after position j ran alone: the
+  // cache then holds what position j's query saw.
+  std::vector<float> run_chunk(const std::vector<int32_t>& chunk,
+                               const std::function<void(size_t n)>& prompt_done = {},
+                               const std::function<void(size_t j)>& decoded = {}) {
     session->reset();
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<float> logits;
@@ -80,12 +87,17 @@ struct CacheRun {
       const size_t prompt = std::min<size_t>(chunk.size(), std::max(session->cache().room(), 1u));
       logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
       session->end_prefill();
+      if (prompt_done) prompt_done(prompt);
       logits.reserve(chunk.size() * (logits.size() / prompt));
       for (size_t i = prompt; i < chunk.size(); ++i) {
         const std::vector<float> row = session->logits_all({chunk[i]});
         logits.insert(logits.end(), row.begin(), row.end());
+        if (decoded) decoded(i);
       }
       result.evictions += session->cache().log()->eviction_count();
+      result.recalls += session->cache().recalls();
+      if (const kv::SpillTier* spill = session->cache().spill())
+        result.spill_peak_bytes = std::max(result.spill_peak_bytes, spill->peak_host_bytes());
     }
     result.seconds += seconds_since(t0);
     result.tokens_evaluated += chunk.size();
@@ -105,6 +117,32 @@ struct CacheRun {
     result.ppl_stderr = variance > 0 && count > 1 ? std::sqrt(variance / double(count - 1)) * result.ppl : 0;
   }
 };
+
+// The baseline's attention at positions first .. last of a chunk, each run
+// alone after a prefill of the positions before it, with the probe on; the
+// logits are not used (the baseline's figures come from its whole-chunk
+// run), so this costs one decode step per scored position.
+std::vector<AttentionRows> baseline_attention(Engine& engine, Session& session, const std::vector<int32_t>& chunk,
+                                              uint32_t first, uint32_t last) {
+  // The probe is the engine's: on for these steps only, as it was after.
+  struct ProbeOn {
+    GpuModel& model;
+    bool was;
+    explicit ProbeOn(GpuModel& m) : model(m), was(m.attention_probe()) { model.set_attention_probe(true); }
+    ~ProbeOn() { model.set_attention_probe(was); }
+  };
+  const uint32_t n_positions = static_cast<uint32_t>(chunk.size());
+  session.reset();
+  session.logits_all({chunk.begin(), chunk.begin() + first});
+  std::vector<AttentionRows> rows;
+  rows.reserve(last - first + 1);
+  ProbeOn probe(engine.model());
+  for (uint32_t j = first; j <= last; ++j) {
+    session.logits_all({chunk[j]});
+    rows.push_back(probe_attention_rows(engine.model(), session.cache(), n_positions));
+  }
+  return rows;
+}
 
 }  // namespace
 
@@ -140,9 +178,11 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
   CacheRun baseline(engine, options.baseline, n_ctx);
   std::vector<CacheRun> tests;
   tests.reserve(options.tests.size());
+  bool any_evicting = false;
   for (const CacheSpec& spec : options.tests) {
-    tests.emplace_back(engine, spec, n_ctx);
+    tests.emplace_back(engine, spec, n_ctx, options.pins);
     tests.back().kl.reserve(report.n_scored);
+    any_evicting = any_evicting || tests.back().session->evicting();
   }
 
   // The baseline's log-probabilities of one chunk's scored positions,
@@ -161,6 +201,9 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
     auto target = [&](uint32_t j) { return begin[j + 1]; };
 
     const std::vector<float> base_logits = baseline.run_chunk(chunk);
+    const std::vector<AttentionRows> base_attention =
+        any_evicting ? baseline_attention(engine, *baseline.session, chunk, first, n_ctx - 2)
+                     : std::vector<AttentionRows>{};
     for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
       const uint32_t j = first + i;
       const std::span<const float> row(base_logits.data() + size_t{j} * n_vocab, n_vocab);
@@ -170,8 +213,19 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
       base_top[i] = eval_stats::argmax(row);
     }
 
-    for (CacheRun& test : tests) {
-      const std::vector<float> logits = test.run_chunk(chunk);
+    for (size_t t = 0; t < tests.size(); ++t) {
+      CacheRun& test = tests[t];
+      // Scored positions inside the prompt saw every earlier token: nothing lost.
+      auto prompt_done = [&](size_t n) {
+        for (size_t j = first; j < std::min<size_t>(n, n_ctx - 1); ++j)
+          test.lost.add_nothing_lost(engine.config().n_layer);
+      };
+      auto decoded = [&](size_t j) {
+        if (j < first || j > n_ctx - 2) return;
+        test.lost.add(base_attention[j - first], held_positions(test.session->cache(), n_ctx), chunk, c);
+      };
+      const std::vector<float> logits = test.session->evicting() ? test.run_chunk(chunk, prompt_done, decoded)
+                                                                 : test.run_chunk(chunk);
       for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
         const uint32_t j = first + i;
         const std::span<const float> row(logits.data() + size_t{j} * n_vocab, n_vocab);
@@ -183,6 +237,7 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
         test.top1_same += eval_stats::argmax(row) == top;
         test.dp_top_sum += std::abs(std::exp(test_log_probs[top]) - std::exp(log_p[top]));
       }
+      if (options.on_cache) options.on_cache(c, report.n_chunks, t, tests.size());
     }
     if (options.on_chunk) options.on_chunk(c + 1, report.n_chunks);
   }
@@ -204,6 +259,8 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
     d.kl_max = test.kl.empty() ? 0 : *std::max_element(test.kl.begin(), test.kl.end());
     d.top1_agreement = double(test.top1_same) / n;
     d.dp_top_mean = test.dp_top_sum / n;
+    e.lost = test.lost.summary(options.regretted_top);
+    if (e.lost.per_layer.empty()) e.lost.per_layer.assign(engine.config().n_layer, 0.0);
     report.tests.push_back(e);
   }
   return report;

@@ -18,6 +18,11 @@
 // make), then one token per forward call, as decoding would: every scored
 // position sees exactly the cache the policy kept, never a whole-chunk
 // prefill that attends to tokens the policy would already have dropped.
+//
+// For such a cache the evaluation also measures the lost attention
+// (app/core/lost_attention.h): at every scored position, the baseline runs
+// that position alone with the attention probe on, and the mass its query
+// puts on positions the test cache no longer holds is summed per layer.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -27,7 +32,9 @@
 #include <vector>
 
 #include "app/core/cache_spec.h"
+#include "app/core/lost_attention.h"
 #include "app/core/session.h"
+#include "kv/pins.h"
 
 namespace kvscope {
 
@@ -46,6 +53,8 @@ struct PerplexityRun {
   uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
   uint64_t tokens_evaluated = 0;  // every token run through the model (n_chunks * n_ctx)
   uint64_t evictions = 0;         // by the cache's policy, over all chunks (every layer and kv head)
+  uint64_t recalls = 0;           // --spill: entries brought back from host memory, over all chunks
+  uint64_t spill_peak_bytes = 0;  // --spill: the most host memory the spilled entries held in a chunk
   double seconds = 0;             // in the forward passes that produced them
   double tok_s() const { return seconds > 0 ? tokens_evaluated / seconds : 0; }
 };
@@ -62,6 +71,9 @@ struct CacheEvaluation {
   PerplexityRun run;
   Divergence divergence;
   double ppl_ratio = 0;  // run.ppl / baseline.ppl
+  // Of an evicting cache: over every scored position (sequence = chunk). A
+  // cache that evicts nothing holds every position: all zero, steps 0.
+  LostAttentionSummary lost;
 };
 
 struct EvaluationReport {
@@ -79,13 +91,21 @@ struct EvaluationOptions {
   uint32_t max_chunks = 0;  // 0: every chunk of the text; else at most the first max_chunks
   CacheSpec baseline;  // f16 keys and values
   std::vector<CacheSpec> tests;
+  // Pinned positions of every test cache with a policy (kv/pins.h).
+  kv::PinnedSpans pins;
+  // How many regretted evictions each evicting cache reports (most lost mass first).
+  size_t regretted_top = 10;
   // Called after each chunk (every cache done with it): chunks done, of how many.
   std::function<void(uint32_t done, uint32_t n_chunks)> on_chunk;
+  // Called after each cache finishes a chunk: the chunk (0-based), the cache
+  // (index into tests), and their counts. For progress over long sweeps.
+  std::function<void(uint32_t chunk, uint32_t n_chunks, size_t test, size_t n_tests)> on_cache;
 };
 
 // Runs the baseline once per chunk and every test cache over the same chunk.
 // `tokens` is the whole text tokenized with BOS. Holds one chunk's
-// distributions at a time. Throws TextTooShort when tokens.size() < 2 * n_ctx
+// distributions (and, when a test cache evicts, the baseline's attention rows
+// of its scored positions) at a time, reused by every test cache. Throws TextTooShort when tokens.size() < 2 * n_ctx
 // (llama.cpp's minimum), std::invalid_argument for an n_ctx the engine cannot
 // hold or one too small to score anything.
 EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options);

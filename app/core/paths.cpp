@@ -31,4 +31,9 @@ std::string require_model(const std::string& path) {
   throw std::runtime_error(fmt::format("{}: no such file; pass a GGUF model with -m", path));
 }
 
+std::string assets_dir() {
+  if (const char* env = std::getenv("KVSCOPE_ASSETS"); env && *env) return env;
+  return KVSCOPE_SOURCE_ASSETS;
+}
+
 }  // namespace kvscope

@@ -46,11 +46,6 @@ Session::Session(Engine& engine, const kv::CacheConfig& cache_config)
              engine.model().max_batch()) {}
 
 void Session::set_policy(const kv::PolicySpec& spec, const kv::PinnedSpans& pins) {
-  if (spec.flag("rolling"))
-    throw std::invalid_argument(fmt::format(
-        "--policy {}: the `rolling` option (RoPE at cache-relative positions) is not implemented on the GPU "
-        "yet; leave it out",
-        spec.text()));
   const kv::CacheShape shape = cache_.shape();
   cache_.set_policy(kv::make_policy(spec, {shape.n_layer, shape.n_kv_head, cache_.capacity()}, pins), pins);
   reset();

@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 namespace kvscope {
 
@@ -105,6 +108,90 @@ ProbeRow probe_row_from_slots(const kv::KvCache& cache, uint32_t layer, uint32_t
   return row;
 }
 
+CacheSpec parse_session_spec(std::string_view text) {
+  const size_t plus = text.find('+');
+  auto trim = [](std::string_view t) {
+    while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
+    while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+    return t;
+  };
+  CacheSpec spec = parse_cache_spec(trim(text.substr(0, plus)));
+  if (plus != std::string_view::npos) {
+    const std::string_view policy = trim(text.substr(plus + 1));
+    if (policy.empty())
+      throw std::invalid_argument(fmt::format("\"{}\": nothing after '+'; name a policy, e.g. \"f16 + h2o:budget=64\"",
+                                              text));
+    spec.policy = kv::parse_policy_spec(policy).text();  // canonical, and checked now rather than in the worker
+  }
+  return spec;
+}
+
+// ======================================================= conversation as JSON
+
+namespace {
+
+const char* role_name(Turn::Role role) {
+  return role == Turn::Role::System ? "system" : role == Turn::Role::User ? "user" : "model";
+}
+
+}  // namespace
+
+std::string write_conversation_json(const SavedConversation& c) {
+  nlohmann::ordered_json j;
+  j["kvscope_conversation"] = 1;
+  j["model"] = c.model;
+  j["cache"] = c.cache;
+  nlohmann::ordered_json pins = nlohmann::ordered_json::array();
+  for (const kv::PinnedSpan& span : c.pins.spans()) pins.push_back(kv::to_string(span));
+  j["pins"] = pins;
+  j["turns"] = nlohmann::ordered_json::array();
+  for (const Turn& t : c.turns)
+    j["turns"].push_back({{"role", role_name(t.role)},
+                          {"text", t.text},
+                          {"first_token", t.first_token},
+                          {"n_tokens", t.n_tokens},
+                          {"ttft_seconds", t.ttft_seconds},
+                          {"tok_s", t.tok_s},
+                          {"stopped", t.stopped}});
+  j["tokens"] = c.tokens;
+  return j.dump(1) + "\n";
+}
+
+SavedConversation read_conversation_json(const std::string& text, const std::string& source_name) {
+  SavedConversation c;
+  try {
+    const nlohmann::json j = nlohmann::json::parse(text);
+    if (!j.contains("kvscope_conversation"))
+      throw std::runtime_error("not a kvscope conversation (no \"kvscope_conversation\" field)");
+    c.model = j.value("model", "");
+    c.cache = j.value("cache", "");
+    for (const auto& span : j.at("pins")) c.pins.add(kv::parse_pinned_span(span.get<std::string>()));
+    c.tokens = j.at("tokens").get<std::vector<int32_t>>();
+    for (const auto& t : j.at("turns")) {
+      Turn turn;
+      const std::string role = t.at("role").get<std::string>();
+      if (role == "system") turn.role = Turn::Role::System;
+      else if (role == "user") turn.role = Turn::Role::User;
+      else if (role == "model") turn.role = Turn::Role::Model;
+      else throw std::runtime_error(fmt::format("turn role \"{}\" is not system, user or model", role));
+      turn.text = t.at("text").get<std::string>();
+      turn.first_token = t.at("first_token").get<uint32_t>();
+      turn.n_tokens = t.at("n_tokens").get<uint32_t>();
+      turn.ttft_seconds = t.value("ttft_seconds", 0.0);
+      turn.tok_s = t.value("tok_s", 0.0);
+      turn.stopped = t.value("stopped", false);
+      if (size_t{turn.first_token} + turn.n_tokens > c.tokens.size())
+        throw std::runtime_error(fmt::format("a turn spans tokens {}..{} but the context has {}", turn.first_token,
+                                             turn.first_token + turn.n_tokens, c.tokens.size()));
+      c.turns.push_back(std::move(turn));
+    }
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("{}: {}; save a conversation from the window to see the format",
+                                         source_name, e.what()));
+  }
+  return c;
+}
+
 // ============================================================== SessionWorker
 
 SessionWorker::SessionWorker(Engine& engine, EngineTurns& turns, std::string name, const CacheSpec& spec)
@@ -135,23 +222,40 @@ SessionWorker::~SessionWorker() {
   }
 }
 
-void SessionWorker::generate(const GenerateRequest& request) {
+void SessionWorker::push(Command command) {
   {
     std::lock_guard lock(mutex_);
-    queue_.push_back({Command::Kind::Generate, request});
+    queue_.push_back(std::move(command));
   }
   wake_.notify_all();
 }
+
+void SessionWorker::generate(const GenerateRequest& request) { push({Command::Kind::Generate, request}); }
 
 void SessionWorker::regenerate(uint32_t max_new, const SamplerConfig& sampling) {
   GenerateRequest request;
   request.max_new = max_new;
   request.sampling = sampling;
-  {
-    std::lock_guard lock(mutex_);
-    queue_.push_back({Command::Kind::Regenerate, request});
-  }
-  wake_.notify_all();
+  push({Command::Kind::Regenerate, request});
+}
+
+void SessionWorker::edit(size_t turn_index, const std::string& text, const GenerateRequest& request) {
+  Command command{Command::Kind::Edit, request};
+  command.request.text = text;
+  command.turn_index = turn_index;
+  push(std::move(command));
+}
+
+void SessionWorker::set_pins(const kv::PinnedSpans& pins) {
+  Command command{Command::Kind::Pins, {}};
+  command.pins = pins;
+  push(std::move(command));
+}
+
+void SessionWorker::load(const SavedConversation& conversation) {
+  Command command{Command::Kind::Load, {}};
+  command.conversation = conversation;
+  push(std::move(command));
 }
 
 void SessionWorker::stop() {
@@ -205,6 +309,16 @@ void SessionWorker::publish() {
         working_.written_positions = std::max(working_.written_positions, static_cast<uint32_t>(position) + 1);
         if (static_cast<size_t>(position) < working_.layers_holding.size()) working_.layers_holding[position]++;
       }
+    if (const kv::EventLog* log = cache.log()) {
+      if (log->events().size() != published_log_events_) {
+        working_.log = std::make_shared<const kv::EventLog>(*log);
+        published_log_events_ = log->events().size();
+      }
+    } else {
+      working_.log.reset();
+      published_log_events_ = SIZE_MAX;
+    }
+    working_.pins = cache.pins();
     working_.used_tokens = cache.tokens();
     working_.capacity = cache.capacity();
     working_.cache_bytes_full = cache.device_bytes();
@@ -217,7 +331,8 @@ void SessionWorker::publish() {
 
 void SessionWorker::apply_probe_setting() {
   GpuModel& model = engine_->model();
-  if (model.attention_probe() != probes_wanted_) model.set_attention_probe(probes_wanted_);
+  const bool wanted = probes_wanted_ && (!alternate_probes_ || probe_steps_++ % 2 == 0);
+  if (model.attention_probe() != wanted) model.set_attention_probe(wanted);
 }
 
 void SessionWorker::capture_probes() {
@@ -236,6 +351,7 @@ void SessionWorker::run() {
   try {
     EngineHold hold(*turns_);
     session_ = std::make_unique<Session>(*engine_, working_.spec.config(engine_->n_ctx()));
+    apply_policy({});
     working_.state = SessionSnapshot::State::Idle;
   } catch (const std::exception& e) {
     working_.state = SessionSnapshot::State::Error;
@@ -288,15 +404,110 @@ void SessionWorker::execute(const Command& command) {
     }
     case Command::Kind::Generate: {
       if (command.request.text.empty()) throw std::invalid_argument("type a prompt first");
-      const bool first = session_->tokens().empty();
-      std::vector<int32_t> ids = tokenizer.encode(command.request.text, first);
+      std::vector<int32_t> ids;
+      if (session_->tokens().empty() && !command.request.system.empty()) {
+        // The system prompt opens the conversation and is pinned, so an
+        // evicting policy keeps it whatever it scores. With a chat template
+        // the template writes it, with the first message.
+        if (!command.request.chat_template) ids = tokenizer.encode(command.request.system, true);
+        if (session_->evicting() && !ids.empty()) {
+          kv::PinnedSpans pins = session_->cache().pins();
+          pins.add({0, static_cast<int32_t>(ids.size())});
+          EngineHold hold(*turns_);
+          apply_policy(pins);
+        }
+        Turn system;
+        system.role = Turn::Role::System;
+        system.text = command.request.system;
+        system.n_tokens = static_cast<uint32_t>(ids.size());
+        working_.turns.push_back(std::move(system));
+        working_.system_prompt = command.request.system;
+      }
+      const bool first = session_->tokens().empty() && ids.empty();
+      std::vector<int32_t> user_ids;
+      if (command.request.chat_template) {
+        // The whole conversation rendered by the template: what the cache
+        // holds is its beginning, the rest is this message's tokens.
+        std::vector<ChatMessage> messages;
+        for (const Turn& t : working_.turns)
+          messages.push_back({t.role == Turn::Role::System ? "system" : t.role == Turn::Role::User ? "user" : "assistant",
+                              t.text});
+        messages.push_back({"user", command.request.text});
+        std::vector<int32_t> all = encode_chat(*command.request.chat_template, messages, true, tokenizer);
+        std::vector<int32_t> held = session_->tokens();
+        held.insert(held.end(), ids.begin(), ids.end());
+        if (all.size() >= held.size() && std::equal(held.begin(), held.end(), all.begin())) {
+          user_ids.assign(all.begin() + static_cast<std::ptrdiff_t>(held.size()), all.end());
+        } else {
+          // The template renders earlier turns differently now (another
+          // template was chosen): read the whole conversation again.
+          EngineHold hold(*turns_);
+          session_->reset();
+          ids.clear();
+          user_ids = std::move(all);
+        }
+      } else {
+        user_ids = tokenizer.encode(command.request.text, first);
+      }
       Turn user;
       user.role = Turn::Role::User;
       user.text = command.request.text;
-      user.first_token = static_cast<uint32_t>(session_->tokens().size());
-      user.n_tokens = static_cast<uint32_t>(ids.size());
+      user.first_token = static_cast<uint32_t>(session_->tokens().size() + ids.size());
+      user.n_tokens = static_cast<uint32_t>(user_ids.size());
       working_.turns.push_back(std::move(user));
+      ids.insert(ids.end(), user_ids.begin(), user_ids.end());
       generate_reply(ids, command.request);
+      return;
+    }
+    case Command::Kind::Edit: {
+      if (command.turn_index >= working_.turns.size() || working_.turns[command.turn_index].role != Turn::Role::User)
+        throw std::invalid_argument("only your own messages can be edited");
+      if (command.request.text.empty()) throw std::invalid_argument("the edited message is empty");
+      const uint32_t cut = working_.turns[command.turn_index].first_token;
+      std::vector<int32_t> ids(session_->tokens().begin(), session_->tokens().begin() + cut);
+      working_.turns.erase(working_.turns.begin() + static_cast<std::ptrdiff_t>(command.turn_index),
+                           working_.turns.end());
+      {
+        EngineHold hold(*turns_);
+        session_->reset();
+      }
+      working_.probes.clear();
+      std::vector<int32_t> user_ids = tokenizer.encode(command.request.text, ids.empty());
+      Turn user;
+      user.role = Turn::Role::User;
+      user.text = command.request.text;
+      user.first_token = cut;
+      user.n_tokens = static_cast<uint32_t>(user_ids.size());
+      working_.turns.push_back(std::move(user));
+      ids.insert(ids.end(), user_ids.begin(), user_ids.end());
+      generate_reply(ids, command.request);
+      return;
+    }
+    case Command::Kind::Pins: {
+      if (working_.spec.policy.empty())
+        throw std::invalid_argument(fmt::format(
+            "session {} keeps every token (no eviction policy), so there is nothing to pin against; add a "
+            "session with a policy, e.g. \"f16 + h2o:budget=64\"",
+            working_.name));
+      const std::vector<int32_t> context = session_->tokens();
+      EngineHold hold(*turns_);
+      apply_policy(command.pins);
+      working_.probes.clear();
+      refill(context);
+      return;
+    }
+    case Command::Kind::Load: {
+      const SavedConversation& c = command.conversation;
+      EngineHold hold(*turns_);
+      session_->reset();
+      apply_policy(working_.spec.policy.empty() ? kv::PinnedSpans{} : c.pins);
+      working_.probes.clear();
+      working_.steps.clear();
+      working_.turns = c.turns;
+      working_.system_prompt.clear();
+      for (const Turn& t : c.turns)
+        if (t.role == Turn::Role::System) working_.system_prompt = t.text;
+      refill(c.tokens);
       return;
     }
     case Command::Kind::Regenerate: {
@@ -320,6 +531,87 @@ void SessionWorker::execute(const Command& command) {
   }
 }
 
+void SessionWorker::apply_policy(const kv::PinnedSpans& pins) {
+  if (working_.spec.policy.empty()) return;
+  session_->set_policy(kv::parse_policy_spec(working_.spec.policy), pins);
+}
+
+void SessionWorker::refill(const std::vector<int32_t>& ids) {
+  if (ids.empty()) return;
+  session_->logits_all(ids);
+  session_->end_prefill();
+}
+
+std::shared_ptr<const StepRecord> SessionWorker::record_step(uint32_t index, int32_t token,
+                                                             std::span<const float> logits) {
+  auto r = std::make_shared<StepRecord>();
+  r->index = index;
+  r->token = token;
+  const auto max_it = std::max_element(logits.begin(), logits.end());
+  r->argmax = static_cast<int32_t>(max_it - logits.begin());
+  const float max = *max_it;
+  double sum = 0;
+  for (float l : logits) sum += std::exp(static_cast<double>(l - max));
+  const float log_sum = static_cast<float>(std::log(sum));
+  r->log_probs.resize(logits.size());
+  for (size_t i = 0; i < logits.size(); ++i) r->log_probs[i] = logits[i] - max - log_sum;
+
+  const kv::KvCache& cache = session_->cache();
+  r->n_pos = static_cast<uint32_t>(session_->tokens().size());
+  r->held = held_positions(cache, r->n_pos);
+  const GpuModel& model = engine_->model();
+  if (model.attention_probe() && model.attention_probe_position() + 1 == static_cast<int32_t>(r->n_pos))
+    r->attention = probe_attention_rows(model, cache, r->n_pos);
+  return r;
+}
+
+void SessionWorker::recorded_reply(const std::vector<int32_t>& prompt, const GenerateRequest& request) {
+  const Clock::time_point start = Clock::now();
+  const Tokenizer& tokenizer = engine_->tokenizer();
+  const uint32_t n_vocab = engine_->config().n_vocab;
+  const uint32_t capacity = session_->cache().capacity();
+  Sampler sampler(request.sampling);
+  Detokenizer detok(tokenizer);
+  Clock::time_point first_token_time{};
+  working_.steps.clear();
+  EngineHold hold(*turns_);
+  apply_probe_setting();
+  std::vector<float> logits = session_->logits_all(prompt);
+  session_->end_prefill();
+  capture_probes();
+  const size_t n = request.forced ? request.forced->size() : request.max_new;
+  for (size_t i = 0; i < n; ++i) {
+    const std::span<const float> last(logits.data() + logits.size() - n_vocab, n_vocab);
+    const int32_t token = request.forced ? (*request.forced)[i] : sampler.sample(last);
+    Turn& turn = working_.turns.back();
+    if (stop_requested_) {
+      turn.stopped = true;
+      break;
+    }
+    if (!request.forced && token == tokenizer.eos()) break;
+    working_.steps.push_back(record_step(static_cast<uint32_t>(i), token, last));
+    const Clock::time_point now = Clock::now();
+    if (turn.n_tokens == 0) {
+      first_token_time = now;
+      turn.ttft_seconds = working_.last_ttft_seconds = seconds_between(start, now);
+    }
+    turn.n_tokens++;
+    if (turn.n_tokens > 1) turn.tok_s = working_.last_tok_s = (turn.n_tokens - 1) / seconds_between(first_token_time, now);
+    working_.tokens.push_back(token);
+    working_.pieces.push_back(token_display_text(tokenizer, token));
+    turn.text += detok.push(token);
+    working_.state = SessionSnapshot::State::Generating;
+    // The context is full: stop, as Session::generate does.
+    if (!session_->evicting() && session_->tokens().size() >= capacity) break;
+    logits = session_->logits_all({token});
+    capture_probes();
+    publish();
+    hold.yield();
+    apply_probe_setting();
+  }
+  working_.turns.back().text += detok.flush();
+}
+
 void SessionWorker::generate_reply(const std::vector<int32_t>& prompt, const GenerateRequest& request) {
   const Clock::time_point start = Clock::now();
   const Tokenizer& tokenizer = engine_->tokenizer();
@@ -333,19 +625,35 @@ void SessionWorker::generate_reply(const std::vector<int32_t>& prompt, const Gen
   reply.streaming = true;
   reply.first_token = static_cast<uint32_t>(working_.tokens.size());
   working_.turns.push_back(reply);
+  working_.prefill_total = static_cast<uint32_t>(prompt.size());
   publish();
+  if (request.record || request.forced) {
+    recorded_reply(prompt, request);
+    return;
+  }
 
   Sampler sampler(request.sampling);
   Clock::time_point first_token_time{};
+  const std::vector<int32_t> end_of_turn =
+      request.chat_template ? stop_token_ids(*request.chat_template, tokenizer) : std::vector<int32_t>{};
   EngineHold hold(*turns_);
   apply_probe_setting();
+  Clock::time_point step_start{};  // after the last token's callback: the next forward pass begins
   session_->generate(prompt, request.max_new, sampler, [&](int32_t id, const std::string& text) {
+    if (step_start != Clock::time_point{}) {
+      const double seconds = seconds_between(step_start, Clock::now());
+      if (engine_->model().attention_probe())
+        working_.probe_on_seconds += seconds, working_.probe_on_steps++;
+      else
+        working_.probe_off_seconds += seconds, working_.probe_off_steps++;
+    }
     capture_probes();  // the step that produced this token, before another session's runs
     Turn& turn = working_.turns.back();
     if (stop_requested_) {
       turn.stopped = true;
       return false;  // the token is not in the cache: do not show it either
     }
+    if (std::find(end_of_turn.begin(), end_of_turn.end(), id) != end_of_turn.end()) return false;  // end of the reply
     const Clock::time_point now = Clock::now();
     if (id >= 0) {
       if (turn.n_tokens == 0) {
@@ -364,6 +672,7 @@ void SessionWorker::generate_reply(const std::vector<int32_t>& prompt, const Gen
     publish();
     hold.yield();  // other sessions on this engine run a step
     apply_probe_setting();
+    step_start = Clock::now();
     return true;   // a stop asked for meanwhile ends the reply at the next token
   });
   capture_probes();  // the last step's rows (no token callback follows it)

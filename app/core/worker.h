@@ -22,7 +22,11 @@
 #include <vector>
 
 #include "app/core/cache_spec.h"
+#include "app/core/lost_attention.h"
 #include "app/core/session.h"
+#include "kv/event_log.h"
+#include "kv/pins.h"
+#include "models/chat_template.h"
 #include "models/sampler.h"
 
 namespace kvscope {
@@ -43,7 +47,7 @@ class EngineTurns {
 // One message of a conversation. A completion model has no chat template:
 // the user's text and the model's reply are appended to one token stream.
 struct Turn {
-  enum class Role { User, Model };
+  enum class Role { System, User, Model };
   Role role = Role::User;
   std::string text;
   uint32_t first_token = 0;  // index of its first token in the context
@@ -68,6 +72,19 @@ struct ProbeRow {
   uint32_t n_head = 0, n_pos = 0;
   std::vector<float> probs;
   std::vector<int32_t> slot_of_position;  // [n_pos], -1: not held (head 0)
+};
+
+// One step of a recorded reply (side by side, forced mode): the distribution
+// that predicted the reply's token `index`, and the cache as that step's
+// attention saw it. Shared between snapshots (a publish copies pointers).
+struct StepRecord {
+  uint32_t index = 0;             // token index within the reply
+  int32_t token = -1;             // the token that came next (sampled or forced)
+  int32_t argmax = -1;            // the most likely token of log_probs
+  std::vector<float> log_probs;   // [n_vocab], log-softmax of the logits
+  uint32_t n_pos = 0;             // positions 0..n_pos-1 existed at this step
+  HeldPositions held;             // what each (layer, kv head) held
+  AttentionRows attention;        // by position; probs empty when probes were off
 };
 
 struct SessionSnapshot {
@@ -96,13 +113,53 @@ struct SessionSnapshot {
   // publish copies pointers, not probabilities.
   std::deque<std::shared_ptr<const ProbeRow>> probes;
   bool probes_supported = false;     // the forward pass can read attention back
+  // Prefill progress of a long prompt: tokens read of the prompt's.
+  uint32_t prefill_done = 0, prefill_total = 0;
+  // The eviction log (null without a policy); copied only when it changed.
+  std::shared_ptr<const kv::EventLog> log;
+  kv::PinnedSpans pins;
+  std::string system_prompt;         // the conversation's first turn, when it has one
+  // Decode steps' time (forward pass and sampling) with the attention
+  // readback on and off: what the inspector costs the decoder.
+  double probe_on_seconds = 0, probe_off_seconds = 0;
+  uint32_t probe_on_steps = 0, probe_off_steps = 0;
+  // The last reply's steps when it was recorded (GenerateRequest::record).
+  std::vector<std::shared_ptr<const StepRecord>> steps;
 };
 
 struct GenerateRequest {
   std::string text;            // appended to the conversation (empty: continue)
   uint32_t max_new = 128;
   SamplerConfig sampling;
+  // Put before the first message of an empty conversation, pinned when the
+  // cache evicts (an evicting policy never drops it).
+  std::string system;
+  // Keep every step's distribution, held positions and attention (forced
+  // comparison). Decodes with logits read back per step, as the CLI's eval.
+  bool record = false;
+  // Forced mode: the reply is these tokens, not sampled ones (implies record).
+  std::optional<std::vector<int32_t>> forced;
+  // The conversation goes through this chat template (none: the text is
+  // appended as is, for completion models); its end-of-turn tokens end a reply.
+  std::optional<ChatTemplate> chat_template;
 };
+
+// A conversation as saved to and loaded from JSON (write_conversation_json).
+struct SavedConversation {
+  std::string model;                // the model file it was written with
+  std::string cache;                // CacheSpec::label()
+  std::vector<Turn> turns;
+  std::vector<int32_t> tokens;      // the context, exactly
+  kv::PinnedSpans pins;
+};
+std::string write_conversation_json(const SavedConversation& c);
+// Throws std::runtime_error naming `source_name` and what is wrong.
+SavedConversation read_conversation_json(const std::string& text, const std::string& source_name);
+
+// "SPEC" or "SPEC + POLICY" (CacheSpec::label()'s form): a cache spec with an
+// optional eviction policy, e.g. "q8 + h2o:budget=64". Throws
+// std::invalid_argument naming the bad part.
+CacheSpec parse_session_spec(std::string_view text);
 
 class SessionWorker {
  public:
@@ -120,7 +177,18 @@ class SessionWorker {
   // Whether a view shows this session's attention: only then does the
   // forward pass read attention rows back (no cost otherwise).
   void set_probes_wanted(bool wanted) { probes_wanted_ = wanted; }
+  // Measurement: the readback only every other decode step, so steps with
+  // and without it interleave under the same machine load.
+  void set_alternate_probes(bool alternate) { alternate_probes_ = alternate; }
   void reset();  // empties the conversation and the cache
+  // Turn `turn_index` (a user message) gets `text`: the conversation after
+  // it is dropped, the cache refilled up to it, and a new reply written.
+  void edit(size_t turn_index, const std::string& text, const GenerateRequest& request);
+  // Pins these spans from now on: the policy is made again with them and
+  // the context read again into an empty cache.
+  void set_pins(const kv::PinnedSpans& pins);
+  // Replaces the conversation with a saved one (the context is read again).
+  void load(const SavedConversation& conversation);
 
   // The latest snapshot; cheap (a pointer copy under a lock), never waits on
   // the device.
@@ -132,12 +200,25 @@ class SessionWorker {
 
  private:
   struct Command {
-    enum class Kind { Generate, Regenerate, Reset } kind;
+    enum class Kind { Generate, Regenerate, Reset, Edit, Pins, Load } kind;
     GenerateRequest request;
+    size_t turn_index = 0;
+    kv::PinnedSpans pins;
+    SavedConversation conversation;
   };
+  void push(Command command);
   void run();
   void execute(const Command& command);
   void generate_reply(const std::vector<int32_t>& prompt, const GenerateRequest& request);
+  // generate_reply for record/forced requests: one step at a time with every
+  // step's logits read back.
+  void recorded_reply(const std::vector<int32_t>& prompt, const GenerateRequest& request);
+  // Reads `ids` into the cache without sampling (a refill after a change of
+  // pins, or a loaded conversation), with the engine held.
+  void refill(const std::vector<int32_t>& ids);
+  // The policy of the spec with `pins` (no-op without a policy); resets.
+  void apply_policy(const kv::PinnedSpans& pins);
+  std::shared_ptr<const StepRecord> record_step(uint32_t index, int32_t token, std::span<const float> logits);
   void publish();  // copies the working state into a new snapshot
   // With the engine held: turns the model's probe readback on or off for
   // this session's next step, and keeps the rows of the step just run.
@@ -148,6 +229,7 @@ class SessionWorker {
   EngineTurns* turns_;
   std::unique_ptr<Session> session_;  // made on the worker thread
   SessionSnapshot working_;           // worker thread only
+  size_t published_log_events_ = SIZE_MAX;
 
   mutable std::mutex mutex_;          // guards queue_, published_, running_
   std::condition_variable wake_;
@@ -156,6 +238,8 @@ class SessionWorker {
   std::shared_ptr<const SessionSnapshot> published_;
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> probes_wanted_{false};
+  std::atomic<bool> alternate_probes_{false};
+  uint64_t probe_steps_ = 0;  // worker thread: decode steps seen by apply_probe_setting
   std::thread thread_;
 };
 

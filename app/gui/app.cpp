@@ -2,7 +2,6 @@
 // [SECTION] layout
 // [SECTION] toolbar, banner, open model
 // [SECTION] sessions panel
-// [SECTION] conversation
 // [SECTION] inspector
 #include "app/gui/app.h"
 
@@ -11,6 +10,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <utility>
 
 #include "app/core/paths.h"
 
@@ -37,22 +37,32 @@ void help_marker(const char* text) {
 
 // ======================================================== engine and sessions
 
-App::App(const GuiOptions& options, const Fonts& fonts, std::string render_device)
-    : options_(options), fonts_(fonts), render_device_(std::move(render_device)) {
+App::App(const GuiOptions& options, const Settings& settings, const Fonts& fonts, std::string render_device)
+    : options_(options), fonts_(fonts), render_device_(std::move(render_device)), settings_(settings) {
   if (!options.prompt.empty()) std::snprintf(prompt_buffer_, sizeof prompt_buffer_, "%s", options.prompt.c_str());
+  std::snprintf(system_buffer_, sizeof system_buffer_, "%s", options.system.c_str());
+  std::snprintf(forced_text_buffer_, sizeof forced_text_buffer_, "%s", options.forced_text.c_str());
   compare_mode_ = options.compare_specs.size() > 1;
+  forced_mode_ = options.forced || !options.forced_text.empty();
+  forced_on_text_ = !options.forced_text.empty();
+  pending_drops_ = options.drops;
   start_loading(options.model_path.empty() ? default_model_path() : options.model_path);
 }
 
 App::~App() {
+  probes_.cancel();
+  probes_.wait();
   sessions_.clear();
   if (loading_.valid()) loading_.wait();
 }
 
+// The engine in use keeps running while another model loads: a file that
+// fails to open leaves the window as it was, with the error in the banner.
 void App::start_loading(const std::string& path) {
-  sessions_.clear();
-  engine_.reset();
-  banner_.clear();
+  if (loading_.valid()) {
+    banner_ = fmt::format("{} is still loading; open another model once it is done", file_name(loading_path_));
+    return;
+  }
   loading_path_ = path;
   std::snprintf(model_buffer_, sizeof model_buffer_, "%s", path.c_str());
   load_started_ = std::chrono::steady_clock::now();
@@ -65,29 +75,48 @@ void App::start_loading(const std::string& path) {
 
 void App::poll_loading() {
   if (!loading_.valid() || loading_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+  if (probes_.running()) return;  // the probes use the engine; it is replaced once they end
+  std::unique_ptr<Engine> loaded;
   try {
-    engine_ = loading_.get();
-    model_path_ = loading_path_;
+    loaded = loading_.get();
   } catch (const std::exception& e) {
     // The message names the file already (models/ and gpu/ errors do).
-    banner_ = fmt::format("{}  —  open another model with the model button at the top left", one_line(e.what()));
+    banner_ = fmt::format("{}  —  {}", one_line(e.what()),
+                          engine_ ? "the model already open stays in use" : "open another model with the model button at the top left");
     prompt_sent_ = !options_.prompt.empty();  // a scripted run ends with the error shown
     return;
   }
-  std::vector<std::string> specs = options_.compare_specs;
+  // The sessions of the old model come back on the new one, with the same caches.
+  std::vector<std::string> specs;
+  for (const auto& s : frame_snapshots_) specs.push_back(s->spec.label());
+  if (specs.empty() && !engine_) specs = options_.compare_specs;
   if (specs.empty()) specs.push_back("f16");
+  frame_snapshots_.clear();
+  sessions_.clear();
+  comparisons_.clear();
+  forced_pending_.reset();
+  timeline_ = {};
+  timeline_.step = std::exchange(options_.scrub, -1);  // --scrub applies to the first model only
+  engine_ = std::move(loaded);
+  model_path_ = loading_path_;
+  settings_.add_recent_model(model_path_);
   for (const std::string& text : specs) {
     if (sessions_.size() == kMaxSessions) break;
-    try {
-      add_session(parse_cache_spec(text));
-    } catch (const std::exception& e) {
-      banner_ = fmt::format("--compare: {}", one_line(e.what()));
-    }
+    add_session_from_text(text);
   }
-  selected_ = 0;
+  selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
+  if (!options_.load_conversation.empty()) {
+    load_conversation(options_.load_conversation);
+    options_.load_conversation.clear();
+  }
   if (!options_.prompt.empty() && !prompt_sent_) {
     send_prompt(options_.prompt);
     prompt_sent_ = true;
+  }
+  if (!options_.run_probes.empty()) {
+    probes_.start(*engine_, turns_, assets_dir() + "/scenarios", options_.run_probes, options_.probe_limit);
+    probes_open_ = true;
+    options_.run_probes.clear();
   }
 }
 
@@ -97,21 +126,121 @@ void App::add_session(const CacheSpec& spec) {
   selected_ = sessions_.size() - 1;
 }
 
+void App::add_session_from_text(const std::string& text) {
+  try {
+    add_session(parse_session_spec(text));
+  } catch (const std::exception& e) {
+    banner_ = fmt::format("cache \"{}\": {}", text, one_line(e.what()));
+  }
+}
+
 GenerateRequest App::request(const std::string& text) const {
   GenerateRequest r;
   r.text = text;
   r.max_new = options_.tokens;
   r.sampling = options_.sampling;
+  r.system = system_buffer_;
+  try {
+    r.chat_template = chat_template();
+  } catch (const std::exception&) {
+    // An unknown name was reported when it was chosen; the text goes as is.
+  }
   return r;
 }
 
-// In side-by-side mode every session writes a reply to the same prompt.
+std::optional<ChatTemplate> App::chat_template() const {
+  const std::string& choice = options_.chat_template;
+  if (!engine_ || choice == "none") return std::nullopt;
+  if (choice == "auto" || choice.empty()) {
+    if (engine_->file().get_string_or("tokenizer.chat_template", "").empty()) return std::nullopt;
+    return chat_template_for(engine_->file());
+  }
+  return chat_template_by_name(choice);
+}
+
+void App::draw_template_picker() {
+  std::string current = options_.chat_template;
+  std::optional<ChatTemplate> tmpl;
+  std::string shown;
+  try {
+    tmpl = chat_template();
+    shown = tmpl ? std::string(chat_family_name(tmpl->family)) : std::string("none");
+  } catch (const std::exception& e) {
+    shown = "unknown";
+  }
+  if (current == "auto") shown = "auto: " + shown;
+  ImGui::SetNextItemWidth(ImGui::CalcTextSize(shown.c_str()).x + ImGui::GetFontSize() * 2.5f);
+  if (ImGui::BeginCombo("##template", shown.c_str())) {
+    if (ImGui::Selectable("auto (the model's tokenizer.chat_template)", current == "auto")) options_.chat_template = "auto";
+    if (ImGui::Selectable("none: the text as typed (completion models)", current == "none")) options_.chat_template = "none";
+    for (std::string_view name : chat_template_names())
+      if (ImGui::Selectable(std::string(name).c_str(), current == name)) options_.chat_template = std::string(name);
+    ImGui::EndCombo();
+  }
+  if (ImGui::IsItemHovered() && engine_) {
+    ImGui::BeginTooltip();
+    ImGui::TextColored(colour::muted, "Chat template: how a conversation becomes the model's tokens. A new message:");
+    if (tmpl) {
+      std::vector<ChatMessage> sample;
+      if (system_buffer_[0]) sample.push_back({"system", system_buffer_});
+      sample.push_back({"user", "Hello"});
+      ImGui::PushFont(fonts_.tokens);
+      ImGui::TextUnformatted(format_chat(*tmpl, sample, true, ChatTokens::from(engine_->tokenizer())).c_str());
+      ImGui::PopFont();
+      if (tmpl->fallback) ImGui::TextColored(colour::recalled, "%s", tmpl->warning.c_str());
+    } else {
+      ImGui::Text("none: the text is appended as typed (stories15M is a completion model)");
+    }
+    ImGui::EndTooltip();
+  }
+}
+
+// In side-by-side mode every session answers the same prompt: each its own
+// reply (free), or all reading the same tokens (forced: A's reply once it is
+// written, or the text given).
 void App::send_prompt(const std::string& text) {
-  if (compare_mode_) {
+  comparisons_.assign(sessions_.size(), {});
+  if (compare_mode_ && forced_mode_ && !sessions_.empty()) {
+    GenerateRequest r = request(text);
+    r.record = true;
+    if (forced_on_text_ && engine_) {
+      r.forced = engine_->tokenizer().encode(forced_text_buffer_, false);
+      for (auto& s : sessions_) s->generate(r);
+    } else {
+      sessions_[0]->generate(r);
+      forced_pending_ = r;
+    }
+  } else if (compare_mode_) {
     for (auto& s : sessions_) s->generate(request(text));
   } else if (selected_ < sessions_.size()) {
     sessions_[selected_]->generate(request(text));
   }
+}
+
+void App::dispatch_forced() {
+  if (!forced_pending_ || sessions_.empty() || sessions_[0]->busy()) return;
+  const auto a = sessions_[0]->snapshot();
+  GenerateRequest r = *forced_pending_;
+  forced_pending_.reset();
+  if (a->turns.empty() || a->turns.back().role != Turn::Role::Model) return;  // A failed: its error shows
+  const Turn& reply = a->turns.back();
+  r.forced = std::vector<int32_t>(a->tokens.begin() + reply.first_token,
+                                  a->tokens.begin() + reply.first_token + reply.n_tokens);
+  for (size_t i = 1; i < sessions_.size(); ++i) sessions_[i]->generate(r);
+}
+
+void App::update_comparisons() {
+  if (!compare_mode_ || !forced_mode_ || frame_snapshots_.size() < 2) return;
+  comparisons_.resize(frame_snapshots_.size());
+  for (size_t i = 1; i < frame_snapshots_.size(); ++i) comparisons_[i].update(*frame_snapshots_[0], *frame_snapshots_[i]);
+}
+
+std::vector<int32_t> App::regretted_positions(size_t session) const {
+  std::vector<int32_t> out;
+  if (!compare_mode_ || !forced_mode_ || session == 0 || session >= comparisons_.size()) return out;
+  for (const RegrettedEviction& r : comparisons_[session].result().lost.regretted)
+    if (r.lost_mass > 0) out.push_back(r.position);
+  return out;
 }
 
 bool App::generating() const {
@@ -121,22 +250,94 @@ bool App::generating() const {
 bool App::script_done() const {
   if (loading_.valid()) return false;
   if (!options_.prompt.empty() && !prompt_sent_) return false;
+  if (forced_pending_ || !pending_drops_.empty() || !options_.load_conversation.empty()) return false;
+  if (!options_.run_probes.empty() || probes_.running()) return false;
   return !generating();
 }
 
 RunReport App::report() const {
   RunReport r;
+  r.sessions = nlohmann::json::array();
   for (const auto& worker : sessions_) {
     auto s = worker->snapshot();
-    for (const Turn& t : s->turns)
+    uint32_t turns = 0;
+    for (const Turn& t : s->turns) {
       if (t.role == Turn::Role::Model) r.generated_tokens += t.n_tokens;
+      ++turns;
+    }
     if (!s->error.empty()) r.errors.push_back(s->error);
     r.tok_s.push_back(s->last_tok_s);
+    std::vector<std::string> pins;
+    for (const kv::PinnedSpan& span : s->pins.spans()) pins.push_back(kv::to_string(span));
+    std::vector<std::string> texts;
+    for (const Turn& t : s->turns) texts.push_back(t.text);
+    r.sessions.push_back({{"name", s->name},
+                          {"cache", s->spec.label()},
+                          {"tokens", s->tokens},
+                          {"turns", texts},
+                          {"evictions", s->log ? s->log->eviction_count() : 0},
+                          {"pins", pins},
+                          {"cache_bytes", s->cache_bytes_full},
+                          {"tok_s", s->last_tok_s},
+                          {"decode_ms_probe_on", s->probe_on_steps ? 1000 * s->probe_on_seconds / s->probe_on_steps : 0},
+                          {"decode_ms_probe_off", s->probe_off_steps ? 1000 * s->probe_off_seconds / s->probe_off_steps : 0},
+                          {"steps_probe_on", s->probe_on_steps},
+                          {"steps_probe_off", s->probe_off_steps}});
   }
   if (!banner_.empty()) r.errors.push_back(banner_);
   r.heatmap_rect = heatmap_.last_rect;
   r.heatmap_cells = heatmap_.drew_cells;
+  for (size_t i = 1; i < comparisons_.size(); ++i) r.forced.push_back(comparisons_[i].result());
+  r.exports = exported_;
+  if (selected_ < sessions_.size()) {
+    TimelineView view;
+    view.step = timeline_.step;
+    const auto live = sessions_[selected_]->snapshot();
+    const SessionSnapshot& at = scrubbed(*live, view);
+    std::vector<uint32_t> live_per_layer;
+    for (const LayerOccupancy& o : at.layers) live_per_layer.push_back(o.live_max);
+    r.scrubbed = {{"session", at.name},
+                  {"step", view.step},
+                  {"last_step", live->log ? last_step(*live->log) : -1},
+                  {"positions", at.written_positions},
+                  {"live_per_layer", live_per_layer},
+                  {"layers_holding", at.layers_holding}};
+  }
+  r.probes = nlohmann::json::array();
+  for (const ProbeResult& p : probes_.results()) {
+    nlohmann::json runs = nlohmann::json::array();
+    for (const ProbeRun& run : p.policies)
+      runs.push_back({{"cache", run.cache}, {"verdict", verdict_name(run.verdict)}, {"logprob", run.logprob}});
+    r.probes.push_back({{"scenario", p.scenario.name},
+                        {"distance", p.measured_distance},
+                        {"full_logprob", p.full.logprob},
+                        {"runs", runs}});
+  }
+  if (!probes_.error().empty()) r.errors.push_back(probes_.error());
+  std::vector<std::string> specs;
+  for (const auto& w : sessions_) specs.push_back(w->snapshot()->spec.label());
+  r.effective = {{"temperature", options_.sampling.temperature},
+                 {"top_k", options_.sampling.top_k},
+                 {"top_p", options_.sampling.top_p},
+                 {"seed", options_.sampling.seed},
+                 {"tokens", options_.tokens},
+                 {"system", std::string(system_buffer_)},
+                 {"caches", specs},
+                 {"model", model_path_}};
   return r;
+}
+
+Settings App::settings() const {
+  Settings s = settings_;
+  s.sampling = options_.sampling;
+  s.tokens = options_.tokens;
+  s.system_prompt = system_buffer_;
+  s.device_index = options_.device_index;
+  if (!sessions_.empty()) {
+    s.cache_specs.clear();
+    for (const auto& w : sessions_) s.cache_specs.push_back(w->snapshot()->spec.label());
+  }
+  return s;
 }
 
 uint64_t App::engine_validation_messages() const {
@@ -147,21 +348,37 @@ uint64_t App::engine_validation_messages() const {
 
 void App::draw() {
   poll_loading();
+  if (engine_ && !loading_.valid() && !pending_drops_.empty() && !generating()) {
+    on_drop(pending_drops_);
+    pending_drops_.clear();
+  }
+  dispatch_forced();
   frame_snapshots_.clear();
+  const bool forced = compare_mode_ && forced_mode_;
   for (size_t i = 0; i < sessions_.size(); ++i) {
     frame_snapshots_.push_back(sessions_[i]->snapshot());
-    sessions_[i]->set_probes_wanted(options_.probes && i == selected_);  // the inspector shows the selected session
+    // The inspector shows the selected session; forced mode also needs A's
+    // attention for the lost attention of the others.
+    sessions_[i]->set_probes_wanted(options_.probes && (i == selected_ || (forced && i == 0)));
+    sessions_[i]->set_alternate_probes(options_.alternate_probes);
   }
+  update_comparisons();
   for (const auto& s : frame_snapshots_)
     if (s->state == SessionSnapshot::State::Error && !s->error.empty() && banner_.empty())
       banner_ = fmt::format("Session {}: {}", s->name, one_line(s->error));
 
   // Keyboard: Esc stops every reply, Ctrl+N adds a session.
   const ImGuiIO& io = ImGui::GetIO();
-  if (ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape)))
+  if (ImGui::IsKeyPressed(ImGui::GetKeyIndex(ImGuiKey_Escape))) {
+    forced_pending_.reset();
     for (auto& s : sessions_) s->stop();
+  }
   if (io.KeyCtrl && ImGui::IsKeyPressed('N') && sessions_.size() < kMaxSessions && engine_)
     add_session(parse_cache_spec(std::string(kv::format_name(kv::all_formats()[new_session_format_]))));
+  if (io.KeyCtrl && ImGui::IsKeyPressed('O')) {
+    file_purpose_ = FilePurpose::OpenModel;
+    file_dialog_.open("Open a GGUF model", ".gguf", false, std::filesystem::path(model_path_).parent_path());
+  }
 
   const ImGuiViewport* viewport = ImGui::GetMainViewport();
   ImGui::SetNextWindowPos(viewport->WorkPos);
@@ -175,6 +392,18 @@ void App::draw() {
   draw_toolbar();
   draw_banner();
   draw_open_model_popup();
+  draw_file_dialog();
+  if (probes_open_) {
+    ImGui::SetNextWindowSize({ImGui::GetFontSize() * 44, ImGui::GetFontSize() * 22}, ImGuiCond_FirstUseEver);
+    ImGui::SetNextWindowPos({viewport->WorkPos.x + viewport->WorkSize.x * 0.2f, viewport->WorkPos.y + 60},
+                            ImGuiCond_FirstUseEver);
+    // Opaque: it floats over the panels.
+    ImGui::PushStyleColor(ImGuiCol_WindowBg, colour::panel_bg);
+    if (ImGui::Begin("Probe scenarios", &probes_open_, ImGuiWindowFlags_NoSavedSettings))
+      probes_.draw(engine_.get(), turns_, fonts_);
+    ImGui::End();
+    ImGui::PopStyleColor();
+  }
 
   const float scale = ImGui::GetFontSize() / 16.0f;
   const float left_w = 250 * scale;
@@ -235,7 +464,53 @@ void App::draw_toolbar() {
   ImGui::SameLine();
   ImGui::TextColored(colour::muted, "on");
   ImGui::SameLine();
-  ImGui::Text("%s", engine_ ? engine_->device_name().c_str() : render_device_.c_str());
+  const std::string device = engine_ ? engine_->device_name() : render_device_;
+  ImGui::SetNextItemWidth(ImGui::CalcTextSize(device.c_str()).x + ImGui::GetFontSize() * 2);
+  if (ImGui::BeginCombo("##device", device.c_str())) {
+    if (devices_.empty()) {
+      try {
+        devices_ = gpu::list_devices();
+      } catch (const std::exception& e) {
+        banner_ = one_line(e.what());
+      }
+    }
+    if (ImGui::Selectable("automatic (discrete > integrated > virtual > cpu)", options_.device_index < 0)) {
+      options_.device_index = -1;
+      if (engine_) start_loading(model_path_);
+    }
+    for (const gpu::DeviceInfo& d : devices_)
+      if (ImGui::Selectable(fmt::format("{}: {} ({}, {})", d.index, d.name, d.type,
+                                        format_bytes(static_cast<double>(d.device_local_bytes))).c_str(),
+                            options_.device_index == static_cast<int>(d.index))) {
+        options_.device_index = static_cast<int>(d.index);
+        if (engine_) start_loading(model_path_);
+      }
+    ImGui::EndCombo();
+  }
+  help_marker("The Vulkan device the model runs on: choosing one loads the model again there");
+  ImGui::SameLine();
+  ImGui::BeginDisabled(!engine_ || sessions_.empty());
+  if (ImGui::Button("Save chat")) {
+    file_purpose_ = FilePurpose::SaveConversation;
+    file_dialog_.open("Save the selected session's conversation as JSON", ".json", true, {});
+  }
+  help_marker("Writes the conversation (turns, tokens, pins) to a JSON file");
+  ImGui::SameLine();
+  if (ImGui::Button("Load chat")) {
+    file_purpose_ = FilePurpose::LoadConversation;
+    file_dialog_.open("Load a conversation into the selected session", ".json", false, {});
+  }
+  help_marker("Replaces the selected session's conversation with a saved one (its cache is refilled)");
+  ImGui::SameLine();
+  if (ImGui::Button("Export")) {
+    file_purpose_ = FilePurpose::ExportDir;
+    file_dialog_.open("Export the heatmap (PNG), eviction traces (JSONL) and comparison (CSV) to a folder", "", false, {});
+  }
+  help_marker("Heatmap as PNG, each session's eviction log as JSONL, the forced comparison as CSV");
+  ImGui::SameLine();
+  if (ImGui::Button("Probes")) probes_open_ = !probes_open_;
+  help_marker("Scenarios that place a fact early and ask for it later: which policies still answer?");
+  ImGui::EndDisabled();
   ImGui::SameLine();
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
   if (ImGui::Button("New session")) {
@@ -261,10 +536,30 @@ void App::draw_toolbar() {
       fmt::format("{:.1f} tok/s   ·   weights {} + caches {}   ·   UI {:.0f} fps", tok_s,
                   format_bytes(static_cast<double>(weights)), format_bytes(static_cast<double>(cache_bytes)),
                   fps_now_);
-  ImGui::SameLine(ImGui::GetWindowContentRegionMax().x - ImGui::CalcTextSize(figures.c_str()).x);
+  // Right-aligned when there is room after the buttons, else on a line of its own.
+  ImGui::SameLine();
+  const float figures_x = ImGui::GetWindowContentRegionMax().x - ImGui::CalcTextSize(figures.c_str()).x;
+  if (ImGui::GetCursorPosX() > figures_x) ImGui::NewLine();
+  ImGui::SetCursorPosX(std::max(figures_x, ImGui::GetStyle().WindowPadding.x));
   ImGui::TextColored(colour::muted, "%s", figures.c_str());
   if (fonts_.note.size()) {
     ImGui::TextColored(colour::recalled, "%s", fonts_.note.c_str());
+  }
+  if (!status_.empty()) ImGui::TextColored(colour::muted, "%s", status_.c_str());
+}
+
+void App::draw_file_dialog() {
+  const std::optional<std::string> chosen = file_dialog_.draw();
+  if (!chosen) return;
+  switch (file_purpose_) {
+    case FilePurpose::OpenModel: start_loading(*chosen); break;
+    case FilePurpose::LoadConversation: load_conversation(*chosen); break;
+    case FilePurpose::SaveConversation: save_conversation(*chosen); break;
+    case FilePurpose::ExportDir: {
+      const auto files = export_files(*chosen);
+      status_ = fmt::format("exported {} files to {}", files.size(), *chosen);
+      break;
+    }
   }
 }
 
@@ -290,6 +585,16 @@ void App::draw_open_model_popup() {
                                       ImGuiInputTextFlags_EnterReturnsTrue);
   if (ImGui::Selectable(fmt::format("default: {}", default_model_path()).c_str()))
     std::snprintf(model_buffer_, sizeof model_buffer_, "%s", default_model_path().c_str());
+  if (!settings_.recent_models.empty()) ImGui::TextColored(colour::muted, "Recent:");
+  for (const std::string& recent : settings_.recent_models)
+    if (ImGui::Selectable(recent.c_str())) std::snprintf(model_buffer_, sizeof model_buffer_, "%s", recent.c_str());
+  if (ImGui::Button("Browse…")) {
+    file_purpose_ = FilePurpose::OpenModel;
+    file_dialog_.open("Open a GGUF model", ".gguf", false, std::filesystem::path(model_buffer_).parent_path());
+    ImGui::CloseCurrentPopup();
+  }
+  ImGui::SameLine();
+  ImGui::TextColored(colour::muted, "or drop a .gguf on the window (Ctrl+O)");
   if (ImGui::Button("Open") || enter) {
     start_loading(model_buffer_);
     ImGui::CloseCurrentPopup();
@@ -310,9 +615,13 @@ void App::draw_sessions_panel() {
                         : s.state == SessionSnapshot::State::Generating ? "writing"
                         : s.state == SessionSnapshot::State::Error      ? "error"
                                                                         : "idle";
-    const std::string label = fmt::format("{}   {}##session{}", s.name, s.spec.name(), i);
+    // The policy's name only: its options are in the tooltip and the conversation's title.
+    const std::string policy = s.spec.policy.substr(0, s.spec.policy.find(':'));
+    const std::string label =
+        fmt::format("{}   {}{}##session{}", s.name, s.spec.name(), policy.empty() ? "" : " + " + policy, i);
     if (ImGui::Selectable(label.c_str(), i == selected_, 0, {0, ImGui::GetTextLineHeight() * 2.2f})) selected_ = i;
-    help_marker("Select to inspect its cache");
+    if (ImGui::IsItemHovered())
+      ImGui::SetTooltip("%s\nSelect to inspect its cache", s.spec.label().c_str());
     ImGui::SameLine(ImGui::GetContentRegionAvail().x * 0.45f);
     ImGui::BeginGroup();
     ImGui::TextColored(s.state == SessionSnapshot::State::Error ? colour::diverged : colour::muted, "%s", state);
@@ -337,14 +646,41 @@ void App::draw_sessions_panel() {
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
   if (ImGui::Button("+ Add")) add_session(parse_cache_spec(current));
   help_marker("A new session with this cache format, on the same weights (up to 4)");
+  ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x * 0.75f);
+  const bool spec_enter =
+      ImGui::InputText("##spec", spec_buffer_, sizeof spec_buffer_, ImGuiInputTextFlags_EnterReturnsTrue);
+  help_marker("A cache with an eviction policy: \"FORMAT + POLICY\", e.g.\n"
+              "f16 + h2o:budget=64   q8 + streamingllm:sinks=4,window=60   f16 + tova:budget=48\n"
+              "Enter or + adds it as a new session");
+  ImGui::SameLine();
+  if ((ImGui::Button("+##spec") || spec_enter) && spec_buffer_[0]) add_session_from_text(spec_buffer_);
+  help_marker("Adds a session with this cache and policy");
   ImGui::EndDisabled();
   if (sessions_.size() > 1) {
     if (ImGui::Button(fmt::format("Remove {}", selected_ < frame_snapshots_.size() ? frame_snapshots_[selected_]->name : "").c_str())) {
       sessions_.erase(sessions_.begin() + static_cast<std::ptrdiff_t>(selected_));
       frame_snapshots_.erase(frame_snapshots_.begin() + static_cast<std::ptrdiff_t>(selected_));
       selected_ = std::min(selected_, sessions_.size() - 1);
+      comparisons_.clear();
+      forced_pending_.reset();
     }
     help_marker("Stops the session and frees its cache");
+  }
+  if (sessions_.size() > 1) {
+    ImGui::Separator();
+    ImGui::TextColored(colour::muted, "SIDE BY SIDE  (toolbar)");
+    ImGui::BeginDisabled(!compare_mode_);
+    ImGui::Checkbox("forced: same tokens", &forced_mode_);
+    help_marker("Every session reads the same tokens (A's reply, or the text below), so their\n"
+                "next-token distributions compare step by step: KL against A, top-1 agreement,\n"
+                "first divergence, and the lost attention (A's attention on what a cache evicted)");
+    if (forced_mode_) {
+      ImGui::Checkbox("on this text:", &forced_on_text_);
+      help_marker("Off: the others read A's sampled reply. On: every session reads this text");
+      ImGui::SetNextItemWidth(-1);
+      ImGui::InputText("##forced_text", forced_text_buffer_, sizeof forced_text_buffer_);
+    }
+    ImGui::EndDisabled();
   }
 
   ImGui::Separator();
@@ -370,107 +706,6 @@ void App::draw_sessions_panel() {
   help_marker("Most new tokens per reply");
 }
 
-// =============================================================== conversation
-
-void App::draw_conversation(const SessionSnapshot& s, SessionWorker& worker) {
-  const float strip_h = ImGui::GetContentRegionAvail().y * 0.26f;
-  const float input_h = ImGui::GetFrameHeightWithSpacing() * 4.2f;
-  ImGui::BeginChild("conversation", {0, ImGui::GetContentRegionAvail().y - strip_h - input_h}, true);
-  ImGui::TextColored(colour::muted, "CONVERSATION  ·  session %s  ·  %s cache", s.name.c_str(), s.spec.name().c_str());
-  ImGui::Separator();
-  if (s.turns.empty())
-    ImGui::TextColored(colour::muted, "Type a prompt below and press Enter. stories15M continues stories.");
-  size_t text_size = 0;
-  for (const Turn& t : s.turns) {
-    text_size += t.text.size();
-    const bool user = t.role == Turn::Role::User;
-    ImGui::TextColored(user ? colour::user : colour::model, user ? "You" : "Model");
-    ImGui::PushTextWrapPos(0);
-    ImGui::TextUnformatted(t.text.empty() && t.streaming ? "…" : t.text.c_str());
-    ImGui::PopTextWrapPos();
-    if (!user) {
-      ImGui::PushFont(fonts_.small);
-      if (t.n_tokens > 0)
-        ImGui::TextColored(colour::muted, "%.1f tok/s  ·  TTFT %.2f s  ·  %u tokens%s", t.tok_s, t.ttft_seconds,
-                           t.n_tokens, t.stopped ? "  ·  stopped" : t.streaming ? "  ·  writing…" : "");
-      else if (t.streaming)
-        ImGui::TextColored(colour::muted, "reading the prompt…");
-      ImGui::PopFont();
-    }
-    ImGui::Spacing();
-  }
-  // Follow the reply while it grows, unless the person scrolled up.
-  if (text_size != last_turn_text_size_ && ImGui::GetScrollY() >= ImGui::GetScrollMaxY() - 40)
-    ImGui::SetScrollHereY(1.0f);
-  last_turn_text_size_ = text_size;
-  ImGui::EndChild();
-
-  draw_prompt_box(s, worker);
-
-  ImGui::BeginChild("strip", {0, 0}, true);
-  ImGui::TextColored(colour::muted, "TOKEN STRIP  ·  %zu tokens in the context", s.pieces.size());
-  help_marker("Each token of the context, shaded by how many layers still hold it;\n"
-              "evicted tokens are dimmed and struck through. Hover a token for details.");
-  ImGui::Separator();
-  draw_token_strip(s, fonts_);
-  ImGui::EndChild();
-}
-
-void App::draw_prompt_box(const SessionSnapshot& s, SessionWorker& worker) {
-  const bool busy = compare_mode_ ? generating() : worker.busy();
-  const float buttons_w = ImGui::GetFontSize() * 7.5f;
-  const float box_h = ImGui::GetFrameHeightWithSpacing() * 2.2f;
-  ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x - buttons_w);
-  const bool enter = ImGui::InputTextMultiline("##prompt", prompt_buffer_, sizeof prompt_buffer_, {0, box_h},
-                                               ImGuiInputTextFlags_EnterReturnsTrue |
-                                                   ImGuiInputTextFlags_CtrlEnterForNewLine);
-  help_marker("Enter sends, Ctrl+Enter starts a new line, Esc stops");
-  ImGui::SameLine();
-  ImGui::BeginGroup();
-  if (busy) {
-    if (ImGui::Button("Stop", {buttons_w - 8, 0})) {
-      if (compare_mode_)
-        for (auto& w : sessions_) w->stop();
-      else
-        worker.stop();
-    }
-    help_marker("Ends the reply after the current token (Esc)");
-  } else {
-    if ((ImGui::Button("Generate", {buttons_w - 8, 0}) || enter) && prompt_buffer_[0]) {
-      send_prompt(prompt_buffer_);
-      prompt_buffer_[0] = 0;
-    }
-    help_marker("Appends the prompt to the conversation and writes a reply (Enter)");
-  }
-  ImGui::BeginDisabled(busy || s.turns.empty());
-  if (ImGui::Button("Regenerate", {buttons_w - 8, 0})) {
-    if (compare_mode_)
-      for (auto& w : sessions_) w->regenerate(options_.tokens, options_.sampling);
-    else
-      worker.regenerate(options_.tokens, options_.sampling);
-  }
-  help_marker("Drops the last reply and writes it again (the cache is refilled from the prompt)");
-  if (ImGui::Button("Clear", {buttons_w - 8, 0})) {
-    if (compare_mode_)
-      for (auto& w : sessions_) w->reset();
-    else
-      worker.reset();
-  }
-  help_marker("Empties the conversation and the cache");
-  ImGui::EndDisabled();
-  ImGui::EndGroup();
-  draw_context_meter(s);
-}
-
-void App::draw_context_meter(const SessionSnapshot& s) {
-  const double used = s.bytes_per_token * s.used_tokens;
-  const std::string overlay =
-      fmt::format("{} / {} tokens   ·   {} of {} ({})", s.used_tokens, s.capacity, format_bytes(used),
-                  format_bytes(static_cast<double>(s.cache_bytes_full)), s.spec.name());
-  ImGui::ProgressBar(s.capacity ? static_cast<float>(s.used_tokens) / s.capacity : 0, {-1, 0}, overlay.c_str());
-  help_marker("Context used by this session, and its cache's bytes used of the whole cache's");
-}
-
 // ================================================================== inspector
 
 void App::draw_inspector(const SessionSnapshot& s) {
@@ -478,13 +713,34 @@ void App::draw_inspector(const SessionSnapshot& s) {
   ImGui::Separator();
   ImGui::Text("Layer occupancy");
   help_marker("Live slots per layer (over its kv heads) of the cache's capacity");
-  draw_occupancy(s);
+  if (timeline_.step >= 0) {
+    ImGui::SameLine();
+    ImGui::TextColored(colour::recalled, "at step %d", timeline_.step);
+  }
+  draw_occupancy(scrubbed(s, timeline_));
+  ImGui::Spacing();
+  ImGui::Separator();
+  ImGui::Text("Eviction timeline");
+  help_marker("Evictions per decode step (x) and layer (y), from the eviction log; recalls in the warm colour.\n"
+              "Click or drag to see the cache at a step in the token strip and the bars above.");
+  draw_timeline(s, timeline_);
   ImGui::Spacing();
   ImGui::Separator();
   ImGui::Text("Attention");
   help_marker("Rows: recent decode steps (newest at the bottom). Columns: token positions.\n"
               "Colour: probability on a power scale; hatched: evicted. Hover for details.");
   draw_heatmap(s, heatmap_, fonts_);
+  const ImVec4 r = heatmap_.last_rect;
+  const ImVec2 m = ImGui::GetIO().MousePos;
+  if (ImGui::IsMouseClicked(ImGuiMouseButton_Right) && m.x >= r.x && m.x < r.x + r.z && m.y >= r.y && m.y < r.y + r.w)
+    ImGui::OpenPopup("##heatmap_menu");
+  if (ImGui::BeginPopup("##heatmap_menu")) {
+    if (ImGui::MenuItem("Export heatmap as PNG")) {
+      const std::string path = fmt::format("kvscope-heatmap-{}-L{}.png", s.name, heatmap_.layer);
+      status_ = export_heatmap_png(path);
+    }
+    ImGui::EndPopup();
+  }
 }
 
 }  // namespace kvscope::gui

@@ -95,6 +95,7 @@ int draw_token_flow(const std::vector<std::string>& pieces, size_t begin, size_t
       const float mid = a.y + line_h * 0.5f;
       draw->AddLine({a.x, mid}, {b.x, mid}, u32(st.colour), 1.2f);
     }
+    if (st.underline) draw->AddLine({a.x, b.y - 1}, {b.x, b.y - 1}, u32(colour::pinned), 2.0f);
     if (window_hovered && mouse.x >= a.x && mouse.x < b.x && mouse.y >= a.y && mouse.y < b.y) {
       hovered = static_cast<int>(i);
       draw->AddRect(a, b, u32(colour::text), 3);
@@ -111,20 +112,71 @@ int draw_token_flow(const std::vector<std::string>& pieces, size_t begin, size_t
   return hovered;
 }
 
-void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts) {
+namespace {
+
+// Per layer, what the log says of `position` up to `at_step`: the last
+// eviction or recall in each layer (kv head 0's, as the strip's shading).
+void describe_position_history(const SessionSnapshot& s, int32_t position, int at_step) {
+  const size_t n_layer = s.layers.size();
+  if (!s.log) {
+    ImGui::TextColored(colour::muted, "no eviction policy: every layer keeps it");
+    return;
+  }
+  struct LayerFate {
+    int kind = 0;  // 0 kept, 1 evicted, 2 recalled
+    uint32_t step = 0;
+    float score = 0;
+  };
+  std::vector<LayerFate> fate(n_layer);
+  for (const kv::TraceEvent& event : s.log->events()) {
+    const bool recall = std::holds_alternative<kv::RecallEvent>(event);
+    const kv::EvictionEvent* e = recall ? &std::get<kv::RecallEvent>(event)
+                                        : std::get_if<kv::EvictionEvent>(&event);
+    if (!e || e->position != position || e->kv_head != 0 || e->layer >= n_layer) continue;
+    if (at_step >= 0 && static_cast<int>(e->step) > at_step) continue;
+    fate[e->layer] = {recall ? 2 : 1, e->step, e->score};
+  }
+  for (size_t layer = 0; layer < n_layer; ++layer) {
+    const LayerFate& f = fate[layer];
+    if (f.kind == 0)
+      ImGui::Text("L%zu  kept", layer);
+    else if (f.kind == 1)
+      ImGui::TextColored(colour::evicted, "L%zu  evicted before step %u  (score %.4g)", layer, f.step, f.score);
+    else
+      ImGui::TextColored(colour::recalled, "L%zu  recalled at step %u", layer, f.step);
+  }
+}
+
+}  // namespace
+
+void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& drag,
+                      const std::vector<int32_t>& regretted, int at_step,
+                      const std::function<void(kv::PinnedSpan)>& on_pin) {
   const size_t n_layer = std::max<size_t>(1, s.layers.size());
   auto held = [&](size_t i) -> size_t { return i < s.layers_holding.size() ? s.layers_holding[i] : 0; };
   auto pending = [&](size_t i) { return i >= s.written_positions; };
-  draw_token_flow(
+  auto is_regretted = [&](size_t i) {
+    return std::find(regretted.begin(), regretted.end(), static_cast<int32_t>(i)) != regretted.end();
+  };
+  const int lo = std::min(drag.anchor, drag.current), hi = std::max(drag.anchor, drag.current);
+  const int hovered = draw_token_flow(
       s.pieces, 0, s.pieces.size(), fonts.tokens,
       [&](size_t i) {
         TokenStyle st;
+        if (drag.anchor >= 0 && static_cast<int>(i) >= lo && static_cast<int>(i) <= hi)
+          st.background = ImGui::ColorConvertFloat4ToU32({colour::pinned.x, colour::pinned.y, colour::pinned.z, 0.35f});
+        else if (is_regretted(i))
+          st.background = ImGui::ColorConvertFloat4ToU32({colour::diverged.x, colour::diverged.y, colour::diverged.z, 0.30f});
+        if (s.pins.contains(static_cast<int32_t>(i))) {
+          st.colour = colour::pinned;
+          st.underline = true;
+        }
         if (pending(i)) return st;
         const size_t h = held(i);
         if (h == 0) {
           st.colour = colour::evicted;
           st.struck = true;
-        } else if (h < n_layer) {
+        } else if (h < n_layer && !st.underline) {
           // Partly evicted: the fewer layers hold it, the dimmer.
           const float f = 0.45f + 0.55f * static_cast<float>(h) / n_layer;
           st.colour = {colour::text.x * f, colour::text.y * f, colour::text.z * f, 1};
@@ -132,16 +184,38 @@ void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts) {
         return st;
       },
       [&](size_t i) {
+        if (drag.anchor >= 0 && lo != hi) {
+          ImGui::Text("release to pin positions %d..%d (%d tokens)", lo, hi, hi - lo + 1);
+          return;
+        }
         ImGui::Text("position %zu: \"%s\" (id %d)", i, s.pieces[i].c_str(), i < s.tokens.size() ? s.tokens[i] : -1);
-        if (pending(i))
+        if (s.pins.contains(static_cast<int32_t>(i))) ImGui::TextColored(colour::pinned, "pinned: no policy evicts it");
+        if (is_regretted(i))
+          ImGui::TextColored(colour::diverged, "regretted: session A attended to it after this cache evicted it");
+        if (pending(i)) {
           ImGui::TextColored(colour::muted, "sampled; written to the cache with the next step");
-        else
-          ImGui::TextColored(held(i) ? colour::text : colour::evicted, "held by %zu of %zu layers", held(i), n_layer);
+        } else {
+          ImGui::TextColored(held(i) ? colour::text : colour::evicted, "held by %zu of %zu layers%s", held(i), n_layer,
+                             at_step >= 0 ? fmt::format(" at step {}", at_step).c_str() : "");
+          describe_position_history(s, static_cast<int32_t>(i), at_step);
+        }
         ImGui::Separator();
         ImGui::TextColored(colour::muted, "Legend: normal = kept,");
         ImGui::SameLine();
-        ImGui::TextColored(colour::evicted, "dim struck = evicted");
+        ImGui::TextColored(colour::evicted, "dim struck = evicted,");
+        ImGui::SameLine();
+        ImGui::TextColored(colour::pinned, "underlined = pinned");
+        if (on_pin) ImGui::TextColored(colour::muted, "Drag across tokens to pin them.");
       });
+  // Drag to select a span; release pins it.
+  if (on_pin) {
+    if (hovered >= 0 && ImGui::IsMouseClicked(ImGuiMouseButton_Left)) drag.anchor = drag.current = hovered;
+    if (drag.anchor >= 0 && hovered >= 0 && ImGui::IsMouseDown(ImGuiMouseButton_Left)) drag.current = hovered;
+    if (drag.anchor >= 0 && ImGui::IsMouseReleased(ImGuiMouseButton_Left)) {
+      if (drag.current != drag.anchor || ImGui::GetIO().KeyShift) on_pin({lo, hi + 1});
+      drag = {};
+    }
+  }
 }
 
 // ========================================================== attention heatmap
@@ -186,7 +260,59 @@ void draw_legend(float gamma, float width) {
   ImGui::Dummy({width, h + 4 + ImGui::GetTextLineHeight()});
 }
 
+// Which positions the map shows (zoom) and how many go into one cell: long
+// contexts put several positions in a cell (their largest probability), so
+// a cell is at least 2 pixels wide and the frame stays cheap.
+struct HeatmapLayout {
+  uint32_t first = 0, visible = 0, per_cell = 1, n_cells = 0;
+};
+
+HeatmapLayout heatmap_layout(uint32_t n_pos, const HeatmapView& view, float width) {
+  HeatmapLayout l;
+  l.visible = std::max(1u, static_cast<uint32_t>(std::ceil(n_pos / std::max(1.0f, view.zoom))));
+  l.first = std::min(static_cast<uint32_t>(std::max(0.0f, view.first)), n_pos > l.visible ? n_pos - l.visible : 0);
+  l.per_cell = std::max(1u, static_cast<uint32_t>(std::ceil(l.visible / std::max(1.0f, width / 2))));
+  l.n_cells = (l.visible + l.per_cell - 1) / l.per_cell;
+  return l;
+}
+
+// The largest probability of the held positions in [p0, p1) at row r, or
+// -1 when none is held (evicted), -2 when none existed yet.
+float cell_value(const ProbeRow& r, int head, uint32_t p0, uint32_t p1) {
+  float prob = -2;
+  for (uint32_t pos = p0; pos < p1 && pos <= r.step && pos < r.n_pos; ++pos) {
+    if (prob < -1) prob = -1;
+    if (pos < r.slot_of_position.size() && r.slot_of_position[pos] < 0) continue;
+    prob = std::max(prob, probability(r, head, pos));
+  }
+  return prob;
+}
+
 }  // namespace
+
+std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView& view, int width, int height) {
+  const std::vector<const ProbeRow*> rows = rows_of_layer(s, view.layer);
+  if (rows.empty() || width <= 0 || height <= 0) return {};
+  uint32_t n_pos = 0;
+  for (const ProbeRow* r : rows) n_pos = std::max(n_pos, r->n_pos);
+  const HeatmapLayout l = heatmap_layout(n_pos, view, static_cast<float>(width));
+  std::vector<uint8_t> rgba(size_t(width) * height * 4);
+  const ImVec4 bg = colour::bar_bg;
+  for (int y = 0; y < height; ++y) {
+    const ProbeRow& r = *rows[std::min(rows.size() - 1, size_t(y) * rows.size() / height)];
+    for (int x = 0; x < width; ++x) {
+      const uint32_t cell = static_cast<uint32_t>(uint64_t(x) * l.n_cells / width);
+      const uint32_t p0 = l.first + cell * l.per_cell;
+      const float v = cell_value(r, view.head, p0, std::min(p0 + l.per_cell, l.first + l.visible));
+      ImU32 c = v < -1 ? ImGui::ColorConvertFloat4ToU32(bg)
+                : v < 0 ? ((x + y) % 6 < 2 ? u32(colour::evicted) : IM_COL32(40, 40, 46, 255))  // hatched
+                        : viridis(std::pow(v, view.gamma));
+      uint8_t* px = &rgba[(size_t(y) * width + x) * 4];
+      px[0] = c & 0xFF, px[1] = (c >> 8) & 0xFF, px[2] = (c >> 16) & 0xFF, px[3] = 255;
+    }
+  }
+  return rgba;
+}
 
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts) {
   const int n_layer = static_cast<int>(s.layers.size());
@@ -214,6 +340,19 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
   ImGui::SliderFloat("##gamma", &view.gamma, 0.15f, 1.0f, "power %.2f");
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Colour = probability ^ power: lower shows small probabilities");
+  ImGui::SameLine();
+  if (ImGui::SmallButton("+")) view.zoom = std::min(64.0f, view.zoom * 2);
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Zoom in on positions (or the mouse wheel over the map)");
+  ImGui::SameLine();
+  if (ImGui::SmallButton("-")) view.zoom = std::max(1.0f, view.zoom / 2);
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Zoom out");
+  ImGui::SameLine();
+  if (ImGui::SmallButton("fit")) view.zoom = 1, view.first = 0;
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Every position");
+  if (view.zoom > 1) {
+    ImGui::SameLine();
+    ImGui::TextColored(colour::muted, "x%.0f", view.zoom);
+  }
   view.layer = std::clamp(view.layer, 0, std::max(0, n_layer - 1));
   if (view.head >= static_cast<int>(n_head)) view.head = -1;
 
@@ -239,52 +378,73 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   }
   uint32_t n_pos = 0;
   for (const ProbeRow* r : rows) n_pos = std::max(n_pos, r->n_pos);
-  // Long contexts: several positions per cell (their largest probability),
-  // so a cell is at least 2 pixels wide and the frame stays cheap.
-  const uint32_t per_cell = std::max(1u, static_cast<uint32_t>(std::ceil(n_pos / std::max(1.0f, width / 2))));
-  const uint32_t n_cells = (n_pos + per_cell - 1) / per_cell;
-  const float cell_w = width / std::max(1u, n_cells), cell_h = height / rows.size();
+  const HeatmapLayout l = heatmap_layout(n_pos, view, width);
+  const float cell_w = width / std::max(1u, l.n_cells), cell_h = height / rows.size();
+  // Colours are quantized to kLevels steps and runs of equal cells drawn as
+  // one rectangle: on a CPU device every quad costs frame time, which
+  // decoding on the same cores pays for.
+  constexpr int kLevels = 48;
   for (size_t ri = 0; ri < rows.size(); ++ri) {
     const ProbeRow& r = *rows[ri];
     const float y0 = p.y + ri * cell_h, y1 = y0 + std::max(1.0f, cell_h - (cell_h > 4 ? 1 : 0));
-    for (uint32_t cell = 0; cell * per_cell <= r.step && cell * per_cell < r.n_pos; ++cell) {
-      const float x0 = p.x + cell * cell_w, x1 = x0 + std::max(1.0f, cell_w);
-      float prob = 0;
-      bool any_held = false;
-      for (uint32_t pos = cell * per_cell; pos < (cell + 1) * per_cell && pos <= r.step && pos < r.n_pos; ++pos) {
-        if (pos < r.slot_of_position.size() && r.slot_of_position[pos] < 0) continue;
-        any_held = true;
-        prob = std::max(prob, probability(r, view.head, pos));
-      }
-      if (!any_held) {
+    int run_level = -2;  // -1: evicted
+    uint32_t run_start = 0;
+    auto flush = [&](uint32_t end) {
+      if (run_level == -2 || end == run_start) return;
+      const float x0 = p.x + run_start * cell_w, x1 = p.x + end * cell_w + (cell_w < 1 ? 1 : 0);
+      if (run_level < 0) {
         // Hatched, not just dark: evicted is a different state from "ignored".
         draw->AddRectFilled({x0, y0}, {x1, y1}, IM_COL32(40, 40, 46, 255));
-        if (cell_w >= 3) draw->AddLine({x0, y1}, {x1, y0}, u32(colour::evicted));
-        continue;
+        if (cell_w >= 3)
+          for (uint32_t c = run_start; c < end; ++c)
+            draw->AddLine({p.x + c * cell_w, y1}, {p.x + (c + 1) * cell_w, y0}, u32(colour::evicted));
+      } else {
+        draw->AddRectFilled({x0, y0}, {x1, y1}, viridis((run_level + 0.5f) / kLevels));
       }
-      draw->AddRectFilled({x0, y0}, {x1, y1}, viridis(std::pow(prob, view.gamma)));
+    };
+    uint32_t cell = 0;
+    for (; cell < l.n_cells; ++cell) {
+      const uint32_t p0 = l.first + cell * l.per_cell;
+      const float v = cell_value(r, view.head, p0, std::min(p0 + l.per_cell, l.first + l.visible));
+      if (v < -1) break;  // later positions did not exist at this step
+      const int level = v < 0 ? -1 : std::min(kLevels - 1, static_cast<int>(std::pow(v, view.gamma) * kLevels));
+      if (level != run_level) {
+        flush(cell);
+        run_level = level;
+        run_start = cell;
+      }
     }
+    flush(cell);
   }
   view.drew_cells = true;
   ImGui::InvisibleButton("##heatmap", {width, height});
   if (ImGui::IsItemHovered()) {
     const ImVec2 m = ImGui::GetIO().MousePos;
+    // The wheel zooms around the position under the mouse.
+    const float wheel = ImGui::GetIO().MouseWheel;
+    const float at = l.first + (m.x - p.x) / width * l.visible;
+    if (wheel != 0) {
+      view.zoom = std::clamp(view.zoom * (wheel > 0 ? 1.25f : 0.8f), 1.0f, 64.0f);
+      view.first = at - (m.x - p.x) / width * (n_pos / view.zoom);
+    }
     const size_t ri = std::min(rows.size() - 1, static_cast<size_t>((m.y - p.y) / cell_h));
-    const uint32_t pos = static_cast<uint32_t>((m.x - p.x) / cell_w) * per_cell;
+    const uint32_t pos = l.first + static_cast<uint32_t>((m.x - p.x) / cell_w) * l.per_cell;
     const ProbeRow& r = *rows[ri];
     ImGui::BeginTooltip();
     ImGui::Text("step %u (query at position %u)", r.step, r.step);
     if (pos < r.n_pos && pos <= r.step) {
       ImGui::PushFont(fonts.tokens);
       ImGui::Text("key position %u  \"%s\"", pos, pos < s.pieces.size() ? s.pieces[pos].c_str() : "?");
-      if (per_cell > 1) ImGui::TextColored(colour::muted, "(a cell holds %u positions: their largest)", per_cell);
+      if (l.per_cell > 1) ImGui::TextColored(colour::muted, "(a cell holds %u positions: their largest)", l.per_cell);
       ImGui::PopFont();
       const int32_t slot = pos < r.slot_of_position.size() ? r.slot_of_position[pos] : -1;
       if (slot < 0)
-        ImGui::TextColored(colour::evicted, "evicted: not in the cache at this step");
+        ImGui::TextColored(colour::evicted, "state: evicted (not in the cache at this step)");
       else
-        ImGui::Text("probability %.4f  ·  slot %d", probability(r, view.head, pos), slot);
+        ImGui::Text("probability %.4f  ·  slot %d  ·  state: %s", probability(r, view.head, pos), slot,
+                    s.pins.contains(static_cast<int32_t>(pos)) ? "pinned" : "held");
     }
+    ImGui::TextColored(colour::muted, "wheel: zoom  ·  right-click: export");
     ImGui::EndTooltip();
   }
   draw_legend(view.gamma, width);

@@ -1,8 +1,9 @@
 // kvscope-gui: chat with a local model while watching its KV cache.
 //
 // Scriptable for tests and for the README's screenshot:
-//   kvscope-gui [-m MODEL] [--prompt TEXT] [--tokens N] [--compare "SPEC;SPEC"]
-//               [--frames N] [--screenshot FILE.png]
+//   kvscope-gui [-m MODEL] [--prompt TEXT] [--tokens N] [--compare "SPEC;SPEC + POLICY"]
+//               [--forced] [--export-dir DIR] [--frames N] [--screenshot FILE.png] ...
+// (README "The window" lists every flag.)
 // With --screenshot the window is captured once every reply is written, the
 // PNG written, and the program exits; a JSON report goes to stdout.
 #include <CLI/CLI.hpp>
@@ -15,11 +16,13 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <thread>
 #include <nlohmann/json.hpp>
 
 #include "app/gui/app.h"
 #include "app/gui/renderer.h"
+#include "app/gui/settings.h"
 #include "app/gui/theme.h"
 
 namespace {
@@ -75,7 +78,15 @@ struct FrameClock {
   double fps_generating() const { return generating_seconds > 0 ? generating_frames / generating_seconds : 0; }
 };
 
-int run(const GuiOptions& options) {
+// Files dropped on the window go to the app of the running window.
+App* g_drop_target = nullptr;
+void on_drop(GLFWwindow*, int count, const char** paths) {
+  if (!g_drop_target) return;
+  std::vector<std::string> files(paths, paths + count);
+  g_drop_target->on_drop(files);
+}
+
+int run(const GuiOptions& options, const Settings& settings, const std::string& settings_error) {
   std::unique_ptr<Window> window;
   try {
     window = std::make_unique<Window>(options.width, options.height, "kvscope");
@@ -91,8 +102,13 @@ int run(const GuiOptions& options) {
   Fonts fonts = setup_theme(window->content_scale());
   Renderer renderer(*window, options.device_index);
   renderer.upload_fonts();
-  App app(options, fonts, renderer.device_name());
+  App app(options, settings, fonts, renderer.device_name());
+  g_drop_target = &app;
+  glfwSetDropCallback(window->handle(), on_drop);
+  if (!settings_error.empty()) app.on_error(settings_error);
 
+  // A scripted picture has no pointer over it: no tooltip in the screenshot.
+  if (!options.screenshot.empty()) glfwSetCursorPos(window->handle(), 0, options.height - 1);
   FrameClock clock;
   bool done = false;
   int settle_frames = 0;  // frames drawn after the script finished
@@ -122,6 +138,7 @@ int run(const GuiOptions& options) {
     clock.build_seconds += std::chrono::duration<double>(render_start - build_start).count();
     clock.render_seconds += std::chrono::duration<double>(FrameClock::Clock::now() - render_start).count();
     clock.tick(generating);
+    if (script_done && settle_frames == 2) app.finish_script();
     if (capture) {
       const Screenshot& shot = renderer.screenshot();
       if (!stbi_write_png(options.screenshot.c_str(), static_cast<int>(shot.width), static_cast<int>(shot.height), 4,
@@ -139,9 +156,22 @@ int run(const GuiOptions& options) {
     if (frame_seconds < 1.0 / 60) std::this_thread::sleep_for(std::chrono::duration<double>(1.0 / 60 - frame_seconds));
   }
 
+  if (options.screenshot.empty() && !app.script_finished()) app.finish_script();
   const RunReport report = app.report();
   int fb_w = 0, fb_h = 0;
   glfwGetFramebufferSize(window->handle(), &fb_w, &fb_h);
+  g_drop_target = nullptr;
+  int win_w = 0, win_h = 0;
+  glfwGetWindowSize(window->handle(), &win_w, &win_h);
+  Settings to_save = app.settings();
+  to_save.width = win_w, to_save.height = win_h;
+  std::string settings_saved = settings_path().string();
+  try {
+    save_settings(to_save, settings_path());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvscope-gui: %s\n", e.what());
+    settings_saved.clear();
+  }
   nlohmann::json j;
   j["frames"] = clock.frames;
   j["fps"] = clock.fps_overall();
@@ -154,6 +184,36 @@ int run(const GuiOptions& options) {
   j["heatmap"] = {report.heatmap_rect.x, report.heatmap_rect.y, report.heatmap_rect.z, report.heatmap_rect.w};
   j["heatmap_cells"] = report.heatmap_cells;
   j["errors"] = report.errors;
+  j["sessions"] = report.sessions;
+  j["effective"] = report.effective;
+  j["exports"] = report.exports;
+  j["probes"] = report.probes;
+  j["scrubbed"] = report.scrubbed;
+  j["settings_file"] = settings_saved;
+  nlohmann::json forced = nlohmann::json::array();
+  for (const SessionComparison& c : report.forced) {
+    nlohmann::json kl = nlohmann::json::array(), lost = nlohmann::json::array(), agree = nlohmann::json::array();
+    for (const StepComparison& st : c.steps) {
+      kl.push_back(st.kl);
+      lost.push_back(st.lost_attention);
+      agree.push_back(st.top1_agree);
+    }
+    nlohmann::json regretted = nlohmann::json::array();
+    for (const RegrettedEviction& r : c.lost.regretted)
+      regretted.push_back({{"position", r.position}, {"token", r.token}, {"lost_mass", r.lost_mass}});
+    forced.push_back({{"name", c.name},
+                      {"cache", c.cache},
+                      {"steps", c.steps.size()},
+                      {"kl", kl},
+                      {"top1_agree", agree},
+                      {"top1_agreement", c.top1_agreement()},
+                      {"mean_kl", c.mean_kl()},
+                      {"first_divergence", c.first_divergence},
+                      {"lost_attention", lost},
+                      {"lost_attention_mean", c.lost.mean},
+                      {"regretted", regretted}});
+  }
+  j["forced"] = forced;
   j["validation_messages"] = renderer.validation_messages() + app.engine_validation_messages();
   j["device"] = renderer.device_name();
   std::printf("%s\n", j.dump().c_str());
@@ -166,30 +226,71 @@ int main(int argc, char** argv) {
   CLI::App cli{"kvscope-gui: chat with a local model while watching its KV cache"};
   GuiOptions options;
   std::string compare;
+  // Remembered settings first; flags given on the command line win.
+  std::string settings_error;
+  Settings settings;
+  try {
+    settings = load_settings(settings_path());
+  } catch (const std::exception& e) {
+    settings_error = e.what();
+  }
+  options.model_path = settings.last_model;
+  options.device_index = settings.device_index;
+  options.sampling = settings.sampling;
+  options.tokens = settings.tokens;
+  options.system = settings.system_prompt;
+  options.width = settings.width;
+  options.height = settings.height;
+  for (size_t i = 0; i < settings.cache_specs.size(); ++i) compare += (i ? ";" : "") + settings.cache_specs[i];
   cli.add_option("-m,--model", options.model_path, "GGUF model (default: the stories15M set up by scripts/setup.sh)");
   cli.add_option("--device", options.device_index, "Vulkan device index (kvscope devices lists them)");
   cli.add_option("-c,--ctx", options.n_ctx, "context length (default: the model's)");
   cli.add_option("--prompt", options.prompt, "send this prompt to every session once the model is loaded");
   cli.add_option("--tokens", options.tokens, "new tokens per reply")->check(CLI::Range(1, 1 << 20));
-  cli.add_option("--compare", compare, "one session per cache spec, side by side: \"f16;q8\" (up to 4)");
+  cli.add_option("--compare", compare,
+                 "one session per cache spec, side by side: \"f16;q8 + h2o:budget=64\" (up to 4)");
   cli.add_option("--temp", options.sampling.temperature, "temperature (0: greedy)");
   cli.add_option("--top-k", options.sampling.top_k, "top-k");
   cli.add_option("--top-p", options.sampling.top_p, "top-p");
   cli.add_option("--seed", options.sampling.seed, "sampling seed");
   cli.add_flag("!--no-probes", options.probes,
                "do not read attention back for the heatmap (to measure what the inspector costs)");
+  cli.add_option("--scrub", options.scrub, "the eviction timeline's step at start (-1: live)");
+  cli.add_option("--select", options.select, "the session the inspector shows at start (0: A, 1: B, ...)");
+  cli.add_flag("--alternate-probes", options.alternate_probes,
+               "measurement: read attention back every other decode step; the report's sessions give the decode "
+               "time of steps with and without it");
   cli.add_option("--frames", options.frames, "exit after N frames (with --screenshot: at least N frames)");
   cli.add_option("--screenshot", options.screenshot, "write FILE.png once the replies are written, then exit");
+  cli.add_option("--system", options.system, "system prompt: opens each conversation, pinned when the cache evicts");
+  cli.add_flag("--forced", options.forced,
+               "side by side, forced mode: every session reads session A's reply (per-step KL, first divergence, "
+               "lost attention)");
+  cli.add_option("--forced-text", options.forced_text, "forced mode on this text instead of A's reply");
+  cli.add_option("--export-dir", options.export_dir,
+                 "once the replies are written: heatmap.png, trace-SESSION.jsonl, comparison.csv here");
+  cli.add_option("--save-conversation", options.save_conversation, "once the replies are written: session A's "
+                                                                    "conversation to this JSON file");
+  cli.add_option("--load-conversation", options.load_conversation, "load a saved conversation into session A");
+  cli.add_option("--chat-template", options.chat_template,
+                 "auto (the model's), none (text as typed), or a template name (as kvscope chat)");
+  cli.add_option("--run-probes", options.run_probes,
+                 "once loaded, run the probe scenarios against these policies (\"h2o:budget=64;window:budget=64\")");
+  cli.add_option("--probe-limit", options.probe_limit, "at most N scenarios (0: all)");
+  cli.add_option("--drop", options.drops, "handle these files as if dropped on the window (.gguf, .json)");
   cli.add_option("--width", options.width, "window width")->check(CLI::Range(320, 8192));
   cli.add_option("--height", options.height, "window height")->check(CLI::Range(240, 8192));
   CLI11_PARSE(cli, argc, argv);
   options.compare_specs = split_specs(compare);
+  // A model that the settings remember but that is gone: the default instead.
+  if (cli.count("--model") == 0 && !options.model_path.empty() && !std::filesystem::exists(options.model_path))
+    options.model_path.clear();
   if (options.compare_specs.size() > 4) {
     std::fprintf(stderr, "kvscope-gui: --compare takes at most 4 cache specs, got %zu\n", options.compare_specs.size());
     return 2;
   }
   try {
-    return run(options);
+    return run(options, settings, settings_error);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kvscope-gui: %s\n", e.what());
     return 1;

@@ -2,7 +2,10 @@
 //
 // Prefill and decode: evicts nothing. Its budget is the cache's capacity,
 // so once the context is full the next step cannot run: the driver throws
-// kv::ContextFull, with the numbers, instead of dropping anything.
+// kv::ContextFull, with the numbers, instead of dropping anything. To evict
+// once the context is full instead, the command line's `--on-full SPEC`
+// replaces `full` with SPEC at a budget of the whole context, which keeps
+// everything until then (kv::check_on_full_policy).
 #include "kv/policies/common.h"
 
 namespace kvscope::kv::policies {

@@ -8,7 +8,7 @@
 //   one of K_F32 K_F16 K_Q8 K_Q4 K_KIVI2 and one of V_F32 V_F16 V_Q8 V_Q4 V_KIVI2
 //                          (shaders/shaders.cmake)
 //   KV_WRITER              for rope_kv_write: kv_encode_row() and the stores
-//   KV_READER              for attention: k_dot() and v_at(); before including,
+//   KV_READER              for attention: k_dot(), k_at() and v_at(); before including,
 //                          it declares `shared float q_scaled[]` (the query)
 //                          and `shared float q_group_sum[]` (its sums per group)
 // The caches are uint arrays (no 8/16-bit storage features needed; f32 via
@@ -230,6 +230,41 @@ float k_dot(uint kv_head, uint slot, uint capacity, uint head_dim, KvLayout L, i
 #endif
 #endif
   return score;
+}
+
+// Element d of the key in (kv_head, slot), dequantized: for rolling
+// attention, which rotates keys after reading them (k_dot cannot: it folds
+// the query into the sum before any element is whole).
+float k_at(uint kv_head, uint slot, uint d, uint capacity, uint head_dim, KvLayout L, int open_block) {
+#if K_ENC == KV_ENC_Q2_CHANNEL
+  const uint block = slot / L.token_group;
+  if (int(block) == open_block) {
+    const uint recent_rows = min(L.token_group, capacity);
+    const uint base = L.k_recent_offset + (kv_head * recent_rows + slot % L.token_group) * (head_dim / 2u);
+    const vec2 pair = unpackHalf2x16(k_cache[base + d / 2u]);
+    return (d & 1u) == 0u ? pair.x : pair.y;
+  }
+  const uint word = k_cache[(kv_head * capacity + slot) * L.k_code_words + d / 16u];
+  const uint p = k_cache[L.k_params_offset + (kv_head * L.k_blocks + block) * head_dim + d];
+  return float((word >> (2u * (d % 16u))) & 3u) * kv_f16_value(p) + kv_f16_value(p >> 16);
+#else
+  const uint row = (kv_head * capacity + slot) * L.k_row_words;
+#if K_ENC == KV_ENC_F32
+  return uintBitsToFloat(k_cache[row + d]);
+#elif K_ENC == KV_ENC_F16
+  const vec2 pair = unpackHalf2x16(k_cache[row + d / 2u]);
+  return (d & 1u) == 0u ? pair.x : pair.y;
+#elif K_ENC == KV_ENC_Q8
+  const uint g = d / L.group_size;
+  const float scale = kv_f16_value(k_cache[row + L.k_code_words + g / 2u] >> (16u * (g % 2u)));
+  return float(bitfieldExtract(int(k_cache[row + d / 4u]), int(8u * (d % 4u)), 8)) * scale;
+#else
+  const uint bits = kv_code_bits(K_ENC), per_word = 32u / bits;
+  const uint p = k_cache[row + L.k_code_words + d / L.group_size];
+  const uint code = (k_cache[row + d / per_word] >> (bits * (d % per_word))) & ((1u << bits) - 1u);
+  return float(code) * kv_f16_value(p) + kv_f16_value(p >> 16);
+#endif
+#endif
 }
 
 // Element d of the value in (kv_head, slot).

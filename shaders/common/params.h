@@ -26,11 +26,17 @@
 //                              nibble of byte j, element j+16 in the high
 //                              nibble), byte k of block b of a row is byte
 //                              (b*16+k) of the row
+//                         BF16 as F16, bfloat16 halves
+//                         Q4_K/Q5_K ggml's super-blocks of 256 verbatim (144 /
+//                              176 bytes: whole texels; models/ggml_kquants.h)
+//                         Q6_K per super-block its first 208 bytes (ql, qh,
+//                              int8 scales: 13 texels); its f16 d goes to S
 //   binding S ("scales"): Q8_0/Q4_0 one f16 scale per block of 32, two per uint
 //                         (block b of a row in the low half of word b/2 when b
 //                         is even; a row with an odd block count, e.g. cols
 //                         288 = 9 blocks, ends with a zero half);
-//                         F32/F16 unused (bind any buffer).
+//                         Q6_K one f16 d per super-block of 256, likewise;
+//                         F32/F16/BF16/Q4_K/Q5_K unused (bind any buffer).
 //   A tensor is rows x cols with cols contiguous (GGUF ne[0] = cols).
 //   Large tensors are bound in chunks of rows: `row_offset` is the first row
 //   of the chunk within the tensor's output indexing; the W/S bindings start at
@@ -38,7 +44,7 @@
 //   minTexelBufferOffsetAlignment for W and minStorageBufferOffsetAlignment
 //   for S; a chunk's W range at most maxTexelBufferElements texels, its S
 //   range at most maxStorageBufferRange: choose chunk rows accordingly).
-//   Q8_0/Q4_0 need cols % 32 == 0.
+//   Q8_0/Q4_0 need cols % 32 == 0, Q4_K/Q5_K/Q6_K cols % 256 == 0.
 #ifndef KVSCOPE_PARAMS_H
 #define KVSCOPE_PARAMS_H
 
@@ -137,10 +143,12 @@ struct KvLayout {
 // heads (n_head * head_dim), then k heads and v heads (n_kv_head * head_dim
 // each); 1 positions int[n_tokens]; 2 slots int[n_tokens][n_kv_head] (slot of
 // the token in that head's table; <0 or >= capacity: not stored); 3 K cache,
-// 4 V cache, each in its format (KvLayout).
-// RoPE (adjacent pairs, llama "normal" mode): pair (2i, 2i+1) of each head,
-// i < rope_dim/2, rotated by pos * theta^(-2i/rope_dim); dims >= rope_dim are
-// left alone. q is rotated in place in the qkv row; k is rotated on its way to
+// 4 V cache, each in its format (KvLayout); 5 frequency factors
+// f32[rope_dim/2] (read only when has_freq_factors != 0; bind any buffer otherwise).
+// RoPE (shaders/common/rope.glsl): pair i < rope_dim/2 of each head — dims
+// (2i, 2i+1) in rope_mode 0 (llama), (i, i + rope_dim/2) in rope_mode 1
+// (NeoX: qwen2) — rotated by pos * theta^(-2i/rope_dim) / freq_factor[i]; the
+// other dims are left alone. q is rotated in place in the qkv row; k is rotated on its way to
 // the cache and quantized there, v quantized (k and v in the qkv row are left
 // as they were) — except kivi2 keys: their k is rotated in place in the qkv
 // row and not stored, for kivi_key_write to store. head_dim even.
@@ -155,6 +163,12 @@ struct RopeKvWriteParams {
   uint capacity;
   uint qkv_stride;  // floats from one token's row to the next, >= (n_head + 2 n_kv_head) head_dim
   KvLayout kv;
+  uint rope_mode;         // ROPE_MODE_NORMAL 0 (llama) or ROPE_MODE_NEOX 1 (qwen2), rope.glsl
+  uint has_freq_factors;  // 1: divide pair i's frequency by binding 5's [i] (Llama 3 rope_freqs)
+  // 1 (rolling StreamingLLM): k is stored (kivi2: left in the row) un-rotated;
+  // attention rotates it at its cache-relative position, and binding 1 then
+  // holds the queries' cache-relative positions.
+  uint keys_unrotated;
 };
 
 // kivi_key_write (kivi2 keys, after rope_kv_write): 0 qkv (k rotated, at
@@ -182,7 +196,15 @@ struct KiviKeyWriteParams {
 // 5 out f32[n_tokens][n_head*head_dim], 6 probs f32[n_tokens][n_head][capacity]
 // (softmax row over slots; 0 for masked slots — doubles as the attention
 // probe), 7 open blocks int[n_kv_head] (kivi2 keys: the block read from the
-// f16 window; other formats ignore it).
+// f16 window; other formats ignore it), 8 rope positions int[n_kv_head][capacity]
+// and 9 frequency factors f32[rope_dim/2] (both read only when rolling != 0;
+// bind any buffer otherwise).
+// rolling != 0 (rolling StreamingLLM): keys are stored un-rotated; each is
+// rotated after dequantization at its slot's cache-relative position
+// (binding 8, KvCache::rope_positions) the way rope_kv_write rotates
+// (rope.glsl: rope_mode, rope_theta, rope_dim, the factors when
+// has_freq_factors != 0); the query arrives rotated at its own
+// cache-relative position.
 // Query head h reads kv head h / (n_head / n_kv_head). Slot s is visible to a
 // query at position p when 0 <= slot_pos[s] <= p. Only slots < n_slots are
 // scanned; probs of slots in [n_slots, capacity) are written as 0. A query
@@ -198,6 +220,11 @@ struct AttentionParams {
   float scale;
   uint q_stride;  // floats from one token's q row to the next, >= n_head * head_dim
   KvLayout kv;
+  uint rolling;
+  uint rope_dim;
+  float rope_theta;
+  uint rope_mode;
+  uint has_freq_factors;
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),
@@ -226,10 +253,12 @@ struct SwigluParams {
   uint in_stride;  // floats from one token's gate|up row to the next, >= 2n
 };
 
-// add: 0 a f32[n], 1 b f32[n], 2 out f32[n]; out = a + b
-// groups: (ceil(n / wg))
+// add: 0 a f32[n], 1 b f32[n or b_period], 2 out f32[n]; out[i] = a[i] + b[i]
+// (b_period 0) or a[i] + b[i % b_period] (a bias row added to every row of a;
+// a and out may be one buffer). groups: (ceil(n / wg))
 struct AddParams {
   uint n;
+  uint b_period;
 };
 
 #ifdef __cplusplus

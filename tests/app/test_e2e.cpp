@@ -18,6 +18,7 @@ Engine& engine_for(const std::string& path) {
   // One engine per model file for the whole run: weights upload and pipeline
   // creation dominate on lavapipe.
   static std::map<std::string, std::unique_ptr<Engine>> engines;
+  if (engines.empty()) test::release_after_tests([] { engines.clear(); });
   auto& e = engines[path];
   if (!e) {
     EngineOptions o;

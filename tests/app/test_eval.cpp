@@ -7,9 +7,12 @@
 #include <fstream>
 #include <memory>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "app/core/evaluation.h"
+#include "app/core/lost_attention.h"
+#include "kv/policy.h"
 #include "tests/app/cli_runner.h"
 #include "tests/test_util.h"
 
@@ -210,6 +213,163 @@ TEST_CASE("eval: the corpus at context 256 agrees with llama.cpp; f16 against it
   CHECK(wide.run.cache_bytes == 2 * r.baseline.cache_bytes);
 }
 
+// ------------------------------------------------------------ lost attention
+
+namespace {
+
+// Two layers, four query heads on two kv heads, three positions; every
+// probability a dyadic fraction so that the sums below are exact.
+AttentionRows hand_made_rows() {
+  AttentionRows rows;
+  rows.n_layer = 2, rows.n_head = 4, rows.n_positions = 3;
+  rows.probs = {
+      0.5f,  0.25f,  0.25f,  // layer 0, head 0 (kv head 0)
+      0.125f, 0.125f, 0.75f, // head 1 (kv head 0)
+      0.25f, 0.25f,  0.5f,   // head 2 (kv head 1)
+      1.0f,  0.0f,   0.0f,   // head 3 (kv head 1)
+      0.25f, 0.25f,  0.5f,   // layer 1, every head alike
+      0.25f, 0.25f,  0.5f,  0.25f, 0.25f, 0.5f, 0.25f, 0.25f, 0.5f,
+  };
+  return rows;
+}
+
+HeldPositions hand_made_held() {
+  HeldPositions held;
+  held.n_layer = 2, held.n_kv_head = 2, held.n_positions = 3;
+  held.held = {
+      1, 0, 1,  // layer 0, kv head 0: position 1 evicted
+      0, 1, 1,  // layer 0, kv head 1: position 0 evicted
+      1, 1, 1,  // layer 1, kv head 0: everything held
+      0, 0, 0,  // layer 1, kv head 1: nothing held
+  };
+  return held;
+}
+
+}  // namespace
+
+TEST_CASE("lost attention: hand-made rows and held positions give exact values") {
+  const AttentionRows rows = hand_made_rows();
+  const HeldPositions held = hand_made_held();
+  // Layer 0: heads lose 0.25, 0.125, 0.25 and 1 of their mass: mean 1.625 / 4.
+  // Layer 1: heads 2 and 3 lose everything: 2 / 4.
+  const std::vector<double> lost = lost_attention(rows, held);
+  REQUIRE(lost.size() == 2);
+  CHECK(lost[0] == 0.40625);
+  CHECK(lost[1] == 0.5);
+
+  // Holding everything loses nothing, exactly.
+  HeldPositions all = held;
+  std::fill(all.held.begin(), all.held.end(), uint8_t{1});
+  CHECK(lost_attention(rows, all) == std::vector<double>{0.0, 0.0});
+
+  // The accumulator: this step, then one where nothing was lost.
+  LostAttentionAccumulator acc;
+  const std::vector<int32_t> tokens{1, 500, 600};
+  CHECK(acc.add(rows, held, tokens, 7) == lost);
+  acc.add_nothing_lost(2);
+  const LostAttentionSummary s = acc.summary(2);
+  CHECK(s.steps == 2);
+  CHECK(s.mean == 0.2265625);  // (0.453125 + 0) / 2
+  CHECK(s.max == 0.453125);
+  CHECK(s.p99 == doctest::Approx(0.99 * 0.453125).epsilon(1e-12));
+  CHECK(s.per_layer == std::vector<double>{0.203125, 0.25});
+  // Per position, the mean over layers of its share: position 0 (0.3125 in
+  // layer 0, 0.125 in layer 1) before position 2 (0, 0.25) before 1 (0.09375, 0.125).
+  REQUIRE(s.regretted.size() == 2);
+  CHECK(s.regretted[0].sequence == 7);
+  CHECK(s.regretted[0].position == 0);
+  CHECK(s.regretted[0].token == 1);
+  CHECK(s.regretted[0].lost_mass == 0.21875);
+  CHECK(s.regretted[1].position == 2);
+  CHECK(s.regretted[1].token == 600);
+  CHECK(s.regretted[1].lost_mass == 0.125);
+  CHECK(acc.summary(10).regretted.size() == 3);
+
+  // Shapes that do not describe the same step are refused.
+  HeldPositions wrong = held;
+  wrong.n_positions = 2;
+  wrong.held.resize(8);
+  CHECK_THROWS_WITH_AS(lost_attention(rows, wrong), doctest::Contains("must describe the same model"),
+                       std::invalid_argument);
+  HeldPositions three_kv = held;
+  three_kv.n_kv_head = 3;  // 4 heads do not group onto 3 kv heads
+  CHECK_THROWS_AS(lost_attention(rows, three_kv), std::invalid_argument);
+}
+
+TEST_CASE("lost attention on the default model: 0 when nothing is evicted, rising as the budget shrinks") {
+  EngineOptions eo;
+  eo.model_path = test::model_path();
+  Engine engine(eo);
+  const std::vector<int32_t> tokens = engine.tokenizer().encode(test::read_text(test::data_path("corpus.txt")), true);
+
+  // The probe rows by position: every head's row sums to 1, and a cache that
+  // holds everything loses nothing of it.
+  {
+    Session session(engine, CacheSpec{}.config(128));
+    session.logits_all({tokens.begin(), tokens.begin() + 40});
+    engine.model().set_attention_probe(true);
+    session.logits_all({tokens[40]});
+    const AttentionRows rows = probe_attention_rows(engine.model(), session.cache(), 41);
+    engine.model().set_attention_probe(false);
+    for (uint32_t l = 0; l < rows.n_layer; ++l)
+      for (uint32_t h = 0; h < rows.n_head; ++h) {
+        double sum = 0;
+        for (uint32_t p = 0; p < 41; ++p) sum += rows.at(l, h, p);
+        CHECK(sum == doctest::Approx(1.0).epsilon(1e-4));
+      }
+    for (double lost : lost_attention(rows, held_positions(session.cache(), 41))) CHECK(lost == 0.0);
+  }
+
+  EvaluationOptions o;
+  o.n_ctx = 64;  // 31 scored positions: short on lavapipe
+  o.max_chunks = 1;
+  auto with_policy = [](const char* policy) {
+    CacheSpec spec;
+    spec.policy = kv::parse_policy_spec(policy).text();
+    return spec;
+  };
+  o.tests = {CacheSpec{}, with_policy("window:budget=64"), with_policy("window:budget=32"),
+             with_policy("window:budget=16")};
+  const EvaluationReport r = evaluate_caches(engine, tokens, o);
+  REQUIRE(r.tests.size() == 4);
+  // Budget = context: nothing evicted, nothing lost; then the window shrinks.
+  const LostAttentionSummary &none = r.tests[0].lost, &all = r.tests[1].lost, &w32 = r.tests[2].lost,
+                             &w16 = r.tests[3].lost;
+  CHECK(none.mean == 0.0);
+  CHECK(all.steps == 31);  // every scored position, inside the prompt the budget held
+  CHECK(all.mean == 0.0);
+  CHECK(all.max == 0.0);
+  MESSAGE("lost attention: window 32 mean " << w32.mean << " p99 " << w32.p99 << "; window 16 mean " << w16.mean
+                                            << " p99 " << w16.p99);
+  CHECK(w32.steps == 31);
+  CHECK(w32.mean > 0.0);
+  CHECK(w16.mean > w32.mean);
+  CHECK(w16.p99 >= w16.mean);
+  CHECK(w16.max <= 1.0);
+  REQUIRE(w16.per_layer.size() == 6);
+  REQUIRE(w16.regretted.size() == 10);
+  // Position 0 (BOS, the attention sink the window drops) is the most regretted.
+  CHECK(w16.regretted[0].position == 0);
+  CHECK(w16.regretted[0].token == engine.tokenizer().bos());
+  CHECK(r.tests[3].divergence.kl_mean > r.tests[2].divergence.kl_mean);
+
+  // Pinned positions are never evicted: no attention is lost on them.
+  EvaluationOptions pinned = o;
+  pinned.tests = {with_policy("window:budget=16")};
+  pinned.pins = kv::PinnedSpans({{0, 8}});
+  pinned.regretted_top = 1000;  // every position that lost anything
+  const EvaluationReport p = evaluate_caches(engine, tokens, pinned);
+  const LostAttentionSummary& lost = p.tests[0].lost;
+  REQUIRE(!lost.regretted.empty());
+  for (const RegrettedEviction& e : lost.regretted) {
+    CAPTURE(e.position);
+    CHECK(e.position >= 8);
+  }
+  // (The pins take 8 of the 16 slots, so the rest of the window is shorter:
+  // the total lost is not necessarily smaller.)
+  CHECK(engine.context().validation_messages() == 0);
+}
+
 // ------------------------------------------------------------ the command
 
 TEST_CASE("cli: eval --json has every figure the issue names") {
@@ -234,12 +394,11 @@ TEST_CASE("cli: eval --json has every figure the issue names") {
   CHECK(j["top1_agreement"].get<double>() <= 1.0);
 }
 
-TEST_CASE("cli: eval --sweep prints a markdown table sorted by bytes per token") {
+TEST_CASE("cli: eval --sweep=formats prints a markdown table sorted by bytes per token") {
   test::TempDir dir;
-  // Two chunks: the eviction rows run token by token once their budget is reached.
-  const test::CliResult r = test::kvscope_cli("eval --sweep -f " + corpus_cut(dir) + " -c 128 --max-chunks 2");
+  const test::CliResult r = test::kvscope_cli("eval --sweep=formats -f " + corpus_cut(dir) + " -c 128 --max-chunks 2");
   REQUIRE_MESSAGE(r.code == 0, r.out);
-  CHECK(r.out.find("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | tok/s |") !=
+  CHECK(r.out.find("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | lost attn | tok/s |") !=
         std::string::npos);
   const size_t f16_row = r.out.find("| f16 (baseline) | 6912 |");
   const size_t f32_row = r.out.find("| f32 | 13824 |");
@@ -248,11 +407,37 @@ TEST_CASE("cli: eval --sweep prints a markdown table sorted by bytes per token")
   CHECK(f16_row < f32_row);
   CHECK(r.out.find("| f16 (baseline) | 6912 | 0.84 |") != std::string::npos);  // 6912 B x 128 slots
   CHECK(r.out.find("not perplexity") != std::string::npos);
-  // Every policy at the budgets below the context, on f16 storage.
-  for (const char* row : {"| f16 + window:budget=32 | 6912 |", "| f16 + h2o:budget=64,recent=32 | 6912 |",
-                          "| f16 + pyramidkv:budget=64 | 6912 |"})
-    CHECK_MESSAGE(r.out.find(row) != std::string::npos, row);
-  CHECK(r.out.find("budget=128") == std::string::npos);
+  CHECK(r.out.find("budget=") == std::string::npos);  // formats only
+  // Progress, a line per cache and chunk, goes to stderr (merged here).
+  CHECK(r.out.find("chunk 2/2: cache 5/5") != std::string::npos);
+}
+
+TEST_CASE("cli: eval --sweep=policies runs every policy on f16, q8 and q4 with its lost attention") {
+  test::TempDir dir;
+  // Context 64: only budget 32 is below it; one chunk keeps the 18 rows short.
+  const test::CliResult r =
+      test::kvscope_cli("eval --sweep=policies -f " + corpus_cut(dir) + " -c 64 --max-chunks 1");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  for (const char* policy : {"window:budget=32", "streamingllm:sinks=4,window=28", "h2o:budget=32,recent=16",
+                             "tova:budget=32", "snapkv:budget=32", "pyramidkv:budget=32"})
+    for (const char* storage : {"f16", "q8", "q4"}) {
+      const std::string row = fmt::format("| {} + {} |", storage, policy);
+      CHECK_MESSAGE(r.out.find(row) != std::string::npos, row);
+    }
+  CHECK(r.out.find("budget=64") == std::string::npos);
+  CHECK(r.out.find("| f32 |") == std::string::npos);  // no format rows
+  // Every row has a lost-attention figure above 0 (a window of 32 in a context of 64 loses some).
+  const size_t row = r.out.find("| f16 + window:budget=32 |");
+  REQUIRE(row != std::string::npos);
+  const std::string line = r.out.substr(row, r.out.find('\n', row) - row);
+  std::vector<std::string> cells;
+  for (size_t at = 1, next; (next = line.find('|', at)) != std::string::npos; at = next + 1)
+    cells.push_back(line.substr(at, next - at));
+  REQUIRE(cells.size() == 10);
+  CHECK(std::stod(cells[8]) > 0);
+  const test::CliResult bad = test::kvscope_cli("eval --sweep=everything -f " + corpus_cut(dir));
+  CHECK(bad.code != 0);
+  CHECK(bad.out.find("--sweep=everything: expected formats, policies or all") != std::string::npos);
 }
 
 TEST_CASE("cli: eval --policy evicts in the cache under test only, and --json says so") {
@@ -266,6 +451,19 @@ TEST_CASE("cli: eval --policy evicts in the cache under test only, and --json sa
   CHECK(j["n_chunks"] == 2);
   CHECK(j["evictions"].get<uint64_t>() > 0);
   CHECK(j["kl_mean"].get<double>() > 0);
+  // Lost attention: what the baseline looked at that the window had dropped.
+  CHECK(j["lost_attention_mean"].get<double>() > 0);
+  CHECK(j["lost_attention_p99"].get<double>() >= j["lost_attention_mean"].get<double>());
+  REQUIRE(j["lost_attention_per_layer"].size() == 6);
+  REQUIRE(j["regretted_evictions"].is_array());
+  REQUIRE(j["regretted_evictions"].size() == 10);
+  double previous = 1e9;
+  for (const json& e : j["regretted_evictions"]) {
+    CHECK(e["lost_mass"].get<double>() <= previous);
+    previous = e["lost_mass"].get<double>();
+    CHECK(e["position"].get<int>() < 64);
+    CHECK(e["text"].is_string());
+  }
   const test::CliResult bad = test::kvscope_cli("eval -f " + corpus_cut(dir) + " --policy window:size=3");
   CHECK(bad.code != 0);
   CHECK(test::count_lines(bad.out) == 1);

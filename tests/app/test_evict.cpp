@@ -23,6 +23,7 @@ Engine& evict_engine() {
     EngineOptions o;
     o.model_path = test::model_path();
     engine = std::make_unique<Engine>(o);
+    test::release_after_tests([] { engine.reset(); });
   }
   return *engine;
 }

@@ -85,7 +85,12 @@ TEST_CASE("gpu: list_devices finds a device with a subgroup size") {
 
 TEST_CASE("gpu: Context with validation") {
   Context ctx(validated());
-  CHECK(ctx.validation_enabled());
+  // scripts/setup.sh installs the layer; a machine without it (a user's, a
+  // bare GPU box) runs unchecked rather than failing here.
+  if (validation_wanted(true))
+    CHECK(ctx.validation_enabled());
+  else
+    MESSAGE("VK_LAYER_KHRONOS_validation is not installed: Context runs without it");
   CHECK(ctx.device() != VK_NULL_HANDLE);
   CHECK(ctx.queue() != VK_NULL_HANDLE);
   CHECK(ctx.pipeline_cache() != VK_NULL_HANDLE);

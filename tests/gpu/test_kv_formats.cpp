@@ -123,7 +123,7 @@ TEST_CASE("rope_kv_write: every key x value format encodes bit for bit like kv::
   const uint32_t wg = workgroup_size(), n_head = 3, n_kv_head = 2, n_tokens = 6, capacity = 11;
   for (Format kf : kFormats) {
     for (Format vf : kFormats) {
-      gpu::Pipeline pipe(context(), {rope_kv_write_id(kf, vf), 5, sizeof(params::RopeKvWriteParams), {wg}});
+      gpu::Pipeline pipe(context(), {rope_kv_write_id(kf, vf), 6, sizeof(params::RopeKvWriteParams), {wg}});
       for (const Shape& s : kShapes) {
         const uint32_t hd = s.head_dim, q_dim = n_head * hd, kv_dim = n_kv_head * hd;
         const uint32_t stride = q_dim + 2 * kv_dim;
@@ -155,7 +155,9 @@ TEST_CASE("rope_kv_write: every key x value format encodes bit for bit like kv::
                                           kv_layout(K, V, s.group)};
         gpu::Recorder rec(context());
         rec.begin();
-        rec.dispatch(pipe, {qkv_buffer, pos_buffer, slot_buffer, k_cache, v_cache}, p, n_head + n_kv_head, n_tokens);
+        // binding 5 (frequency factors) is not read: has_freq_factors is 0
+        rec.dispatch(pipe, {qkv_buffer, pos_buffer, slot_buffer, k_cache, v_cache, pos_buffer}, p, n_head + n_kv_head,
+                     n_tokens);
         rec.submit_and_wait();
 
         kv::TensorImage k_expected(K), v_expected(V);
@@ -256,15 +258,17 @@ TEST_CASE("kivi_key_write: f16 window and per-channel blocks bit for bit through
 }
 
 TEST_CASE("attention: every key x value format against CPU attention over the dequantized cache") {
-  const uint32_t wg = workgroup_size();
   struct Case {
     uint32_t head_dim, group, n_head, n_kv_head, n_tokens, capacity, token_group;
   };
   const Case cases[] = {{48, 16, 6, 6, 1, 40, 32}, {48, 12, 4, 2, 5, 50, 12}, {64, 32, 8, 2, 3, 70, 16},
                         {128, 32, 2, 1, 2, 33, 32}, {48, 24, 2, 2, 1, 7, 32}};
+  // The common workgroup size, and the 256 invocations a GPU gets (the
+  // values pass then splits the slots into slices: attention.comp).
+  for (uint32_t wg : {workgroup_size(), 256u})
   for (Format kf : kFormats) {
     for (Format vf : kFormats) {
-      gpu::Pipeline pipe(context(), {attention_id(kf, vf), 8, sizeof(params::AttentionParams), {wg}});
+      gpu::Pipeline pipe(context(), {attention_id(kf, vf), 10, sizeof(params::AttentionParams), {wg}});
       for (const Case& c : cases) {
         const uint32_t hd = c.head_dim;
         const kv::TensorLayout K = kv::tensor_layout(kv::encoding(kf, kv::Role::Keys), c.n_kv_head, c.capacity, hd,
@@ -314,8 +318,11 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
                                         1.0f / std::sqrt(float(hd)), q_stride, kv_layout(K, V, c.group)};
         gpu::Recorder rec(context());
         rec.begin();
-        rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out, probs, open_buffer}, p,
-                     c.n_head, c.n_tokens);
+        // bindings 8, 9 (rolling only) are not read: p.rolling is 0
+        rec.dispatch(pipe,
+                     {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out, probs, open_buffer, slot_buffer,
+                      slot_buffer},
+                     p, c.n_head, c.n_tokens);
         rec.submit_and_wait();
 
         std::vector<float> expected(size_t(c.n_tokens) * c.n_head * hd, 0.0f);
@@ -349,9 +356,9 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
         }
         // f32 summation order and exp's few ulp (as for the f32/f16 attention in test_ops.cpp)
         CHECK_MESSAGE(err / norm <= 1e-7,
-                      fmt::format("attention k={} v={} head_dim {} group {} capacity {}: NMSE {:.3g}; worst index {}: "
-                                  "gpu {} cpu {}",
-                                  kv::format_name(kf), kv::format_name(vf), hd, c.group, c.capacity, err / norm, worst,
+                      fmt::format("attention k={} v={} head_dim {} group {} capacity {} workgroup {}: NMSE {:.3g}; worst "
+                                  "index {}: gpu {} cpu {}",
+                                  kv::format_name(kf), kv::format_name(vf), hd, c.group, c.capacity, wg, err / norm, worst,
                                   got[worst], expected[worst]));
       }
     }

@@ -345,7 +345,7 @@ TEST_CASE("rmsnorm: odd row lengths, several rows") {
   check_no_validation_messages();
 }
 
-TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths") {
+TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths; add of a bias row, in place") {
   for (uint32_t wg : workgroup_sizes()) {
     gpu::Pipeline swiglu(context(), {Id::swiglu, 2, sizeof(params::SwigluParams), {wg}});
     gpu::Pipeline add(context(), {Id::add, 3, sizeof(params::AddParams), {wg}});
@@ -355,8 +355,13 @@ TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths") {
       const std::vector<float> gate_up = random_floats(size_t(n_tokens) * stride, n + 3, -8, 8);
       gpu::Buffer a_buffer = upload(a, "a"), b_buffer = upload(b, "b"), gate_up_buffer = upload(gate_up, "gate|up");
       GuardedOutput swiglu_out(size_t(n_tokens) * n), add_out(n);
+      // A bias row of n added to each of n_tokens rows, in place (qwen2's q|k|v biases).
+      const std::vector<float> rows = random_floats(size_t(n_tokens) * n, n + 11, -4, 4);
+      GuardedOutput biased(rows.size(), rows);
       gpu::Recorder rec(context());
       rec.begin();
+      rec.dispatch(add, {biased.buffer, b_buffer, biased.buffer}, params::AddParams{n_tokens * n, n},
+                   gpu::ceil_div(n_tokens * n, wg));
       rec.dispatch(swiglu, {gate_up_buffer, swiglu_out.buffer}, params::SwigluParams{n_tokens, n, stride},
                    gpu::ceil_div(n, wg), n_tokens);
       rec.dispatch(add, {a_buffer, b_buffer, add_out.buffer}, params::AddParams{n}, gpu::ceil_div(n, wg));
@@ -370,6 +375,9 @@ TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths") {
       const std::string what = fmt::format("n {} wg {}", n, wg);
       check_close(swiglu_out.read("swiglu " + what), expected_swiglu, kTranscendentalBound, "swiglu " + what);
       check_close(add_out.read("add " + what), expected_add, kExactBound, "add " + what);
+      std::vector<float> expected_biased = rows;
+      for (size_t i = 0; i < rows.size(); ++i) expected_biased[i] += b[i % n];
+      check_close(biased.read("add bias " + what), expected_biased, kExactBound, "add bias " + what);
     }
   }
   check_no_validation_messages();
@@ -531,14 +539,18 @@ params::KvLayout plain_kv_layout(bool f16, uint32_t head_dim) {
 // The fused q|k|v rows of n_tokens tokens, in the forward pass's layout.
 struct QkvCase {
   uint32_t head_dim, rope_dim, n_head, n_kv_head;
+  RopeMode mode = RopeMode::Normal;  // Neox: pairs (i, i + rope_dim/2), qwen2
+  bool freq_factors = false;         // per-pair frequency divisors, Llama 3's rope_freqs
 };
 
-TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, GQA, skipped slots") {
+TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, GQA, skipped slots, NeoX, factors") {
   for (uint32_t wg : workgroup_sizes()) {
     for (bool f16 : {false, true}) {
-      gpu::Pipeline pipe(context(), {f16 ? Id::rope_kv_write_f16_f16 : Id::rope_kv_write_f32_f32, 5,
+      gpu::Pipeline pipe(context(), {f16 ? Id::rope_kv_write_f16_f16 : Id::rope_kv_write_f32_f32, 6,
                                      sizeof(params::RopeKvWriteParams), {wg}});
-      for (QkvCase c : {QkvCase{48, 48, 6, 3}, QkvCase{64, 64, 8, 2}, QkvCase{128, 128, 3, 3}, QkvCase{64, 32, 3, 1}}) {
+      for (QkvCase c : {QkvCase{48, 48, 6, 3}, QkvCase{64, 64, 8, 2}, QkvCase{128, 128, 3, 3}, QkvCase{64, 32, 3, 1},
+                        QkvCase{64, 64, 8, 2, RopeMode::Neox}, QkvCase{48, 48, 6, 3, RopeMode::Neox, true},
+                        QkvCase{64, 32, 3, 1, RopeMode::Neox, true}, QkvCase{128, 128, 4, 1, RopeMode::Normal, true}}) {
         const uint32_t n_tokens = 5, capacity = 13, hd = c.head_dim;
         const uint32_t q_dim = c.n_head * hd, kv_dim = c.n_kv_head * hd;
         const uint32_t stride = q_dim + 2 * kv_dim + 3;  // 3 floats of slack per row must stay untouched
@@ -560,11 +572,18 @@ TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, G
             v_cache(v_before.words.size(), as_floats(v_before.words));
         gpu::Buffer pos_buffer = upload(positions, "positions"), slot_buffer = upload(slots, "slots");
         const float theta = 10000.0f;
+        // Divisors in [1, 8], like Llama 3's (1 for high frequencies, up to its scale factor 8 for low).
+        std::vector<float> factors;
+        if (c.freq_factors)
+          for (float r : random_floats(c.rope_dim / 2, 9)) factors.push_back(4.5f + 3.5f * r);
+        gpu::Buffer factor_buffer = upload(factors.empty() ? std::vector<float>{0.0f} : factors, "freq factors");
+        params::RopeKvWriteParams p{n_tokens, c.n_head, c.n_kv_head, hd, c.rope_dim, theta, capacity, stride,
+                                    plain_kv_layout(f16, hd)};
+        p.rope_mode = uint32_t(c.mode);
+        p.has_freq_factors = c.freq_factors ? 1u : 0u;
         gpu::Recorder rec(context());
         rec.begin();
-        rec.dispatch(pipe, {qkv_out.buffer, pos_buffer, slot_buffer, k_cache.buffer, v_cache.buffer},
-                     params::RopeKvWriteParams{n_tokens, c.n_head, c.n_kv_head, hd, c.rope_dim, theta, capacity, stride,
-                                               plain_kv_layout(f16, hd)},
+        rec.dispatch(pipe, {qkv_out.buffer, pos_buffer, slot_buffer, k_cache.buffer, v_cache.buffer, factor_buffer}, p,
                      c.n_head + c.n_kv_head, n_tokens);
         rec.submit_and_wait();
 
@@ -577,14 +596,14 @@ TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, G
         for (uint32_t t = 0; t < n_tokens; ++t) {
           for (uint32_t h = 0; h < c.n_head; ++h)
             reference::rope(std::span(qkv_expected).subspan(size_t(t) * stride + h * hd, hd), positions[t],
-                            c.rope_dim, theta);
+                            c.rope_dim, theta, c.mode, factors);
           for (uint32_t h = 0; h < c.n_kv_head; ++h) {
             const int32_t slot = slots[t * c.n_kv_head + h];
             if (slot < 0 || uint32_t(slot) >= capacity) continue;
             written[h * capacity + slot] = true;
             std::vector<float> k(qkv.begin() + t * stride + q_dim + h * hd,
                                  qkv.begin() + t * stride + q_dim + (h + 1) * hd);
-            reference::rope(k, positions[t], c.rope_dim, theta);
+            reference::rope(k, positions[t], c.rope_dim, theta, c.mode, factors);
             for (uint32_t d = 0; d < hd; ++d) {
               const float v = qkv[size_t(t) * stride + q_dim + kv_dim + h * hd + d];
               const size_t dst = (size_t(h) * capacity + slot) * hd + d;
@@ -593,8 +612,10 @@ TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, G
             }
           }
         }
-        const std::string what = fmt::format("rope_kv_write {} head_dim {} rope_dim {} heads {}/{} wg {}",
-                                             f16 ? "f16" : "f32", hd, c.rope_dim, c.n_head, c.n_kv_head, wg);
+        const std::string what = fmt::format("rope_kv_write {} head_dim {} rope_dim {} heads {}/{} {}{} wg {}",
+                                             f16 ? "f16" : "f32", hd, c.rope_dim, c.n_head, c.n_kv_head,
+                                             c.mode == RopeMode::Neox ? "neox" : "normal",
+                                             c.freq_factors ? " factors" : "", wg);
         const std::vector<float> qkv_got = qkv_out.read(what + " qkv");
         // Everything but the q heads (k, v, slack) is bit-for-bit unchanged.
         for (uint32_t t = 0; t < n_tokens; ++t)
@@ -683,7 +704,10 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
   gpu::Buffer open_buffer = upload(no_open_blocks, "open blocks");
   gpu::Recorder rec(context());
   rec.begin();
-  rec.dispatch(pipe, {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer, open_buffer},
+  // bindings 8, 9 (rolling only) are not read: p.rolling is 0
+  rec.dispatch(pipe,
+               {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer, open_buffer,
+                slot_buffer, slot_buffer},
                p, c.n_head, c.n_tokens);
   rec.submit_and_wait();
 
@@ -727,10 +751,14 @@ TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities
       {48, 6, 6, 1, 1, 1},     {48, 6, 6, 1, 50, 37},  {48, 6, 6, 7, 300, 300},  {64, 8, 2, 1, 100, 100},
       {64, 8, 2, 7, 129, 120}, {128, 4, 1, 7, 17, 17}, {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
   };
-  for (uint32_t wg : workgroup_sizes()) {
+  // 256: the size a GPU's attention gets (the values pass splits the slots
+  // into slices there; models/forward.cpp attention_workgroup_size).
+  std::vector<uint32_t> sizes = workgroup_sizes();
+  sizes.push_back(256);
+  for (uint32_t wg : sizes) {
     for (bool f16 : {false, true}) {
       gpu::Pipeline pipe(
-          context(), {f16 ? Id::attention_f16_f16 : Id::attention_f32_f32, 8, sizeof(params::AttentionParams), {wg}});
+          context(), {f16 ? Id::attention_f16_f16 : Id::attention_f32_f32, 10, sizeof(params::AttentionParams), {wg}});
       for (const AttentionCase& c : cases) {
         check_attention(
             pipe, f16, c,

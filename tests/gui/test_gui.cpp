@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <string>
 
@@ -36,10 +37,20 @@ Run shell(const std::string& cmd) {
 
 bool have_xvfb_run() { return shell("command -v xvfb-run").code == 0; }
 
-// kvscope-gui on a fresh virtual display with `args`.
-Run gui(const std::string& args) {
+std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / (name + std::to_string(getpid()))).string();
+}
+
+// kvscope-gui on a fresh virtual display with `args`. Settings go to
+// `config_dir` (a fresh folder by default), never to the person's own.
+Run gui(const std::string& args, std::string config_dir = {}) {
   REQUIRE_MESSAGE(have_xvfb_run(), "xvfb-run is missing: run scripts/setup.sh (it installs xvfb and xauth)");
-  return shell("xvfb-run -a -s '-screen 0 1920x1200x24' " + std::string(KVSCOPE_GUI_BINARY) + " " + args);
+  if (config_dir.empty()) {
+    config_dir = temp_path("kvscope-gui-config");
+    std::filesystem::remove_all(config_dir);
+  }
+  return shell("XDG_CONFIG_HOME=" + config_dir + " xvfb-run -a -s '-screen 0 1920x1200x24' " +
+               std::string(KVSCOPE_GUI_BINARY) + " " + args);
 }
 
 nlohmann::json report_of(const Run& r) {
@@ -167,5 +178,201 @@ TEST_CASE("gui: a bad --compare spec is a clear error in the window") {
   const nlohmann::json report = report_of(r);
   REQUIRE(!report["errors"].empty());
   CHECK(report["errors"][0].get<std::string>().find("q9") != std::string::npos);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: forced side by side gives per-step KL, top-1 agreement and a first divergence; exports are valid") {
+  kvscope::test::model_path();
+  const std::string dir = temp_path("kvscope-gui-export");
+  std::filesystem::remove_all(dir);
+  const std::string png = temp_png("kvscope-gui-forced");
+  // B is A's own cache: it must agree everywhere. C keeps 8 tokens in 2 bits: it must not.
+  const Run r = gui("--prompt 'Once upon a time' --tokens 24 --temp 0 --width 1440 --height 900 "
+                    "--compare 'f16;f16;kivi2 + h2o:budget=8,recent=4' --forced --export-dir " + dir +
+                    " --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["validation_messages"] == 0);
+  CHECK(report["errors"].empty());
+  REQUIRE(report["forced"].size() == 2);
+  const auto& same = report["forced"][0];
+  const auto& evicting = report["forced"][1];
+  REQUIRE(same["kl"].size() == 24);
+  REQUIRE(evicting["kl"].size() == 24);
+  for (const auto& kl : same["kl"]) CHECK(kl.get<double>() < 1e-4);
+  CHECK(same["first_divergence"] == -1);
+  CHECK(same["top1_agreement"] == 1.0);
+  double most = 0;
+  for (const auto& kl : evicting["kl"]) most = std::max(most, kl.get<double>());
+  CHECK(most > 0.01);
+  CHECK(evicting["first_divergence"].get<int>() >= 0);
+  CHECK(evicting["top1_agreement"].get<double>() < 1.0);
+  CHECK(evicting["lost_attention_mean"].get<double>() > 0);
+  CHECK(!evicting["regretted"].empty());
+  // Every session read A's tokens.
+  CHECK(report["sessions"][1]["tokens"] == report["sessions"][0]["tokens"]);
+  CHECK(report["sessions"][2]["tokens"] == report["sessions"][0]["tokens"]);
+  CHECK(report["sessions"][2]["evictions"].get<int>() > 0);
+
+  // The heatmap PNG has the heatmap's size on screen.
+  const Image heat = load_png(dir + "/heatmap.png");
+  CHECK(heat.width == static_cast<int>(report["heatmap"][2].get<float>()));
+  CHECK(heat.height == static_cast<int>(report["heatmap"][3].get<float>()));
+  CHECK(distinct_colours(heat, 0, 0, heat.width, heat.height) > 16);
+  // The trace: a header, then events, every line JSON.
+  std::ifstream trace(dir + "/trace-C.jsonl");
+  REQUIRE(trace.good());
+  std::string line;
+  size_t lines = 0, evictions = 0;
+  while (std::getline(trace, line)) {
+    const nlohmann::json j = nlohmann::json::parse(line);
+    if (lines++ == 0) CHECK(j["kind"] == "header");
+    evictions += j["kind"] == "evict";
+  }
+  CHECK(evictions == report["sessions"][2]["evictions"].get<size_t>());
+  // The comparison: a header and a row per step per compared session.
+  std::ifstream csv(dir + "/comparison.csv");
+  REQUIRE(csv.good());
+  std::getline(csv, line);
+  CHECK(line == "session,cache,step,token,kl_nats,top1_agree,lost_attention");
+  size_t rows = 0;
+  while (std::getline(csv, line)) rows += !line.empty();
+  CHECK(rows == 2 * 24);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: settings are written on exit and read at the next start") {
+  kvscope::test::model_path();
+  const std::string config = temp_path("kvscope-gui-settings");
+  std::filesystem::remove_all(config);
+  const std::string png = temp_png("kvscope-gui-settings");
+  const Run first = gui("--temp 0.3 --top-k 7 --tokens 5 --system 'A short story.' "
+                        "--compare 'q8;f16 + h2o:budget=64' --frames 2 --screenshot " + png, config);
+  INFO(first.out);
+  REQUIRE(first.code == 0);
+  REQUIRE(std::filesystem::exists(config + "/kvscope/settings.json"));
+  const Run second = gui("--frames 2 --screenshot " + png, config);
+  INFO(second.out);
+  REQUIRE(second.code == 0);
+  const nlohmann::json effective = report_of(second)["effective"];
+  CHECK(effective["temperature"].get<double>() == doctest::Approx(0.3));
+  CHECK(effective["top_k"] == 7);
+  CHECK(effective["tokens"] == 5);
+  CHECK(effective["system"] == "A short story.");
+  REQUIRE(effective["caches"].size() == 2);
+  CHECK(effective["caches"][0] == "q8");
+  CHECK(effective["caches"][1].get<std::string>().rfind("f16 + h2o:budget=64", 0) == 0);
+  // A broken settings file is an error in the window, and the run goes on.
+  { std::ofstream(config + "/kvscope/settings.json") << "{ not json"; }
+  const Run broken = gui("--frames 2 --screenshot " + png, config);
+  INFO(broken.out);
+  REQUIRE(broken.code == 0);
+  CHECK(report_of(broken)["errors"].dump().find("settings.json") != std::string::npos);
+  std::filesystem::remove_all(config);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: a conversation saved as JSON loads back with the same tokens, turns and pins") {
+  kvscope::test::model_path();
+  const std::string file = temp_path("kvscope-gui-conversation") + ".json";
+  const std::string png = temp_png("kvscope-gui-conversation");
+  const std::string cache = "--compare 'f16 + h2o:budget=32,recent=8' ";
+  const Run saved = gui(cache + "--prompt 'Once upon a time' --system 'Lily had a red ball.' --tokens 12 --temp 0 "
+                        "--save-conversation " + file + " --screenshot " + png);
+  INFO(saved.out);
+  REQUIRE(saved.code == 0);
+  const nlohmann::json a = report_of(saved)["sessions"][0];
+  REQUIRE(a["turns"].size() == 3);  // system, you, model
+  REQUIRE(a["pins"].size() == 1);   // the system prompt
+  CHECK(a["pins"][0].get<std::string>().rfind("0:", 0) == 0);
+  const Run loaded = gui(cache + "--load-conversation " + file + " --screenshot " + png);
+  INFO(loaded.out);
+  REQUIRE(loaded.code == 0);
+  const nlohmann::json report = report_of(loaded);
+  CHECK(report["errors"].empty());
+  const nlohmann::json b = report["sessions"][0];
+  CHECK(b["tokens"] == a["tokens"]);
+  CHECK(b["turns"] == a["turns"]);
+  CHECK(b["pins"] == a["pins"]);
+  CHECK(report["validation_messages"] == 0);
+  std::filesystem::remove(file);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: a dropped file that is not a model shows an error, and the model in use keeps working") {
+  kvscope::test::model_path();
+  const std::string bad = temp_path("kvscope-gui-bad") + ".gguf";
+  { std::ofstream(bad) << "this is not a GGUF file"; }
+  const std::string png = temp_png("kvscope-gui-drop");
+  const Run r = gui("--prompt 'Once upon a time' --tokens 8 --temp 0 --drop " + bad + " --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  REQUIRE(report["errors"].size() == 1);
+  CHECK(report["errors"][0].get<std::string>().find(bad) != std::string::npos);
+  CHECK(report["generated_tokens"] == 8);
+  CHECK(report["effective"]["model"].get<std::string>().find("stories15M") != std::string::npos);
+  const std::string text = temp_path("kvscope-gui-notes") + ".txt";
+  { std::ofstream(text) << "notes"; }
+  const Run other = gui("--drop " + text + " --frames 2 --screenshot " + png);
+  INFO(other.out);
+  REQUIRE(other.code == 0);
+  CHECK(report_of(other)["errors"].dump().find("not a GGUF model") != std::string::npos);
+  std::filesystem::remove(bad);
+  std::filesystem::remove(text);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: the probe scenarios run from the window and give a verdict per policy") {
+  kvscope::test::model_path();
+  const std::string png = temp_png("kvscope-gui-probes");
+  // One scenario, one policy: each run reads a few hundred tokens token by token.
+  const Run r = gui("--run-probes 'window:budget=32' --probe-limit 1 --frames 2 --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].empty());
+  CHECK(report["validation_messages"] == 0);
+  REQUIRE(report["probes"].size() == 1);
+  for (const auto& p : report["probes"]) {
+    CHECK(p["distance"].get<int>() > 0);
+    CHECK(p["full_logprob"].get<double>() < 0);
+    REQUIRE(p["runs"].size() == 1);
+    for (const auto& run : p["runs"]) {
+      const std::string verdict = run["verdict"];
+      CHECK((verdict == "retained" || verdict == "degraded" || verdict == "lost"));
+    }
+  }
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: the eviction timeline's scrubber shows the cache as the log had it at that step") {
+  kvscope::test::model_path();
+  const std::string png = temp_png("kvscope-gui-scrub");
+  const std::string run = "--prompt 'Once upon a time' --tokens 30 --temp 0 --compare 'f16 + h2o:budget=16,recent=4' ";
+  // Step 0 reads the 5-token prompt; each later step writes one token: at
+  // step 5 ten positions were written, fewer than the budget, so all held.
+  const Run early = gui(run + "--scrub 5 --screenshot " + png);
+  INFO(early.out);
+  REQUIRE(early.code == 0);
+  const nlohmann::json at5 = report_of(early)["scrubbed"];
+  CHECK(at5["step"] == 5);
+  CHECK(at5["positions"] == 10);
+  for (const auto& live : at5["live_per_layer"]) CHECK(live == 10);
+  // Live: the budget caps every layer, and evicted positions are held by none.
+  const Run late = gui(run + "--screenshot " + png);
+  INFO(late.out);
+  REQUIRE(late.code == 0);
+  const nlohmann::json report = report_of(late);
+  const nlohmann::json now = report["scrubbed"];
+  CHECK(now["step"] == -1);
+  CHECK(now["last_step"].get<int>() >= 29);
+  for (const auto& live : now["live_per_layer"]) CHECK(live == 16);
+  size_t evicted_everywhere = 0;
+  for (const auto& held : now["layers_holding"]) evicted_everywhere += held == 0;
+  CHECK(evicted_everywhere > 0);
+  CHECK(report["validation_messages"] == 0);
   std::filesystem::remove(png);
 }

@@ -1,7 +1,9 @@
 // SessionWorker: a session on its own thread, commands in, snapshots out.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <thread>
 
 #include "app/core/worker.h"
@@ -15,6 +17,7 @@ Engine& shared_engine() {
   static std::unique_ptr<Engine> engine = [] {
     EngineOptions o;
     o.model_path = test::model_path();
+    test::release_after_tests([] { engine.reset(); });
     return std::make_unique<Engine>(o);
   }();
   return *engine;
@@ -208,4 +211,103 @@ TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per h
   s = wait_idle(worker);
   CHECK(s->probes.empty());
   CHECK_FALSE(shared_engine().model().attention_probe());
+}
+
+TEST_CASE("worker: a forced reply reads the given tokens and records each step's distribution and cache") {
+  EngineTurns turns;
+  SessionWorker full(shared_engine(), turns, "A", parse_session_spec("f16"));
+  GenerateRequest r = greedy("Once upon a time", 16);
+  r.record = true;
+  full.generate(r);
+  const auto a = wait_idle(full);
+  REQUIRE(a->error.empty());
+  const Turn& reply = last_reply(*a);
+  REQUIRE(reply.n_tokens == 16);
+  REQUIRE(a->steps.size() == 16);
+  const std::vector<int32_t> tokens(a->tokens.begin() + reply.first_token, a->tokens.end());
+  for (size_t i = 0; i < a->steps.size(); ++i) {
+    const StepRecord& st = *a->steps[i];
+    CHECK(st.token == tokens[i]);
+    CHECK(st.argmax == tokens[i]);  // greedy
+    double sum = 0;
+    for (float lp : st.log_probs) sum += std::exp(double(lp));
+    CHECK(sum == doctest::Approx(1).epsilon(1e-4));
+    CHECK(st.n_pos == reply.first_token + i);
+    for (uint8_t h : st.held.held) CHECK(h == 1);  // a full cache holds everything
+  }
+
+  SessionWorker evicting(shared_engine(), turns, "B", parse_session_spec("f16 + h2o:budget=8,recent=4"));
+  GenerateRequest forced = greedy("Once upon a time", 16);
+  forced.forced = tokens;
+  evicting.generate(forced);
+  const auto b = wait_idle(evicting);
+  REQUIRE(b->error.empty());
+  CHECK(b->tokens == a->tokens);
+  REQUIRE(b->steps.size() == 16);
+  const StepRecord& last = *b->steps.back();
+  size_t held = 0;
+  for (uint8_t h : last.held.held) held += h;
+  CHECK(held <= size_t{8} * last.held.n_layer * last.held.n_kv_head);  // the budget, in every table
+  CHECK(b->log != nullptr);
+  CHECK(b->log->eviction_count() > 0);
+}
+
+TEST_CASE("worker: editing a message drops what follows it; pins set later are kept by the policy") {
+  EngineTurns turns;
+  SessionWorker w(shared_engine(), turns, "A", parse_session_spec("f16 + h2o:budget=16,recent=4"));
+  w.generate(greedy("Once upon a time", 8));
+  wait_idle(w);
+  w.edit(0, "The little dog", greedy("", 6));
+  auto s = wait_idle(w);
+  REQUIRE(s->error.empty());
+  REQUIRE(s->turns.size() == 2);
+  CHECK(s->turns[0].text == "The little dog");
+  CHECK(last_reply(*s).n_tokens == 6);
+  const std::vector<int32_t> dog = shared_engine().tokenizer().encode("The little dog", true);
+  REQUIRE(s->tokens.size() == dog.size() + 6);
+  CHECK(std::equal(dog.begin(), dog.end(), s->tokens.begin()));
+
+  const std::vector<int32_t> before = s->tokens;
+  w.set_pins(kv::PinnedSpans({{1, 4}}));
+  s = wait_idle(w);
+  REQUIRE(s->error.empty());
+  CHECK(s->tokens == before);
+  CHECK(s->pins.contains(1));
+  CHECK(s->pins.contains(3));
+  CHECK_FALSE(s->pins.contains(4));
+  w.generate(greedy(" and then", 24));
+  s = wait_idle(w);
+  REQUIRE(s->error.empty());
+  CHECK(s->log->eviction_count() > 0);
+  for (int32_t p = 1; p < 4; ++p) CHECK(s->layers_holding[p] == s->layers.size());
+
+  // A session without a policy says why it has nothing to pin.
+  SessionWorker plain(shared_engine(), turns, "B", parse_session_spec("f16"));
+  plain.set_pins(kv::PinnedSpans({{0, 2}}));
+  CHECK(wait_idle(plain)->error.find("no eviction policy") != std::string::npos);
+}
+
+TEST_CASE("worker: with a chat template, a new message adds only its own tokens to the cache") {
+  EngineTurns turns;
+  SessionWorker w(shared_engine(), turns, "A", parse_session_spec("f16"));
+  GenerateRequest r = greedy("Hello", 4);
+  r.chat_template = chat_template_by_name("chatml");
+  r.system = "Be brief.";
+  w.generate(r);
+  auto s = wait_idle(w);
+  REQUIRE(s->error.empty());
+  REQUIRE(s->turns.size() == 3);  // system, you, model
+  const std::vector<int32_t> first = s->tokens;
+  // The template wrote the system prompt and the message's markup.
+  const std::vector<ChatMessage> messages{{"system", "Be brief."}, {"user", "Hello"}};
+  const std::vector<int32_t> rendered = encode_chat(*r.chat_template, messages, true, shared_engine().tokenizer());
+  REQUIRE(first.size() >= rendered.size());
+  CHECK(std::equal(rendered.begin(), rendered.end(), first.begin()));
+  r.text = "Again";
+  w.generate(r);
+  s = wait_idle(w);
+  REQUIRE(s->error.empty());
+  REQUIRE(s->turns.size() == 5);
+  CHECK(std::equal(first.begin(), first.end(), s->tokens.begin()));  // kept, not read again
+  CHECK(s->turns[3].first_token == first.size());
 }

@@ -607,7 +607,7 @@ TEST_CASE("hparams: each way a llama model can be wrong is named") {
   SUBCASE("architecture") {
     SyntheticLlama s;
     s.arch = "gpt2";
-    expect_config_error(synthetic_llama_writer(s), "m.gguf: general.architecture is 'gpt2'; kvscope runs llama-family models");
+    expect_config_error(synthetic_llama_writer(s), "m.gguf: general.architecture is 'gpt2', which kvscope does not run; supported: llama qwen2");
     GgufWriter none;
     expect_config_error(none, "m.gguf: metadata general.architecture is missing");
   }
@@ -641,14 +641,14 @@ TEST_CASE("hparams: each way a llama model can be wrong is named") {
   }
   SUBCASE("unsupported type") {
     SyntheticLlama s;
-    s.dim = 256;  // Q5_K needs rows of 256
+    s.dim = 256;  // Q3_K needs rows of 256
     s.n_head = 16;
     s.n_kv_head = 8;
     s.ffn = 256;
-    s.type_of["blk.1.attn_q.weight"] = GgmlType::Q5_K;
+    s.type_of["blk.1.attn_q.weight"] = GgmlType::Q3_K;
     expect_config_error(synthetic_llama_writer(s),
-                        "m.gguf: tensor blk.1.attn_q.weight has type Q5_K, which kvscope does not support yet; "
-                        "supported: F32 F16 Q8_0 Q4_0");
+                        "m.gguf: tensor blk.1.attn_q.weight has type Q3_K, which kvscope does not support yet; "
+                        "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K");
     SyntheticLlama norm;
     norm.type_of["blk.0.ffn_norm.weight"] = GgmlType::F16;
     expect_config_error(synthetic_llama_writer(norm), "tensor 'blk.0.ffn_norm.weight' has type F16; norm weights must be F32");

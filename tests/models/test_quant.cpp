@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include "models/ggml_kquants.h"
 #include "models/ggml_types.h"
 #include "models/gguf.h"
 #include "models/hparams.h"
@@ -80,9 +81,11 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
   CHECK(type_supported(GgmlType::F16));
   CHECK(type_supported(GgmlType::Q8_0));
   CHECK(type_supported(GgmlType::Q4_0));
+  for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) CHECK(type_supported(t));
   CHECK_FALSE(type_supported(GgmlType::Q4_1));
-  CHECK_FALSE(type_supported(GgmlType::Q6_K));
-  CHECK(supported_types_list() == "F32 F16 Q8_0 Q4_0");
+  CHECK_FALSE(type_supported(GgmlType::Q3_K));
+  CHECK_FALSE(type_supported(GgmlType::Q8_K));
+  CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K");
   CHECK(row_bytes(GgmlType::Q8_0, 64) == 68);
   CHECK(row_bytes(GgmlType::Q4_0, 32) == 18);
   CHECK(row_bytes(GgmlType::F16, 7) == 14);
@@ -348,8 +351,10 @@ TEST_CASE("quantize_model: the synthetic llama model to F16, Q8_0 and Q4_0") {
     CHECK(std::memcmp(b.data, expected.data(), b.n_bytes) == 0);
   }
   SUBCASE("unsupported targets, rows that do not fill blocks, and unsupported sources are named") {
-    CHECK_THROWS_WITH_AS(quantize_model(src_path, (dir / "x.gguf").string(), GgmlType::Q5_K),
-                         doctest::Contains("cannot quantize to Q5_K"), std::runtime_error);
+    CHECK_THROWS_WITH_AS(quantize_model(src_path, (dir / "x.gguf").string(), GgmlType::Q3_K),
+                         doctest::Contains("cannot quantize to Q3_K; choose one of F16 Q8_0 Q4_0 Q4_K Q5_K Q6_K "
+                                           "Q4_K_M Q5_K_M"),
+                         std::runtime_error);
     GgufWriter w = synthetic_llama_writer();
     w.add_tensor("extra.weight", GgmlType::F32, {33, 2}, kvscope::testing::synthetic_tensor_bytes(GgmlType::F32, {33, 2}, 9));
     const std::string odd_path = (dir / "odd.gguf").string();
@@ -359,12 +364,244 @@ TEST_CASE("quantize_model: the synthetic llama model to F16, Q8_0 and Q4_0") {
     CHECK_NOTHROW(quantize_model(odd_path, (dir / "z.gguf").string(), GgmlType::F16));
 
     GgufWriter k = synthetic_llama_writer();
-    k.add_tensor("kquant.weight", GgmlType::Q6_K, {256, 1}, std::vector<uint8_t>(210));
+    k.add_tensor("kquant.weight", GgmlType::Q3_K, {256, 1}, std::vector<uint8_t>(110));
     const std::string k_path = (dir / "k.gguf").string();
     k.write(k_path);
     CHECK_THROWS_WITH_AS(quantize_model(k_path, (dir / "w.gguf").string(), GgmlType::Q8_0),
-                         doctest::Contains("tensor kquant.weight has type Q6_K, which kvscope cannot convert"),
+                         doctest::Contains("tensor kquant.weight has type Q3_K, which kvscope cannot convert; "
+                                           "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"),
                          std::runtime_error);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+// ---------------------------------------------------------------- BF16 and the K-quants
+
+namespace {
+
+std::vector<float> gaussian_values(size_t n, uint32_t seed, float sigma) {
+  std::vector<float> v(n);
+  uint32_t state = seed * 747796405u + 2891336453u;
+  auto uniform = [&] {  // (0, 1]
+    state = state * 1664525u + 1013904223u;
+    return (static_cast<double>(state >> 8) + 1.0) / static_cast<double>(1u << 24);
+  };
+  for (size_t i = 0; i < n; i += 2) {  // Box-Muller
+    const double r = std::sqrt(-2.0 * std::log(uniform())), angle = 2.0 * M_PI * uniform();
+    v[i] = static_cast<float>(sigma * r * std::cos(angle));
+    if (i + 1 < n) v[i + 1] = static_cast<float>(sigma * r * std::sin(angle));
+  }
+  return v;
+}
+
+double relative_rmse(const std::vector<float>& x, const std::vector<float>& y) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    err += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
+    norm += double(x[i]) * x[i];
+  }
+  return std::sqrt(err / norm);
+}
+
+void put_f16(std::vector<uint8_t>& bytes, size_t at, uint16_t h) { std::memcpy(bytes.data() + at, &h, 2); }
+
+// Packs eight 6-bit scales and mins the way ggml's get_scale_min_k4 reads them.
+void pack_scales_mins(uint8_t* out, const uint8_t sc[8], const uint8_t m[8]) {
+  for (int j = 0; j < 4; ++j) {
+    out[j] = static_cast<uint8_t>(sc[j] | ((sc[j + 4] >> 4) << 6));
+    out[j + 4] = static_cast<uint8_t>(m[j] | ((m[j + 4] >> 4) << 6));
+    out[j + 8] = static_cast<uint8_t>((sc[j + 4] & 0xF) | ((m[j + 4] & 0xF) << 4));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("bf16: ggml's rounding, NaN kept, every value round-trips") {
+  CHECK(f32_to_bf16(1.0f) == 0x3F80);
+  CHECK(f32_to_bf16(-2.0f) == 0xC000);
+  CHECK(f32_to_bf16(std::bit_cast<float>(0x3F808000u)) == 0x3F80);  // tie: even mantissa stays
+  CHECK(f32_to_bf16(std::bit_cast<float>(0x3F818000u)) == 0x3F82);  // tie: odd rounds up
+  CHECK(f32_to_bf16(std::bit_cast<float>(0x3F808001u)) == 0x3F81);  // just above the tie
+  CHECK(f32_to_bf16(std::numeric_limits<float>::infinity()) == 0x7F80);
+  CHECK(f32_to_bf16(std::bit_cast<float>(0x7F7FFFFFu)) == 0x7F80);  // the largest float rounds to inf
+  const uint16_t nan = f32_to_bf16(std::bit_cast<float>(0x7F800001u));  // signalling NaN: payload lost in the top half
+  CHECK(std::isnan(bf16_to_f32(nan)));
+  CHECK((nan & 0x40) != 0);  // quiet
+  for (uint32_t h = 0; h <= 0xFFFF; ++h) {
+    const float f = bf16_to_f32(static_cast<uint16_t>(h));
+    REQUIRE(std::bit_cast<uint32_t>(f) == h << 16);
+    if (!std::isnan(f)) REQUIRE(f32_to_bf16(f) == h);
+  }
+  const std::vector<float> x = {1.0f, -3.5f, 0.15625f, 65536.0f};
+  const auto bytes = quantize(GgmlType::BF16, x);
+  CHECK(bytes.size() == 8);
+  CHECK(dequantize(GgmlType::BF16, bytes, 4) == x);  // all four are exact in bf16
+}
+
+TEST_CASE("q4_k / q5_k: hand-built blocks decode as ggml's formulas say") {
+  SUBCASE("the 6-bit scale/min packing, from literal bytes") {
+    uint8_t scales[12] = {0xC5, 0x01, 0x3F, 0x40, 0x47, 0x80, 0x00, 0xFF, 0x2A, 0x10, 0x0F, 0xF0};
+    uint8_t sc, m;
+    kq_scale_min(scales, 0, sc, m);
+    CHECK(sc == 5);  // 0xC5 & 63
+    CHECK(m == 7);   // 0x47 & 63
+    kq_scale_min(scales, 3, sc, m);
+    CHECK(sc == 0);   // 0x40 & 63
+    CHECK(m == 63);   // 0xFF & 63
+    kq_scale_min(scales, 4, sc, m);
+    CHECK(sc == 0x3A);  // low nibble of 0x2A, top bits of 0xC5 (3) -> 0x30
+    CHECK(m == 0x12);   // high nibble of 0x2A (2), top bits of 0x47 (1) -> 0x10
+    kq_scale_min(scales, 7, sc, m);
+    CHECK(sc == 0x10);  // low nibble of 0xF0 (0), top bits of 0x40 (1) -> 0x10
+    CHECK(m == 0x3F);   // high nibble of 0xF0 (15), top bits of 0xFF (3) -> 0x30
+  }
+  for (const bool five : {false, true}) {
+    CAPTURE(five);
+    const GgmlType type = five ? GgmlType::Q5_K : GgmlType::Q4_K;
+    const size_t block_bytes = five ? 176 : 144, qs_at = five ? 48 : 16;
+    std::vector<uint8_t> block(block_bytes, 0);
+    put_f16(block, 0, 0x3C00);  // d = 1
+    put_f16(block, 2, 0x3800);  // dmin = 0.5
+    const uint8_t sc[8] = {1, 2, 3, 63, 17, 33, 48, 5}, m[8] = {0, 1, 2, 3, 40, 63, 16, 7};
+    pack_scales_mins(block.data() + 4, sc, m);
+    // Element l of sub-block j gets code (3l + j) % levels.
+    const int levels = five ? 32 : 16;
+    for (int j = 0; j < 8; ++j) {
+      for (int l = 0; l < 32; ++l) {
+        const int q = (3 * l + j) % levels;
+        block[qs_at + 32 * (j / 2) + l] |= static_cast<uint8_t>((q & 0xF) << (4 * (j % 2)));
+        if (q > 15) block[16 + l] |= static_cast<uint8_t>(1u << j);
+      }
+    }
+    const auto y = dequantize(type, block, 256);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t got_sc, got_m;
+      kq_scale_min(block.data() + 4, j, got_sc, got_m);
+      CHECK(got_sc == sc[j]);
+      CHECK(got_m == m[j]);
+      for (int l = 0; l < 32; ++l) {
+        const int q = (3 * l + j) % levels;
+        // Small integers times powers of two: exact in f32.
+        REQUIRE_MESSAGE(y[32 * j + l] == static_cast<float>(sc[j] * q) - 0.5f * m[j], "element " << 32 * j + l);
+      }
+    }
+  }
+}
+
+TEST_CASE("q6_k: a hand-built block decodes as ggml's formula says") {
+  std::vector<uint8_t> block(210, 0);
+  const int8_t scales[16] = {1, -1, 2, -3, 127, -128, 0, 5, 7, -9, 11, 13, -17, 19, 23, -29};
+  std::memcpy(block.data() + 192, scales, 16);
+  put_f16(block, 208, 0x3400);  // d = 0.25
+  auto code = [](int e) { return (7 * e + e / 64) % 64; };
+  for (int e = 0; e < 256; ++e) {
+    const int h = e / 128, k = (e % 128) / 32, l = e % 32, q = code(e);
+    block[64 * h + 32 * (k & 1) + l] |= static_cast<uint8_t>((q & 0xF) << (4 * (k >> 1)));
+    block[128 + 32 * h + l] |= static_cast<uint8_t>((q >> 4) << (2 * k));
+  }
+  const auto y = dequantize(GgmlType::Q6_K, block, 256);
+  for (int e = 0; e < 256; ++e)
+    REQUIRE_MESSAGE(y[e] == 0.25f * scales[e / 16] * static_cast<float>(code(e) - 32), "element " << e);
+  CHECK(y[0] == 0.25f * 1 * -32);  // code 0 is the most negative level
+}
+
+TEST_CASE("k-quants: round-trip error on gaussian data, zero and one-signed blocks") {
+  // Measured relative RMSE (|x - dequant(quant(x))| / |x|) of this quantizer on
+  // N(0, sigma) data, sigma 1 and 30: Q4_K 0.0718, Q5_K 0.0362, Q6_K 0.0173;
+  // at sigma 1e-3 the f16 super-block scale is subnormal and coarser: 0.0721,
+  // 0.0373, 0.0205. Near what the formats allow: rounding alone on an even
+  // grid over a Gaussian block's range costs about 0.08 (16 levels over 32
+  // values), 0.04 and 0.016 (64 levels over 16 values). Bounds: ~10% above.
+  struct Case {
+    GgmlType type;
+    double bound;
+  };
+  for (const Case c : {Case{GgmlType::Q4_K, 0.080}, Case{GgmlType::Q5_K, 0.041}, Case{GgmlType::Q6_K, 0.0225}}) {
+    const std::string name(type_traits(static_cast<uint32_t>(c.type))->name);
+    for (float sigma : {1e-3f, 1.0f, 30.0f}) {
+      CAPTURE(name);
+      CAPTURE(sigma);
+      const size_t n = 256 * 64;
+      const std::vector<float> x = gaussian_values(n, 17, sigma);
+      const auto back = dequantize(c.type, quantize(c.type, x), n);
+      const double rel = relative_rmse(x, back);
+      MESSAGE(name << " sigma " << sigma << ": relative RMSE " << rel);
+      CHECK(rel <= c.bound);
+    }
+    std::vector<float> special(256 * 3, 0.0f);  // block 0 all zero
+    for (size_t i = 256; i < 512; ++i) special[i] = 0.25f + 0.001f * float(i % 37);  // all positive
+    for (size_t i = 512; i < 768; ++i) special[i] = -0.5f - 0.002f * float(i % 41);  // all negative
+    const auto back = dequantize(c.type, quantize(c.type, special), special.size());
+    for (size_t i = 0; i < 256; ++i) REQUIRE(back[i] == 0.0f);
+    CHECK(relative_rmse({special.begin() + 256, special.end()}, {back.begin() + 256, back.end()}) < 0.01);
+  }
+  SUBCASE("inf and NaN do not crash; sizes are checked") {
+    std::vector<float> x = gaussian_values(256, 3, 1.0f);
+    x[7] = std::numeric_limits<float>::infinity();
+    x[8] = std::numeric_limits<float>::quiet_NaN();
+    for (GgmlType t : {GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::BF16}) CHECK_NOTHROW(quantize(t, x));
+    std::vector<float> short_row(288);
+    std::vector<uint8_t> out(210);
+    CHECK_THROWS_WITH_AS(quantize_row(GgmlType::Q6_K, short_row, out),
+                         doctest::Contains("Q6_K needs row lengths that are multiples of 256"), std::invalid_argument);
+  }
+}
+
+TEST_CASE("quantize: use_more_bits picks llama.cpp's layers") {
+  std::vector<int> picked;
+  for (int layer = 0; layer < 32; ++layer)
+    if (use_more_bits(layer, 32)) picked.push_back(layer);
+  // First 4, last 4, and every third layer between (4 + 2, 4 + 5, ...).
+  CHECK(picked == std::vector<int>{0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31});
+  CHECK(quantize_scheme("q4_k_m")->name == "Q4_K_M");
+  CHECK(quantize_scheme("Q5_K_M")->more_bits_mix);
+  CHECK_FALSE(quantize_scheme("Q6_K")->more_bits_mix);
+  CHECK_FALSE(quantize_scheme("Q4_K_S").has_value());
+}
+
+TEST_CASE("quantize_model: Q4_K_M and Q5_K_M mixes, with fallback for rows that are not multiples of 256") {
+  const auto dir = temp_dir();
+  SyntheticLlama s;
+  s.dim = 256;
+  s.ffn = 288;  // ffn_down rows of 288: no K-quant fits, as in stories15M
+  s.n_layer = 8;
+  const std::string src_path = (dir / "f32.gguf").string();
+  synthetic_llama_writer(s).write(src_path);
+  const GgufFile src = GgufFile::open(src_path);
+  for (const char* scheme_name : {"Q4_K_M", "Q5_K_M", "Q6_K"}) {
+    CAPTURE(scheme_name);
+    const QuantizeScheme scheme = *quantize_scheme(scheme_name);
+    const std::string out_path = (dir / (std::string(scheme_name) + ".gguf")).string();
+    const QuantizeResult r = quantize_model(src_path, out_path, scheme);
+    CHECK(r.n_quantized == 2 + 7 * 8);
+    CHECK(r.n_fallback == 8);  // the eight ffn_down
+    const GgufFile out = GgufFile::open(out_path);
+    CHECK(out.get_uint("general.file_type") == (scheme.name == "Q4_K_M" ? 15u : scheme.name == "Q5_K_M" ? 17u : 18u));
+    const GgmlType base = scheme.base;
+    const GgmlType more = scheme.more_bits_mix ? GgmlType::Q6_K : base;
+    CHECK(out.tensor("token_embd.weight").type == base);
+    CHECK(out.tensor("output.weight").type == more);
+    for (int layer = 0; layer < 8; ++layer) {
+      const std::string p = "blk." + std::to_string(layer) + ".";
+      CAPTURE(layer);
+      // 8 layers: the first eighth (0), the last (7), and (layer - 1) % 3 == 2: 3 and 6.
+      const bool more_bits = layer == 0 || layer == 3 || layer == 6 || layer == 7;
+      CHECK(use_more_bits(layer, 8) == more_bits);
+      CHECK(out.tensor(p + "attn_v.weight").type == (more_bits ? more : base));
+      CHECK(out.tensor(p + "attn_q.weight").type == base);
+      CHECK(out.tensor(p + "ffn_down.weight").type == GgmlType::Q8_0);  // fallback
+      CHECK(out.tensor(p + "attn_norm.weight").type == GgmlType::F32);
+    }
+    // Every matrix decodes close to its source (synthetic weights are uniform in ±0.5).
+    for (const GgufTensorInfo& t : out.tensors()) {
+      if (t.shape.size() != 2) continue;
+      CAPTURE(t.name);
+      const GgufTensorInfo& a = src.tensor(t.name);
+      std::vector<float> x(a.n_elements), y(t.n_elements);
+      std::memcpy(x.data(), a.data, a.n_bytes);
+      dequantize_row(t.type, {t.data, t.n_bytes}, y);
+      CHECK(relative_rmse(x, y) < (t.type == GgmlType::Q4_K ? 0.07 : 0.035));
+    }
   }
   std::filesystem::remove_all(dir);
 }

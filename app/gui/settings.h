@@ -1,0 +1,35 @@
+// What the window remembers between runs, in the person's config folder:
+// $XDG_CONFIG_HOME/kvscope/settings.json, else ~/.config/kvscope/settings.json.
+// Read at start (a missing file is the defaults; a broken one is reported
+// and replaced on exit), written on exit.
+#pragma once
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "models/sampler.h"
+
+namespace kvscope::gui {
+
+struct Settings {
+  std::vector<std::string> recent_models;  // most recent first, at most kMaxRecent
+  std::string last_model;
+  int device_index = -1;
+  SamplerConfig sampling{0.8f, 40, 0.95f, 0};
+  uint32_t tokens = 96;
+  std::string system_prompt;
+  std::vector<std::string> cache_specs;    // the sessions' specs ("f16", "q8 + h2o:budget=64")
+  int width = 1440, height = 900;
+
+  static constexpr size_t kMaxRecent = 8;
+  void add_recent_model(const std::string& path);
+};
+
+std::filesystem::path settings_path();
+// Throws std::runtime_error naming the file and what is wrong; a missing file
+// gives the defaults.
+Settings load_settings(const std::filesystem::path& path);
+// Creates the folder; throws std::runtime_error naming the file on failure.
+void save_settings(const Settings& settings, const std::filesystem::path& path);
+
+}  // namespace kvscope::gui

@@ -1,0 +1,289 @@
+// Synthetic GGUF models: real shapes, pseudo-random weights. A 1B model's
+// 1.2 billion values are generated and quantized in a few seconds: a
+// splitmix64 stream per row (so threads can split the rows and the bytes do
+// not depend on how many there are), rows quantized in parallel.
+#include "models/synthetic.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numbers>
+#include <stdexcept>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "models/hparams.h"
+#include "models/quantize.h"
+
+namespace kvscope {
+
+namespace {
+
+// splitmix64: a fast, well-mixed 64-bit generator (one add, two multiplies).
+struct SplitMix64 {
+  uint64_t state;
+  uint64_t next() {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+};
+
+// Uniform floats in [offset - scale, offset + scale), two per draw.
+void fill_uniform(std::span<float> out, SplitMix64& rng, float scale, float offset) {
+  constexpr float kUnit = 1.0f / float(1u << 24);  // 24 random bits -> [0, 1)
+  size_t i = 0;
+  for (; i + 1 < out.size(); i += 2) {
+    const uint64_t r = rng.next();
+    out[i] = offset + scale * (float(uint32_t(r) >> 8) * kUnit * 2.0f - 1.0f);
+    out[i + 1] = offset + scale * (float(uint32_t(r >> 32) >> 8) * kUnit * 2.0f - 1.0f);
+  }
+  if (i < out.size()) out[i] = offset + scale * (float(uint32_t(rng.next()) >> 8) * kUnit * 2.0f - 1.0f);
+}
+
+// How each weight matrix is stored under a type name: one type everywhere,
+// or llama.cpp's _M mixes (output and some attn_v / ffn_down in Q6_K).
+struct TypePlan {
+  GgmlType base = GgmlType::F32;
+  bool more_bits_mix = false;
+
+  GgmlType matrix_type(std::string_view name, int layer, int n_layers, uint64_t cols) const {
+    GgmlType t = base;
+    if (more_bits_mix) {
+      const bool more_bits_tensor = name.ends_with(".attn_v.weight") || name.ends_with(".ffn_down.weight");
+      if (name == "output.weight" || (more_bits_tensor && layer >= 0 && use_more_bits(layer, n_layers)))
+        t = GgmlType::Q6_K;
+    }
+    // Rows that are not whole super-blocks (Qwen 2.5 0.5B's 896) fall back to
+    // Q8_0, as `kvscope quantize` does.
+    const uint32_t block = type_traits(uint32_t(t))->block_elems;
+    if (cols % block != 0) t = cols % 32 == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+    return t;
+  }
+};
+
+TypePlan type_plan(const std::string& name) {
+  if (auto t = type_from_name(name); t && *t == GgmlType::F32) return {GgmlType::F32, false};
+  if (auto scheme = quantize_scheme(name)) return {scheme->base, scheme->more_bits_mix};
+  throw std::invalid_argument(fmt::format("synthetic model: weight type '{}' is not one of F32 {}", name,
+                                          quantize_scheme_list()));
+}
+
+class Builder {
+ public:
+  Builder(GgufWriter& writer, const SyntheticSpec& spec)
+      : writer_(writer), spec_(spec), plan_(type_plan(spec.type)),
+        threads_(spec.threads ? spec.threads : std::max(1u, std::thread::hardware_concurrency())) {}
+
+  // A vector of f32 values (norms, biases): uniform in offset +- scale.
+  void add_vector(const std::string& name, uint64_t n, float scale, float offset) {
+    SplitMix64 rng{row_seed(0)};
+    std::vector<float> v(n);
+    fill_uniform(v, rng, scale, offset);
+    add_f32(name, v);
+  }
+  void add_f32(const std::string& name, std::span<const float> v) {
+    ++tensor_index_;
+    writer_.add_tensor(name, GgmlType::F32, {v.size()},
+                       {reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)});
+  }
+
+  // A rows x cols matrix (cols contiguous, GGUF shape {cols, rows}), values
+  // uniform in +-sqrt(3 / cols): unit variance in, unit variance out.
+  void add_matrix(const std::string& name, uint64_t rows, uint64_t cols, int layer) {
+    ++tensor_index_;
+    const GgmlType type = plan_.matrix_type(name, layer, int(spec_.n_layer), cols);
+    const float scale = std::sqrt(3.0f / float(cols));
+    const size_t out_row = row_bytes(type, cols);
+    std::vector<uint8_t> bytes(rows * out_row);
+    const uint64_t drawn = spec_.distinct_rows ? std::min<uint64_t>(rows, spec_.distinct_rows) : rows;
+    auto work = [&](uint64_t first, uint64_t last) {
+      std::vector<float> row(cols);
+      for (uint64_t r = first; r < last; ++r) {
+        SplitMix64 rng{row_seed(r)};
+        fill_uniform(row, rng, scale, 0.0f);
+        if (type == GgmlType::F32)
+          std::memcpy(bytes.data() + r * out_row, row.data(), out_row);
+        else
+          quantize_row(type, row, {bytes.data() + r * out_row, out_row});
+      }
+    };
+    const uint64_t n_threads = std::min<uint64_t>(threads_, std::max<uint64_t>(1, drawn / 64));
+    if (n_threads <= 1) {
+      work(0, drawn);
+    } else {
+      std::vector<std::jthread> pool;
+      for (uint64_t t = 0; t < n_threads; ++t)
+        pool.emplace_back(work, drawn * t / n_threads, drawn * (t + 1) / n_threads);
+    }
+    for (uint64_t r = drawn; r < rows; ++r) {  // distinct_rows: copies of drawn rows
+      SplitMix64 pick{row_seed(r)};
+      std::memcpy(bytes.data() + r * out_row, bytes.data() + pick.next() % drawn * out_row, out_row);
+    }
+    writer_.add_tensor(name, type, {cols, rows}, bytes);
+  }
+
+ private:
+  uint64_t row_seed(uint64_t row) const {
+    SplitMix64 mix{spec_.seed * 0x100000001b3ull ^ (uint64_t(tensor_index_) << 40) ^ row};
+    return mix.next();
+  }
+
+  GgufWriter& writer_;
+  const SyntheticSpec& spec_;
+  TypePlan plan_;
+  unsigned threads_;
+  uint32_t tensor_index_ = 0;
+};
+
+void check_spec(const SyntheticSpec& s) {
+  if (s.arch != "llama" && s.arch != "qwen2")
+    throw std::invalid_argument(fmt::format("synthetic model: architecture '{}' is not one of {}", s.arch,
+                                            supported_architectures_list()));
+  if (s.n_head == 0 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0)
+    throw std::invalid_argument(fmt::format("synthetic model: {} heads cannot share {} kv heads", s.n_head, s.n_kv_head));
+  if (s.head_dim == 0 || s.head_dim % 2 != 0)
+    throw std::invalid_argument(fmt::format("synthetic model: head size {} must be even", s.head_dim));
+}
+
+}  // namespace
+
+std::vector<float> llama3_rope_freqs(uint32_t rope_dim, float theta, float scale, uint32_t original_context) {
+  // Llama 3.1's published scaling (low_freq_factor 1, high_freq_factor 4):
+  // a pair whose wavelength is short against the original context keeps its
+  // frequency, a long one is slowed by `scale`, those between are blended.
+  constexpr double kLowFreqFactor = 1.0, kHighFreqFactor = 4.0;
+  const double low_freq_wavelen = original_context / kLowFreqFactor;
+  const double high_freq_wavelen = original_context / kHighFreqFactor;
+  std::vector<float> factors(rope_dim / 2);
+  for (uint32_t i = 0; i < rope_dim / 2; ++i) {
+    const double freq = std::pow(double(theta), -2.0 * i / rope_dim);
+    const double wavelen = 2.0 * std::numbers::pi / freq;
+    if (wavelen < high_freq_wavelen) {
+      factors[i] = 1.0f;
+    } else if (wavelen > low_freq_wavelen) {
+      factors[i] = scale;
+    } else {
+      const double smooth = (original_context / wavelen - kLowFreqFactor) / (kHighFreqFactor - kLowFreqFactor);
+      factors[i] = float(1.0 / ((1.0 - smooth) / scale + smooth));
+    }
+  }
+  return factors;
+}
+
+SyntheticSpec synthetic_preset(std::string_view name) {
+  SyntheticSpec s;
+  s.name = std::string(name);
+  if (name == "llama-1b") {  // Llama 3.2 1B
+    s.arch = "llama";
+    s.dim = 2048, s.n_layer = 16, s.n_head = 32, s.n_kv_head = 8, s.head_dim = 64, s.ffn_dim = 8192;
+    s.n_vocab = 128256, s.n_ctx = 131072, s.rope_theta = 500000.0f, s.rope_freqs = true, s.tied_output = true;
+  } else if (name == "qwen-0.5b") {  // Qwen 2.5 0.5B
+    s.arch = "qwen2";
+    s.dim = 896, s.n_layer = 24, s.n_head = 14, s.n_kv_head = 2, s.head_dim = 64, s.ffn_dim = 4864;
+    s.n_vocab = 151936, s.n_ctx = 32768, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.qkv_bias = true;
+    s.tied_output = true;
+  } else if (name == "tiny-llama3") {  // Llama 3's traits at test size: GQA 4:1, rope_freqs, theta 500000
+    s.arch = "llama";
+    s.dim = 128, s.n_layer = 2, s.n_head = 8, s.n_kv_head = 2, s.head_dim = 16, s.ffn_dim = 320;
+    s.n_vocab = 512, s.rope_theta = 500000.0f, s.rope_freqs = true, s.tied_output = true;
+  } else if (name == "tiny-qwen2") {  // Qwen 2's traits: biases, NeoX RoPE, theta 1e6, GQA 7:1
+    s.arch = "qwen2";
+    s.dim = 224, s.n_layer = 2, s.n_head = 7, s.n_kv_head = 1, s.head_dim = 32, s.ffn_dim = 256;
+    s.n_vocab = 384, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.qkv_bias = true, s.tied_output = true;
+  } else if (name == "tiny-head48") {  // a head size that is not a power of two, untied output
+    s.arch = "llama";
+    s.dim = 192, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 48, s.ffn_dim = 288;
+    s.n_vocab = 300, s.tied_output = false;
+  } else {
+    throw std::invalid_argument(fmt::format("synthetic model '{}' is not one of: {}", name, synthetic_preset_list()));
+  }
+  return s;
+}
+
+std::string synthetic_preset_list() { return "llama-1b qwen-0.5b tiny-llama3 tiny-qwen2 tiny-head48"; }
+
+void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
+  check_spec(s);
+  const std::string& a = s.arch;  // every hyperparameter key is prefixed with the architecture
+  w.set_string("general.architecture", a);
+  w.set_string("general.name", s.name);
+  w.set_uint32(a + ".embedding_length", s.dim);
+  w.set_uint32(a + ".block_count", s.n_layer);
+  w.set_uint32(a + ".attention.head_count", s.n_head);
+  w.set_uint32(a + ".attention.head_count_kv", s.n_kv_head);
+  w.set_uint32(a + ".attention.key_length", s.head_dim);
+  w.set_uint32(a + ".attention.value_length", s.head_dim);
+  w.set_uint32(a + ".rope.dimension_count", s.head_dim);
+  w.set_uint32(a + ".feed_forward_length", s.ffn_dim);
+  w.set_uint32(a + ".context_length", s.n_ctx);
+  w.set_float32(a + ".attention.layer_norm_rms_epsilon", s.norm_eps);
+  w.set_float32(a + ".rope.freq_base", s.rope_theta);
+
+  Builder b(w, s);
+  const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
+  // The embedding at the matrices' scale too: tied logits (rows . normed x)
+  // come out with unit variance, and the first rmsnorm rescales its rows.
+  b.add_matrix("token_embd.weight", s.n_vocab, dim, -1);
+  b.add_vector("output_norm.weight", dim, 0.1f, 1.0f);
+  if (!s.tied_output) b.add_matrix("output.weight", s.n_vocab, dim, -1);
+  if (s.rope_freqs) b.add_f32("rope_freqs.weight", llama3_rope_freqs(s.head_dim, s.rope_theta));
+  for (uint32_t l = 0; l < s.n_layer; ++l) {
+    const int layer = int(l);
+    b.add_vector(layer_tensor(l, "attn_norm.weight"), dim, 0.1f, 1.0f);
+    b.add_matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer);
+    b.add_matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer);
+    b.add_matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer);
+    if (s.qkv_bias) {
+      b.add_vector(layer_tensor(l, "attn_q.bias"), q_dim, 0.5f, 0.0f);
+      b.add_vector(layer_tensor(l, "attn_k.bias"), kv_dim, 0.5f, 0.0f);
+      b.add_vector(layer_tensor(l, "attn_v.bias"), kv_dim, 0.5f, 0.0f);
+    }
+    b.add_matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer);
+    b.add_vector(layer_tensor(l, "ffn_norm.weight"), dim, 0.1f, 1.0f);
+    b.add_matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer);
+    b.add_matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
+    b.add_matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer);
+  }
+}
+
+std::vector<uint8_t> synthetic_gguf(const SyntheticSpec& spec) {
+  GgufWriter writer;
+  add_synthetic_model(writer, spec);
+  return writer.to_bytes();
+}
+
+uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
+  const TypePlan plan = type_plan(s.type);
+  const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
+  auto matrix = [&](const std::string& name, uint64_t rows, uint64_t cols, int layer) {
+    return rows * row_bytes(plan.matrix_type(name, layer, int(s.n_layer), cols), cols);
+  };
+  uint64_t total = matrix("token_embd.weight", s.n_vocab, dim, -1) + 4 * dim;
+  if (!s.tied_output) total += matrix("output.weight", s.n_vocab, dim, -1);
+  if (s.rope_freqs) total += 4 * (s.head_dim / 2);
+  for (uint32_t l = 0; l < s.n_layer; ++l) {
+    const int layer = int(l);
+    total += matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer) +
+             matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer) +
+             matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer) +
+             matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer) +
+             matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer) +
+             matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer) +
+             matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer) + 4 * 2 * dim +
+             (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0);
+  }
+  return total;
+}
+
+uint64_t synthetic_parameter_count(const SyntheticSpec& s) {
+  const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
+  const uint64_t per_layer = 2 * dim + dim * (q_dim + 2 * kv_dim) + (s.qkv_bias ? q_dim + 2 * kv_dim : 0) +
+                             q_dim * dim + 3 * dim * s.ffn_dim;
+  return uint64_t{s.n_vocab} * dim * (s.tied_output ? 1 : 2) + dim + (s.rope_freqs ? s.head_dim / 2 : 0) +
+         s.n_layer * per_layer;
+}
+
+}  // namespace kvscope

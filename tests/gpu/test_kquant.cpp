@@ -1,0 +1,517 @@
+// BF16 and the K-quants (Q4_K Q5_K Q6_K) on the GPU: matvec (every code
+// path: rows shared by invocations, whole rows per invocation), matmul (tiles
+// and rows per invocation) and embed, against the CPU dequantizer
+// (models/ggml_kquants.cpp) and a dot product in f64. Weights come two ways:
+// quantized from random floats, and blocks of random bytes (every bit pattern
+// a file written by llama.cpp may hold, negative Q6_K scales and all).
+//
+// [SECTION] helpers
+// [SECTION] embed
+// [SECTION] matvec, matmul
+// [SECTION] the forward pass on a Q4_K_M model
+// [SECTION] decode speed (skipped by default)
+#include <doctest/doctest.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "app/core/session.h"
+#include "gpu/buffer.h"
+#include "gpu/context.h"
+#include "gpu/pipeline.h"
+#include "gpu/recorder.h"
+#include "models/ggml_types.h"
+#include "models/gpu_layout.h"
+#include "models/quantize.h"
+#include "models/reference.h"
+#include "shaders/common/params.h"
+#include "tests/test_util.h"
+
+using namespace kvscope;
+namespace params = kvscope::params;
+using shaders::Id;
+
+namespace {
+
+// ---------------------------------------------------------------- [SECTION] helpers
+
+// The GPU dequantizes the very codes the CPU does, in f32; the reference sums
+// in f64. The difference is f32 rounding of ~n products and partial sums
+// (~sqrt(n) * 2^-24 relative, NMSE ~1e-13 for n = 768); 1e-9 leaves room
+// while one wrong element among 256 gives NMSE ~1e-3.
+constexpr double kSumOrderBound = 1e-9;
+// Embed: the same products (d * scale) * q - dmin * min on both sides; the
+// device may fuse the multiply-add (one rounding instead of two): ~1e-16.
+constexpr double kEmbedBound = 1e-13;
+
+constexpr size_t kGuardFloats = 64;
+constexpr uint32_t kSentinelBits = 0x7fc0beefu;  // a NaN no shader produces
+constexpr uint32_t kWeightTexels0 = 1u << 0, kWeightTexels1 = 1u << 1;
+
+const GgmlType kTypes[] = {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+gpu::Context& context() {
+  static gpu::Context ctx = [] {
+    setenv("KVSCOPE_VALIDATION", "1", /*overwrite=*/0);
+    gpu::ContextOptions options;
+    options.validation = true;
+    return gpu::Context(options);
+  }();
+  return ctx;
+}
+
+std::vector<uint32_t> workgroup_sizes() {
+  const uint32_t subgroup = std::max(8u, context().subgroup_size());
+  std::vector<uint32_t> sizes{subgroup};
+  if (subgroup != 64) sizes.push_back(64);
+  return sizes;
+}
+
+std::string type_name(GgmlType t) { return std::string(type_traits(static_cast<uint32_t>(t))->name); }
+
+Id embed_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::BF16: return Id::embed_bf16;
+    case GgmlType::Q4_K: return Id::embed_q4_k;
+    case GgmlType::Q5_K: return Id::embed_q5_k;
+    default: return Id::embed_q6_k;
+  }
+}
+Id matvec_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::BF16: return Id::matvec_bf16;
+    case GgmlType::Q4_K: return Id::matvec_q4_k;
+    case GgmlType::Q5_K: return Id::matvec_q5_k;
+    default: return Id::matvec_q6_k;
+  }
+}
+Id matmul_id(GgmlType t) {
+  switch (t) {
+    case GgmlType::BF16: return Id::matmul_bf16;
+    case GgmlType::Q4_K: return Id::matmul_q4_k;
+    case GgmlType::Q5_K: return Id::matmul_q5_k;
+    default: return Id::matmul_q6_k;
+  }
+}
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+template <class T>
+gpu::Buffer upload(const std::vector<T>& data, const char* label) {
+  gpu::Buffer buffer(context(), std::max<uint64_t>(data.size() * sizeof(T), 16), gpu::MemoryUse::Device, label);
+  if (!data.empty()) buffer.write_as<T>(std::span<const T>(data));
+  return buffer;
+}
+
+// An f32 buffer of n values followed by kGuardFloats sentinels the shader must not touch.
+struct GuardedOutput {
+  size_t n;
+  gpu::Buffer buffer;
+  explicit GuardedOutput(size_t n, std::span<const float> initial = {})
+      : n(n), buffer(context(), (n + kGuardFloats) * 4, gpu::MemoryUse::Device, "guarded output") {
+    std::vector<uint32_t> words(n + kGuardFloats, kSentinelBits);
+    if (!initial.empty()) std::memcpy(words.data(), initial.data(), n * 4);
+    buffer.write_as<uint32_t>(std::span<const uint32_t>(words));
+  }
+  std::vector<float> read(const std::string& what) const {
+    std::vector<uint32_t> words(n + kGuardFloats);
+    buffer.read_as<uint32_t>(std::span<uint32_t>(words));
+    for (size_t i = n; i < words.size(); ++i) {
+      if (words[i] != kSentinelBits) {
+        FAIL_CHECK(fmt::format("{}: guard word {} after the {} outputs was overwritten", what, i - n, n));
+        break;
+      }
+    }
+    std::vector<float> values(n);
+    std::memcpy(values.data(), words.data(), n * 4);
+    return values;
+  }
+};
+
+// NaN/inf first, then the normalized MSE against `bound`, naming the worst index.
+void check_close(std::span<const float> gpu, std::span<const double> cpu, double bound, const std::string& what) {
+  REQUIRE(gpu.size() == cpu.size());
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    if (!std::isfinite(gpu[i]) && std::isfinite(cpu[i])) {
+      FAIL_CHECK(fmt::format("{}: non-finite {} at index {} (cpu {})", what, gpu[i], i, cpu[i]));
+      return;
+    }
+  }
+  double err = 0, norm = 0, worst_err = -1;
+  size_t worst = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    const double d = double(gpu[i]) - cpu[i];
+    err += d * d;
+    norm += cpu[i] * cpu[i];
+    if (d * d > worst_err) worst_err = d * d, worst = i;
+  }
+  const double nmse = norm > 0 ? err / norm : err;
+  CHECK_MESSAGE(nmse <= bound, fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}", what,
+                                           nmse, bound, worst, gpu[worst], cpu[worst]));
+}
+
+void check_no_validation_messages() {
+  if (!context().validation_enabled())
+    MESSAGE("VK_LAYER_KHRONOS_validation is not installed: API misuse goes unchecked");
+  CHECK(context().validation_messages() == 0);
+}
+
+// Super-blocks of random bytes with super-scales set to modest f16 values, so
+// every code, 6-bit scale/min and int8 scale pattern occurs.
+std::vector<uint8_t> random_blocks(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed) {
+  std::vector<uint8_t> bytes(rows * row_bytes(type, cols));
+  std::mt19937 rng(seed);
+  for (uint8_t& b : bytes) b = static_cast<uint8_t>(rng());
+  const size_t block_bytes = type_traits(static_cast<uint32_t>(type))->block_bytes;
+  std::uniform_real_distribution<float> scale(0.001f, 0.05f);
+  for (size_t at = 0; at < bytes.size(); at += block_bytes) {
+    auto put = [&](size_t offset, float v) {
+      const uint16_t h = f32_to_f16(v);
+      std::memcpy(bytes.data() + at + offset, &h, 2);
+    };
+    if (type == GgmlType::Q6_K) {
+      put(208, scale(rng) * (rng() & 1 ? 1.0f : -1.0f));
+    } else {
+      put(0, scale(rng));  // d
+      put(2, scale(rng));  // dmin
+    }
+  }
+  return bytes;
+}
+
+// A rows x cols matrix as GGUF stores it (`gguf`), its values as the CPU
+// dequantizes them, and its GPU image.
+struct TestWeight {
+  GgmlType type;
+  uint64_t rows, cols;
+  std::vector<uint8_t> gguf;
+  std::vector<float> values;  // dequantized, rows x cols
+  GpuWeight gpu;
+  gpu::Buffer value_buffer, scale_buffer;
+
+  TestWeight(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed, bool random_bytes)
+      : type(type), rows(rows), cols(cols) {
+    const size_t bytes_per_row = row_bytes(type, cols);
+    if (random_bytes && type != GgmlType::BF16) {
+      gguf = random_blocks(type, rows, cols, seed);
+    } else {
+      const std::vector<float> f = random_floats(rows * cols, seed);
+      gguf.resize(rows * bytes_per_row);
+      for (uint64_t r = 0; r < rows; ++r)
+        quantize_row(type, std::span(f).subspan(r * cols, cols), std::span(gguf).subspan(r * bytes_per_row, bytes_per_row));
+    }
+    values.resize(rows * cols);
+    for (uint64_t r = 0; r < rows; ++r)
+      dequantize_row(type, std::span<const uint8_t>(gguf).subspan(r * bytes_per_row, bytes_per_row),
+                     std::span(values).subspan(r * cols, cols));
+    gpu = repack_for_gpu(type, gguf.data(), rows, cols);
+    value_buffer = upload(gpu.values, "weight values");
+    scale_buffer = upload(gpu.scales, "weight scales");  // 16 bytes of zeros when unused
+  }
+  gpu::Binding value_rows(uint64_t first, uint64_t count) const {
+    return {value_buffer, first * gpu.value_row_bytes(), count * gpu.value_row_bytes()};
+  }
+  gpu::Binding scale_rows(uint64_t first, uint64_t count) const {
+    if (gpu.scale_row_bytes() == 0) return {scale_buffer};
+    return {scale_buffer, first * gpu.scale_row_bytes(), count * gpu.scale_row_bytes()};
+  }
+  // A row near the middle where a second chunk's offsets meet the device's
+  // alignments; 0 when there is none.
+  uint64_t chunk_split_row() const {
+    const uint64_t value_align = std::max<uint64_t>(1, context().properties().limits.minTexelBufferOffsetAlignment);
+    const uint64_t scale_align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
+    uint64_t step = 1;
+    while ((step * gpu.value_row_bytes()) % value_align != 0 || (step * gpu.scale_row_bytes()) % scale_align != 0)
+      ++step;
+    const uint64_t split = std::max<uint64_t>(step, rows / 2 / step * step);
+    return split < rows ? split : 0;
+  }
+};
+
+struct RowChunk {
+  uint64_t first, count;
+};
+std::vector<RowChunk> chunks_of(const TestWeight& w, bool split) {
+  const uint64_t at = split ? w.chunk_split_row() : 0;
+  if (at == 0) return {{0, w.rows}};
+  return {{0, at}, {at, w.rows - at}};
+}
+
+struct Shape {
+  uint64_t rows, cols;
+};
+// K-quants need cols % 256 == 0 (one, two and three super-blocks); BF16 also
+// takes odd shapes.
+std::vector<Shape> shapes(GgmlType t) {
+  std::vector<Shape> s{{1, 256}, {7, 512}, {33, 768}, {300, 256}};
+  if (t == GgmlType::BF16) s.insert(s.end(), {{5, 7}, {13, 11}, {288, 288}});
+  return s;
+}
+
+// ---------------------------------------------------------------- [SECTION] embed
+
+TEST_CASE("kquant embed: BF16 Q4_K Q5_K Q6_K rows, whole and chunked tables") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (GgmlType type : kTypes) {
+      gpu::Pipeline pipe(context(), {embed_id(type), 4, sizeof(params::EmbedParams), {wg}, kWeightTexels1});
+      for (uint64_t dim : {256u, 768u}) {
+        for (bool random_bytes : {false, true}) {
+          const uint64_t n_vocab = 300;
+          TestWeight table(type, n_vocab, dim, uint32_t(17 + dim), random_bytes);
+          const std::vector<int32_t> ids{0, 299, 5, 150, 5, 151, 42};
+          gpu::Buffer id_buffer = upload(ids, "token ids");
+          for (bool split : {false, true}) {
+            const std::string what = fmt::format("embed {} dim {} wg {}{}{}", type_name(type), dim, wg,
+                                                 random_bytes ? " random blocks" : "", split ? " chunked" : "");
+            GuardedOutput out(ids.size() * dim);
+            gpu::Recorder rec(context());
+            rec.begin();
+            for (RowChunk chunk : chunks_of(table, split)) {
+              params::EmbedParams p{uint32_t(ids.size()), uint32_t(dim), uint32_t(chunk.count), uint32_t(chunk.first)};
+              rec.dispatch(pipe,
+                           {id_buffer, table.value_rows(chunk.first, chunk.count),
+                            table.scale_rows(chunk.first, chunk.count), out.buffer},
+                           p, uint32_t(ids.size()));
+            }
+            rec.submit_and_wait();
+            std::vector<double> expected(ids.size() * dim);
+            for (size_t t = 0; t < ids.size(); ++t)
+              for (uint64_t d = 0; d < dim; ++d) expected[t * dim + d] = table.values[ids[t] * dim + d];
+            check_close(out.read(what), expected, kEmbedBound, what);
+          }
+        }
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+// ---------------------------------------------------------------- [SECTION] matvec, matmul
+
+// Runs matvec or matmul over `w` in one or two row chunks and checks y
+// against the f64 product; the slack around the output rows must stay as it was.
+void check_product(gpu::Pipeline& pipe, bool is_matmul, uint32_t groups_per_tile, uint32_t tokens_per_tile,
+                   const TestWeight& w, uint32_t n_vec, bool accumulate, bool split, const std::string& what) {
+  const uint32_t row_offset = 3, slack = 2;
+  const uint32_t y_stride = row_offset + uint32_t(w.rows) + slack;
+  const std::vector<float> x = random_floats(size_t(n_vec) * w.cols, uint32_t(w.rows * 31 + w.cols + n_vec));
+  const std::vector<float> y_initial = random_floats(size_t(n_vec) * y_stride, 99);
+  gpu::Buffer x_buffer = upload(x, "x");
+  GuardedOutput y(size_t(n_vec) * y_stride, y_initial);
+  gpu::Recorder rec(context());
+  rec.begin();
+  for (RowChunk chunk : chunks_of(w, split)) {
+    const uint32_t rows = uint32_t(chunk.count), first = uint32_t(chunk.first);
+    std::initializer_list<gpu::Binding> bindings{w.value_rows(first, rows), w.scale_rows(first, rows), x_buffer,
+                                                 y.buffer};
+    if (is_matmul) {
+      params::MatMulParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
+      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), gpu::ceil_div(n_vec, tokens_per_tile));
+    } else {
+      params::MatVecParams p{rows, uint32_t(w.cols), n_vec, y_stride, row_offset + first, accumulate ? 1u : 0u};
+      rec.dispatch(pipe, bindings, p, gpu::ceil_div(rows, groups_per_tile), n_vec);
+    }
+  }
+  rec.submit_and_wait();
+  std::vector<double> expected(y_initial.begin(), y_initial.end());
+  for (uint32_t v = 0; v < n_vec; ++v) {
+    for (uint64_t r = 0; r < w.rows; ++r) {
+      double sum = 0;
+      for (uint64_t c = 0; c < w.cols; ++c) sum += double(w.values[r * w.cols + c]) * x[v * w.cols + c];
+      double& dst = expected[v * y_stride + row_offset + r];
+      dst = accumulate ? double(y_initial[v * y_stride + row_offset + r]) + sum : sum;
+    }
+  }
+  const std::vector<float> got = y.read(what);
+  for (uint32_t v = 0; v < n_vec; ++v) {
+    for (uint32_t c = 0; c < y_stride; ++c) {
+      if (c >= row_offset && c < row_offset + w.rows) continue;
+      const size_t i = size_t(v) * y_stride + c;
+      if (std::memcmp(&got[i], &y_initial[i], 4) != 0) {
+        FAIL_CHECK(fmt::format("{}: y[{}][{}] outside the output rows was changed", what, v, c));
+        return;
+      }
+    }
+  }
+  check_close(got, expected, kSumOrderBound, what);
+}
+
+TEST_CASE("kquant matvec: BF16 Q4_K Q5_K Q6_K, shared and whole rows, chunked, accumulate") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (GgmlType type : kTypes) {
+      for (uint32_t rows_per_group : {1u, 4u, wg, wg * KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION}) {
+        gpu::Pipeline pipe(context(),
+                           {matvec_id(type), 4, sizeof(params::MatVecParams), {wg, rows_per_group}, kWeightTexels0});
+        for (Shape s : shapes(type)) {
+          for (uint32_t n_vec : {1u, 2u}) {
+            const bool accumulate = n_vec == 2, split = n_vec == 2, random_bytes = n_vec == 2;
+            TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols), random_bytes);
+            const std::string what = fmt::format("matvec {} {}x{} n_vec {} wg {} rows/group {}{}{}", type_name(type),
+                                                 s.rows, s.cols, n_vec, wg, rows_per_group,
+                                                 random_bytes ? " random blocks" : "", split ? " chunked" : "");
+            check_product(pipe, false, rows_per_group, 1, w, n_vec, accumulate, split, what);
+          }
+        }
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+TEST_CASE("kquant matmul: BF16 Q4_K Q5_K Q6_K, tiles and rows per invocation, chunked, accumulate") {
+  for (uint32_t wg : workgroup_sizes()) {
+    for (GgmlType type : kTypes) {
+      for (uint32_t row_per_invocation : {0u, 1u}) {
+        const uint32_t rows_per_group = row_per_invocation ? wg : KVSCOPE_MATMUL_TILE_ROWS;
+        const uint32_t tokens_per_tile = row_per_invocation ? KVSCOPE_MATMUL_CPU_TOKENS : wg / 2;
+        gpu::Pipeline pipe(context(), {matmul_id(type), 4, sizeof(params::MatMulParams), {wg, row_per_invocation},
+                                       kWeightTexels0});
+        for (Shape s : shapes(type)) {
+          for (uint32_t n_tokens : {2u, 17u}) {
+            const bool accumulate = n_tokens % 2 == 1, split = n_tokens == 17, random_bytes = n_tokens == 2;
+            TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols), random_bytes);
+            const std::string what = fmt::format("matmul {} {}x{} tokens {} wg {} row/invocation {}{}{}{}",
+                                                 type_name(type), s.rows, s.cols, n_tokens, wg, row_per_invocation,
+                                                 accumulate ? " accumulate" : "", random_bytes ? " random blocks" : "",
+                                                 split ? " chunked" : "");
+            check_product(pipe, true, rows_per_group, tokens_per_tile, w, n_tokens, accumulate, split, what);
+          }
+        }
+      }
+    }
+  }
+  check_no_validation_messages();
+}
+
+// ---------------------------------------------------------------- [SECTION] the forward pass on a Q4_K_M model
+
+// stories15M has dim 288: only ffn_down (rows of 768) takes K-quants, Q4_K or
+// Q6_K by layer; the rest falls back to Q8_0. So one model mixes three weight
+// types, and the GPU must pick each tensor's shaders. Held to the CPU
+// reference on the same file (same dequantized weights), prefill and decode.
+TEST_CASE("kquant e2e: a Q4_K_M stories15M matches the CPU reference, prefill and decode") {
+  test::TempDir dir;
+  const std::string path = dir.file("stories15M-q4_k_m.gguf");
+  const QuantizeResult q = quantize_model(test::model_path(), path, *quantize_scheme("Q4_K_M"));
+  CHECK(q.n_fallback == 37);  // 43 matrices, 6 ffn_down fit
+  {
+    const GgufFile file = GgufFile::open(path);
+    CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q4_K);
+    CHECK(file.tensor("blk.2.ffn_down.weight").type == GgmlType::Q6_K);  // use_more_bits(2, 6)
+    CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q8_0);
+  }
+  EngineOptions options;
+  options.model_path = path;
+  Engine engine(options);
+  reference::Model ref(engine.file(), 64);
+  kv::CacheConfig cc;
+  cc.k_format = cc.v_format = kv::Format::F32;
+  const std::vector<int32_t> ids = engine.tokenizer().encode("Lily and Ben went to the park.", true);
+  const size_t n_vocab = engine.config().n_vocab;
+
+  Session prefill(engine, cc);
+  const std::vector<float> all = prefill.logits_all(ids);  // matmul
+  Session decode(engine, cc);
+  float worst_prefill = 0, worst_decode = 0;
+  for (size_t p = 0; p < ids.size(); ++p) {
+    const int32_t pos = static_cast<int32_t>(p);
+    const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);  // matvec
+    const std::vector<float>& cpu = ref.forward(ids[p], pos);
+    for (size_t i = 0; i < n_vocab; ++i) {
+      worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
+      worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
+    }
+  }
+  MESSAGE("Q4_K_M worst |GPU - CPU| logit over " << ids.size() << " tokens: prefill " << worst_prefill << ", decode "
+                                                 << worst_decode);
+  // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
+  CHECK(worst_prefill < 2e-3f);
+  CHECK(worst_decode < 2e-3f);
+}
+
+// ---------------------------------------------------------------- [SECTION] decode speed
+
+// Weight bytes read per second by matvec over a 2048 x 2048 matrix, and
+// matmul over 32 tokens, as the forward pass dispatches them on this device.
+// Run with --no-skip.
+TEST_CASE("kquant bench: matvec weight throughput per type" * doctest::skip()) {
+  const uint32_t wg = std::max(8u, context().subgroup_size());
+  const bool cpu_device = context().info().type == "cpu";
+  const uint32_t rows_per_group = cpu_device ? wg * KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION
+                                             : std::min<uint32_t>(wg, KVSCOPE_MATVEC_ROWS_PER_GROUP);
+  const uint64_t rows = 2048, cols = 2048;
+  const Id ids[] = {Id::matvec_f32, Id::matvec_f16, Id::matvec_bf16, Id::matvec_q8_0,
+                    Id::matvec_q4_0, Id::matvec_q4_k, Id::matvec_q5_k, Id::matvec_q6_k};
+  const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
+                            GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+  const std::vector<float> x = random_floats(cols, 3);
+  gpu::Buffer x_buffer = upload(x, "x");
+  gpu::Buffer y_buffer(context(), rows * 4, gpu::MemoryUse::Device, "y");
+  for (size_t i = 0; i < std::size(types); ++i) {
+    TestWeight w(types[i], rows, cols, 5, false);
+    gpu::Pipeline pipe(context(), {ids[i], 4, sizeof(params::MatVecParams), {wg, rows_per_group}, kWeightTexels0});
+    const int reps = 20;
+    auto run = [&] {
+      gpu::Recorder rec(context());
+      rec.begin();
+      for (int r = 0; r < reps; ++r) {
+        params::MatVecParams p{uint32_t(rows), uint32_t(cols), 1, uint32_t(rows), 0, 0};
+        rec.dispatch(pipe, {w.value_rows(0, rows), w.scale_rows(0, rows), x_buffer, y_buffer}, p,
+                     gpu::ceil_div(rows, rows_per_group), 1);
+      }
+      rec.submit_and_wait();
+    };
+    run();  // warm-up
+    double seconds = 1e30;  // the best of 5: other processes share the device's cores
+    for (int trial = 0; trial < 5; ++trial) {
+      const auto start = std::chrono::steady_clock::now();
+      run();
+      seconds = std::min(seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps);
+    }
+    const double bytes = double(row_bytes(types[i], cols)) * rows;
+    MESSAGE(fmt::format("matvec {:<5} {}x{}: {:7.3f} ms, {:6.2f} GB/s of weights, {:6.2f} G weights/s",
+                        type_name(types[i]), rows, cols, seconds * 1e3, bytes / seconds / 1e9,
+                        double(rows * cols) / seconds / 1e9));
+
+    // The prefill shader over 32 tokens, as the forward pass dispatches it.
+    const uint32_t n_tokens = 32;
+    const std::vector<float> xs = random_floats(n_tokens * cols, 4);
+    gpu::Buffer xs_buffer = upload(xs, "x tokens");
+    gpu::Buffer ys_buffer(context(), n_tokens * rows * 4, gpu::MemoryUse::Device, "y tokens");
+    const Id matmul_ids[] = {Id::matmul_f32, Id::matmul_f16, Id::matmul_bf16, Id::matmul_q8_0,
+                             Id::matmul_q4_0, Id::matmul_q4_k, Id::matmul_q5_k, Id::matmul_q6_k};
+    const uint32_t row_per_invocation = cpu_device ? 1u : 0u;
+    gpu::Pipeline mm(context(), {matmul_ids[i], 4, sizeof(params::MatMulParams), {wg, row_per_invocation}, kWeightTexels0});
+    const uint32_t gx = row_per_invocation ? gpu::ceil_div(rows, wg) : gpu::ceil_div(rows, KVSCOPE_MATMUL_TILE_ROWS);
+    const uint32_t gy = row_per_invocation ? gpu::ceil_div(n_tokens, KVSCOPE_MATMUL_CPU_TOKENS) : gpu::ceil_div(n_tokens, wg / 2);
+    double mm_seconds = 1e30;
+    for (int trial = 0; trial < 3; ++trial) {
+      gpu::Recorder rec(context());
+      rec.begin();
+      params::MatMulParams p{uint32_t(rows), uint32_t(cols), n_tokens, uint32_t(rows), 0, 0};
+      rec.dispatch(mm, {w.value_rows(0, rows), w.scale_rows(0, rows), xs_buffer, ys_buffer}, p, gx, gy);
+      const auto start = std::chrono::steady_clock::now();
+      rec.submit_and_wait();
+      mm_seconds = std::min(mm_seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    MESSAGE(fmt::format("matmul {:<5} {}x{} x {} tokens: {:7.3f} ms, {:6.1f} tokens/s", type_name(types[i]), rows,
+                        cols, n_tokens, mm_seconds * 1e3, n_tokens / mm_seconds));
+  }
+  check_no_validation_messages();
+}
+
+}  // namespace

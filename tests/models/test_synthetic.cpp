@@ -1,0 +1,353 @@
+// Synthetic models (models/synthetic.h) of the shapes people download, with
+// no download: the GPU forward pass held to the CPU reference
+// (models/reference.cpp) on each architecture feature — Llama 3 (GQA 4:1,
+// rope_freqs, theta 500000, its 128256-token vocabulary, tied output split in
+// row chunks), Qwen 2 (q/k/v biases, NeoX RoPE, GQA 7:1), head size 48 with an
+// untied output — for prefill (matmul path, every position's logits) and
+// decode (matvec path); the model-too-large check; `bench --synthetic`.
+//
+// [SECTION] presets and hyperparameters (CPU)
+// [SECTION] reference RoPE modes (CPU)
+// [SECTION] GPU against the CPU reference
+// [SECTION] too large for the device, bench --synthetic
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <numeric>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "gpu/context.h"
+#include "kv/cache.h"
+#include "models/forward.h"
+#include "models/hparams.h"
+#include "models/reference.h"
+#include "models/synthetic.h"
+#include "models/tokenizer.h"
+#include "tests/app/cli_runner.h"
+#include "tests/models/vocab_fixture.h"
+#include "tests/test_util.h"
+
+using namespace kvscope;
+
+namespace {
+
+// A GGUF image and the file read from it (the file borrows the bytes).
+struct SyntheticModel {
+  std::vector<uint8_t> bytes;
+  std::unique_ptr<GgufFile> file;
+};
+
+SyntheticModel build(const SyntheticSpec& spec, const GgufFile* vocabulary = nullptr) {
+  GgufWriter writer;
+  if (vocabulary)
+    for (const std::string& key : vocabulary->metadata_order())
+      if (key.starts_with("tokenizer.")) writer.set(key, vocabulary->get(key));
+  add_synthetic_model(writer, spec);
+  SyntheticModel m;
+  m.bytes = writer.to_bytes();
+  m.file = std::make_unique<GgufFile>(GgufFile::from_memory(m.bytes, spec.name + ".gguf"));
+  return m;
+}
+
+// Llama 3's vocabulary as a GGUF (built once per run: a second or two).
+const GgufFile& llama3_vocabulary() {
+  static std::vector<uint8_t> bytes;
+  static std::unique_ptr<GgufFile> file;
+  if (!file) {
+    const std::vector<uint8_t> json = test::read_gzip(test::data_path("vocab/tokenizer-llama3.json.gz"));
+    bytes = test::gguf_from_tokenizer_json(nlohmann::json::parse(json.begin(), json.end()), "llama-bpe",
+                                           "<|begin_of_text|>", "<|end_of_text|>");
+    file = std::make_unique<GgufFile>(GgufFile::from_memory(bytes, "llama3-vocab.gguf"));
+  }
+  return *file;
+}
+
+std::string config_error(const GgufWriter& w) {
+  const std::vector<uint8_t> bytes = w.to_bytes();
+  try {
+    read_llama_config(GgufFile::from_memory(bytes, "m.gguf"));
+  } catch (const GgufError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+size_t argmax(std::span<const float> v) { return size_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+// One position's GPU logits against the reference's: finite, max |difference|
+// within `tolerance` of the reference's largest magnitude, the same argmax.
+// Returns the normalized error for the report.
+double check_logits(std::span<const float> gpu, std::span<const float> ref, double tolerance, const std::string& what) {
+  REQUIRE(gpu.size() == ref.size());
+  double max_diff = 0, max_ref = 0;
+  size_t worst = 0;
+  for (size_t i = 0; i < gpu.size(); ++i) {
+    if (!std::isfinite(gpu[i])) {
+      FAIL_CHECK(what << ": logit " << i << " is " << gpu[i]);
+      return INFINITY;
+    }
+    const double d = std::fabs(double(gpu[i]) - ref[i]);
+    if (d > max_diff) max_diff = d, worst = i;
+    max_ref = std::max(max_ref, std::fabs(double(ref[i])));
+  }
+  const double normalized = max_diff / std::max(max_ref, 1e-6);
+  CHECK_MESSAGE(normalized <= tolerance, what << ": max |gpu - cpu| " << max_diff << " at token " << worst
+                                              << " is " << normalized << " of the largest logit " << max_ref
+                                              << " (bound " << tolerance << ")");
+  CHECK_MESSAGE(argmax(gpu) == argmax(ref), what << ": argmax " << argmax(gpu) << " on the GPU, " << argmax(ref)
+                                                 << " on the CPU");
+  return normalized;
+}
+
+// Prefill `prompt` in one batch (every position's logits: the matmul path),
+// then `n_decode` greedy steps one token at a time (the matvec path), each
+// against the CPU reference fed the same tokens. f32 cache: the only
+// differences are summation order and the device's pow/sin/cos.
+void check_model_against_reference(const GgufFile& file, const std::vector<int32_t>& prompt, uint32_t n_decode,
+                                   double tolerance, uint64_t max_binding_bytes = 0) {
+  gpu::ContextOptions options;
+  options.max_binding_bytes = max_binding_bytes;
+  gpu::Context ctx(options);
+  const uint32_t capacity = 64;
+  REQUIRE(prompt.size() + n_decode <= capacity);
+  GpuModel model(ctx, file, capacity, capacity);
+  kv::CacheConfig cc;
+  cc.k_format = cc.v_format = kv::Format::F32;
+  cc.capacity = capacity;
+  kv::KvCache cache(ctx, model.cache_shape(), cc, model.max_batch());
+  reference::Model ref(file, capacity);
+  const size_t n_vocab = model.config().n_vocab;
+
+  std::vector<int32_t> positions(prompt.size());
+  std::iota(positions.begin(), positions.end(), 0);
+  const std::span<const float> all = model.forward(prompt, positions, cache, LogitsWanted::All);
+  const std::vector<float> prefill(all.begin(), all.end());
+  double worst = 0;
+  std::vector<float> ref_logits;
+  for (size_t t = 0; t < prompt.size(); ++t) {
+    ref_logits = ref.forward(prompt[t], int32_t(t));
+    worst = std::max(worst, check_logits(std::span(prefill).subspan(t * n_vocab, n_vocab), ref_logits, tolerance,
+                                         fmt::format("{} prefill position {}", file.path(), t)));
+  }
+  int32_t token = int32_t(argmax(ref_logits));
+  for (uint32_t i = 0; i < n_decode; ++i) {
+    const int32_t pos = int32_t(prompt.size() + i);
+    const std::span<const float> gpu = model.forward({&token, 1}, {&pos, 1}, cache, LogitsWanted::Last);
+    const std::vector<float> gpu_logits(gpu.begin(), gpu.end());
+    ref_logits = ref.forward(token, pos);
+    worst = std::max(worst, check_logits(gpu_logits, ref_logits, tolerance,
+                                         fmt::format("{} decode position {}", file.path(), pos)));
+    token = int32_t(argmax(ref_logits));
+  }
+  MESSAGE(file.path() << ": worst normalized logit error " << worst << " over " << prompt.size() + n_decode
+                      << " positions");
+  CHECK(ctx.validation_messages() == 0);
+}
+
+std::vector<int32_t> pseudo_random_tokens(size_t n, uint32_t n_vocab, uint32_t seed) {
+  std::vector<int32_t> ids(n);
+  for (int32_t& id : ids) id = int32_t((seed = seed * 1664525u + 1013904223u) % n_vocab);
+  return ids;
+}
+
+// Logits of f32 weights agree to float rounding (measured <= 2e-6 of the
+// largest logit on lavapipe); Q8_0 weights are the same numbers on both sides
+// (the reference dequantizes exactly), so the same bound, with 50x headroom
+// for other devices' pow/sin/cos.
+constexpr double kLogitTolerance = 1e-4;
+
+}  // namespace
+
+// ===================================================== [SECTION] presets and hyperparameters (CPU)
+
+TEST_CASE("synthetic: presets have the shapes and parameter counts of the models they stand for") {
+  // Llama 3.2 1B has 1,235,814,400 parameters (+32 rope factors); Qwen 2.5 0.5B 494,032,768.
+  CHECK(synthetic_parameter_count(synthetic_preset("llama-1b")) == 1235814400ull + 32);
+  CHECK(synthetic_parameter_count(synthetic_preset("qwen-0.5b")) == 494032768ull);
+  CHECK_THROWS_WITH(synthetic_preset("gpt-7"), doctest::Contains("llama-1b qwen-0.5b"));
+
+  struct Expected {
+    const char* name;
+    const char* arch;
+    RopeMode mode;
+    bool rope_freqs, qkv_bias, tied;
+    uint32_t head_dim;
+  };
+  for (const Expected& e : {Expected{"tiny-llama3", "llama", RopeMode::Normal, true, false, true, 16},
+                            Expected{"tiny-qwen2", "qwen2", RopeMode::Neox, false, true, true, 32},
+                            Expected{"tiny-head48", "llama", RopeMode::Normal, false, false, false, 48}}) {
+    CAPTURE(std::string(e.name));
+    const SyntheticSpec spec = synthetic_preset(e.name);
+    const SyntheticModel m = build(spec);
+    const LlamaConfig cfg = read_llama_config(*m.file);
+    CHECK(cfg.arch == e.arch);
+    CHECK(cfg.rope_mode == e.mode);
+    CHECK(cfg.rope_freqs == e.rope_freqs);
+    CHECK(cfg.qkv_bias == e.qkv_bias);
+    CHECK(cfg.tied_output == e.tied);
+    CHECK(cfg.head_dim == e.head_dim);
+    CHECK(cfg.rope_theta == spec.rope_theta);
+    CHECK(parameter_count(*m.file) == synthetic_parameter_count(spec));
+    uint64_t tensor_bytes = 0;
+    for (const GgufTensorInfo& t : m.file->tensors()) tensor_bytes += t.n_bytes;
+    CHECK(tensor_bytes == synthetic_weight_bytes(spec));
+    // The same spec builds the same bytes.
+    CHECK(build(spec).bytes == m.bytes);
+  }
+}
+
+TEST_CASE("synthetic: distinct_rows draws that many rows per matrix and copies them into the rest") {
+  SyntheticSpec spec = synthetic_preset("tiny-head48");
+  spec.type = "Q8_0";
+  spec.distinct_rows = 16;
+  const SyntheticModel m = build(spec);
+  const GgufTensorInfo& embd = m.file->tensor("token_embd.weight");  // 300 rows of 192
+  const size_t row = row_bytes(GgmlType::Q8_0, 192);
+  std::set<std::vector<uint8_t>> drawn, all;
+  for (size_t r = 0; r < 300; ++r) {
+    std::vector<uint8_t> bytes(embd.data + r * row, embd.data + (r + 1) * row);
+    (r < 16 ? drawn : all).insert(bytes);
+  }
+  CHECK(drawn.size() == 16);
+  for (const auto& bytes : all) CHECK(drawn.count(bytes) == 1);
+  SyntheticSpec every = spec;
+  every.distinct_rows = 0;
+  CHECK(build(every).bytes.size() == m.bytes.size());
+}
+
+TEST_CASE("synthetic: Llama 3.1's rope factors: 1 for short wavelengths, 8 for long, blended between") {
+  const std::vector<float> f = llama3_rope_freqs(64, 500000.0f);
+  REQUIRE(f.size() == 32);
+  CHECK(f.front() == 1.0f);
+  CHECK(f.back() == 8.0f);
+  CHECK(std::is_sorted(f.begin(), f.end()));
+  CHECK(std::any_of(f.begin(), f.end(), [](float x) { return x > 1.0f && x < 8.0f; }));
+}
+
+TEST_CASE("hparams: qwen2 needs its biases; rope_freqs must have one factor per pair") {
+  SyntheticSpec qwen = synthetic_preset("tiny-qwen2");
+  qwen.qkv_bias = false;
+  GgufWriter no_bias;
+  add_synthetic_model(no_bias, qwen);
+  CHECK(config_error(no_bias) == "m.gguf: tensor 'blk.0.attn_q.bias' is missing; this qwen2 model needs it");
+
+  GgufWriter short_factors;
+  SyntheticSpec llama = synthetic_preset("tiny-head48");
+  add_synthetic_model(short_factors, llama);
+  short_factors.add_tensor("rope_freqs.weight", GgmlType::F32, {4}, std::vector<uint8_t>(16, 0));
+  CHECK(config_error(short_factors) ==
+        "m.gguf: tensor 'rope_freqs.weight' has shape [4], expected [24] for this llama model");
+
+  GgufWriter other;
+  SyntheticSpec s = synthetic_preset("tiny-head48");
+  add_synthetic_model(other, s);
+  other.set_string("general.architecture", "gemma");
+  CHECK(config_error(other) == "m.gguf: general.architecture is 'gemma', which kvscope does not run; supported: llama qwen2");
+}
+
+// ============================================================ [SECTION] reference RoPE modes (CPU)
+
+TEST_CASE("reference rope: NeoX pairs (i, i + d/2) are the normal pairs of a reordered head; factors divide the angle") {
+  const uint32_t head_dim = 48, rope_dim = 32;  // dims past rope_dim are left alone in both modes
+  std::vector<float> head(head_dim);
+  for (uint32_t d = 0; d < head_dim; ++d) head[d] = std::sin(0.7f * float(d) + 0.3f);
+  std::vector<float> factors(rope_dim / 2);
+  for (uint32_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.5f * float(i);
+  // NeoX dim i pairs with i + rope_dim/2; interleaving the halves makes them (2i, 2i+1).
+  auto interleave = [&](const std::vector<float>& h) {
+    std::vector<float> out = h;
+    for (uint32_t i = 0; i < rope_dim / 2; ++i) out[2 * i] = h[i], out[2 * i + 1] = h[i + rope_dim / 2];
+    return out;
+  };
+  for (bool with_factors : {false, true}) {
+    const std::span<const float> f = with_factors ? std::span<const float>(factors) : std::span<const float>();
+    std::vector<float> neox = head, normal = interleave(head);
+    reference::rope(neox, 37, rope_dim, 10000.0f, RopeMode::Neox, f);
+    reference::rope(normal, 37, rope_dim, 10000.0f, RopeMode::Normal, f);
+    const std::vector<float> neox_interleaved = interleave(neox);
+    for (uint32_t d = 0; d < head_dim; ++d) CHECK(neox_interleaved[d] == normal[d]);
+  }
+  // A factor f at position p turns pair i as far as factor 1 at position p / f.
+  std::vector<float> slowed = head, plain = head;
+  std::vector<float> fours(rope_dim / 2, 4.0f);
+  reference::rope(slowed, 40, rope_dim, 10000.0f, RopeMode::Normal, fours);
+  reference::rope(plain, 10, rope_dim, 10000.0f, RopeMode::Normal);
+  for (uint32_t d = 0; d < head_dim; ++d) CHECK(slowed[d] == doctest::Approx(plain[d]).epsilon(1e-5));
+}
+
+// ============================================================ [SECTION] GPU against the CPU reference
+
+TEST_CASE("synthetic Llama 3: GQA 4:1, rope_freqs, its 128256-token vocabulary in row chunks; GPU = CPU reference") {
+  const GgufFile& vocab = llama3_vocabulary();
+  for (const std::string type : {"F32", "Q8_0"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-llama3");
+    spec.n_vocab = 128256;
+    spec.type = type;
+    spec.name = fmt::format("tiny-llama3-{}", type);
+    const SyntheticModel m = build(spec, &vocab);
+    const LlamaConfig cfg = read_llama_config(*m.file);
+    REQUIRE(cfg.n_vocab == 128256);
+    const Tokenizer tok = Tokenizer::from_gguf(*m.file);
+    const std::vector<int32_t> prompt = tok.encode("Once upon a time, in a land far away, there lived", true);
+    REQUIRE(prompt.front() == 128000);  // <|begin_of_text|>
+    // 4 MiB per binding: the 128256-row embedding and tied output are read in
+    // 16 (F32) or 8 (Q8_0) chunks, as a 1B model's are under lavapipe's 128 MiB.
+    check_model_against_reference(*m.file, prompt, 6, kLogitTolerance, 4u << 20);
+  }
+}
+
+TEST_CASE("synthetic Qwen 2: q/k/v biases, NeoX RoPE, GQA 7:1, theta 1e6; GPU = CPU reference") {
+  for (const std::string type : {"F32", "Q8_0"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-qwen2");
+    spec.type = type;
+    spec.name = fmt::format("tiny-qwen2-{}", type);
+    const SyntheticModel m = build(spec);
+    check_model_against_reference(*m.file, pseudo_random_tokens(13, spec.n_vocab, 7), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("synthetic head size 48, untied output; GPU = CPU reference") {
+  const SyntheticModel m = build(synthetic_preset("tiny-head48"));
+  check_model_against_reference(*m.file, pseudo_random_tokens(11, 300, 3), 6, kLogitTolerance);
+}
+
+// ============================================================ [SECTION] too large for the device, bench --synthetic
+
+TEST_CASE("a model larger than the device's memory is refused before anything is allocated, with both sizes") {
+  const SyntheticModel m = build(synthetic_preset("tiny-head48"));
+  gpu::ContextOptions options;
+  options.max_device_bytes = 1u << 20;
+  gpu::Context ctx(options);
+  try {
+    GpuModel model(ctx, *m.file, 64, 64);
+    FAIL("a 3 MiB model was accepted by a device of 1 MiB");
+  } catch (const gpu::OutOfMemory& e) {
+    const std::string message = e.what();
+    CHECK_MESSAGE(message.find("tiny-head48.gguf: the model needs 3.1 MiB of device memory (2.6 MiB of weights") !=
+                      std::string::npos,
+                  message);
+    CHECK_MESSAGE(message.find("has 1.0 MiB") != std::string::npos, message);
+    CHECK_MESSAGE(message.find("kvscope quantize") != std::string::npos, message);
+  }
+  CHECK(ctx.validation_messages() == 0);
+}
+
+TEST_CASE("kvscope bench --synthetic: a preset built in memory, speed and GB/s as JSON") {
+  const test::CliResult r = test::kvscope_cli("bench --synthetic tiny-qwen2 --type Q8_0 -p 16 -n 8 -r 1 --json");
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  const nlohmann::json j = test::last_json(r.out);
+  CHECK(j["model"] == "synthetic tiny-qwen2 (Q8_0)");
+  CHECK(j["prefill_tok_s"].get<double>() > 0);
+  CHECK(j["decode_tok_s"].get<double>() > 0);
+  CHECK(j["decode_gb_s"].get<double>() > 0);
+  CHECK(j["weight_bytes"].get<uint64_t>() > 0);
+  const test::CliResult bad = test::kvscope_cli("bench --synthetic gpt-7");
+  CHECK(bad.code != 0);
+  CHECK_MESSAGE(bad.out.find("synthetic model 'gpt-7' is not one of: llama-1b qwen-0.5b") != std::string::npos, bad.out);
+}
