@@ -340,7 +340,11 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
   ImGui::SliderFloat("##gamma", &view.gamma, 0.15f, 1.0f, "power %.2f");
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Colour = probability ^ power: lower shows small probabilities");
+  // The zoom buttons move to the next line when the panel is too narrow.
+  const ImGuiStyle& style = ImGui::GetStyle();
+  const float zoom_width = ImGui::CalcTextSize("+-fit").x + 6 * style.FramePadding.x + 3 * style.ItemSpacing.x;
   ImGui::SameLine();
+  if (ImGui::GetContentRegionAvail().x < zoom_width) ImGui::NewLine();
   if (ImGui::SmallButton("+")) view.zoom = std::min(64.0f, view.zoom * 2);
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Zoom in on positions (or the mouse wheel over the map)");
   ImGui::SameLine();
