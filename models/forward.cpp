@@ -76,6 +76,18 @@ uint32_t attention_workgroup_size(const gpu::Context& ctx, uint32_t wg) {
   return a;
 }
 
+// A long cache on a GPU: still n_head workgroups per decode token, so each
+// takes as many invocations as the device allows (up to 1024): four times
+// the slots per pass, four times the value slices. Short caches keep 256,
+// whose reductions are shorter.
+constexpr uint32_t kWideAttentionSlots = 512;
+uint32_t attention_wide_workgroup_size(const gpu::Context& ctx, uint32_t wg) {
+  if (one_row_per_invocation(ctx)) return wg;
+  uint32_t a = 1024;
+  while (a > ctx.info().max_workgroup_size_x && a > wg) a /= 2;
+  return std::max(a, wg);
+}
+
 }  // namespace
 
 void GpuModel::make_pipelines() {
@@ -152,6 +164,8 @@ void GpuModel::make_kv_pipelines(const kv::CacheConfig& config) {
   P.rope_kv_write[k][v] = make(kRopeKvWrite[k][v], 6, sizeof(params::RopeKvWriteParams), wg_);
   P.attention[k][v] =
       make(kAttention[k][v], 10, sizeof(params::AttentionParams), attention_workgroup_size(*ctx_, wg_));
+  if (const uint32_t wide = attention_wide_workgroup_size(*ctx_, wg_); wide > attention_workgroup_size(*ctx_, wg_))
+    P.attention_wide[k][v] = make(kAttention[k][v], 10, sizeof(params::AttentionParams), wide);
   if (config.k_format == kv::Format::Kivi2 && P.kivi_key_write.handle() == VK_NULL_HANDLE)
     P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams), wg_);
 }
@@ -388,7 +402,8 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     if (cache.rolling()) ap.rolling = 1, ap.rope_dim = cfg_.rope_dim, ap.rope_theta = cfg_.rope_theta;
     ap.rope_mode = uint32_t(cfg_.rope_mode);
     ap.has_freq_factors = cfg_.rope_freqs ? 1u : 0u;
-    rec.dispatch(P.attention[kf][vf],
+    const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;
+    rec.dispatch(wide ? P.attention_wide[kf][vf] : P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
                   cache.open_blocks(l), cache.rope_positions(l), freq_factors},
                  ap, cfg_.n_head, n);

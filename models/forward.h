@@ -96,6 +96,9 @@ class GpuModel {
     // use (kv_pipelines): lavapipe compiles each pipeline through LLVM, and a
     // cache uses one pair.
     gpu::Pipeline rope_kv_write[5][5], attention[5][5];
+    // GPUs only: attention with the device's widest workgroup (up to 1024
+    // invocations), for caches whose scanned slots outnumber 512 (forward.cpp).
+    gpu::Pipeline attention_wide[5][5];
     gpu::Pipeline kivi_key_write;
     gpu::Pipeline attention_scores;  // only for caches whose policy needs scores
   } pipelines_;

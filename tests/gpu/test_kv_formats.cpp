@@ -263,9 +263,12 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
   };
   const Case cases[] = {{48, 16, 6, 6, 1, 40, 32}, {48, 12, 4, 2, 5, 50, 12}, {64, 32, 8, 2, 3, 70, 16},
                         {128, 32, 2, 1, 2, 33, 32}, {48, 24, 2, 2, 1, 7, 32}};
-  // The common workgroup size, and the 256 invocations a GPU gets (the
-  // values pass then splits the slots into slices: attention.comp).
-  for (uint32_t wg : {workgroup_size(), 256u})
+  // The common workgroup size, and the 256 and 1024 invocations a GPU gets
+  // (the values pass then splits the slots into slices: attention.comp).
+  std::vector<uint32_t> sizes{workgroup_size()};
+  for (uint32_t gpu_size : {256u, 1024u})
+    if (gpu_size <= context().info().max_workgroup_size_x) sizes.push_back(gpu_size);
+  for (uint32_t wg : sizes)
   for (Format kf : kFormats) {
     for (Format vf : kFormats) {
       gpu::Pipeline pipe(context(), {attention_id(kf, vf), 10, sizeof(params::AttentionParams), {wg}});

@@ -751,10 +751,11 @@ TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities
       {48, 6, 6, 1, 1, 1},     {48, 6, 6, 1, 50, 37},  {48, 6, 6, 7, 300, 300},  {64, 8, 2, 1, 100, 100},
       {64, 8, 2, 7, 129, 120}, {128, 4, 1, 7, 17, 17}, {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
   };
-  // 256: the size a GPU's attention gets (the values pass splits the slots
-  // into slices there; models/forward.cpp attention_workgroup_size).
+  // 256 and 1024: the sizes a GPU's attention gets (the values pass splits
+  // the slots into slices there; models/forward.cpp attention_workgroup_size).
   std::vector<uint32_t> sizes = workgroup_sizes();
-  sizes.push_back(256);
+  for (uint32_t gpu_size : {256u, 1024u})
+    if (gpu_size <= context().info().max_workgroup_size_x) sizes.push_back(gpu_size);
   for (uint32_t wg : sizes) {
     for (bool f16 : {false, true}) {
       gpu::Pipeline pipe(
