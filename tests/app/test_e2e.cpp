@@ -7,26 +7,13 @@
 #include "app/core/session.h"
 #include "models/quantize.h"
 #include "models/reference.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 using nlohmann::json;
 
 namespace {
-
-Engine& engine_for(const std::string& path) {
-  // One engine per model file for the whole run: weights upload and pipeline
-  // creation dominate on lavapipe.
-  static std::map<std::string, std::unique_ptr<Engine>> engines;
-  if (engines.empty()) test::release_after_tests([] { engines.clear(); });
-  auto& e = engines[path];
-  if (!e) {
-    EngineOptions o;
-    o.model_path = path;
-    e = std::make_unique<Engine>(o);
-  }
-  return *e;
-}
 
 std::vector<int32_t> greedy(Engine& engine, kv::Format format, const std::vector<int32_t>& prompt, size_t n) {
   kv::CacheConfig cc;
@@ -45,7 +32,7 @@ size_t first_difference(const std::vector<int32_t>& a, const std::vector<int32_t
 }  // namespace
 
 TEST_CASE("e2e: greedy continuations equal llama.cpp's for all three prompts (F32 weights, f32 cache)") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   for (const json& row : test::read_jsonl(test::data_path("greedy-f32.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
     const auto expected = row["greedy_ids"].get<std::vector<int32_t>>();
@@ -59,7 +46,7 @@ TEST_CASE("e2e: greedy continuations equal llama.cpp's for all three prompts (F3
 }
 
 TEST_CASE("e2e: greedy with the default f16 cache agrees with llama.cpp's f32-cache continuation") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   size_t total = 0, agreed = 0;
   for (const json& row : test::read_jsonl(test::data_path("greedy-f32.jsonl"))) {
     const auto prompt = row["prompt_ids"].get<std::vector<int32_t>>();
@@ -76,7 +63,7 @@ TEST_CASE("e2e: greedy with the default f16 cache agrees with llama.cpp's f32-ca
 }
 
 TEST_CASE("e2e: logits of story1 in one batch match llama.cpp (argmax everywhere, top-20 within tolerance)") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   const json ref = json::parse(test::read_text(test::data_path("logits-story1-f32.json")));
   const auto ids = ref["ids"].get<std::vector<int32_t>>();
   kv::CacheConfig cc;
@@ -106,7 +93,7 @@ TEST_CASE("e2e: logits of story1 in one batch match llama.cpp (argmax everywhere
 }
 
 TEST_CASE("e2e: GPU decode steps equal the CPU reference's logits") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   reference::Model ref(engine.file(), 64);
   kv::CacheConfig cc;
   cc.k_format = cc.v_format = kv::Format::F32;
@@ -173,7 +160,7 @@ TEST_CASE("e2e: Q8_0 weights against llama.cpp's Q8_0 continuations") {
 }
 
 TEST_CASE("e2e: a prompt longer than the context is a clear error and the session stays usable") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   kv::CacheConfig cc;
   cc.capacity = 16;
   Session session(engine, cc);
@@ -200,7 +187,7 @@ TEST_CASE("e2e: tensors larger than one binding run in row chunks with the same 
 }
 
 TEST_CASE("e2e: the validation layer reported nothing over the whole run") {
-  Engine& engine = engine_for(test::model_path());
+  Engine& engine = test::shared_engine(test::model_path());
   if (!engine.context().validation_enabled()) MESSAGE("validation layer not installed: nothing to check");
   CHECK(engine.context().validation_messages() == 0);
 }

@@ -14,6 +14,7 @@
 #include "app/core/lost_attention.h"
 #include "kv/policy.h"
 #include "tests/app/cli_runner.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
@@ -149,9 +150,7 @@ TEST_CASE("cache spec: the sweep covers every format of kv::all_formats()") {
 // ------------------------------------------------- the default model
 
 TEST_CASE("eval: the corpus at context 256 agrees with llama.cpp; f16 against itself and f32") {
-  EngineOptions eo;
-  eo.model_path = test::model_path();
-  Engine engine(eo);
+  Engine& engine = test::shared_engine();
   const std::vector<int32_t> tokens = engine.tokenizer().encode(test::read_text(test::data_path("corpus.txt")), true);
 
   // A text shorter than two chunks is refused, saying how many tokens are needed.
@@ -297,9 +296,7 @@ TEST_CASE("lost attention: hand-made rows and held positions give exact values")
 }
 
 TEST_CASE("lost attention on the default model: 0 when nothing is evicted, rising as the budget shrinks") {
-  EngineOptions eo;
-  eo.model_path = test::model_path();
-  Engine engine(eo);
+  Engine& engine = test::shared_engine();
   const std::vector<int32_t> tokens = engine.tokenizer().encode(test::read_text(test::data_path("corpus.txt")), true);
 
   // The probe rows by position: every head's row sums to 1, and a cache that

@@ -11,22 +11,12 @@
 #include "app/core/session.h"
 #include "kv/event_log.h"
 #include "kv/policy.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 
 namespace {
-
-Engine& evict_engine() {
-  static std::unique_ptr<Engine> engine;
-  if (!engine) {
-    EngineOptions o;
-    o.model_path = test::model_path();
-    engine = std::make_unique<Engine>(o);
-    test::release_after_tests([] { engine.reset(); });
-  }
-  return *engine;
-}
 
 // About 150 tokens of story text.
 std::vector<int32_t> long_prompt(const Engine& engine) {
@@ -49,7 +39,7 @@ struct EvictRun {
 };
 
 EvictRun run_policy(const std::string& spec_text, uint32_t n_new) {
-  Engine& engine = evict_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = kCapacity;
   EvictRun run;
@@ -127,7 +117,7 @@ TEST_CASE("evict: every policy keeps its budget at every step, keeps sinks and p
 }
 
 TEST_CASE("evict: the scores pass equals a CPU sum of the attention rows (tova, one decode step)") {
-  Engine& engine = evict_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = kCapacity;
   Session session(engine, cc);
@@ -158,7 +148,7 @@ TEST_CASE("evict: the scores pass equals a CPU sum of the attention rows (tova, 
 }
 
 TEST_CASE("evict: the full policy at a small capacity is a clear ContextFull") {
-  Engine& engine = evict_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = 64;
   Session session(engine, cc);
@@ -180,7 +170,7 @@ TEST_CASE("evict: the full policy at a small capacity is a clear ContextFull") {
 }
 
 TEST_CASE("evict: a budget larger than the capacity is a clear error") {
-  Engine& engine = evict_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = 32;
   Session session(engine, cc);
@@ -188,7 +178,7 @@ TEST_CASE("evict: a budget larger than the capacity is a clear error") {
 }
 
 TEST_CASE("evict: eval feeds an evicting cache token by token once its budget is reached") {
-  Engine& engine = evict_engine();
+  Engine& engine = test::shared_engine();
   const std::vector<int32_t> tokens = engine.tokenizer().encode(test::read_text(test::data_path("corpus.txt")), true);
   EvaluationOptions o;
   o.n_ctx = 64;

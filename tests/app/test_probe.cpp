@@ -11,6 +11,7 @@
 #include "app/core/paths.h"
 #include "app/core/probe.h"
 #include "tests/app/cli_runner.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
@@ -66,21 +67,12 @@ namespace {
 
 std::filesystem::path scenarios_dir() { return std::filesystem::path(assets_dir()) / "scenarios"; }
 
-Engine& default_engine() {
-  static Engine engine([] {
-    EngineOptions eo;
-    eo.model_path = test::model_path();
-    return eo;
-  }());
-  return engine;
-}
-
 }  // namespace
 
 TEST_CASE("probe: every shipped scenario is answered by the full cache (top-1), 50 to 250 tokens after its fact") {
   const auto files = scenario_files(scenarios_dir());
   CHECK(files.size() >= 10);
-  Engine& engine = default_engine();
+  Engine& engine = test::shared_engine();
   uint32_t shortest = UINT32_MAX, longest = 0;
   for (const auto& file : files) {
     const Scenario s = load_scenario(file);
@@ -103,7 +95,7 @@ TEST_CASE("probe: every shipped scenario is answered by the full cache (top-1), 
 }
 
 TEST_CASE("probe: a tiny window loses a far fact, and the fact's whereabouts match the eviction order") {
-  Engine& engine = default_engine();
+  Engine& engine = test::shared_engine();
   const Scenario far = load_scenario(scenarios_dir() / "anna-green-dress.json");
   ProbeConfig config;
   config.policies = {"window:budget=16", "h2o:budget=64,recent=32"};
@@ -140,7 +132,7 @@ TEST_CASE("probe: a tiny window loses a far fact, and the fact's whereabouts mat
 }
 
 TEST_CASE("probe: a scenario longer than the context is refused with the numbers") {
-  Engine& engine = default_engine();
+  Engine& engine = test::shared_engine();
   Scenario s = load_scenario(scenarios_dir() / "lily-red-ball.json");
   std::string filler;
   for (int i = 0; i < 40; ++i) filler += " They ran and jumped and laughed in the sun.";

@@ -12,22 +12,12 @@
 #include "app/core/session.h"
 #include "kv/event_log.h"
 #include "kv/policy.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 
 namespace {
-
-Engine& rolling_engine() {
-  static std::unique_ptr<Engine> engine;
-  if (!engine) {
-    EngineOptions o;
-    o.model_path = test::model_path();
-    engine = std::make_unique<Engine>(o);
-    test::release_after_tests([] { engine.reset(); });
-  }
-  return *engine;
-}
 
 // -log p(token) under the logits (log-softmax, max-shifted).
 double negative_log_likelihood(std::span<const float> logits, int32_t token) {
@@ -46,7 +36,7 @@ struct LongRun {
 // Samples (temperature 1: the NLL of a sample is the model's own surprise)
 // `n_new` tokens after a short prompt with `policy` on a cache of `capacity`.
 LongRun generate_long(const std::string& policy, uint32_t capacity, uint32_t n_new, uint32_t window) {
-  Engine& engine = rolling_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = capacity;
   Session session(engine, cc);
@@ -79,7 +69,7 @@ std::string describe(const LongRun& run) {
 }  // namespace
 
 TEST_CASE("rolling streamingllm: 2,000 tokens past a 256-token context on 128 slots, stable likelihood") {
-  const uint32_t n_ctx = rolling_engine().n_ctx();
+  const uint32_t n_ctx = test::shared_engine().n_ctx();
   REQUIRE(n_ctx == 256);
   const LongRun run = generate_long("streamingllm:sinks=4,window=124,rolling", 128, 2000, 250);
   MESSAGE("rolling: " << describe(run));
@@ -97,7 +87,7 @@ TEST_CASE("rolling streamingllm: 2,000 tokens past a 256-token context on 128 sl
 }
 
 TEST_CASE("rolling streamingllm: the cache holds at most 128 slots and RoPE positions stay below them") {
-  Engine& engine = rolling_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig cc;
   cc.capacity = 128;
   Session session(engine, cc);

@@ -14,21 +14,12 @@
 #include "kv/event_log.h"
 #include "kv/policy.h"
 #include "kv/spill.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 
 namespace {
-
-Engine& spill_engine() {
-  static std::unique_ptr<Engine> engine;
-  if (!engine) {
-    EngineOptions o;
-    o.model_path = test::model_path();
-    engine = std::make_unique<Engine>(o);
-  }
-  return *engine;
-}
 
 std::vector<int32_t> story_prompt(const Engine& engine) {
   return engine.tokenizer().encode(
@@ -53,7 +44,7 @@ std::vector<uint32_t> download(gpu::Context& ctx, const gpu::Binding& b) {
 }  // namespace
 
 TEST_CASE("spill: budgets hold, entries come back, the log replays and recalled rows are exact") {
-  Engine& engine = spill_engine();
+  Engine& engine = test::shared_engine();
   const std::vector<int32_t> prompt = story_prompt(engine);
   // The reference: every token kept (the capacity holds them all).
   kv::CacheConfig full_config;
@@ -134,7 +125,7 @@ TEST_CASE("spill: budgets hold, entries come back, the log replays and recalled 
 }
 
 TEST_CASE("spill: refused with a rolling policy and with kivi2 keys, saying what to change") {
-  Engine& engine = spill_engine();
+  Engine& engine = test::shared_engine();
   kv::CacheConfig config;
   config.capacity = 128;
   config.spill = true;

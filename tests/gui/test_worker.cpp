@@ -7,21 +7,12 @@
 #include <thread>
 
 #include "app/core/worker.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 
 namespace {
-
-Engine& shared_engine() {
-  static std::unique_ptr<Engine> engine = [] {
-    EngineOptions o;
-    o.model_path = test::model_path();
-    test::release_after_tests([] { engine.reset(); });
-    return std::make_unique<Engine>(o);
-  }();
-  return *engine;
-}
 
 // Waits (polling snapshots, as the GUI does) until the worker is idle.
 std::shared_ptr<const SessionSnapshot> wait_idle(SessionWorker& w) {
@@ -51,7 +42,7 @@ const Turn& last_reply(const SessionSnapshot& s) {
 
 TEST_CASE("worker: a reply streams into snapshots with timings, occupancy and bytes") {
   EngineTurns turns;
-  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.generate(greedy("Once upon a time", 12));
   auto s = wait_idle(worker);
   CHECK(s->error.empty());
@@ -68,10 +59,10 @@ TEST_CASE("worker: a reply streams into snapshots with timings, occupancy and by
   CHECK(s->tokens.size() == s->pieces.size());
   CHECK(s->tokens.size() == s->used_tokens);
   CHECK(s->tokens.size() == reply.first_token + reply.n_tokens);
-  REQUIRE(s->layers.size() == shared_engine().config().n_layer);
+  REQUIRE(s->layers.size() == test::shared_engine().config().n_layer);
   for (const LayerOccupancy& o : s->layers) {
     CHECK(o.live_max == s->used_tokens);
-    CHECK(o.capacity == shared_engine().n_ctx());
+    CHECK(o.capacity == test::shared_engine().n_ctx());
   }
   for (uint16_t held : s->layers_holding) CHECK(held == s->layers.size());
   CHECK(s->cache_bytes_full > 0);
@@ -80,7 +71,7 @@ TEST_CASE("worker: a reply streams into snapshots with timings, occupancy and by
 
 TEST_CASE("worker: greedy regenerate writes the same reply; reset empties the cache") {
   EngineTurns turns;
-  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.generate(greedy("The cat", 10));
   const std::string first = last_reply(*wait_idle(worker)).text;
   SamplerConfig greedy_sampling;
@@ -98,7 +89,7 @@ TEST_CASE("worker: greedy regenerate writes the same reply; reset empties the ca
 
 TEST_CASE("worker: stop ends a long reply early and the app keeps working") {
   EngineTurns turns;
-  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.generate(greedy("Once upon a time", 200));
   while (worker.snapshot()->turns.empty() || last_reply(*worker.snapshot()).n_tokens < 2)
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
@@ -112,7 +103,7 @@ TEST_CASE("worker: stop ends a long reply early and the app keeps working") {
 
 TEST_CASE("worker: errors land in the snapshot, not in an exception") {
   EngineTurns turns;
-  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.generate(greedy("", 4));
   auto s = wait_idle(worker);
   CHECK(s->state == SessionSnapshot::State::Error);
@@ -125,8 +116,8 @@ TEST_CASE("worker: errors land in the snapshot, not in an exception") {
 
 TEST_CASE("worker: two sessions on one engine take turns token by token and match a lone session") {
   EngineTurns turns;
-  SessionWorker a(shared_engine(), turns, "A", parse_cache_spec("f16"));
-  SessionWorker b(shared_engine(), turns, "B", parse_cache_spec("f16"));
+  SessionWorker a(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker b(test::shared_engine(), turns, "B", parse_cache_spec("f16"));
   a.generate(greedy("Once upon a time", 24));
   b.generate(greedy("Once upon a time", 24));
   // While both write, neither finishes before the other has started.
@@ -142,13 +133,13 @@ TEST_CASE("worker: two sessions on one engine take turns token by token and matc
   CHECK(both_streaming);
   auto sa = wait_idle(a), sb = wait_idle(b);
   CHECK(sa->tokens == sb->tokens);  // same cache, same greedy tokens
-  SessionWorker lone(shared_engine(), turns, "C", parse_cache_spec("f16"));
+  SessionWorker lone(test::shared_engine(), turns, "C", parse_cache_spec("f16"));
   lone.generate(greedy("Once upon a time", 24));
   CHECK(wait_idle(lone)->tokens == sa->tokens);
 }
 
 TEST_CASE("token display text: spaces, newlines and control tokens") {
-  const Tokenizer& tok = shared_engine().tokenizer();
+  const Tokenizer& tok = test::shared_engine().tokenizer();
   CHECK(token_display_text(tok, tok.bos()) == "<s>");
   const std::vector<int32_t> ids = tok.encode("Hello world", false);
   std::string joined;
@@ -162,7 +153,7 @@ TEST_CASE("token display text: spaces, newlines and control tokens") {
 }
 
 TEST_CASE("probe rows: slot-indexed probabilities land at their token positions") {
-  Engine& engine = shared_engine();
+  Engine& engine = test::shared_engine();
   const LlamaConfig& c = engine.config();
   kv::CacheConfig config;
   config.capacity = 16;
@@ -189,11 +180,11 @@ TEST_CASE("probe rows: slot-indexed probabilities land at their token positions"
 
 TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per head over held positions") {
   EngineTurns turns;
-  SessionWorker worker(shared_engine(), turns, "A", parse_cache_spec("f16"));
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.set_probes_wanted(true);
   worker.generate(greedy("Once upon a time", 8));
   auto s = wait_idle(worker);
-  const uint32_t n_layer = shared_engine().config().n_layer;
+  const uint32_t n_layer = test::shared_engine().config().n_layer;
   REQUIRE(s->probes.size() == size_t{9} * n_layer);  // the prompt's last token, then 8 decode steps
   for (const auto& row : s->probes) {
     CHECK(row->n_pos == row->step + 1);
@@ -210,12 +201,12 @@ TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per h
   worker.generate(greedy("Hello", 4));
   s = wait_idle(worker);
   CHECK(s->probes.empty());
-  CHECK_FALSE(shared_engine().model().attention_probe());
+  CHECK_FALSE(test::shared_engine().model().attention_probe());
 }
 
 TEST_CASE("worker: a forced reply reads the given tokens and records each step's distribution and cache") {
   EngineTurns turns;
-  SessionWorker full(shared_engine(), turns, "A", parse_session_spec("f16"));
+  SessionWorker full(test::shared_engine(), turns, "A", parse_session_spec("f16"));
   GenerateRequest r = greedy("Once upon a time", 16);
   r.record = true;
   full.generate(r);
@@ -236,7 +227,7 @@ TEST_CASE("worker: a forced reply reads the given tokens and records each step's
     for (uint8_t h : st.held.held) CHECK(h == 1);  // a full cache holds everything
   }
 
-  SessionWorker evicting(shared_engine(), turns, "B", parse_session_spec("f16 + h2o:budget=8,recent=4"));
+  SessionWorker evicting(test::shared_engine(), turns, "B", parse_session_spec("f16 + h2o:budget=8,recent=4"));
   GenerateRequest forced = greedy("Once upon a time", 16);
   forced.forced = tokens;
   evicting.generate(forced);
@@ -254,7 +245,7 @@ TEST_CASE("worker: a forced reply reads the given tokens and records each step's
 
 TEST_CASE("worker: editing a message drops what follows it; pins set later are kept by the policy") {
   EngineTurns turns;
-  SessionWorker w(shared_engine(), turns, "A", parse_session_spec("f16 + h2o:budget=16,recent=4"));
+  SessionWorker w(test::shared_engine(), turns, "A", parse_session_spec("f16 + h2o:budget=16,recent=4"));
   w.generate(greedy("Once upon a time", 8));
   wait_idle(w);
   w.edit(0, "The little dog", greedy("", 6));
@@ -263,7 +254,7 @@ TEST_CASE("worker: editing a message drops what follows it; pins set later are k
   REQUIRE(s->turns.size() == 2);
   CHECK(s->turns[0].text == "The little dog");
   CHECK(last_reply(*s).n_tokens == 6);
-  const std::vector<int32_t> dog = shared_engine().tokenizer().encode("The little dog", true);
+  const std::vector<int32_t> dog = test::shared_engine().tokenizer().encode("The little dog", true);
   REQUIRE(s->tokens.size() == dog.size() + 6);
   CHECK(std::equal(dog.begin(), dog.end(), s->tokens.begin()));
 
@@ -282,14 +273,14 @@ TEST_CASE("worker: editing a message drops what follows it; pins set later are k
   for (int32_t p = 1; p < 4; ++p) CHECK(s->layers_holding[p] == s->layers.size());
 
   // A session without a policy says why it has nothing to pin.
-  SessionWorker plain(shared_engine(), turns, "B", parse_session_spec("f16"));
+  SessionWorker plain(test::shared_engine(), turns, "B", parse_session_spec("f16"));
   plain.set_pins(kv::PinnedSpans({{0, 2}}));
   CHECK(wait_idle(plain)->error.find("no eviction policy") != std::string::npos);
 }
 
 TEST_CASE("worker: with a chat template, a new message adds only its own tokens to the cache") {
   EngineTurns turns;
-  SessionWorker w(shared_engine(), turns, "A", parse_session_spec("f16"));
+  SessionWorker w(test::shared_engine(), turns, "A", parse_session_spec("f16"));
   GenerateRequest r = greedy("Hello", 4);
   r.chat_template = chat_template_by_name("chatml");
   r.system = "Be brief.";
@@ -300,7 +291,7 @@ TEST_CASE("worker: with a chat template, a new message adds only its own tokens 
   const std::vector<int32_t> first = s->tokens;
   // The template wrote the system prompt and the message's markup.
   const std::vector<ChatMessage> messages{{"system", "Be brief."}, {"user", "Hello"}};
-  const std::vector<int32_t> rendered = encode_chat(*r.chat_template, messages, true, shared_engine().tokenizer());
+  const std::vector<int32_t> rendered = encode_chat(*r.chat_template, messages, true, test::shared_engine().tokenizer());
   REQUIRE(first.size() >= rendered.size());
   CHECK(std::equal(rendered.begin(), rendered.end(), first.begin()));
   r.text = "Again";
