@@ -14,32 +14,14 @@
 #include "gpu/pipeline.h"
 #include "gpu/recorder.h"
 #include "shaders/common/params.h"
+#include "tests/gpu/gpu_fixture.h"
 
 using namespace kvscope;
+using namespace kvscope::test;
 
-namespace {
-
-gpu::Context& scores_context() {
-  static gpu::Context ctx = [] {
-    setenv("KVSCOPE_VALIDATION", "1", /*overwrite=*/0);
-    gpu::ContextOptions options;
-    options.validation = true;
-    return gpu::Context(options);
-  }();
-  return ctx;
-}
-
-template <class T>
-gpu::Buffer upload_host(const std::vector<T>& data, gpu::MemoryUse use, const char* label) {
-  gpu::Buffer b(scores_context(), data.size() * sizeof(T), use, label);
-  b.write_as<T>(data);
-  return b;
-}
-
-}  // namespace
 
 TEST_CASE("attention_scores: sums of the probs rows per kv head and slot, overwritten or accumulated") {
-  gpu::Context& ctx = scores_context();
+  gpu::Context& ctx = context();
   gpu::Pipeline pipe(ctx, {shaders::Id::attention_scores, 4, sizeof(params::AttentionScoresParams), {64}});
   const uint32_t n_head = 6, n_kv_head = 3, group = n_head / n_kv_head, capacity = 77, n_slots = 70;
   const uint32_t n_tokens = 5;
@@ -60,10 +42,10 @@ TEST_CASE("attention_scores: sums of the probs rows per kv head and slot, overwr
     for (uint32_t accumulate : {0u, 1u}) {
       CAPTURE(first_query);
       CAPTURE(accumulate);
-      gpu::Buffer probs_b = upload_host(probs, gpu::MemoryUse::Upload, "probs");
-      gpu::Buffer slots_b = upload_host(slot_pos, gpu::MemoryUse::Upload, "slot positions");
-      gpu::Buffer query_b = upload_host(query_pos, gpu::MemoryUse::Upload, "query positions");
-      gpu::Buffer scores_b = upload_host(old_scores, gpu::MemoryUse::Readback, "scores");
+      gpu::Buffer probs_b = upload(probs, "probs", gpu::MemoryUse::Upload);
+      gpu::Buffer slots_b = upload(slot_pos, "slot positions", gpu::MemoryUse::Upload);
+      gpu::Buffer query_b = upload(query_pos, "query positions", gpu::MemoryUse::Upload);
+      gpu::Buffer scores_b = upload(old_scores, "scores", gpu::MemoryUse::Readback);
       gpu::Recorder rec(ctx);
       rec.begin();
       params::AttentionScoresParams p{n_tokens, n_head, n_kv_head, capacity, n_slots, first_query, accumulate};

@@ -33,11 +33,13 @@
 #include "models/quantize.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
+#include "tests/gpu/gpu_fixture.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 namespace params = kvscope::params;
 using shaders::Id;
+using namespace kvscope::test;
 
 namespace {
 
@@ -52,123 +54,7 @@ constexpr double kSumOrderBound = 1e-9;
 // device may fuse the multiply-add (one rounding instead of two): ~1e-16.
 constexpr double kEmbedBound = 1e-13;
 
-constexpr size_t kGuardFloats = 64;
-constexpr uint32_t kSentinelBits = 0x7fc0beefu;  // a NaN no shader produces
-constexpr uint32_t kWeightTexels0 = 1u << 0, kWeightTexels1 = 1u << 1;
-
 const GgmlType kTypes[] = {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
-
-gpu::Context& context() {
-  static gpu::Context ctx = [] {
-    setenv("KVSCOPE_VALIDATION", "1", /*overwrite=*/0);
-    gpu::ContextOptions options;
-    options.validation = true;
-    return gpu::Context(options);
-  }();
-  return ctx;
-}
-
-std::vector<uint32_t> workgroup_sizes() {
-  const uint32_t subgroup = std::max(8u, context().subgroup_size());
-  std::vector<uint32_t> sizes{subgroup};
-  if (subgroup != 64) sizes.push_back(64);
-  return sizes;
-}
-
-std::string type_name(GgmlType t) { return std::string(type_traits(static_cast<uint32_t>(t))->name); }
-
-Id embed_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::BF16: return Id::embed_bf16;
-    case GgmlType::Q4_K: return Id::embed_q4_k;
-    case GgmlType::Q5_K: return Id::embed_q5_k;
-    default: return Id::embed_q6_k;
-  }
-}
-Id matvec_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::BF16: return Id::matvec_bf16;
-    case GgmlType::Q4_K: return Id::matvec_q4_k;
-    case GgmlType::Q5_K: return Id::matvec_q5_k;
-    default: return Id::matvec_q6_k;
-  }
-}
-Id matmul_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::BF16: return Id::matmul_bf16;
-    case GgmlType::Q4_K: return Id::matmul_q4_k;
-    case GgmlType::Q5_K: return Id::matmul_q5_k;
-    default: return Id::matmul_q6_k;
-  }
-}
-
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-template <class T>
-gpu::Buffer upload(const std::vector<T>& data, const char* label) {
-  gpu::Buffer buffer(context(), std::max<uint64_t>(data.size() * sizeof(T), 16), gpu::MemoryUse::Device, label);
-  if (!data.empty()) buffer.write_as<T>(std::span<const T>(data));
-  return buffer;
-}
-
-// An f32 buffer of n values followed by kGuardFloats sentinels the shader must not touch.
-struct GuardedOutput {
-  size_t n;
-  gpu::Buffer buffer;
-  explicit GuardedOutput(size_t n, std::span<const float> initial = {})
-      : n(n), buffer(context(), (n + kGuardFloats) * 4, gpu::MemoryUse::Device, "guarded output") {
-    std::vector<uint32_t> words(n + kGuardFloats, kSentinelBits);
-    if (!initial.empty()) std::memcpy(words.data(), initial.data(), n * 4);
-    buffer.write_as<uint32_t>(std::span<const uint32_t>(words));
-  }
-  std::vector<float> read(const std::string& what) const {
-    std::vector<uint32_t> words(n + kGuardFloats);
-    buffer.read_as<uint32_t>(std::span<uint32_t>(words));
-    for (size_t i = n; i < words.size(); ++i) {
-      if (words[i] != kSentinelBits) {
-        FAIL_CHECK(fmt::format("{}: guard word {} after the {} outputs was overwritten", what, i - n, n));
-        break;
-      }
-    }
-    std::vector<float> values(n);
-    std::memcpy(values.data(), words.data(), n * 4);
-    return values;
-  }
-};
-
-// NaN/inf first, then the normalized MSE against `bound`, naming the worst index.
-void check_close(std::span<const float> gpu, std::span<const double> cpu, double bound, const std::string& what) {
-  REQUIRE(gpu.size() == cpu.size());
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    if (!std::isfinite(gpu[i]) && std::isfinite(cpu[i])) {
-      FAIL_CHECK(fmt::format("{}: non-finite {} at index {} (cpu {})", what, gpu[i], i, cpu[i]));
-      return;
-    }
-  }
-  double err = 0, norm = 0, worst_err = -1;
-  size_t worst = 0;
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const double d = double(gpu[i]) - cpu[i];
-    err += d * d;
-    norm += cpu[i] * cpu[i];
-    if (d * d > worst_err) worst_err = d * d, worst = i;
-  }
-  const double nmse = norm > 0 ? err / norm : err;
-  CHECK_MESSAGE(nmse <= bound, fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}", what,
-                                           nmse, bound, worst, gpu[worst], cpu[worst]));
-}
-
-void check_no_validation_messages() {
-  if (!context().validation_enabled())
-    MESSAGE("VK_LAYER_KHRONOS_validation is not installed: API misuse goes unchecked");
-  CHECK(context().validation_messages() == 0);
-}
 
 // Super-blocks of random bytes with super-scales set to modest f16 values, so
 // every code, 6-bit scale/min and int8 scale pattern occurs.
@@ -193,62 +79,10 @@ std::vector<uint8_t> random_blocks(GgmlType type, uint64_t rows, uint64_t cols, 
   return bytes;
 }
 
-// A rows x cols matrix as GGUF stores it (`gguf`), its values as the CPU
-// dequantizes them, and its GPU image.
-struct TestWeight {
-  GgmlType type;
-  uint64_t rows, cols;
-  std::vector<uint8_t> gguf;
-  std::vector<float> values;  // dequantized, rows x cols
-  GpuWeight gpu;
-  gpu::Buffer value_buffer, scale_buffer;
-
-  TestWeight(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed, bool random_bytes)
-      : type(type), rows(rows), cols(cols) {
-    const size_t bytes_per_row = row_bytes(type, cols);
-    if (random_bytes && type != GgmlType::BF16) {
-      gguf = random_blocks(type, rows, cols, seed);
-    } else {
-      const std::vector<float> f = random_floats(rows * cols, seed);
-      gguf.resize(rows * bytes_per_row);
-      for (uint64_t r = 0; r < rows; ++r)
-        quantize_row(type, std::span(f).subspan(r * cols, cols), std::span(gguf).subspan(r * bytes_per_row, bytes_per_row));
-    }
-    values.resize(rows * cols);
-    for (uint64_t r = 0; r < rows; ++r)
-      dequantize_row(type, std::span<const uint8_t>(gguf).subspan(r * bytes_per_row, bytes_per_row),
-                     std::span(values).subspan(r * cols, cols));
-    gpu = repack_for_gpu(type, gguf.data(), rows, cols);
-    value_buffer = upload(gpu.values, "weight values");
-    scale_buffer = upload(gpu.scales, "weight scales");  // 16 bytes of zeros when unused
-  }
-  gpu::Binding value_rows(uint64_t first, uint64_t count) const {
-    return {value_buffer, first * gpu.value_row_bytes(), count * gpu.value_row_bytes()};
-  }
-  gpu::Binding scale_rows(uint64_t first, uint64_t count) const {
-    if (gpu.scale_row_bytes() == 0) return {scale_buffer};
-    return {scale_buffer, first * gpu.scale_row_bytes(), count * gpu.scale_row_bytes()};
-  }
-  // A row near the middle where a second chunk's offsets meet the device's
-  // alignments; 0 when there is none.
-  uint64_t chunk_split_row() const {
-    const uint64_t value_align = std::max<uint64_t>(1, context().properties().limits.minTexelBufferOffsetAlignment);
-    const uint64_t scale_align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
-    uint64_t step = 1;
-    while ((step * gpu.value_row_bytes()) % value_align != 0 || (step * gpu.scale_row_bytes()) % scale_align != 0)
-      ++step;
-    const uint64_t split = std::max<uint64_t>(step, rows / 2 / step * step);
-    return split < rows ? split : 0;
-  }
-};
-
-struct RowChunk {
-  uint64_t first, count;
-};
-std::vector<RowChunk> chunks_of(const TestWeight& w, bool split) {
-  const uint64_t at = split ? w.chunk_split_row() : 0;
-  if (at == 0) return {{0, w.rows}};
-  return {{0, at}, {at, w.rows - at}};
+// A weight from random floats, or (K-quants) from random super-blocks.
+TestWeight make_weight(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed, bool random_bytes) {
+  if (random_bytes && type != GgmlType::BF16) return TestWeight(type, rows, cols, random_blocks(type, rows, cols, seed));
+  return TestWeight(type, rows, cols, seed);
 }
 
 struct Shape {
@@ -271,7 +105,7 @@ TEST_CASE("kquant embed: BF16 Q4_K Q5_K Q6_K rows, whole and chunked tables") {
       for (uint64_t dim : {256u, 768u}) {
         for (bool random_bytes : {false, true}) {
           const uint64_t n_vocab = 300;
-          TestWeight table(type, n_vocab, dim, uint32_t(17 + dim), random_bytes);
+          TestWeight table = make_weight(type, n_vocab, dim, uint32_t(17 + dim), random_bytes);
           const std::vector<int32_t> ids{0, 299, 5, 150, 5, 151, 42};
           gpu::Buffer id_buffer = upload(ids, "token ids");
           for (bool split : {false, true}) {
@@ -359,7 +193,7 @@ TEST_CASE("kquant matvec: BF16 Q4_K Q5_K Q6_K, shared and whole rows, chunked, a
         for (Shape s : shapes(type)) {
           for (uint32_t n_vec : {1u, 2u}) {
             const bool accumulate = n_vec == 2, split = n_vec == 2, random_bytes = n_vec == 2;
-            TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols), random_bytes);
+            TestWeight w = make_weight(type, s.rows, s.cols, uint32_t(s.rows * 7 + s.cols), random_bytes);
             const std::string what = fmt::format("matvec {} {}x{} n_vec {} wg {} rows/group {}{}{}", type_name(type),
                                                  s.rows, s.cols, n_vec, wg, rows_per_group,
                                                  random_bytes ? " random blocks" : "", split ? " chunked" : "");
@@ -383,7 +217,7 @@ TEST_CASE("kquant matmul: BF16 Q4_K Q5_K Q6_K, tiles and rows per invocation, ch
         for (Shape s : shapes(type)) {
           for (uint32_t n_tokens : {2u, 17u}) {
             const bool accumulate = n_tokens % 2 == 1, split = n_tokens == 17, random_bytes = n_tokens == 2;
-            TestWeight w(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols), random_bytes);
+            TestWeight w = make_weight(type, s.rows, s.cols, uint32_t(s.rows * 5 + s.cols), random_bytes);
             const std::string what = fmt::format("matmul {} {}x{} tokens {} wg {} row/invocation {}{}{}{}",
                                                  type_name(type), s.rows, s.cols, n_tokens, wg, row_per_invocation,
                                                  accumulate ? " accumulate" : "", random_bytes ? " random blocks" : "",
@@ -462,7 +296,7 @@ TEST_CASE("kquant bench: matvec weight throughput per type" * doctest::skip()) {
   gpu::Buffer x_buffer = upload(x, "x");
   gpu::Buffer y_buffer(context(), rows * 4, gpu::MemoryUse::Device, "y");
   for (size_t i = 0; i < std::size(types); ++i) {
-    TestWeight w(types[i], rows, cols, 5, false);
+    TestWeight w(types[i], rows, cols, 5);
     gpu::Pipeline pipe(context(), {ids[i], 4, sizeof(params::MatVecParams), {wg, rows_per_group}, kWeightTexels0});
     const int reps = 20;
     auto run = [&] {

@@ -27,38 +27,15 @@
 #include "kv/formats.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
+#include "tests/gpu/gpu_fixture.h"
 
 using namespace kvscope;
 using kv::Encoding;
 using kv::Format;
 using shaders::Id;
+using namespace kvscope::test;
 
 namespace {
-
-gpu::Context& context() {
-  static gpu::Context ctx = [] {
-    gpu::ContextOptions options;
-    options.validation = true;
-    return gpu::Context(options);
-  }();
-  return ctx;
-}
-
-uint32_t workgroup_size() { return std::max(8u, context().subgroup_size()); }
-
-template <class T>
-gpu::Buffer upload(const std::vector<T>& data, const char* label) {
-  gpu::Buffer buffer(context(), std::max<uint64_t>(data.size() * sizeof(T), 16), gpu::MemoryUse::Device, label);
-  if (!data.empty()) buffer.write_as<T>(data);
-  return buffer;
-}
-
-template <class T>
-std::vector<T> download(const gpu::Buffer& buffer, size_t n) {
-  std::vector<T> v(n);
-  buffer.read_as<T>(v);
-  return v;
-}
 
 constexpr Format kFormats[] = {Format::F32, Format::F16, Format::Q8, Format::Q4, Format::Kivi2};
 

@@ -32,10 +32,12 @@
 #include "models/gpu_layout.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
+#include "tests/gpu/gpu_fixture.h"
 
 using namespace kvscope;
 namespace params = kvscope::params;
 using shaders::Id;
+using namespace kvscope::test;
 
 namespace {
 
@@ -57,215 +59,9 @@ constexpr double kTranscendentalBound = 1e-7;
 // even like f32_to_f16: at most one f16 ulp (2^-10 relative) per element.
 constexpr double kF16StoreBound = 1e-6;
 
-constexpr size_t kGuardFloats = 64;
-constexpr uint32_t kSentinelBits = 0x7fc0beefu;  // a NaN no shader produces
-
-// Weight values are bound as texel buffers (params.h): binding 0 of
-// matvec/matmul, binding 1 of embed.
-constexpr uint32_t kWeightTexels0 = 1u << 0, kWeightTexels1 = 1u << 1;
-
 const GgmlType kWeightTypes[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0};
 
-// One Vulkan context for the whole test program, validation on.
-gpu::Context& context() {
-  static gpu::Context ctx = [] {
-    setenv("KVSCOPE_VALIDATION", "1", /*overwrite=*/0);
-    gpu::ContextOptions options;
-    options.validation = true;
-    return gpu::Context(options);
-  }();
-  return ctx;
-}
-
-// Workgroup sizes each op is run with: the device's subgroup size (what the
-// forward pass picks) and 64, so reductions see more than one width.
-std::vector<uint32_t> workgroup_sizes() {
-  const uint32_t subgroup = std::max(8u, context().subgroup_size());
-  std::vector<uint32_t> sizes{subgroup};
-  if (subgroup != 64) sizes.push_back(64);
-  return sizes;
-}
-
-std::string type_name(GgmlType t) { return std::string(type_traits(static_cast<uint32_t>(t))->name); }
-
-std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
 float f16_round(float x) { return f16_to_f32(f32_to_f16(x)); }
-
-template <class T>
-gpu::Buffer upload(std::span<const T> data, const char* label) {
-  const uint64_t bytes = std::max<uint64_t>(data.size_bytes(), 16);  // never a 0-byte buffer
-  gpu::Buffer buffer(context(), bytes, gpu::MemoryUse::Device, label);
-  if (!data.empty()) buffer.write_as<T>(data);
-  return buffer;
-}
-template <class T>
-gpu::Buffer upload(const std::vector<T>& data, const char* label) {
-  return upload(std::span<const T>(data), label);
-}
-
-// An f32 buffer of n values (initialised from `initial`, or to sentinels)
-// followed by kGuardFloats sentinels that the shader must not touch.
-struct GuardedOutput {
-  size_t n;
-  gpu::Buffer buffer;
-  explicit GuardedOutput(size_t n, std::span<const float> initial = {})
-      : n(n), buffer(context(), (n + kGuardFloats) * 4, gpu::MemoryUse::Device, "guarded output") {
-    std::vector<uint32_t> words(n + kGuardFloats, kSentinelBits);
-    if (!initial.empty()) std::memcpy(words.data(), initial.data(), n * 4);
-    buffer.write_as<uint32_t>(words);
-  }
-  // The n values; fails the check when a guard word changed.
-  std::vector<float> read(const std::string& what) const {
-    std::vector<uint32_t> words(n + kGuardFloats);
-    buffer.read_as<uint32_t>(words);
-    for (size_t i = n; i < words.size(); ++i) {
-      if (words[i] != kSentinelBits) {
-        FAIL_CHECK(fmt::format("{}: guard word {} after the {} outputs was overwritten", what, i - n, n));
-        break;
-      }
-    }
-    std::vector<float> values(n);
-    std::memcpy(values.data(), words.data(), n * 4);
-    return values;
-  }
-};
-
-// NaN/inf first, then the normalized MSE against `bound`, naming the worst index.
-void check_close(std::span<const float> gpu, std::span<const float> cpu, double bound,
-                 const std::string& what) {
-  REQUIRE(gpu.size() == cpu.size());
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    if (!std::isfinite(gpu[i]) && std::isfinite(cpu[i])) {
-      FAIL_CHECK(fmt::format("{}: non-finite {} at index {} (cpu {})", what, gpu[i], i, cpu[i]));
-      return;
-    }
-  }
-  double err = 0, norm = 0, worst_err = -1;
-  size_t worst = 0;
-  for (size_t i = 0; i < gpu.size(); ++i) {
-    const double d = double(gpu[i]) - double(cpu[i]);
-    err += d * d;
-    norm += double(cpu[i]) * cpu[i];
-    if (d * d > worst_err) worst_err = d * d, worst = i;
-  }
-  const double nmse = norm > 0 ? err / norm : err;
-  CHECK_MESSAGE(nmse <= bound,
-                fmt::format("{}: normalized MSE {:.3g} > {:.3g}; worst index {}: gpu {} cpu {}", what, nmse,
-                            bound, worst, gpu[worst], cpu[worst]));
-}
-
-void check_no_validation_messages() {
-  if (!context().validation_enabled())
-    MESSAGE("VK_LAYER_KHRONOS_validation is not installed: API misuse goes unchecked");
-  CHECK(context().validation_messages() == 0);
-}
-
-// A rows x cols matrix as GGUF stores it (`gguf`) and as the GPU reads it.
-struct TestWeight {
-  GgmlType type;
-  uint64_t rows, cols;
-  std::vector<uint8_t> gguf;
-  GpuWeight gpu;
-  gpu::Buffer values, scales;
-
-  TestWeight(GgmlType type, uint64_t rows, uint64_t cols, uint32_t seed)
-      : type(type), rows(rows), cols(cols) {
-    const std::vector<float> f = random_floats(rows * cols, seed);
-    const size_t bytes_per_row = row_bytes(type, cols);
-    gguf.resize(rows * bytes_per_row);
-    for (uint64_t r = 0; r < rows; ++r) {
-      std::span<const float> src(f.data() + r * cols, cols);
-      std::span<uint8_t> dst(gguf.data() + r * bytes_per_row, bytes_per_row);
-      if (type == GgmlType::F32) {
-        std::memcpy(dst.data(), src.data(), src.size_bytes());
-      } else if (type == GgmlType::F16) {
-        for (uint64_t c = 0; c < cols; ++c) {
-          const uint16_t h = f32_to_f16(src[c]);
-          std::memcpy(dst.data() + 2 * c, &h, 2);
-        }
-      } else {
-        quantize_row(type, src, dst);
-      }
-    }
-    gpu = repack_for_gpu(type, gguf.data(), rows, cols);
-    values = upload(gpu.values, "weight values");
-    scales = upload(gpu.scales, "weight scales");  // 16 bytes of zeros for F32/F16: bound, unused
-  }
-  // Bindings of rows [first, first + count) (offsets must be aligned).
-  gpu::Binding value_rows(uint64_t first, uint64_t count) const {
-    return {values, first * gpu.value_row_bytes(), count * gpu.value_row_bytes()};
-  }
-  gpu::Binding scale_rows(uint64_t first, uint64_t count) const {
-    if (gpu.scale_row_bytes() == 0) return {scales};
-    return {scales, first * gpu.scale_row_bytes(), count * gpu.scale_row_bytes()};
-  }
-  // A row where a second chunk can start with its value offset aligned to
-  // minTexelBufferOffsetAlignment and its scale offset to
-  // minStorageBufferOffsetAlignment, near the middle; 0 when there is none.
-  uint64_t chunk_split_row() const {
-    const uint64_t value_align = std::max<uint64_t>(1, context().properties().limits.minTexelBufferOffsetAlignment);
-    const uint64_t scale_align = std::max<uint64_t>(1, context().info().min_storage_buffer_offset_alignment);
-    uint64_t step = 1;
-    while ((step * gpu.value_row_bytes()) % value_align != 0 || (step * gpu.scale_row_bytes()) % scale_align != 0)
-      ++step;
-    const uint64_t split = std::max<uint64_t>(step, rows / 2 / step * step);
-    return split < rows ? split : 0;
-  }
-};
-
-// The rows of a weight that one dispatch sees.
-struct RowChunk {
-  uint64_t first, count;
-};
-std::vector<RowChunk> chunks_of(const TestWeight& w, bool split) {
-  const uint64_t at = split ? w.chunk_split_row() : 0;
-  if (at == 0) return {{0, w.rows}};
-  return {{0, at}, {at, w.rows - at}};
-}
-
-Id embed_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32:
-      return Id::embed_f32;
-    case GgmlType::F16:
-      return Id::embed_f16;
-    case GgmlType::Q8_0:
-      return Id::embed_q8_0;
-    default:
-      return Id::embed_q4_0;
-  }
-}
-Id matvec_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32:
-      return Id::matvec_f32;
-    case GgmlType::F16:
-      return Id::matvec_f16;
-    case GgmlType::Q8_0:
-      return Id::matvec_q8_0;
-    default:
-      return Id::matvec_q4_0;
-  }
-}
-Id matmul_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32:
-      return Id::matmul_f32;
-    case GgmlType::F16:
-      return Id::matmul_f16;
-    case GgmlType::Q8_0:
-      return Id::matmul_q8_0;
-    default:
-      return Id::matmul_q4_0;
-  }
-}
 
 struct Shape {
   uint64_t rows, cols;

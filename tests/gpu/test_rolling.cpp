@@ -22,28 +22,14 @@
 #include "models/hparams.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
+#include "tests/gpu/gpu_fixture.h"
 
 using namespace kvscope;
 using kv::Format;
 using shaders::Id;
+using namespace kvscope::test;
 
 namespace {
-
-gpu::Context& context() {
-  static gpu::Context ctx = [] {
-    gpu::ContextOptions options;
-    options.validation = true;
-    return gpu::Context(options);
-  }();
-  return ctx;
-}
-
-template <class T>
-gpu::Buffer upload(const std::vector<T>& data, const char* label) {
-  gpu::Buffer buffer(context(), std::max<uint64_t>(data.size() * sizeof(T), 16), gpu::MemoryUse::Device, label);
-  if (!data.empty()) buffer.write_as<T>(data);
-  return buffer;
-}
 
 std::vector<float> normal_floats(size_t n, uint32_t seed, float spread) {
   std::mt19937 rng(seed);
