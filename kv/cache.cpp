@@ -31,6 +31,16 @@ uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config) 
 
 // ---------------------------------------------------------------- SlotTable
 
+ContextFull::ContextFull(uint32_t held_, uint32_t incoming_, uint32_t slots_, std::string_view detail)
+    : std::runtime_error(fmt::format(
+          "the context is full: {} tokens held + {} new > {} slots{}; start a new conversation, use a larger "
+          "context (-c), or let the cache evict once it is full (--on-full streamingllm:sinks=4,window={})",
+          held_, incoming_, slots_, detail.empty() ? std::string{} : fmt::format(" ({})", detail),
+          slots_ > 8 ? slots_ - 4 : 4)),
+      held(held_),
+      incoming(incoming_),
+      slots(slots_) {}
+
 SlotTable::SlotTable(uint32_t capacity, uint32_t block_slots)
     : positions_(capacity, -1), block_slots_(std::max(block_slots, 1u)) {
   block_live_.assign((capacity + block_slots_ - 1) / block_slots_, 0);
@@ -173,21 +183,57 @@ KvCache::~KvCache() = default;
 KvCache::KvCache(KvCache&&) noexcept = default;
 KvCache& KvCache::operator=(KvCache&&) noexcept = default;
 
+StepPlan KvCache::begin_step(std::span<const int32_t> positions, std::span<const int32_t> tokens) {
+  if (positions.empty()) throw std::invalid_argument("KV cache: a step of no tokens");
+  StepPlan plan;
+  plan.n_tokens = static_cast<uint32_t>(std::min<size_t>(positions.size(), max_batch_));
+  if (!eviction_) {
+    // Without a policy the whole call must fit before anything is written.
+    for (uint32_t l = 0; l < shape_.n_layer; ++l)
+      for (uint32_t h = 0; h < shape_.n_kv_head; ++h)
+        if (table(l, h).assignable() < positions.size())
+          throw context_full(table(l, h), positions.size());
+  } else {
+    // A step no larger than the room the policy can make (at least one token,
+    // so that a full `full` cache says so).
+    plan.n_tokens = std::min(plan.n_tokens, std::max(eviction_->room(tables_), 1u));
+    SpillHook spill_hook(*this);  // a member would dangle when the cache moves
+    eviction_->make_room(tables_, plan.n_tokens, positions.front(), spill_ ? &spill_hook : nullptr);
+    for (uint32_t l = 0; l < shape_.n_layer; ++l) upload_tables(l);
+  }
+  const auto step_positions = positions.first(plan.n_tokens);
+  reserve(step_positions, tokens.first(std::min<size_t>(tokens.size(), plan.n_tokens)));
+  if (eviction_ && eviction_->policy().needs_scores()) {
+    plan.scores = true;
+    plan.score_first_query = eviction_->score_first_query(plan.n_tokens);
+    plan.scores_accumulate = eviction_->scores_accumulate();
+  }
+  if (rolling_) plan.rope_query_positions = rope_query_positions(step_positions);
+  return plan;
+}
+
+void KvCache::end_step() {
+  if (spill_) spill_step_done();
+  if (!eviction_ || !eviction_->policy().needs_scores()) return;
+  ScoreBuffer& scores = eviction_->scores();
+  for (uint32_t l = 0; l < shape_.n_layer; ++l) scores_.read_as<float>(scores.layer_values(l), l * scores_stride_);
+}
+
+ContextFull KvCache::context_full(const SlotTable& t, size_t incoming) const {
+  const uint32_t usable = t.live() + t.assignable();
+  return ContextFull(t.live(), static_cast<uint32_t>(incoming), usable,
+                     usable < config_.capacity
+                         ? fmt::format("kivi2 keys reuse freed slots only as whole blocks of {}", t.block_slots())
+                         : std::string{});
+}
+
 void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_t> tokens) {
   const uint32_t n = static_cast<uint32_t>(positions.size());
   if (n > max_batch_)
     throw std::invalid_argument(fmt::format("KV cache: {} tokens in one step, at most {}", n, max_batch_));
   for (uint32_t l = 0; l < shape_.n_layer; ++l)
     for (uint32_t h = 0; h < shape_.n_kv_head; ++h)
-      if (table(l, h).assignable() < n)
-        throw ContextFull(fmt::format(
-            "the context is full: {} tokens held + {} new > {} slots{}; start a new conversation or "
-            "use a larger context (-c)",
-            table(l, h).live(), n, table(l, h).live() + table(l, h).assignable(),
-            table(l, h).assignable() + table(l, h).live() < config_.capacity
-                ? fmt::format(" usable (kivi2 keys reuse freed slots only as whole blocks of {})",
-                              table(l, h).block_slots())
-                : ""));
+      if (table(l, h).assignable() < n) throw context_full(table(l, h), n);
 
   std::vector<int32_t> slots(size_t{n} * shape_.n_kv_head);
   for (uint32_t l = 0; l < shape_.n_layer; ++l) {
@@ -199,22 +245,30 @@ void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_
     write_slots_.write_as<int32_t>(slots, l * write_slots_stride_);
     upload_tables(l);
   }
-  tokens_ += n;
-  if (!policy_) return;
-  tokens_ = tables_.front().live();  // evictions happened too
-  for (uint32_t i = 0; i < n; ++i) {
-    const auto p = static_cast<size_t>(positions[i]);
-    if (token_ids_.size() <= p) token_ids_.resize(p + 1, -1);
-    token_ids_[p] = i < tokens.size() ? tokens[i] : -1;
-  }
-  std::vector<int32_t> ids(n, -1);
-  std::copy_n(tokens.begin(), std::min<size_t>(n, tokens.size()), ids.begin());
-  log_->written(step_, positions, ids);
-  log_->occupancy(step_, tables_);
-  ++step_;
+  tokens_ = tables_.front().live();
+  if (eviction_) eviction_->written(tables_, positions, tokens);
 }
 
 // ----------------------------------------------------------------- eviction
+
+void check_cache_config(const CacheShape& shape, const CacheConfig& config, const EvictionPolicy* policy) {
+  if (config.capacity == 0) throw std::invalid_argument("KV cache: capacity must be > 0");
+  const TensorLayout k = tensor_layout(encoding(config.k_format, Role::Keys), shape.n_kv_head, config.capacity,
+                                       shape.head_dim, config.group_size, config.token_group);
+  const TensorLayout v = tensor_layout(encoding(config.v_format, Role::Values), shape.n_kv_head, config.capacity,
+                                       shape.head_dim, config.group_size, config.token_group);
+  if (!config.spill) return;
+  if (!policy)
+    throw std::invalid_argument("spill keeps what a policy evicts, and this cache has no policy: add one (e.g. "
+                                "h2o:budget=64) or leave out spill");
+  // Key bounds are taken over keys as the cache holds them; rolling keeps
+  // them un-rotated, so the bounds would not bound the logits attention sees.
+  if (policy->spec().flag("rolling"))
+    throw std::invalid_argument(fmt::format("spill does not work with a rolling policy ({}): its keys are stored "
+                                            "un-rotated; leave out `rolling` or spill",
+                                            policy->spec().text()));
+  [[maybe_unused]] const SpillTier rows_per_token(shape.n_layer, shape.n_kv_head, k, v);  // refuses kivi2 keys
+}
 
 void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pins) {
   if (!policy) throw std::invalid_argument("KV cache: set_policy needs a policy");
@@ -223,19 +277,12 @@ void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pin
     throw std::invalid_argument(fmt::format(
         "policy {} was made for {} layers x {} kv heads x {} slots, the cache has {} x {} x {}",
         policy->name(), ps.n_layer, ps.n_kv_head, ps.capacity, shape_.n_layer, shape_.n_kv_head, config_.capacity));
-  policy_ = std::move(policy);
-  pins_ = std::move(pins);
+  check_cache_config(shape_, config_, policy.get());
   // The flag is streamingllm's (kv/policies/streamingllm.cpp); the cache and
   // the forward pass carry it out.
-  rolling_ = policy_->spec().flag("rolling");
+  rolling_ = policy->spec().flag("rolling");
   spill_.reset();
   if (config_.spill) {
-    // Key bounds are taken over keys as the cache holds them; rolling keeps
-    // them un-rotated, so the bounds would not bound the logits attention sees.
-    if (rolling_)
-      throw std::invalid_argument(fmt::format("--spill does not work with a rolling policy ({}): its keys are "
-                                              "stored un-rotated; leave out `rolling` or --spill",
-                                              policy_->spec().text()));
     spill_ = std::make_unique<SpillTier>(shape_.n_layer, shape_.n_kv_head, key_layout_, value_layout_,
                                          config_.spill_max_bytes);
     last_slots_.assign(size_t{shape_.n_layer} * shape_.n_kv_head, -1);
@@ -243,113 +290,25 @@ void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pin
   if (rolling_ && !rope_positions_.host_visible())
     rope_positions_ = gpu::Buffer(*ctx_, slot_positions_stride_ * shape_.n_layer, gpu::MemoryUse::Upload,
                                   "kv rope positions");
-  log_ = std::make_unique<EventLog>(TraceHeader{policy_->spec().text(), shape_.n_layer, shape_.n_kv_head,
-                                                config_.capacity, tables_.front().block_slots(), pins_.spans()});
-  scores_host_.clear();
-  if (policy_->needs_scores()) {
+  const bool needs_scores = policy->needs_scores();
+  eviction_ = std::make_unique<EvictionDriver>(std::move(policy), std::move(pins), tables_.front().block_slots());
+  if (needs_scores) {
     scores_stride_ = align_up(uint64_t{shape_.n_kv_head} * config_.capacity * 4, kBindingAlign);
     scores_ = gpu::Buffer(*ctx_, scores_stride_ * shape_.n_layer, gpu::MemoryUse::Readback, "kv eviction scores");
-    scores_.fill_zero();
-    scores_host_.assign(size_t{shape_.n_layer} * shape_.n_kv_head * config_.capacity, 0.0f);
   }
   clear();
 }
 
-uint32_t KvCache::room() const {
-  uint32_t room = UINT32_MAX;
-  for (uint32_t l = 0; l < shape_.n_layer; ++l)
-    for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
-      const SlotTable& t = table(l, h);
-      if (!policy_ || !policy_->evicts()) {
-        const uint32_t budget = policy_ ? policy_->budget(l, h) : t.capacity();
-        room = std::min({room, t.assignable(), budget > t.live() ? budget - t.live() : 0u});
-        continue;
-      }
-      // Live tokens the policy may not evict; the recent window moves with the step.
-      const uint32_t sinks = policy_->protection().sinks;
-      uint32_t kept = 0;
-      for (uint32_t s = 0; s < t.high_water(); ++s) {
-        const int32_t p = t.position(s);
-        if (p >= 0 && (p < static_cast<int64_t>(sinks) || pins_.contains(p))) ++kept;
-      }
-      const uint32_t budget = policy_->budget(l, h);
-      room = std::min(room, budget > kept ? budget - kept : 0u);
-    }
-  return room;
-}
-
-void KvCache::make_room(uint32_t incoming, int32_t next_position) {
-  if (!policy_) return;
-  const StepInfo info{step_, prefill_done_ ? Phase::Decode : Phase::Prefill, next_position, incoming};
-  const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, log_.get()};
-  for (uint32_t l = 0; l < shape_.n_layer; ++l) {
-    LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
-                   policy_->layer_budgets(l), context);
-    const auto before = spill_ ? snapshot_positions(l) : std::vector<std::vector<int32_t>>{};
-    policy_->on_step(view, step_ == 0 ? LayerScores{} : layer_scores(l));
-    if (spill_) {
-      queue_evicted(l, before);
-      if (incoming == 1) recall(view);
-    }
-    for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
-      if (view.excess(h) == 0) continue;
-      const auto message = fmt::format("layer {} kv head {} holds {} tokens; {} more exceed the budget of {}", l, h,
-                                       view.live(h), incoming, view.budget(h));
-      if (!policy_->evicts())
-        throw ContextFull(fmt::format("the context is full: {}; start a new conversation, use a larger context "
-                                      "(-c) or an evicting --policy (e.g. window:budget=N)",
-                                      message));
-      throw std::logic_error(fmt::format("policy {}: {}", policy_->name(), message));
-    }
-    upload_tables(l);
-  }
-}
-
 void KvCache::end_prefill() {
-  if (!policy_ || prefill_done_) return;
-  prefill_done_ = true;
-  if (step_ == 0) return;
-  const StepInfo info{step_ - 1, Phase::Prefill, static_cast<int32_t>(token_ids_.size()), 0};
-  const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, log_.get()};
-  for (uint32_t l = 0; l < shape_.n_layer; ++l) {
-    LayerView view(l, std::span(tables_).subspan(size_t{l} * shape_.n_kv_head, shape_.n_kv_head),
-                   policy_->layer_budgets(l), context);
-    const auto before = spill_ ? snapshot_positions(l) : std::vector<std::vector<int32_t>>{};
-    policy_->on_prefill(view, layer_scores(l));
-    if (spill_) queue_evicted(l, before);
-    upload_tables(l);
-  }
+  if (!eviction_ || eviction_->prefill_done()) return;
+  SpillHook spill_hook(*this);
+  eviction_->end_prefill(tables_, spill_ ? &spill_hook : nullptr);
+  for (uint32_t l = 0; l < shape_.n_layer; ++l) upload_tables(l);
   tokens_ = tables_.front().live();
 }
 
-bool KvCache::needs_scores() const { return policy_ && policy_->needs_scores(); }
-
 gpu::Binding KvCache::scores(uint32_t layer) const {
   return {scores_, layer * scores_stride_, uint64_t{shape_.n_kv_head} * config_.capacity * 4};
-}
-
-uint32_t KvCache::score_first_query(uint32_t n_tokens) const {
-  const ScoreRequest r = policy_ ? policy_->score_request() : ScoreRequest{};
-  if (r.kind != ScoreKind::LastQueries || r.last_queries == 0 || r.last_queries >= n_tokens) return 0;
-  return n_tokens - r.last_queries;
-}
-
-bool KvCache::scores_accumulate() const {
-  return policy_ && policy_->score_request().kind == ScoreKind::Accumulated;
-}
-
-void KvCache::scores_written() {
-  if (spill_) spill_step_done();
-  if (!needs_scores()) return;
-  const size_t layer_floats = size_t{shape_.n_kv_head} * config_.capacity;
-  for (uint32_t l = 0; l < shape_.n_layer; ++l)
-    scores_.read_as<float>(std::span(scores_host_).subspan(l * layer_floats, layer_floats), l * scores_stride_);
-}
-
-LayerScores KvCache::layer_scores(uint32_t layer) const {
-  if (scores_host_.empty()) return {};
-  const size_t layer_floats = size_t{shape_.n_kv_head} * config_.capacity;
-  return {std::span<const float>(scores_host_).subspan(layer * layer_floats, layer_floats), config_.capacity};
 }
 
 void KvCache::truncate(int32_t position) {
@@ -370,21 +329,13 @@ void KvCache::truncate(int32_t position) {
     spill_out_pending_.clear();
     spill_query_valid_ = false;
   }
-  if (policy_) {
-    log_->truncated(step_, position);
-    if (token_ids_.size() > static_cast<size_t>(std::max(position, 0)))
-      token_ids_.resize(static_cast<size_t>(std::max(position, 0)));
-    policy_->reset();
-  }
+  if (eviction_) eviction_->truncated(position);
 }
 
 void KvCache::clear() {
   for (auto& t : tables_) t.clear();
   for (uint32_t l = 0; l < shape_.n_layer; ++l) upload_tables(l);
   tokens_ = 0;
-  step_ = 0;
-  prefill_done_ = false;
-  token_ids_.clear();
   if (spill_) {
     spill_->clear();
     spill_out_pending_.clear();
@@ -392,11 +343,8 @@ void KvCache::clear() {
     spill_query_valid_ = false;
     recalls_ = 0;
   }
-  if (policy_) {
-    policy_->reset();
-    log_->clear();
-    std::fill(scores_host_.begin(), scores_host_.end(), 0.0f);
-  }
+  if (eviction_) eviction_->clear();
+  if (scores_.host_visible()) scores_.fill_zero();
 }
 
 gpu::Binding KvCache::keys(uint32_t layer) const { return keys_.at(layer); }

@@ -21,16 +21,14 @@
 #include "gpu/buffer.h"
 #include "gpu/context.h"
 #include "gpu/recorder.h"
+#include "kv/eviction_driver.h"
 #include "kv/formats.h"
 #include "kv/pins.h"
+#include "kv/slot_table.h"
 
 namespace kvscope::kv {
 
-class EvictionPolicy;
-class EventLog;
-class LayerView;
 class SpillTier;
-struct LayerScores;
 
 // Format, format_name(), parse_format(), format_names(): kv/formats.h.
 // Every storage format, in declaration order: what `kvscope eval --sweep`
@@ -64,53 +62,22 @@ struct CacheConfig {
 // and config, as KvCache allocates them (no device needed: `kvscope info`).
 uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config);
 
-// Thrown when tokens do not fit: the message says how many and what to do.
-struct ContextFull : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
-// Which position each slot of one (layer, kv_head) holds.
-//
-// Slots come in blocks of `block_slots` consecutive slots (1 for every format
-// but kivi2 keys, whose blocks are quantized per channel as a whole). One
-// block at a time is open: new positions fill its empty slots (lowest first);
-// when it is full it is sealed (the cache quantizes it) and the lowest wholly
-// empty block opens next. A slot freed in a sealed block is reused only when
-// the whole block is empty: writing into a quantized block would need its
-// per-channel scales recomputed from tokens held only as 2-bit codes, so the
-// hole is left instead (truncating into a sealed block, or evicting from it,
-// costs up to block_slots - 1 slots until the block empties). With
-// block_slots 1 every slot is its own block: the lowest empty slot is used.
-class SlotTable {
- public:
-  explicit SlotTable(uint32_t capacity = 0, uint32_t block_slots = 1);
-  // A slot for `position` (see above), or -1 when none can be used.
-  int32_t assign(int32_t position);
-  void release(uint32_t slot);
-  int32_t position(uint32_t slot) const { return positions_[slot]; }
-  uint32_t capacity() const { return static_cast<uint32_t>(positions_.size()); }
-  uint32_t live() const { return live_; }
-  uint32_t block_slots() const { return block_slots_; }
-  // The block being filled (its rows live in kivi2's f16 window), -1: none.
-  int32_t open_block() const { return open_block_; }
-  // How many more positions assign() can place now (<= capacity - live).
-  uint32_t assignable() const;
-  // One past the highest slot ever live: the attention shader scans [0, high_water).
-  uint32_t high_water() const { return high_water_; }
-  std::span<const int32_t> positions() const { return positions_; }
-  void clear();
+// Whether a cache of this shape and config can be made and run `policy`
+// (null: none): the layouts (a group size that divides head_dim), and what
+// --spill needs (a policy, keys stored one row per token, no rolling RoPE).
+// Throws std::invalid_argument saying what to change. KvCache checks the same.
+void check_cache_config(const CacheShape& shape, const CacheConfig& config, const EvictionPolicy* policy);
 
- private:
-  uint32_t block_of(uint32_t slot) const { return slot / block_slots_; }
-  uint32_t block_size(uint32_t block) const;
-
-  std::vector<int32_t> positions_;
-  std::vector<uint32_t> block_live_;  // live slots per block
-  uint32_t block_slots_ = 1;
-  uint32_t live_ = 0;
-  uint32_t high_water_ = 0;
-  uint32_t next_free_block_hint_ = 0;  // no wholly empty block below it
-  int32_t open_block_ = -1;
+// What the forward pass records for one step (KvCache::begin_step).
+struct StepPlan {
+  uint32_t n_tokens = 0;              // the call's next n tokens go in this step
+  bool scores = false;                // run the scores pass into KvCache::scores()
+  uint32_t score_first_query = 0;     // ... summing queries from this one
+  bool scores_accumulate = false;     // ... onto the previous values
+  // Rolling RoPE: the queries' cache-relative positions (their ranks among
+  // the live positions of layer 0, kv head 0); empty otherwise.
+  std::vector<int32_t> rope_query_positions;
 };
 
 class KvCache {
@@ -127,47 +94,31 @@ class KvCache {
   KvCache(KvCache&&) noexcept;
   KvCache& operator=(KvCache&&) noexcept;
 
+  // The forward pass's side of the cache: a call of many tokens runs as
+  // steps. begin_step() plans the next one — the eviction driver makes room
+  // (with a policy), the step's tokens get slots (reserve) — and says what the
+  // shaders must do; end_step() after the step's submit reads back what the
+  // next one needs (scores, spill rows). The forward pass never steers the
+  // policy itself. Throws ContextFull (nothing changed) when the tokens do not
+  // fit: without a policy, the whole call is checked up front.
+  StepPlan begin_step(std::span<const int32_t> positions, std::span<const int32_t> tokens);
+  void end_step();
   // Assigns a slot in every (layer, kv_head) for each position, in order, and
-  // writes the assignments to the device. Throws ContextFull (nothing changed)
-  // when they do not fit. `tokens` (the ids at those positions) go to the
-  // eviction log when there is one.
+  // writes the assignments to the device, with no policy involved (tests and
+  // begin_step). Throws ContextFull (nothing changed) when they do not fit.
   void reserve(std::span<const int32_t> positions, std::span<const int32_t> tokens = {});
   // Empties every slot holding a position >= `position` (regenerate, edit).
   void truncate(int32_t position);
   void clear();
 
-  // Eviction (kv/policy.h). With a policy the cache owns it, the pinned
-  // spans and the event log, and a forward call runs as steps:
-  //   n = min(tokens left, room()); make_room(n, next position);
-  //   reserve(positions, tokens); attention (+ the scores pass when
-  //   needs_scores()); scores_written() after the submit.
-  // end_prefill() after the last prompt step; the steps after it are decode
-  // steps. Without a policy every tokens fits until the capacity is used.
-  // The policy's shape must match the cache (std::invalid_argument if not).
+  // Eviction (kv/eviction_driver.h): with a policy the cache owns a driver
+  // (the policy, the pinned spans, the event log, the scores). The policy's
+  // shape must match the cache (std::invalid_argument if not), and the
+  // config must allow it (check_cache_config).
   void set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pins = {});
-  const EvictionPolicy* policy() const { return policy_.get(); }
-  const PinnedSpans& pins() const { return pins_; }
-  const EventLog* log() const { return log_.get(); }  // null without a policy
-  // The most tokens the next step may write: with a policy, the smallest
-  // budget less the live tokens it may not evict (sinks, pins; every live
-  // token for `full`); without one, the free slots.
-  uint32_t room() const;
-  // Lets the policy free slots for `incoming` tokens starting at
-  // `next_position`. Throws ContextFull when the policy does not evict and
-  // they would exceed its budget (then nothing changed).
-  void make_room(uint32_t incoming, int32_t next_position);
+  const EvictionDriver* eviction() const { return eviction_.get(); }  // null without a policy
+  // The prompt is complete (SnapKV and PyramidKV compress it now); later steps decode.
   void end_prefill();
-  uint32_t steps() const { return step_; }
-  // The per-slot scores the policy asks for, [n_kv_head][capacity] per layer
-  // on the device; the host copy is that of the last step.
-  bool needs_scores() const;
-  gpu::Binding scores(uint32_t layer) const;
-  // For the scores pass of a step of n tokens: the first query summed, and
-  // whether to add to the previous values (kv/policy.h's ScoreKind).
-  uint32_t score_first_query(uint32_t n_tokens) const;
-  bool scores_accumulate() const;
-  void scores_written();  // the step's submit finished: copy the scores to the host
-  LayerScores layer_scores(uint32_t layer) const;
   std::span<const SlotTable> tables() const { return tables_; }  // [layer][kv_head]
 
   // Device views for the shaders of one layer.
@@ -176,6 +127,8 @@ class KvCache {
   gpu::Binding slot_positions(uint32_t layer) const;  // int[n_kv_head][capacity]
   gpu::Binding write_slots(uint32_t layer) const;     // int[n_tokens][n_kv_head] of the last reserve
   gpu::Binding open_blocks(uint32_t layer) const;     // int[n_kv_head]: each table's open_block()
+  // float[n_kv_head][capacity]: the per-slot scores the policy asks for (StepPlan::scores).
+  gpu::Binding scores(uint32_t layer) const;
 
   // Rolling StreamingLLM (`streamingllm:...,rolling`): keys are stored
   // un-rotated and RoPE is applied at cache-relative positions: a key's is
@@ -189,9 +142,7 @@ class KvCache {
   // empty), refreshed with the slot tables. Without rolling, a binding
   // attention does not read.
   gpu::Binding rope_positions(uint32_t layer) const;
-  // The cache-relative positions of live `positions` (those of the last
-  // reserve): their ranks in layer 0, kv head 0 — the same in every table of
-  // a policy that keeps the same tokens in all heads, as streamingllm does.
+  // The cache-relative positions of live `positions` (StepPlan::rope_query_positions).
   std::vector<int32_t> rope_query_positions(std::span<const int32_t> positions) const;
   // How keys and values of one layer are laid out (kv/formats.h).
   const TensorLayout& key_layout() const { return key_layout_; }
@@ -229,6 +180,7 @@ class KvCache {
 
  private:
   void upload_tables(uint32_t layer);
+  ContextFull context_full(const SlotTable& table, size_t incoming) const;
   // --spill (kv/cache_spill.cpp)
   struct SpillMove {  // one row moving between the device cache and the host tier
     uint32_t layer, kv_head, slot;
@@ -253,15 +205,22 @@ class KvCache {
   std::vector<SlotTable> tables_;           // [layer][kv_head]
   uint32_t tokens_ = 0;
 
-  std::unique_ptr<EvictionPolicy> policy_;
-  PinnedSpans pins_;
-  std::unique_ptr<EventLog> log_;
-  gpu::Buffer scores_;                      // [layer][stride]: readback
+  std::unique_ptr<EvictionDriver> eviction_;
+  gpu::Buffer scores_;                      // [layer][stride]: readback, copied into the driver's after each step
   uint64_t scores_stride_ = 0;
-  std::vector<float> scores_host_;          // [layer][kv_head][capacity], after the last step
-  std::vector<int32_t> token_ids_;          // by position, -1 unknown: for the log
-  uint32_t step_ = 0;
-  bool prefill_done_ = false;
+  // What the spill tier does around the policy in each layer of a step
+  // (kv/cache_spill.cpp): note the slots it empties (their rows go to the
+  // tier), and on a decode step recall entries that beat the weakest live ones.
+  class SpillHook final : public EvictionDriver::LayerHook {
+   public:
+    explicit SpillHook(KvCache& cache) : cache_(&cache) {}
+    void before(uint32_t layer) override;
+    void after(LayerView& view, uint32_t incoming) override;
+
+   private:
+    KvCache* cache_;
+    std::vector<std::vector<int32_t>> before_;
+  };
 
   std::unique_ptr<SpillTier> spill_;
   std::vector<SpillMove> spill_out_pending_;      // evicted, rows still on the device

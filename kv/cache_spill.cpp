@@ -9,8 +9,8 @@
 //   2. record_spill_query, after each layer's attention: the last token's
 //      query heads, its softmax rows and its own key rows are copied out.
 //   3. spill_step_done (after the submit): the evicted rows enter the tier.
-// At the next single-token step, make_room calls recall() for every layer
-// after the policy's evictions. The query is the previous step's (one step
+// At the next single-token step, the driver's SpillHook calls recall() for
+// every layer after the policy's evictions. The query is the previous step's (one step
 // of lag: the current token's query does not exist before the step runs).
 // For each query head, log_z (the log of its softmax denominator) comes from
 // its own key: p_self = exp(scale * q.k_self - log_z). A spilled entry's
@@ -28,6 +28,7 @@
 
 #include "kv/cache.h"
 #include "kv/event_log.h"
+#include "kv/eviction_driver.h"
 #include "kv/policy.h"
 #include "kv/spill.h"
 
@@ -37,6 +38,13 @@ namespace {
 // Recalls per (layer, unit of heads) and step: bounds the upload per step.
 constexpr uint32_t kMaxRecallsPerStep = 8;
 }  // namespace
+
+void KvCache::SpillHook::before(uint32_t layer) { before_ = cache_->snapshot_positions(layer); }
+
+void KvCache::SpillHook::after(LayerView& view, uint32_t incoming) {
+  cache_->queue_evicted(view.layer(), before_);
+  if (incoming == 1) cache_->recall(view);
+}
 
 std::vector<std::vector<int32_t>> KvCache::snapshot_positions(uint32_t layer) const {
   std::vector<std::vector<int32_t>> before(shape_.n_kv_head);
@@ -53,7 +61,8 @@ void KvCache::queue_evicted(uint32_t layer, const std::vector<std::vector<int32_
     for (uint32_t s = 0; s < t.capacity(); ++s) {
       const int32_t p = before[h][s];
       if (p < 0 || t.position(s) == p) continue;
-      const int32_t token = static_cast<size_t>(p) < token_ids_.size() ? token_ids_[p] : -1;
+      const auto ids = eviction_->token_ids();
+      const int32_t token = static_cast<size_t>(p) < ids.size() ? ids[p] : -1;
       spill_out_pending_.push_back({layer, h, s, p, token});
     }
   }
@@ -90,7 +99,7 @@ void KvCache::recall(LayerView& view) {
   };
 
   std::vector<std::vector<uint32_t>> units;  // heads that keep the same tokens
-  if (policy_->per_head())
+  if (eviction_->policy().per_head())
     for (uint32_t h = 0; h < H; ++h) units.push_back({h});
   else
     units.emplace_back(), units.back().resize(H), std::iota(units.back().begin(), units.back().end(), 0u);
@@ -148,23 +157,24 @@ void KvCache::recall(LayerView& view) {
     for (size_t i = 0; i < n_swaps && best[i].score > weakest[i].score; ++i) {
       for (uint32_t h : unit) {
         const int32_t old_slot = view.slot_of(h, weakest[i].position);
-        const float inherited = scores_host_.empty() ? 0.0f : layer_scores(l).at(h, uint32_t(old_slot));
+        ScoreBuffer& scores = eviction_->scores();
+        const float inherited = scores.layer(l).at(h, uint32_t(old_slot));
+        const auto ids = eviction_->token_ids();
         const int32_t old_token =
-            static_cast<size_t>(weakest[i].position) < token_ids_.size() ? token_ids_[weakest[i].position] : -1;
+            static_cast<size_t>(weakest[i].position) < ids.size() ? ids[weakest[i].position] : -1;
         spill_out_pending_.push_back({l, h, uint32_t(old_slot), weakest[i].position, old_token});
         view.evict(h, uint32_t(old_slot), weakest[i].score);
         SpilledEntry e = spill_->take(l, h, best[i].position);
         const int32_t slot = tables_[size_t{l} * H + h].assign(e.position);
         if (slot < 0) throw std::logic_error("spill: no slot for a recall right after an eviction");
         RecallEvent r;
-        r.step = step_, r.layer = l, r.kv_head = h, r.slot = uint32_t(slot);
+        r.step = eviction_->steps(), r.layer = l, r.kv_head = h, r.slot = uint32_t(slot);
         r.position = e.position, r.token = e.token, r.score = best[i].score;
-        log_->recalled(r);
+        eviction_->log().recalled(r);
         // The recalled slot ranks as the entry it displaced did (accumulated
         // scores would otherwise carry the slot's previous occupant's).
-        if (!scores_host_.empty()) {
-          const size_t index = (size_t{l} * H + h) * cap + uint32_t(slot);
-          scores_host_[index] = inherited;
+        if (!scores.values().empty()) {
+          scores.layer_values(l)[size_t{h} * cap + uint32_t(slot)] = inherited;
           scores_.write_as<float>(std::span<const float>(&inherited, 1),
                                   l * scores_stride_ + (size_t{h} * cap + uint32_t(slot)) * 4);
         }

@@ -31,7 +31,7 @@
 #include <variant>
 #include <vector>
 
-#include "kv/cache.h"
+#include "kv/slot_table.h"
 #include "kv/pins.h"
 
 namespace kvscope::kv {

@@ -33,6 +33,7 @@ class PinnedSpans {
   bool contains(int32_t position) const;
   uint32_t count() const;  // distinct positions pinned
   const std::vector<PinnedSpan>& spans() const { return spans_; }
+  bool operator==(const PinnedSpans&) const = default;
   bool empty() const { return spans_.empty(); }
 
  private:

@@ -20,9 +20,10 @@ namespace {
 // In the order --help lists them.
 std::span<const policies::Registration* const> registry() {
   static const policies::Registration* const all[] = {
-      &policies::full_registration(),   &policies::window_registration(), &policies::streamingllm_registration(),
-      &policies::h2o_registration(),    &policies::tova_registration(),   &policies::snapkv_registration(),
-      &policies::pyramidkv_registration()};
+#define KVSCOPE_POLICY(name) &policies::name##_registration(),
+#include "kv/policies/registry.h"
+#undef KVSCOPE_POLICY
+  };
   return all;
 }
 
@@ -60,6 +61,14 @@ std::vector<std::string_view> policy_names() {
 }
 
 std::span<const PolicyOption> policy_options(std::string_view name) { return find_registration(name).options; }
+
+std::string_view policy_summary(std::string_view name) { return find_registration(name).summary; }
+
+std::optional<std::string> policy_at_budget(std::string_view name, uint32_t budget) {
+  const auto& r = find_registration(name);
+  if (!r.at_budget) return std::nullopt;
+  return r.at_budget(budget);
+}
 
 std::string policy_help() {
   std::string help;

@@ -24,13 +24,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "kv/cache.h"
+#include "kv/slot_table.h"
 #include "kv/pins.h"
 
 namespace kvscope::kv {
@@ -75,6 +76,13 @@ std::string policy_help();
 std::vector<std::string_view> policy_names();
 // The options a policy takes (throws std::invalid_argument for an unknown name).
 std::span<const PolicyOption> policy_options(std::string_view name);
+// Its one-line description (--help, the window's tooltips).
+std::string_view policy_summary(std::string_view name);
+// The policy's text at a budget of `budget` live tokens per kv head, options
+// chosen so that the budget holds what it must keep (h2o's recent window is
+// half the budget, streamingllm keeps 4 sinks); nullopt for `full`, which has
+// no budget. What `eval --sweep` and the window's policy picker use.
+std::optional<std::string> policy_at_budget(std::string_view name, uint32_t budget);
 
 // ---------------------------------- [SECTION] scores a policy asks the attention shader for
 //

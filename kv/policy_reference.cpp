@@ -8,136 +8,67 @@
 
 namespace kvscope::kv {
 
-// ---------------------------------------------------------------- ScoreBuffer
-
-ScoreBuffer::ScoreBuffer(const PolicyShape& shape, ScoreRequest request)
-    : shape_(shape),
-      request_(request),
-      values_(request.kind == ScoreKind::None ? 0 : size_t{shape.n_layer} * shape.n_kv_head * shape.capacity, 0.0f) {}
-
-void ScoreBuffer::begin_call() {
-  if (request_.kind == ScoreKind::LastQueries) std::fill(values_.begin(), values_.end(), 0.0f);
-}
-
-void ScoreBuffer::slot_assigned(uint32_t layer, uint32_t kv_head, uint32_t slot) {
-  if (request_.kind == ScoreKind::Accumulated)
-    values_[(size_t{layer} * shape_.n_kv_head + kv_head) * shape_.capacity + slot] = 0.0f;
-}
-
-void ScoreBuffer::add(uint32_t layer, uint32_t kv_head, uint32_t index, uint32_t n_queries,
-                      std::span<const float> probs) {
-  if (request_.kind == ScoreKind::None) return;
-  if (request_.kind == ScoreKind::LastQueries && request_.last_queries != 0 &&
-      index + request_.last_queries < n_queries)
-    return;  // not among the call's last `last_queries` queries
-  float* row = values_.data() + (size_t{layer} * shape_.n_kv_head + kv_head) * shape_.capacity;
-  for (uint32_t slot = 0; slot < shape_.capacity; ++slot) row[slot] += probs[slot];
-}
-
-LayerScores ScoreBuffer::layer(uint32_t layer) const {
-  if (values_.empty()) return {};
-  const size_t size = size_t{shape_.n_kv_head} * shape_.capacity;
-  return {std::span<const float>(values_).subspan(layer * size, size), shape_.capacity};
-}
-
 // ---------------------------------------------------------------- PolicyRunner
 
-PolicyRunner::PolicyRunner(EvictionPolicy& policy, const PinnedSpans& pins, AttentionFn attention, uint32_t max_chunk)
-    : policy_(&policy),
-      pins_(pins),
+PolicyRunner::PolicyRunner(const EvictionPolicy& like, const PinnedSpans& pins, AttentionFn attention,
+                           uint32_t max_chunk)
+    : driver_(make_policy(like.spec(), like.shape(), pins), pins, 1),
       attention_(std::move(attention)),
       max_chunk_(std::max(max_chunk, 1u)),
-      tables_(size_t{policy.shape().n_layer} * policy.shape().n_kv_head, SlotTable(policy.shape().capacity)),
-      scores_(policy.shape(), policy.score_request()),
-      log_(TraceHeader{policy.spec().text(), policy.shape().n_layer, policy.shape().n_kv_head,
-                       policy.shape().capacity, 1, pins.spans()}) {}
-
-uint32_t PolicyRunner::prefill_room() const {
-  const auto& shape = policy_->shape();
-  const auto protection = policy_->protection();
-  uint32_t room = UINT32_MAX;
-  for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
-    for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
-      const auto& t = table(layer, head);
-      uint32_t kept = 0;  // live tokens the policy may not evict (the recent window moves with the chunk)
-      for (uint32_t slot = 0; slot < t.high_water(); ++slot) {
-        const int32_t p = t.position(slot);
-        if (p >= 0 && (!policy_->evicts() || p < static_cast<int64_t>(protection.sinks) || pins_.contains(p))) ++kept;
-      }
-      const uint32_t budget = policy_->budget(layer, head);
-      room = std::min(room, budget > kept ? budget - kept : 0u);
-    }
-  return room;
-}
+      tables_(size_t{driver_.policy().shape().n_layer} * driver_.policy().shape().n_kv_head,
+              SlotTable(driver_.policy().shape().capacity)) {}
 
 void PolicyRunner::prefill(std::span<const int32_t> tokens) {
   size_t fed = 0;
   while (fed < tokens.size()) {
-    // A full cache still takes one token, so that step() reports it.
-    const size_t n = std::max<size_t>(1, std::min({tokens.size() - fed, size_t{max_chunk_}, size_t{prefill_room()}}));
-    step(tokens.subspan(fed, n), Phase::Prefill);
+    // A full cache still takes one token, so that the driver reports it.
+    const size_t room = driver_.room(tables_);
+    const size_t n = std::max<size_t>(1, std::min({tokens.size() - fed, size_t{max_chunk_}, room}));
+    step(tokens.subspan(fed, n));
     fed += n;
   }
-  if (tokens.empty()) return;
-  const auto& shape = policy_->shape();
-  const StepInfo info{step_ - 1, Phase::Prefill, next_position(), 0};
-  const LayerView::Context context{info, policy_->protection(), &pins_, tokens_, &log_};
-  for (uint32_t layer = 0; layer < shape.n_layer; ++layer) {
-    LayerView view(layer, std::span(tables_).subspan(size_t{layer} * shape.n_kv_head, shape.n_kv_head),
-                   policy_->layer_budgets(layer), context);
-    policy_->on_prefill(view, scores_.layer(layer));
-  }
+  if (!tokens.empty()) driver_.end_prefill(tables_);
 }
 
-void PolicyRunner::decode(int32_t token) { step(std::span(&token, 1), Phase::Decode); }
+void PolicyRunner::decode(int32_t token) {
+  driver_.end_prefill(tables_);  // no-op after the first decode step
+  step(std::span(&token, 1));
+}
 
-void PolicyRunner::step(std::span<const int32_t> tokens, Phase phase) {
-  const auto& shape = policy_->shape();
+void PolicyRunner::step(std::span<const int32_t> tokens) {
+  const PolicyShape& shape = driver_.policy().shape();
   const auto n = static_cast<uint32_t>(tokens.size());
-  const StepInfo info{step_, phase, next_position(), n};
-  const LayerView::Context context{info, policy_->protection(), &pins_, tokens_, &log_};
-  for (uint32_t layer = 0; layer < shape.n_layer; ++layer) {
-    LayerView view(layer, std::span(tables_).subspan(size_t{layer} * shape.n_kv_head, shape.n_kv_head),
-                   policy_->layer_budgets(layer), context);
-    policy_->on_step(view, step_ == 0 ? LayerScores{} : scores_.layer(layer));
-    for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
-      if (view.excess(head) == 0) continue;
-      const auto message = fmt::format(
-          "step {}: layer {} kv_head {} holds {} tokens; {} more exceed its budget of {}", step_, layer, head,
-          view.live(head), n, view.budget(head));
-      if (!policy_->evicts()) throw ContextFull(message + " (the context is full; use an evicting --policy)");
-      throw std::logic_error(fmt::format("policy {}: {}", policy_->name(), message));
-    }
-  }
+  const StepInfo info{driver_.steps(), driver_.prefill_done() ? Phase::Decode : Phase::Prefill, next_position(), n};
+  driver_.make_room(tables_, n, next_position());
 
   std::vector<int32_t> positions(n);
   for (uint32_t i = 0; i < n; ++i) positions[i] = next_position() + static_cast<int32_t>(i);
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
-  log_.written(step_, positions, tokens);
-  scores_.begin_call();
+  ScoreBuffer& scores = driver_.scores();
+  scores.begin_call();
   for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
     for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
       auto& t = tables_[size_t{layer} * shape.n_kv_head + head];
       for (const int32_t position : positions) {
         const int32_t slot = t.assign(position);
-        if (slot < 0) throw std::logic_error(fmt::format("step {}: no free slot for position {}", step_, position));
-        scores_.slot_assigned(layer, head, static_cast<uint32_t>(slot));
+        if (slot < 0)
+          throw std::logic_error(fmt::format("step {}: no free slot for position {}", info.step, position));
+        scores.slot_assigned(layer, head, static_cast<uint32_t>(slot));
       }
     }
 
-  if (policy_->needs_scores()) {
+  if (driver_.policy().needs_scores()) {
     std::vector<float> probs(shape.capacity);
     for (uint32_t i = 0; i < n; ++i)
       for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
         for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
           std::fill(probs.begin(), probs.end(), 0.0f);
           attention_(layer, head, positions[i], table(layer, head), probs);
-          scores_.add(layer, head, i, n, probs);
+          scores.add(layer, head, i, n, probs);
         }
   }
-  log_.occupancy(step_, tables_);
+  driver_.written(tables_, positions, tokens);
   if (after_step) after_step(*this, info);
-  ++step_;
 }
 
 // ------------------------------------------------------------ random attention

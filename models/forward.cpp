@@ -258,52 +258,32 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
   if (cache.capacity() > capacity_)
     throw std::invalid_argument(fmt::format("a cache of {} slots is larger than this model was built for ({})",
                                             cache.capacity(), capacity_));
-  // Without a policy, check the whole input fits before writing anything
-  // (with one, each step makes room first; `full` says when it cannot).
-  if (!cache.policy()) {
-    for (uint32_t l = 0; l < cfg_.n_layer; ++l)
-      for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
-        if (cache.table(l, h).assignable() < tokens.size())
-          throw kv::ContextFull(fmt::format(
-              "{} new tokens do not fit: the context holds {} of {} tokens{}; use a larger context (-c) or "
-              "a shorter prompt",
-              tokens.size(), cache.table(l, h).live(), cache.capacity(),
-              cache.table(l, h).live() + cache.table(l, h).assignable() < cache.capacity()
-                  ? fmt::format(" (kivi2 keys reuse freed slots only as whole blocks of {})",
-                                cache.table(l, h).block_slots())
-                  : ""));
-  }
   make_kv_pipelines(cache.config());
-  if (cache.needs_scores()) make_scores_pipeline();
   probe_position_ = -1;
 
   const size_t n_vocab = cfg_.n_vocab;
   logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
-  size_t n = 0;
-  for (size_t start = 0; start < tokens.size(); start += n) {
-    n = std::min<size_t>(max_batch_, tokens.size() - start);
-    // An evicting cache takes a step no larger than the room its policy can
-    // make (at least one token, so that a full `full` cache says so).
-    if (cache.policy()) n = std::min<size_t>(n, std::max(cache.room(), 1u));
+  for (size_t start = 0; start < tokens.size();) {
+    // The cache plans the step: its eviction driver makes room, the tokens
+    // get slots, and the plan says what to record for them.
+    const kv::StepPlan plan = cache.begin_step(positions.subspan(start), tokens.subspan(start));
+    const size_t n = plan.n_tokens;
+    if (plan.scores) make_scores_pipeline();
     const bool last_batch = start + n == tokens.size();
-    cache.make_room(static_cast<uint32_t>(n), positions[start]);
     tokens_.write_as<int32_t>(tokens.subspan(start, n));
     positions_.write_as<int32_t>(positions.subspan(start, n));
-    cache.reserve(positions.subspan(start, n), tokens.subspan(start, n));
-    if (cache.rolling()) rope_positions_.write_as<int32_t>(cache.rope_query_positions(positions.subspan(start, n)));
+    if (!plan.rope_query_positions.empty()) rope_positions_.write_as<int32_t>(plan.rope_query_positions);
     const LogitsWanted w = wanted == LogitsWanted::All ? LogitsWanted::All : LogitsWanted::Last;
-    if (wanted == LogitsWanted::Last && !last_batch) {
-      record_batch(tokens.subspan(start, n), cache, LogitsWanted::Last);  // logits unused
-      cache.scores_written();
-      continue;
+    record_batch(tokens.subspan(start, n), cache, plan, w);
+    cache.end_step();
+    if (wanted == LogitsWanted::All || last_batch) {  // the last batch's logits are the ones asked for
+      const float* src = static_cast<const float*>(logits_.mapped());
+      if (w == LogitsWanted::All)
+        std::memcpy(logits_host_.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
+      else
+        std::memcpy(logits_host_.data(), src, n_vocab * sizeof(float));
     }
-    record_batch(tokens.subspan(start, n), cache, w);
-    cache.scores_written();
-    const float* src = static_cast<const float*>(logits_.mapped());
-    if (w == LogitsWanted::All)
-      std::memcpy(logits_host_.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
-    else
-      std::memcpy(logits_host_.data(), src, n_vocab * sizeof(float));
+    start += n;
   }
   if (probe_on_) probe_position_ = positions.back(), probe_capacity_ = cache.capacity();
   return logits_host_;
@@ -346,7 +326,8 @@ void GpuModel::matmul(const GpuTensor& w, const Buffer& x, Buffer& y, uint32_t n
   }
 }
 
-void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted) {
+void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, const kv::StepPlan& plan,
+                            LogitsWanted wanted) {
   const uint32_t n = static_cast<uint32_t>(tokens.size());
   const uint32_t dim = cfg_.dim, hd = cfg_.head_dim;
   const uint32_t ffn = cfg_.ffn_dim;
@@ -410,9 +391,9 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     rec.barrier();
     cache.record_spill_query(rec, l, cfg_.n_head, qkv_, uint64_t{n - 1} * qkv_stride * 4, probs_,
                              uint64_t{n - 1} * cfg_.n_head * cache.capacity() * 4);  // --spill only
-    if (cache.needs_scores()) {  // per-slot scores for the eviction policy, from the probs rows
+    if (plan.scores) {  // per-slot scores for the eviction policy, from the probs rows
       params::AttentionScoresParams sp{n, cfg_.n_head, cfg_.n_kv_head, cache.capacity(), cache.scan_slots(l),
-                                       cache.score_first_query(n), cache.scores_accumulate() ? 1u : 0u};
+                                       plan.score_first_query, plan.scores_accumulate ? 1u : 0u};
       rec.dispatch(P.attention_scores, {probs_, cache.slot_positions(l), positions_, cache.scores(l)}, sp,
                    elementwise_groups(cache.capacity(), wg_), cfg_.n_kv_head);
     }

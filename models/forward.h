@@ -71,7 +71,8 @@ class GpuModel {
   // The pipelines for this cache's formats, made if not yet.
   void make_kv_pipelines(const kv::CacheConfig& config);
   void make_scores_pipeline();
-  void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, LogitsWanted wanted);
+  void record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, const kv::StepPlan& plan,
+                    LogitsWanted wanted);
   // y[t][y_offset + r] (+)= w[r] . x[t]; y rows are y_stride floats.
   void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
               uint32_t y_stride, bool accumulate, uint32_t y_offset = 0);

@@ -30,6 +30,7 @@
 
 #include "app/cli/commands.h"
 #include "app/core/cache_spec.h"
+#include "app/core/worker.h"
 #include "app/core/session.h"
 #include "models/chat_template.h"
 
@@ -220,11 +221,7 @@ class Chat {
     if (!o_.pin_system || conv_.system.empty()) return {};
     Conversation system_only;
     system_only.system = conv_.system;
-    const std::vector<int32_t> system = format_.encode_whole(format_.render(system_only, false));
-    size_t shared = 0;
-    while (shared < system.size() && shared < whole.size() && system[shared] == whole[shared]) ++shared;
-    if (shared == 0) return {};
-    return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
+    return system_prompt_pins(format_.encode_whole(format_.render(system_only, false)), whole);
   }
 
   // Before feeding a whole conversation from an empty cache: the policy of
@@ -232,7 +229,7 @@ class Chat {
   void start_policy(const std::vector<int32_t>& whole) {
     const kv::PinnedSpans pins = system_pins(whole);
     if (!wants_policy(o_.m) && pins.empty()) return;
-    apply_policy(session_, o_.m, pins);
+    session_.set_extra_pins(pins);
     fed_text_.clear();
     if (o_.verbose && !pins.empty())
       note(fmt::format("[system prompt pinned: tokens 0:{}]", pins.spans().front().end));
@@ -433,8 +430,9 @@ class Chat {
 int chat(const ChatOptions& o) {
   if (o.n_predict <= 0) throw std::invalid_argument("-n must be >= 1 (tokens per reply)");
   Engine engine(engine_options(o.m));
-  Session session(engine, cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).config(o.m.n_ctx));
-  apply_policy(session, o.m);  // a bad --policy, --pin or --on-full is an error before the first turn
+  // Every cache flag (--spill included) through the one spec and validator: a
+  // bad one is an error before the first turn, worded as `run` words it.
+  Session session(engine, cache_spec_from_options(o.m), o.m.n_ctx);
   SamplerConfig sc;
   sc.temperature = o.temp;
   sc.top_k = o.top_k;

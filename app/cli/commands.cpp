@@ -33,10 +33,6 @@ namespace {
 
 std::string model_path(const std::string& m) { return require_model(m.empty() ? default_model_path() : m); }
 
-kv::CacheConfig cache_config(const ModelOptions& m) {
-  return cache_spec_from_options(m).config(m.n_ctx);  // capacity 0: the model's
-}
-
 // Exact device bytes per token of keys and values in `format` (default
 // group) for a cache of the model's trained context: scales and kivi2's f16
 // window included, as KvCache allocates them.
@@ -49,63 +45,18 @@ double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
 
 }  // namespace
 
-void apply_policy(Session& session, const ModelOptions& m, const kv::PinnedSpans& extra_pins) {
-  if (!wants_policy(m) && extra_pins.empty()) return;
-  kv::PinnedSpans pins = extra_pins;
-  for (const std::string& text : m.pins) {
-    try {
-      pins.add(kv::parse_pinned_span(text));
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(fmt::format("--pin: {}", e.what()));
-    }
-  }
-  kv::PolicySpec spec;
-  try {
-    spec = kv::parse_policy_spec(m.policy.empty() ? "full" : m.policy);
-  } catch (const std::invalid_argument& e) {
-    const std::string message = e.what();
-    throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
-  }
-  if (!m.on_full.empty()) {
-    if (spec.name != "full")
-      throw std::invalid_argument(fmt::format(
-          "--on-full applies to policy full (keep everything until the context is full); --policy {} already "
-          "evicts: leave out one of the two",
-          spec.text()));
-    try {
-      spec = kv::parse_policy_spec(m.on_full);
-    } catch (const std::invalid_argument& e) {
-      const std::string message = e.what();
-      throw std::invalid_argument(message.starts_with("--policy ") ? "--on-full " + message.substr(9)
-                                                                   : "--on-full: " + message);
-    }
-    const kv::CacheShape shape = session.cache().shape();
-    kv::check_on_full_policy(spec, {shape.n_layer, shape.n_kv_head, session.cache().capacity()}, pins);
-  }
-  session.set_policy(spec, pins);
-}
-
 void write_trace(const Session& session, const ModelOptions& m) {
-  if (m.trace.empty() || !session.cache().log()) return;
+  if (m.trace.empty() || !session.cache().eviction()) return;
   std::ofstream out(m.trace);
   if (!out) throw std::runtime_error(fmt::format("--trace {}: cannot open the file for writing", m.trace));
-  kv::write_jsonl(*session.cache().log(), out);
+  kv::write_jsonl(session.cache().eviction()->log(), out);
   if (!out) throw std::runtime_error(fmt::format("--trace {}: writing failed (disk full?)", m.trace));
 }
 
 namespace {
 
-// What to do when a cache with policy `full` runs out of context.
-std::string full_context_advice(const Session& session) {
-  const uint32_t capacity = session.cache().capacity();
-  return fmt::format("use a larger context (-c), or pass --on-full POLICY to evict once it is full (e.g. "
-                     "--on-full streamingllm:sinks=4,window={})",
-                     capacity > 4 ? capacity - 4 : 1);
-}
-
-
 std::string policy_text(const Session& session) {
-  return session.cache().policy() ? session.cache().policy()->spec().text() : "none";
+  return session.cache().eviction() ? session.cache().eviction()->policy().spec().text() : "none";
 }
 
 double median(std::vector<double> v) {
@@ -126,7 +77,8 @@ EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch) {
 }
 
 bool wants_policy(const ModelOptions& m) {
-  return !m.policy.empty() || !m.pins.empty() || !m.trace.empty() || !m.on_full.empty();
+  return !m.policy.empty() || !m.pins.empty() || !m.trace.empty() || !m.on_full.empty() ||
+         m.kv.find('+') != std::string::npos;
 }
 
 std::string human_bytes(double b) {
@@ -139,18 +91,16 @@ std::string human_bytes(double b) {
 // ------------------------------------------------------------------------ run
 
 CacheSpec cache_spec_from_options(const ModelOptions& m) {
-  CacheSpec spec = cache_spec_from_flags(m.kv, m.kv_k, m.kv_v, m.kv_group);
-  if (m.spill_max_mb < 0) throw std::invalid_argument("--spill-max-mb must be >= 0");
-  if (m.spill_max_mb > 0 && !m.spill) throw std::invalid_argument("--spill-max-mb caps --spill: add --spill");
-  spec.spill = m.spill;
-  spec.spill_max_bytes = static_cast<uint64_t>(m.spill_max_mb * 1048576.0);
+  CacheSpec spec = cache_spec_from_flags(
+      CacheFlags{m.kv, m.kv_k, m.kv_v, m.kv_group, m.policy, m.pins, m.on_full, m.spill, m.spill_max_mb});
+  // --trace writes the event log, which a policy keeps: `full` logs without evicting.
+  if (!m.trace.empty() && spec.policy.empty() && spec.on_full.empty()) spec.policy = "full";
   return spec;
 }
 
 int run(const RunOptions& o) {
   Engine engine(engine_options(o.m));
-  Session session(engine, cache_config(o.m));
-  apply_policy(session, o.m);
+  Session session(engine, cache_spec_from_options(o.m), o.m.n_ctx);
   const std::vector<int32_t> prompt = engine.tokenizer().encode(o.prompt, true);
   SamplerConfig sc;
   sc.temperature = o.temp;
@@ -175,25 +125,20 @@ int run(const RunOptions& o) {
   }
   // With policy `full` named, a context that fills is an error that says what
   // to do; without a policy the run stops there, as llama.cpp's does.
-  const bool full_policy = session.cache().policy() && !session.evicting();
-  std::vector<int32_t> ids;
-  try {
-    ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
-  } catch (const kv::ContextFull& e) {
-    if (!full_policy) throw;
-    throw kv::ContextFull(fmt::format("{} (policy full keeps every token; {})", e.what(), full_context_advice(session)));
-  }
+  const bool full_policy = session.cache().eviction() && !session.evicting();
+  const std::vector<int32_t> ids = session.generate(prompt, static_cast<uint32_t>(o.n_predict), sampler, on_token);
   if (full_policy && ids.size() < static_cast<size_t>(o.n_predict) &&
       session.tokens().size() >= session.cache().capacity() && (ids.empty() || ids.back() != engine.tokenizer().eos())) {
     if (!o.json) std::fputs("\n", stdout);
     std::fflush(stdout);
-    throw kv::ContextFull(fmt::format(
-        "the context is full: policy full keeps every token and all {} slots are used after {} of {} new tokens; {}",
-        session.cache().capacity(), ids.size(), o.n_predict, full_context_advice(session)));
+    const uint32_t capacity = session.cache().capacity();
+    throw kv::ContextFull(capacity, static_cast<uint32_t>(o.n_predict - ids.size()), capacity,
+                          fmt::format("policy full keeps every token; {} of {} new tokens were written", ids.size(),
+                                      o.n_predict));
   }
   const GenerationStats& st = session.stats();
   write_trace(session, o.m);
-  const uint64_t evictions = session.cache().log() ? session.cache().log()->eviction_count() : 0;
+  const uint64_t evictions = session.cache().eviction() ? session.cache().eviction()->log().eviction_count() : 0;
   if (o.json) {
     json j;
     j["policy"] = policy_text(session);
@@ -211,7 +156,7 @@ int run(const RunOptions& o) {
     std::fprintf(stderr, "prefill: %u tokens, %.1f tokens/s | decode: %u tokens, %.1f tokens/s | %s\n",
                  st.prompt_tokens, st.prefill_tok_s(), st.generated_tokens, st.decode_tok_s(),
                  engine.device_name().c_str());
-    if (session.cache().policy())
+    if (session.cache().eviction())
       std::fprintf(stderr, "policy: %s | %llu evictions\n", policy_text(session).c_str(),
                    static_cast<unsigned long long>(evictions));
   }
@@ -390,8 +335,8 @@ void report_bench(GpuModel& model, const kv::KvCache& cache, const BenchTimes& t
   if (o.json) {
     json j{{"prefill_tok_s", times.prefill_tok_s}, {"decode_tok_s", times.decode_tok_s}, {"decode_gb_s", decode_gb_s},
            {"device", device}, {"model", model_name}, {"n_prompt", o.n_prompt}, {"n_gen", o.n_gen}, {"reps", o.reps},
-           {"kv", cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group).name()},
-           {"policy", cache.policy() ? cache.policy()->spec().text() : "none"},
+           {"kv", cache_spec_from_options(o.m).name()},
+           {"policy", cache.eviction() ? cache.eviction()->policy().spec().text() : "none"},
            {"weight_bytes", model.weight_bytes()},
            {"dispatches_per_token", model.last_dispatch_count()}};
     j.update(extra);
@@ -460,8 +405,7 @@ int bench_synthetic(const BenchOptions& o) {
   }  // the host copy is freed: the model lives on the device
   if (!o.json) fmt::print(stderr, "built in {:.1f} s, uploaded in {:.1f} s\n", build_seconds, upload_seconds);
 
-  kv::CacheConfig cc = cache_config(o.m);
-  cc.capacity = capacity;
+  kv::CacheConfig cc = cache_spec_from_options(o.m).config(capacity);
   kv::KvCache cache(ctx, model->cache_shape(), cc, model->max_batch());
   model->set_profiling(o.profile);
   const BenchTimes times = time_prefill_and_decode(*model, cache, [&] { cache.clear(); }, o);
@@ -480,8 +424,7 @@ int bench(const BenchOptions& o) {
   if (o.n_prompt == 0 || o.n_prompt + o.n_gen > ctx)
     throw std::invalid_argument(fmt::format(
         "-p {} + -n {} must be at least 1 and fit the context of {} tokens (-c)", o.n_prompt, o.n_gen, ctx));
-  Session session(engine, cache_config(o.m));
-  apply_policy(session, o.m);
+  Session session(engine, cache_spec_from_options(o.m), o.m.n_ctx);
   GpuModel& model = engine.model();
   model.set_profiling(o.profile);
   const BenchTimes times = time_prefill_and_decode(model, session.cache(), [&] { session.reset(); }, o);

@@ -31,7 +31,10 @@ struct ModelOptions {
   double spill_max_mb = 0;           // --spill-max-mb: cap on that host memory (0: none)
 };
 
-// The cache spec of the --kv* flags with --spill applied (run, bench, chat, eval).
+// The cache the flags describe (--kv, --kv-k, --kv-v, --kv-group, --policy,
+// --pin, --on-full, --spill, --spill-max-mb; --trace asks for `full` when no
+// policy is named): cache_spec_from_flags, the same CacheSpec the window reads
+// from its session field, checked by the same plan_cache.
 CacheSpec cache_spec_from_options(const ModelOptions& m);
 
 struct RunOptions {
@@ -111,11 +114,8 @@ int quantize(const std::string& in, const std::string& out, const std::string& t
 
 // Shared by the subcommands' files.
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
-// True when --policy, --pin, --on-full or --trace asks for a policy on the cache.
+// True when --policy, --pin, --on-full, --trace or a --kv spec with '+' asks for a policy on the cache.
 bool wants_policy(const ModelOptions& m);
-// Sets the policy those flags ask for on the session (which resets it), with
-// `extra_pins` pinned besides --pin (chat's --pin-system). Errors name the flag.
-void apply_policy(Session& session, const ModelOptions& m, const kv::PinnedSpans& extra_pins = {});
 // --trace FILE.jsonl: writes the session's eviction log there (nothing without --trace or a policy).
 void write_trace(const Session& session, const ModelOptions& m);
 std::string human_bytes(double bytes);

@@ -50,16 +50,7 @@ CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
 // The cache under test: --kv SPEC, then --kv-k, --kv-v and --kv-group over it.
 // --policy SPEC (canonical text), named in the error.
 CacheSpec test_spec(const EvalOptions& o) {
-  CacheSpec spec = cache_spec_from_options(o.m);
-  if (!o.m.policy.empty()) {
-    try {
-      spec.policy = kv::parse_policy_spec(o.m.policy).text();
-    } catch (const std::invalid_argument& e) {
-      const std::string message = e.what();
-      throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
-    }
-  }
-  return spec;
+  return cache_spec_from_options(o.m);
 }
 
 // --sweep[=formats|policies|all]: the formats; the policies at the budgets

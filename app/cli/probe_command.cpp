@@ -86,13 +86,15 @@ int probe(const ProbeOptions& o) {
   std::vector<Scenario> scenarios;
   for (const auto& f : files) scenarios.push_back(load_scenario(f));
   ProbeConfig config;
-  config.cache = cache_spec_from_flags(o.m.kv, o.m.kv_k, o.m.kv_v, o.m.kv_group);
+  config.cache = cache_spec_from_options(o.m);
+  if (!config.cache.policy.empty() || !config.cache.on_full.empty())
+    throw std::invalid_argument("probe compares policies against the full cache: name them with --policy (repeatable), "
+                                "not in --kv");
   for (const std::string& text : o.policies) {
     try {
       config.policies.push_back(kv::parse_policy_spec(text).text());
     } catch (const std::invalid_argument& e) {
-      const std::string message = e.what();
-      throw std::invalid_argument(message.starts_with("--policy") ? message : "--policy: " + message);
+      throw std::invalid_argument(fmt::format("--policy {}: {}", text, e.what()));
     }
   }
 

@@ -1,15 +1,24 @@
-// A KV cache named in one short string, the way both front ends let a person
-// choose one (`kvscope eval --baseline SPEC`, `--kv SPEC`, the GUI's field):
+// A KV cache named in one line: storage, eviction policy, pinned spans,
+// --spill and --on-full. The window's session field, `--compare`,
+// `kvscope eval --baseline`, saved conversations and report labels all read
+// this grammar, and the command-line flags build the same CacheSpec
+// (cache_spec_from_flags), so one validator (plan_cache) refuses the same
+// caches with the same words in every front end.
 //
-//   spec := item ("," item)*
-//   item := FORMAT           keys and values in FORMAT           f16
-//         | "k=" FORMAT      keys only                           k=f32,v=f16
-//         | "v=" FORMAT      values only
-//         | "group=" N       quantization group along head_dim   q8,group=16
+//   spec    := part (" + " part)*            (spaces around '+' optional)
+//   part    := storage                       f16 · q8,group=16 · k=q8,v=f16
+//            | POLICY                        h2o:budget=64 · full (kv/policy.h)
+//            | "pin=" START ":" END          a pinned span (repeatable)
+//            | "on-full=" POLICY             with full or no policy: evict with POLICY once the context is full
+//            | "spill" | "spill=" MIB        evicted entries to host memory (capped at MIB)
+//   storage := item ("," item)*
+//   item    := FORMAT                        keys and values in FORMAT
+//            | "k=" FORMAT | "v=" FORMAT      keys / values only
+//            | "group=" N                    quantization group along head_dim
 //
-// FORMAT is one of kv::format_names(). What a spec leaves unset is f16. Each of
-// keys, values and group may be given once (a bare FORMAT gives both keys and
-// values). name() writes the shortest spec that parses back to the same cache.
+// FORMAT is one of kv::format_names(); what a spec leaves unset is f16, so a
+// policy alone ("h2o:budget=64") is that policy on f16. label() writes the
+// spec back in this grammar, canonically.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -19,6 +28,8 @@
 #include <vector>
 
 #include "kv/cache.h"
+#include "kv/pins.h"
+#include "kv/policy.h"
 
 namespace kvscope {
 
@@ -30,47 +41,80 @@ struct CacheSpec {
   kv::Format k_format = kv::Format::F16;
   kv::Format v_format = kv::Format::F16;
   std::optional<uint32_t> group_size;  // unset: the format's default
-  // The eviction policy (kv/policy.h's spec text, e.g. "h2o:budget=64"),
-  // empty: none. Not part of the spec grammar above (policy options use
-  // commas too): `kvscope eval --policy` and the sweep set it.
+  // The eviction policy in canonical form (kv::PolicySpec::text(), every
+  // option spelled out), empty: none (keep every token until the context is full).
   std::string policy;
-  // --spill (kv::CacheConfig::spill): evicted entries go to host memory and
-  // may be recalled; the cap in bytes, 0: none. Not part of the grammar either.
+  // Tokens no policy may evict.
+  kv::PinnedSpans pins;
+  // With no policy or `full`: the policy that takes over once the context is
+  // full (canonical text), empty: none.
+  std::string on_full;
+  // Evicted entries go to host memory and may be recalled (kv::CacheConfig::spill);
+  // the cap in bytes, 0: none.
   bool spill = false;
   uint64_t spill_max_bytes = 0;
 
   // "f16", "k=f32,v=f16", "q8,group=16": the storage only.
   std::string name() const;
-  // name(), then " + POLICY" (and " + spill") when there is one: how tables and reports name the cache.
+  // The whole spec: name(), then " + POLICY", " + pin=A:B", " + on-full=POLICY",
+  // " + spill[=MIB]" for what is set. parse_cache_spec(label()) == *this.
   std::string label() const;
-  // Throws std::invalid_argument when the parts do not fit together (a group
-  // size for a cache with no quantized format).
+  // The parts that need no model: a group size needs a quantized format,
+  // on-full needs no evicting policy, spill needs a policy. Throws
+  // std::invalid_argument.
   void check() const;
-  // The cache this spec describes with `capacity` slots; check()s first.
+  // The storage this spec describes with `capacity` slots (0: the model's
+  // context, filled in by Session); check()s first.
   kv::CacheConfig config(uint32_t capacity) const;
 
   bool operator==(const CacheSpec&) const = default;
 };
 
-// Throws std::invalid_argument naming the item that is wrong and what is
-// accepted.
+// Throws std::invalid_argument naming the part that is wrong and what is
+// accepted there.
 CacheSpec parse_cache_spec(std::string_view text);
 
-// The cache the command-line flags describe: --kv SPEC, then --kv-k FORMAT,
-// --kv-v FORMAT (empty: not given) and --kv-group N over it. Errors name the
-// flag.
-CacheSpec cache_spec_from_flags(const std::string& kv, const std::string& kv_k, const std::string& kv_v,
-                                std::optional<uint32_t> kv_group);
+// The command line's cache flags (run, chat, bench, eval, probe).
+struct CacheFlags {
+  std::string kv = "f16";            // --kv SPEC (the whole grammar above)
+  std::string kv_k, kv_v;            // --kv-k, --kv-v FORMAT (empty: from --kv)
+  std::optional<uint32_t> kv_group;  // --kv-group N
+  std::string policy;                // --policy POLICY
+  std::vector<std::string> pins;     // --pin START:END, repeatable
+  std::string on_full;               // --on-full POLICY
+  bool spill = false;                // --spill
+  double spill_max_mb = 0;           // --spill-max-mb
+};
+
+// The spec those flags describe: --kv first, then each flag over it. Errors
+// name the flag; then CacheSpec::check().
+CacheSpec cache_spec_from_flags(const CacheFlags& flags);
+
+// The one validator: a spec checked against the model's cache shape and a
+// context of `capacity` slots, resolved into what a Session builds. Every
+// front end goes through it (Session's constructor calls it), so a cache the
+// CLI refuses is refused in the window with the same message, and a cache
+// that is accepted runs as written.
+struct CachePlan {
+  kv::CacheConfig config;                // the storage, capacity filled in
+  std::optional<kv::PolicySpec> policy;  // what the cache runs (on-full's policy when given), none: no eviction
+  kv::PinnedSpans pins;                  // the spec's pins and the session's (a pinned system prompt)
+};
+// Throws std::invalid_argument saying what to change: an unknown format, a
+// group that does not divide head_dim, a budget over the context or too small
+// for its sinks, pins and recent window, an on-full policy whose budget is not
+// the context, --spill without a policy or with kivi2 keys or rolling RoPE.
+CachePlan plan_cache(const CacheSpec& spec, const kv::CacheShape& shape, uint32_t capacity,
+                     const kv::PinnedSpans& extra_pins = {});
 
 // The caches `kvscope eval --sweep` measures: every format of
 // kv::all_formats() for keys and values alike, `group_size` applied to the
 // quantized ones (an error when there are none).
 std::vector<CacheSpec> sweep_specs(std::optional<uint32_t> group_size);
 
-// Every eviction policy but `full` at each budget, on f16 storage, with
-// options chosen so that the budget holds what each must keep (h2o's recent
-// window is half the budget; streamingllm keeps 4 sinks): what `--sweep`
-// adds after the formats.
+// Every eviction policy of the registry that has a sweep form
+// (kv::policy_at_budget) at each budget, on f16: what `--sweep` adds after
+// the formats.
 std::vector<CacheSpec> policy_sweep_specs(std::span<const uint32_t> budgets);
 
 }  // namespace kvscope

@@ -63,11 +63,11 @@ struct CacheRun {
   LostAttentionAccumulator lost;  // evicting caches only
 
   CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx, const kv::PinnedSpans& pins = {})
-      : session(std::make_unique<Session>(engine, spec.config(n_ctx))) {
+      : session(std::make_unique<Session>(engine, spec, n_ctx,
+                                          spec.policy.empty() && spec.on_full.empty() ? kv::PinnedSpans{} : pins)) {
     result.spec = spec;
     result.bytes_per_token = session->cache().bytes_per_token();
     result.cache_bytes = session->cache().device_bytes();
-    if (!spec.policy.empty()) session->set_policy(kv::parse_policy_spec(spec.policy), pins);
   }
 
   // Runs one chunk on an empty cache; returns the logits of all its tokens.
@@ -84,7 +84,8 @@ struct CacheRun {
       logits = session->logits_all(chunk);
     } else {
       // Prefill what the budget holds, then decode: one token per step.
-      const size_t prompt = std::min<size_t>(chunk.size(), std::max(session->cache().room(), 1u));
+      const size_t prompt = std::min<size_t>(chunk.size(), 
+                                                std::max(session->cache().eviction()->room(session->cache().tables()), 1u));
       logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
       session->end_prefill();
       if (prompt_done) prompt_done(prompt);
@@ -94,7 +95,7 @@ struct CacheRun {
         logits.insert(logits.end(), row.begin(), row.end());
         if (decoded) decoded(i);
       }
-      result.evictions += session->cache().log()->eviction_count();
+      result.evictions += session->cache().eviction()->log().eviction_count();
       result.recalls += session->cache().recalls();
       if (const kv::SpillTier* spill = session->cache().spill())
         result.spill_peak_bytes = std::max(result.spill_peak_bytes, spill->peak_host_bytes());

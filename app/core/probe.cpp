@@ -169,7 +169,7 @@ std::vector<FactToken> whereabouts(const kv::KvCache& cache, const HeldPositions
     fact.push_back(f);
   }
   std::vector<std::vector<bool>> recalled(fact.size(), std::vector<bool>(n_layer, false));
-  for (const kv::TraceEvent& e : cache.log()->events()) {
+  for (const kv::TraceEvent& e : cache.eviction()->log().events()) {
     const auto* ev = std::get_if<kv::EvictionEvent>(&e);
     const auto* rc = std::get_if<kv::RecallEvent>(&e);
     const kv::EvictionEvent* any = ev ? ev : rc;
@@ -211,25 +211,25 @@ ProbeResult run_probe(Engine& engine, const Scenario& scenario, const ProbeConfi
   result.measured_distance = t.prompt - static_cast<uint32_t>(t.fact_end);
 
   {
-    Session full(engine, config.cache.config(n_ctx));
+    Session full(engine, config.cache, n_ctx);
     result.full = score(full.logits_all(t.all), t, n_vocab, "full");
     result.full.verdict = Verdict::Retained;
   }
 
   for (const std::string& text : config.policies) {
-    const kv::PolicySpec spec = kv::parse_policy_spec(text);
-    Session session(engine, config.cache.config(n_ctx));
-    session.set_policy(spec, config.pins);
+    CacheSpec spec = config.cache;
+    spec.policy = text;
+    Session session(engine, spec, n_ctx, config.pins);
     // As eval runs an evicting cache: a prompt of what the budget holds, then
     // one token per step, so the question meets the cache the policy kept.
-    const size_t prompt = std::min<size_t>(t.prompt, std::max(session.cache().room(), 1u));
+    const size_t prompt = std::min<size_t>(t.prompt, std::max(session.cache().eviction()->room(session.cache().tables()), 1u));
     std::vector<float> logits = session.logits_all({t.all.begin(), t.all.begin() + static_cast<std::ptrdiff_t>(prompt)});
     session.end_prefill();
     HeldPositions held_at_query;
     uint32_t query_step = 0;
     auto snapshot = [&] {
       held_at_query = held_positions(session.cache(), static_cast<uint32_t>(t.all.size()));
-      query_step = session.cache().steps();
+      query_step = session.cache().eviction()->steps();
     };
     if (prompt == t.prompt) snapshot();
     for (size_t i = prompt; i < t.all.size(); ++i) {
@@ -237,10 +237,10 @@ ProbeResult run_probe(Engine& engine, const Scenario& scenario, const ProbeConfi
       logits.insert(logits.end(), row.begin(), row.end());
       if (i + 1 == t.prompt) snapshot();
     }
-    ProbeRun run = score(logits, t, n_vocab, spec.text());
+    ProbeRun run = score(logits, t, n_vocab, text);
     run.verdict = verdict_for(run.logprob, run.first_top1, result.full.logprob, result.full.first_top1);
     run.fact = whereabouts(session.cache(), held_at_query, t, query_step);
-    run.evictions = session.cache().log()->eviction_count();
+    run.evictions = session.cache().eviction()->log().eviction_count();
     result.policies.push_back(std::move(run));
   }
   return result;

@@ -35,15 +35,39 @@ Engine::Engine(const EngineOptions& o)
       n_ctx_(choose_ctx(file_, o.n_ctx)),
       model_(ctx_, file_, o.max_batch, n_ctx_) {}
 
+namespace {
+kv::CacheConfig with_capacity(kv::CacheConfig c, const Engine& engine) {
+  if (c.capacity == 0) c.capacity = engine.n_ctx();
+  return c;
+}
+
+CacheSpec storage_spec(const kv::CacheConfig& c) {
+  CacheSpec spec;
+  spec.k_format = c.k_format;
+  spec.v_format = c.v_format;
+  if (c.group_size) spec.group_size = c.group_size;
+  return spec;
+}
+}  // namespace
+
 Session::Session(Engine& engine, const kv::CacheConfig& cache_config)
     : engine_(&engine),
-      cache_(engine.context(), engine.model().cache_shape(),
-             [&] {
-               kv::CacheConfig c = cache_config;
-               if (c.capacity == 0) c.capacity = engine.n_ctx();
-               return c;
-             }(),
+      spec_(storage_spec(cache_config)),
+      cache_(engine.context(), engine.model().cache_shape(), with_capacity(cache_config, engine),
              engine.model().max_batch()) {}
+
+Session::Session(Engine& engine, const CacheSpec& spec, uint32_t capacity, const kv::PinnedSpans& extra_pins)
+    : Session(engine, plan_cache(spec, engine.model().cache_shape(), capacity ? capacity : engine.n_ctx(), extra_pins)
+                          .config) {
+  spec_ = spec;
+  set_extra_pins(extra_pins);
+}
+
+void Session::set_extra_pins(const kv::PinnedSpans& pins) {
+  const CachePlan plan = plan_cache(spec_, cache_.shape(), cache_.capacity(), pins);
+  if (plan.policy) set_policy(*plan.policy, plan.pins);
+  else reset();
+}
 
 void Session::set_policy(const kv::PolicySpec& spec, const kv::PinnedSpans& pins) {
   const kv::CacheShape shape = cache_.shape();
@@ -71,10 +95,7 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
   GpuModel& model = engine_->model();
   const uint32_t capacity = cache_.capacity();
   if (!evicting() && tokens_.size() + prompt.size() > capacity)
-    throw kv::ContextFull(fmt::format(
-        "the prompt is {} tokens and the context holds {} (with {} already used); use a larger context (-c) "
-        "or a shorter prompt",
-        prompt.size(), capacity, tokens_.size()));
+    throw kv::ContextFull(static_cast<uint32_t>(tokens_.size()), static_cast<uint32_t>(prompt.size()), capacity);
 
   std::vector<int32_t> positions(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "app/core/cache_spec.h"
 #include "gpu/context.h"
 #include "kv/cache.h"
 #include "kv/pins.h"
@@ -61,15 +62,28 @@ struct GenerationStats {
 
 class Session {
  public:
+  // A session whose cache is `spec` (app/core/cache_spec.h) over `capacity`
+  // slots (0: the engine's context) with `extra_pins` pinned besides the
+  // spec's (a pinned system prompt). plan_cache checks it
+  // first: a spec the model cannot run is std::invalid_argument saying what to
+  // change, before anything is allocated — a session never runs a cache other
+  // than the one it was given.
+  Session(Engine& engine, const CacheSpec& spec, uint32_t capacity = 0, const kv::PinnedSpans& extra_pins = {});
+  // Storage only, no policy (tests of the formats).
   Session(Engine& engine, const kv::CacheConfig& cache_config);
 
+  // The spec the session was made with (a storage-only session: its storage).
+  const CacheSpec& spec() const { return spec_; }
+  // Pins `pins` besides the spec's from now on (the cache is re-planned and
+  // the session reset; std::invalid_argument when they do not fit the budget).
+  void set_extra_pins(const kv::PinnedSpans& pins);
   // Evicts with this policy from now on (the session is reset): budgets are
   // checked against the cache (std::invalid_argument with what to change).
   // The cache then owns the policy, the pins and the event log.
   void set_policy(const kv::PolicySpec& spec, const kv::PinnedSpans& pins = {});
   // True when the cache drops tokens to stay within a budget (any policy but
   // `full`): the context never fills.
-  bool evicting() const { return cache_.policy() && cache_.policy()->evicts(); }
+  bool evicting() const { return cache_.eviction() && cache_.eviction()->policy().evicts(); }
 
   // Feeds the prompt, then samples up to `max_new` tokens (stopping at EOS or
   // when the context is full), calling `on_token(id, text)` with text that is
@@ -94,6 +108,7 @@ class Session {
 
  private:
   Engine* engine_;
+  CacheSpec spec_;
   kv::KvCache cache_;
   std::vector<int32_t> tokens_;
   GenerationStats stats_;

@@ -108,22 +108,11 @@ ProbeRow probe_row_from_slots(const kv::KvCache& cache, uint32_t layer, uint32_t
   return row;
 }
 
-CacheSpec parse_session_spec(std::string_view text) {
-  const size_t plus = text.find('+');
-  auto trim = [](std::string_view t) {
-    while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
-    while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
-    return t;
-  };
-  CacheSpec spec = parse_cache_spec(trim(text.substr(0, plus)));
-  if (plus != std::string_view::npos) {
-    const std::string_view policy = trim(text.substr(plus + 1));
-    if (policy.empty())
-      throw std::invalid_argument(fmt::format("\"{}\": nothing after '+'; name a policy, e.g. \"f16 + h2o:budget=64\"",
-                                              text));
-    spec.policy = kv::parse_policy_spec(policy).text();  // canonical, and checked now rather than in the worker
-  }
-  return spec;
+kv::PinnedSpans system_prompt_pins(std::span<const int32_t> system_alone, std::span<const int32_t> whole) {
+  size_t shared = 0;
+  while (shared < system_alone.size() && shared < whole.size() && system_alone[shared] == whole[shared]) ++shared;
+  if (shared == 0) return {};
+  return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
 }
 
 // ======================================================= conversation as JSON
@@ -309,7 +298,8 @@ void SessionWorker::publish() {
         working_.written_positions = std::max(working_.written_positions, static_cast<uint32_t>(position) + 1);
         if (static_cast<size_t>(position) < working_.layers_holding.size()) working_.layers_holding[position]++;
       }
-    if (const kv::EventLog* log = cache.log()) {
+    if (const kv::EvictionDriver* eviction = cache.eviction()) {
+      const kv::EventLog* log = &eviction->log();
       if (log->events().size() != published_log_events_) {
         working_.log = std::make_shared<const kv::EventLog>(*log);
         published_log_events_ = log->events().size();
@@ -318,7 +308,7 @@ void SessionWorker::publish() {
       working_.log.reset();
       published_log_events_ = SIZE_MAX;
     }
-    working_.pins = cache.pins();
+    working_.pins = cache.eviction() ? cache.eviction()->pins() : kv::PinnedSpans{};
     working_.used_tokens = cache.tokens();
     working_.capacity = cache.capacity();
     working_.cache_bytes_full = cache.device_bytes();
@@ -350,8 +340,10 @@ void SessionWorker::capture_probes() {
 void SessionWorker::run() {
   try {
     EngineHold hold(*turns_);
-    session_ = std::make_unique<Session>(*engine_, working_.spec.config(engine_->n_ctx()));
-    apply_policy({});
+    // The cache exactly as specified, or no session at all: a spec the model
+    // cannot run (a budget too small for its recent window, ...) is an error
+    // in the session's banner, never a session that runs without its policy.
+    session_ = std::make_unique<Session>(*engine_, working_.spec);
     working_.state = SessionSnapshot::State::Idle;
   } catch (const std::exception& e) {
     working_.state = SessionSnapshot::State::Error;
@@ -396,6 +388,7 @@ void SessionWorker::execute(const Command& command) {
   switch (command.kind) {
     case Command::Kind::Reset: {
       EngineHold hold(*turns_);
+      if (!extra_pins_.empty()) apply_policy({});  // a new conversation: its system prompt is pinned anew
       session_->reset();
       working_.turns.clear();
       working_.probes.clear();
@@ -406,15 +399,27 @@ void SessionWorker::execute(const Command& command) {
       if (command.request.text.empty()) throw std::invalid_argument("type a prompt first");
       std::vector<int32_t> ids;
       if (session_->tokens().empty() && !command.request.system.empty()) {
-        // The system prompt opens the conversation and is pinned, so an
-        // evicting policy keeps it whatever it scores. With a chat template
-        // the template writes it, with the first message.
+        // The system prompt opens the conversation and is pinned whenever the
+        // cache has a policy (system_prompt_pins: the same rule as kvscope
+        // chat's), so no policy evicts it whatever it scores. With a chat
+        // template the template writes it, with the first message.
         if (!command.request.chat_template) ids = tokenizer.encode(command.request.system, true);
-        if (session_->evicting() && !ids.empty()) {
-          kv::PinnedSpans pins = session_->cache().pins();
-          pins.add({0, static_cast<int32_t>(ids.size())});
-          EngineHold hold(*turns_);
-          apply_policy(pins);
+        if (!working_.spec.policy.empty() || !working_.spec.on_full.empty()) {
+          const std::vector<int32_t> alone =
+              command.request.chat_template
+                  ? encode_chat(*command.request.chat_template,
+                                std::vector<ChatMessage>{{"system", command.request.system}}, false, tokenizer)
+                  : ids;
+          std::vector<ChatMessage> opening{{"system", command.request.system}, {"user", command.request.text}};
+          const std::vector<int32_t> whole =
+              command.request.chat_template ? encode_chat(*command.request.chat_template, opening, true, tokenizer)
+                                            : ids;
+          const kv::PinnedSpans system_pins = system_prompt_pins(alone, whole);
+          if (!system_pins.empty()) {
+            for (const kv::PinnedSpan& span : system_pins.spans()) extra_pins_.add(span);
+            EngineHold hold(*turns_);
+            session_->set_extra_pins(extra_pins_);
+          }
         }
         Turn system;
         system.role = Turn::Role::System;
@@ -500,7 +505,7 @@ void SessionWorker::execute(const Command& command) {
       const SavedConversation& c = command.conversation;
       EngineHold hold(*turns_);
       session_->reset();
-      apply_policy(working_.spec.policy.empty() ? kv::PinnedSpans{} : c.pins);
+      apply_policy(working_.spec.policy.empty() && working_.spec.on_full.empty() ? kv::PinnedSpans{} : c.pins);
       working_.probes.clear();
       working_.steps.clear();
       working_.turns = c.turns;
@@ -532,8 +537,8 @@ void SessionWorker::execute(const Command& command) {
 }
 
 void SessionWorker::apply_policy(const kv::PinnedSpans& pins) {
-  if (working_.spec.policy.empty()) return;
-  session_->set_policy(kv::parse_policy_spec(working_.spec.policy), pins);
+  extra_pins_ = pins;
+  session_->set_extra_pins(extra_pins_);
 }
 
 void SessionWorker::refill(const std::vector<int32_t>& ids) {

@@ -156,10 +156,12 @@ std::string write_conversation_json(const SavedConversation& c);
 // Throws std::runtime_error naming `source_name` and what is wrong.
 SavedConversation read_conversation_json(const std::string& text, const std::string& source_name);
 
-// "SPEC" or "SPEC + POLICY" (CacheSpec::label()'s form): a cache spec with an
-// optional eviction policy, e.g. "q8 + h2o:budget=64". Throws
-// std::invalid_argument naming the bad part.
-CacheSpec parse_session_spec(std::string_view text);
+// The one pinning rule for a system prompt (the window's sessions and
+// kvscope chat): the span at the start of `whole` (the conversation's tokens)
+// that the system prompt encoded alone (`system_alone`, as the chat template
+// renders it, or as plain text) shares with it — a last token that merges
+// with what follows is left out. Empty when they share nothing.
+kv::PinnedSpans system_prompt_pins(std::span<const int32_t> system_alone, std::span<const int32_t> whole);
 
 class SessionWorker {
  public:
@@ -218,6 +220,7 @@ class SessionWorker {
   void refill(const std::vector<int32_t>& ids);
   // The policy of the spec with `pins` (no-op without a policy); resets.
   void apply_policy(const kv::PinnedSpans& pins);
+  kv::PinnedSpans extra_pins_;  // besides the spec's: a pinned system prompt, the user's pins
   std::shared_ptr<const StepRecord> record_step(uint32_t index, int32_t token, std::span<const float> logits);
   void publish();  // copies the working state into a new snapshot
   // With the engine held: turns the model's probe readback on or off for

@@ -100,10 +100,13 @@ void App::poll_loading() {
   engine_ = std::move(loaded);
   model_path_ = loading_path_;
   settings_.add_recent_model(model_path_);
+  std::string refused;  // one bad spec must not leave the model without a session
   for (const std::string& text : specs) {
     if (sessions_.size() == kMaxSessions) break;
-    add_session_from_text(text);
+    if (!add_session_from_text(text)) refused = banner_;
   }
+  if (sessions_.empty()) add_session(CacheSpec{});
+  if (!refused.empty()) banner_ = refused;
   selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
   if (!options_.load_conversation.empty()) {
     load_conversation(options_.load_conversation);
@@ -120,18 +123,40 @@ void App::poll_loading() {
   }
 }
 
-void App::add_session(const CacheSpec& spec) {
-  if (!engine_ || sessions_.size() >= kMaxSessions) return;
+// Every session's cache goes through plan_cache (app/core/cache_spec.h), the
+// validator `kvscope run` uses: a spec it refuses is refused here with the
+// same words, in the banner, and adds no session; the others are unaffected.
+bool App::add_session(const CacheSpec& spec) {
+  if (!engine_ || sessions_.size() >= kMaxSessions) return false;
+  try {
+    plan_cache(spec, engine_->model().cache_shape(), engine_->n_ctx());
+  } catch (const std::exception& e) {
+    banner_ = fmt::format("cache \"{}\": {}", spec.label(), one_line(e.what()));
+    return false;
+  }
   sessions_.push_back(std::make_unique<SessionWorker>(*engine_, turns_, kSessionNames[sessions_.size()], spec));
   selected_ = sessions_.size() - 1;
+  return true;
 }
 
-void App::add_session_from_text(const std::string& text) {
+bool App::add_session_from_text(const std::string& text) {
   try {
-    add_session(parse_session_spec(text));
+    return add_session(parse_cache_spec(text));
   } catch (const std::exception& e) {
     banner_ = fmt::format("cache \"{}\": {}", text, one_line(e.what()));
+    return false;
   }
+}
+
+CacheSpec App::new_session_spec() const {
+  CacheSpec spec;
+  spec.k_format = spec.v_format = kv::all_formats()[new_session_format_];
+  const auto policies = kv::policy_names();
+  if (new_session_policy_ > 0 && static_cast<size_t>(new_session_policy_) <= policies.size()) {
+    const std::string_view name = policies[new_session_policy_ - 1];
+    spec.policy = kv::parse_policy_spec(kv::policy_at_budget(name, new_session_budget_).value_or(std::string(name))).text();
+  }
+  return spec;
 }
 
 GenerateRequest App::request(const std::string& text) const {
@@ -374,7 +399,7 @@ void App::draw() {
     for (auto& s : sessions_) s->stop();
   }
   if (io.KeyCtrl && ImGui::IsKeyPressed('N') && sessions_.size() < kMaxSessions && engine_)
-    add_session(parse_cache_spec(std::string(kv::format_name(kv::all_formats()[new_session_format_]))));
+    add_session(new_session_spec());
   if (io.KeyCtrl && ImGui::IsKeyPressed('O')) {
     file_purpose_ = FilePurpose::OpenModel;
     file_dialog_.open("Open a GGUF model", ".gguf", false, std::filesystem::path(model_path_).parent_path());
@@ -514,7 +539,7 @@ void App::draw_toolbar() {
   ImGui::SameLine();
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
   if (ImGui::Button("New session")) {
-    add_session(parse_cache_spec(std::string(kv::format_name(kv::all_formats()[new_session_format_]))));
+    add_session(new_session_spec());
   }
   help_marker("Another session on the same weights, with its own KV cache (Ctrl+N)");
   ImGui::EndDisabled();
@@ -616,7 +641,7 @@ void App::draw_sessions_panel() {
                         : s.state == SessionSnapshot::State::Error      ? "error"
                                                                         : "idle";
     // The policy's name only: its options are in the tooltip and the conversation's title.
-    const std::string policy = s.spec.policy.substr(0, s.spec.policy.find(':'));
+    const std::string policy = s.spec.policy.substr(0, s.spec.policy.find(':')) + (s.spec.on_full.empty() ? "" : " (on full)");
     const std::string label =
         fmt::format("{}   {}{}##session{}", s.name, s.spec.name(), policy.empty() ? "" : " + " + policy, i);
     if (ImGui::Selectable(label.c_str(), i == selected_, 0, {0, ImGui::GetTextLineHeight() * 2.2f})) selected_ = i;
@@ -642,15 +667,39 @@ void App::draw_sessions_panel() {
   }
   help_marker("Storage format of the new session's keys and values:\n"
               "f32 reference, f16, q8 (int8 groups of 32), q4 (int4), kivi2 (2-bit)");
+  // The policies come from the registry (kv/policies/registry.h): a policy
+  // added there is offered here with no change to the window.
+  const auto policies = kv::policy_names();
+  ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x * 0.45f);
+  const std::string policy_shown =
+      new_session_policy_ == 0 ? std::string("no eviction") : std::string(policies[new_session_policy_ - 1]);
   ImGui::SameLine();
+  if (ImGui::BeginCombo("##policy", policy_shown.c_str())) {
+    if (ImGui::Selectable("no eviction", new_session_policy_ == 0)) new_session_policy_ = 0;
+    for (size_t i = 0; i < policies.size(); ++i) {
+      if (ImGui::Selectable(std::string(policies[i]).c_str(), new_session_policy_ == static_cast<int>(i + 1)))
+        new_session_policy_ = static_cast<int>(i + 1);
+      if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", std::string(kv::policy_summary(policies[i])).c_str());
+    }
+    ImGui::EndCombo();
+  }
+  help_marker("Eviction policy of the new session: which tokens its cache keeps once it holds its budget");
+  const bool has_budget = new_session_policy_ > 0 && kv::policy_at_budget(policies[new_session_policy_ - 1], 64);
+  ImGui::BeginDisabled(!has_budget);
+  ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x * 0.75f);
+  const int max_budget = engine_ ? static_cast<int>(engine_->n_ctx()) : 256;
+  ImGui::SliderInt("##budget", &new_session_budget_, 8, std::max(8, max_budget), "budget %d tokens");
+  ImGui::EndDisabled();
+  help_marker("Live tokens per layer and kv head that the policy keeps (sinks, pins and the recent window included)");
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
-  if (ImGui::Button("+ Add")) add_session(parse_cache_spec(current));
-  help_marker("A new session with this cache format, on the same weights (up to 4)");
+  if (ImGui::Button("+ Add")) add_session(new_session_spec());
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", new_session_spec().label().c_str());
+  help_marker("A new session with this cache format and policy, on the same weights (up to 4)");
   ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x * 0.75f);
   const bool spec_enter =
       ImGui::InputText("##spec", spec_buffer_, sizeof spec_buffer_, ImGuiInputTextFlags_EnterReturnsTrue);
-  help_marker("A cache with an eviction policy: \"FORMAT + POLICY\", e.g.\n"
-              "f16 + h2o:budget=64   q8 + streamingllm:sinks=4,window=60   f16 + tova:budget=48\n"
+  help_marker("A whole cache spec, as kvscope run --kv takes it: \"FORMAT + POLICY + pin=A:B + spill\", e.g.\n"
+              "f16 + h2o:budget=64   q8 + streamingllm:sinks=4,window=60   tova:budget=48   f16 + on-full=window:budget=256\n"
               "Enter or + adds it as a new session");
   ImGui::SameLine();
   if ((ImGui::Button("+##spec") || spec_enter) && spec_buffer_[0]) add_session_from_text(spec_buffer_);

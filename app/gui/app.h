@@ -92,8 +92,10 @@ class App {
  private:
   void start_loading(const std::string& path);
   void poll_loading();
-  void add_session(const CacheSpec& spec);
-  void add_session_from_text(const std::string& text);
+  // False (the reason in the banner) when the spec is refused.
+  bool add_session(const CacheSpec& spec);
+  bool add_session_from_text(const std::string& text);
+  CacheSpec new_session_spec() const;  // the format, policy and budget pickers' cache
   void send_prompt(const std::string& text);
   void dispatch_forced();  // forced mode: the other sessions read A's finished reply
   GenerateRequest request(const std::string& text) const;
@@ -160,6 +162,8 @@ class App {
   char prompt_buffer_[4096] = "Once upon a time";
   char model_buffer_[1024] = "";
   int new_session_format_ = 1;  // index into kv::all_formats(): f16
+  int new_session_policy_ = 0;  // 0: no eviction, else 1 + index into kv::policy_names()
+  int new_session_budget_ = 64;
   HeatmapView heatmap_;
   double fps_now_ = 0, fps_generating_ = 0;
   size_t last_turn_text_size_ = 0;

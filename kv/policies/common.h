@@ -19,15 +19,16 @@ struct Registration {
   std::string_view summary;
   std::span<const PolicyOption> options;
   std::unique_ptr<EvictionPolicy> (*make)(const PolicySpec&, const PolicyShape&);
+  // The policy's text at a budget of B live tokens per kv head, with options
+  // chosen so that B holds what it must keep (what `eval --sweep` and the
+  // window's budget slider use); null: the policy has no budget (full).
+  std::string (*at_budget)(uint32_t budget) = nullptr;
 };
 
-const Registration& full_registration();
-const Registration& window_registration();
-const Registration& streamingllm_registration();
-const Registration& h2o_registration();
-const Registration& tova_registration();
-const Registration& snapkv_registration();
-const Registration& pyramidkv_registration();
+// NAME_registration() for every line of kv/policies/registry.h.
+#define KVSCOPE_POLICY(name) const Registration& name##_registration();
+#include "kv/policies/registry.h"
+#undef KVSCOPE_POLICY
 
 // SnapKV's scoring and decode rule with the given per-(layer, kv_head)
 // budgets (kv/policies/snapkv.cpp): snapkv gives every layer the same,

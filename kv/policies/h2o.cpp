@@ -49,7 +49,8 @@ const Registration& h2o_registration() {
               "--policy {}: recent ({}) must be smaller than budget ({}) to leave room for heavy hitters",
               spec.text(), spec.count("recent"), spec.count("budget")));
         return std::make_unique<H2oPolicy>(spec, shape);
-      }};
+      },
+      [](uint32_t b) { return fmt::format("h2o:budget={},recent={}", b, b / 2); }};
   return r;
 }
 

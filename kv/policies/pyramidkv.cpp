@@ -50,7 +50,8 @@ const Registration& pyramidkv_registration() {
       "pyramidkv", "SnapKV with budgets shrinking from lower to upper layers (mean B)", kOptions,
       [](const PolicySpec& spec, const PolicyShape& shape) -> std::unique_ptr<EvictionPolicy> {
         return make_observation_window_policy("pyramidkv", spec, shape, pyramid_budgets(spec, shape));
-      }};
+      },
+      [](uint32_t b) { return fmt::format("pyramidkv:budget={}", b); }};
   return r;
 }
 

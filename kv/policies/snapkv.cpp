@@ -176,7 +176,8 @@ const Registration& snapkv_registration() {
       "snapkv", "prompt tokens the last W queries attend to most (pooled), per kv head; then the same rule over decode",
       kOptions, [](const PolicySpec& spec, const PolicyShape& shape) -> std::unique_ptr<EvictionPolicy> {
         return make_observation_window_policy("snapkv", spec, shape, uniform_budgets(shape, spec.count("budget")));
-      }};
+      },
+      [](uint32_t b) { return fmt::format("snapkv:budget={}", b); }};
   return r;
 }
 

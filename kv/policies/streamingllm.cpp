@@ -52,7 +52,8 @@ const Registration& streamingllm_registration() {
         if (spec.count("window") == 0)
           throw std::invalid_argument(fmt::format("--policy {}: window must be at least 1", spec.text()));
         return std::make_unique<StreamingLlmPolicy>(spec, shape);
-      }};
+      },
+      [](uint32_t b) { return fmt::format("streamingllm:sinks=4,window={}", b > 4 ? b - 4 : 1); }};
   return r;
 }
 

@@ -52,7 +52,8 @@ const Registration& tova_registration() {
       "tova", "drops the token the latest query attends to least (summed over the layer's heads)", kOptions,
       [](const PolicySpec& spec, const PolicyShape& shape) -> std::unique_ptr<EvictionPolicy> {
         return std::make_unique<TovaPolicy>(spec, shape);
-      }};
+      },
+      [](uint32_t b) { return fmt::format("tova:budget={}", b); }};
   return r;
 }
 

@@ -34,7 +34,8 @@ const Registration& window_registration() {
       "window", "keeps the last B tokens", kOptions,
       [](const PolicySpec& spec, const PolicyShape& shape) -> std::unique_ptr<EvictionPolicy> {
         return std::make_unique<WindowPolicy>(spec, shape);
-      }};
+      },
+      [](uint32_t b) { return fmt::format("window:budget={}", b); }};
   return r;
 }
 

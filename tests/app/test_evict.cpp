@@ -47,7 +47,7 @@ EvictRun run_policy(const std::string& spec_text, uint32_t n_new) {
   run.session->set_policy(kv::parse_policy_spec(spec_text), kPins);
   Sampler sampler(SamplerConfig{0.0f, 0, 1.0f, 0});
   const kv::KvCache& cache = run.session->cache();
-  const kv::EvictionPolicy& policy = *cache.policy();
+  const kv::EvictionPolicy& policy = cache.eviction()->policy();
   // After every decode step, straight from the tables (the log's occupancy
   // records cover the prefill steps too).
   auto check_tables = [&] {
@@ -63,12 +63,12 @@ EvictRun run_policy(const std::string& spec_text, uint32_t n_new) {
 
 void check_invariants(const EvictRun& run) {
   const kv::KvCache& cache = run.session->cache();
-  const kv::EvictionPolicy& policy = *cache.policy();
-  const kv::EventLog& log = *cache.log();
+  const kv::EvictionPolicy& policy = cache.eviction()->policy();
+  const kv::EventLog& log = cache.eviction()->log();
   const uint32_t n_layer = cache.shape().n_layer, n_kv_head = cache.shape().n_kv_head;
 
   // The budget holds after every step, prefill chunks included.
-  REQUIRE(log.occupancies().size() == cache.steps());
+  REQUIRE(log.occupancies().size() == cache.eviction()->steps());
   for (const kv::Occupancy& o : log.occupancies())
     for (uint32_t l = 0; l < n_layer; ++l)
       for (uint32_t h = 0; h < n_kv_head; ++h) {
@@ -111,8 +111,8 @@ TEST_CASE("evict: every policy keeps its budget at every step, keeps sinks and p
     const EvictRun run = run_policy(spec, 60);
     CHECK(run.generated.size() >= 1);
     check_invariants(run);
-    MESSAGE(spec << ": " << run.session->cache().log()->eviction_count() << " evictions over "
-                 << run.session->cache().steps() << " steps, " << run.session->tokens().size() << " tokens");
+    MESSAGE(spec << ": " << run.session->cache().eviction()->log().eviction_count() << " evictions over "
+                 << run.session->cache().eviction()->steps() << " steps, " << run.session->tokens().size() << " tokens");
   }
 }
 
@@ -130,7 +130,7 @@ TEST_CASE("evict: the scores pass equals a CPU sum of the attention rows (tova, 
   float worst = 0, total = 0;
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     const auto rows = engine.model().attention_probe_row(l);  // [n_head][capacity]
-    const kv::LayerScores scores = session.cache().layer_scores(l);
+    const kv::LayerScores scores = session.cache().eviction()->scores().layer(l);
     REQUIRE(scores.capacity == kCapacity);
     for (uint32_t kv_head = 0; kv_head < cfg.n_kv_head; ++kv_head)
       for (uint32_t slot = 0; slot < kCapacity; ++slot) {

@@ -105,7 +105,7 @@ TEST_CASE("rolling streamingllm: the cache holds at most 128 slots and RoPE posi
     for (uint32_t h = 0; h < cache.shape().n_kv_head; ++h) CHECK(cache.table(l, h).live() == 128);
   // The sinks stay, and the log replays to the tables.
   CHECK(cache.table(0, 0).positions()[0] == 0);
-  const auto replayed = kv::replay(*cache.log());
+  const auto replayed = kv::replay(cache.eviction()->log());
   for (size_t i = 0; i < replayed.size(); ++i) CHECK(std::ranges::equal(replayed[i].positions(), cache.tables()[i].positions()));
 }
 

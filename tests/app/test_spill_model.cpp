@@ -64,7 +64,7 @@ TEST_CASE("spill: budgets hold, entries come back, the log replays and recalled 
     Session session(engine, config);
     session.set_policy(kv::parse_policy_spec(spec));
     const kv::KvCache& cache = session.cache();
-    const kv::EvictionPolicy& policy = *cache.policy();
+    const kv::EvictionPolicy& policy = cache.eviction()->policy();
     // Teacher-forced on the reference's tokens, so that layer 0's rows of
     // every position are those of the reference cache.
     session.logits_all({prompt.begin(), prompt.end()});
@@ -79,10 +79,10 @@ TEST_CASE("spill: budgets hold, entries come back, the log replays and recalled 
     REQUIRE(cache.spill() != nullptr);
     CHECK(cache.spill()->entries() > 0);
     uint64_t recall_events = 0;
-    for (const auto& e : cache.log()->events()) recall_events += std::holds_alternative<kv::RecallEvent>(e) ? 1 : 0;
+    for (const auto& e : cache.eviction()->log().events()) recall_events += std::holds_alternative<kv::RecallEvent>(e) ? 1 : 0;
     CHECK(recall_events == cache.recalls());
 
-    const std::vector<kv::SlotTable> replayed = kv::replay(*cache.log());
+    const std::vector<kv::SlotTable> replayed = kv::replay(cache.eviction()->log());
     for (size_t i = 0; i < replayed.size(); ++i) {
       const auto a = replayed[i].positions(), b = cache.tables()[i].positions();
       REQUIRE_MESSAGE(std::equal(a.begin(), a.end(), b.begin(), b.end()), "table " << i << " differs after replay");
@@ -112,7 +112,7 @@ TEST_CASE("spill: budgets hold, entries come back, the log replays and recalled 
                                        values.begin() + V.row_offset(h, s) + V.row_words,
                                        ref_values.begin() + V.row_offset(h, ref_slot));
         CHECK_MESSAGE((k_same && v_same), fmt::format("layer 0 kv head {} slot {} (position {}) differs", h, s, p));
-        for (const auto& e : cache.log()->events())
+        for (const auto& e : cache.eviction()->log().events())
           if (const auto* r = std::get_if<kv::RecallEvent>(&e); r && r->layer == 0 && r->kv_head == h && r->position == p)
             ++recalled_checked;
       }

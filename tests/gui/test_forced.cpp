@@ -76,15 +76,15 @@ TEST_CASE("forced: the comparison finds the first step whose top-1 differs, and 
 }
 
 TEST_CASE("forced: session specs take a policy after '+', and say what is wrong") {
-  const CacheSpec plain = parse_session_spec("q8");
+  const CacheSpec plain = parse_cache_spec("q8");
   CHECK(plain.policy.empty());
-  const CacheSpec with = parse_session_spec(" q4 + h2o:budget=64 ");
+  const CacheSpec with = parse_cache_spec(" q4 + h2o:budget=64 ");
   CHECK(with.k_format == kv::Format::Q4);
   CHECK(with.policy.rfind("h2o:budget=64", 0) == 0);
-  CHECK(parse_session_spec(with.label()) == with);  // label() reads back
-  CHECK_THROWS_WITH_AS(parse_session_spec("f16 +"), doctest::Contains("name a policy"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(parse_session_spec("f16 + nosuch"), doctest::Contains("nosuch"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(parse_session_spec("q9 + h2o:budget=8"), doctest::Contains("q9"), std::invalid_argument);
+  CHECK(parse_cache_spec(with.label()) == with);  // label() reads back
+  CHECK_THROWS_WITH_AS(parse_cache_spec("f16 +"), doctest::Contains("name a policy"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_cache_spec("f16 + nosuch"), doctest::Contains("nosuch"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_cache_spec("q9 + h2o:budget=8"), doctest::Contains("q9"), std::invalid_argument);
 }
 
 TEST_CASE("forced: conversations round-trip through JSON, and a broken file names itself") {

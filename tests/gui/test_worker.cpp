@@ -206,7 +206,7 @@ TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per h
 
 TEST_CASE("worker: a forced reply reads the given tokens and records each step's distribution and cache") {
   EngineTurns turns;
-  SessionWorker full(test::shared_engine(), turns, "A", parse_session_spec("f16"));
+  SessionWorker full(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   GenerateRequest r = greedy("Once upon a time", 16);
   r.record = true;
   full.generate(r);
@@ -227,7 +227,7 @@ TEST_CASE("worker: a forced reply reads the given tokens and records each step's
     for (uint8_t h : st.held.held) CHECK(h == 1);  // a full cache holds everything
   }
 
-  SessionWorker evicting(test::shared_engine(), turns, "B", parse_session_spec("f16 + h2o:budget=8,recent=4"));
+  SessionWorker evicting(test::shared_engine(), turns, "B", parse_cache_spec("f16 + h2o:budget=8,recent=4"));
   GenerateRequest forced = greedy("Once upon a time", 16);
   forced.forced = tokens;
   evicting.generate(forced);
@@ -245,7 +245,7 @@ TEST_CASE("worker: a forced reply reads the given tokens and records each step's
 
 TEST_CASE("worker: editing a message drops what follows it; pins set later are kept by the policy") {
   EngineTurns turns;
-  SessionWorker w(test::shared_engine(), turns, "A", parse_session_spec("f16 + h2o:budget=16,recent=4"));
+  SessionWorker w(test::shared_engine(), turns, "A", parse_cache_spec("f16 + h2o:budget=16,recent=4"));
   w.generate(greedy("Once upon a time", 8));
   wait_idle(w);
   w.edit(0, "The little dog", greedy("", 6));
@@ -273,14 +273,14 @@ TEST_CASE("worker: editing a message drops what follows it; pins set later are k
   for (int32_t p = 1; p < 4; ++p) CHECK(s->layers_holding[p] == s->layers.size());
 
   // A session without a policy says why it has nothing to pin.
-  SessionWorker plain(test::shared_engine(), turns, "B", parse_session_spec("f16"));
+  SessionWorker plain(test::shared_engine(), turns, "B", parse_cache_spec("f16"));
   plain.set_pins(kv::PinnedSpans({{0, 2}}));
   CHECK(wait_idle(plain)->error.find("no eviction policy") != std::string::npos);
 }
 
 TEST_CASE("worker: with a chat template, a new message adds only its own tokens to the cache") {
   EngineTurns turns;
-  SessionWorker w(test::shared_engine(), turns, "A", parse_session_spec("f16"));
+  SessionWorker w(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   GenerateRequest r = greedy("Hello", 4);
   r.chat_template = chat_template_by_name("chatml");
   r.system = "Be brief.";
