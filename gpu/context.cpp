@@ -306,6 +306,12 @@ int device_type_rank(VkPhysicalDeviceType type) {
   }
 }
 
+namespace {
+std::atomic<uint64_t> g_process_validation_messages{0};
+}  // namespace
+
+uint64_t process_validation_messages() { return g_process_validation_messages.load(std::memory_order_relaxed); }
+
 bool validation_wanted(bool requested) {
   return (requested || env_flag("KVSCOPE_VALIDATION")) && has_layer(kValidationLayer);
 }
@@ -347,7 +353,10 @@ VKAPI_ATTR VkBool32 VKAPI_CALL on_validation_message(
   auto* counter = static_cast<std::atomic<uint64_t>*>(user);
   if (severity & (VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT |
                   VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT))
+  {
     counter->fetch_add(1, std::memory_order_relaxed);
+    g_process_validation_messages.fetch_add(1, std::memory_order_relaxed);
+  }
   std::fprintf(stderr, "vulkan validation: %s\n", data && data->pMessage ? data->pMessage : "?");
   return VK_FALSE;  // never abort the call that triggered it
 }

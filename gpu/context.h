@@ -151,6 +151,10 @@ int device_type_rank(VkPhysicalDeviceType type);
 // Whether the validation layer should be on: asked for by `requested` or by
 // KVSCOPE_VALIDATION=1, and VK_LAYER_KHRONOS_validation is installed.
 bool validation_wanted(bool requested);
+// Warnings and errors from the validation layer over every Context this
+// process made, those already destroyed included: what a test executable
+// checks once after all its cases.
+uint64_t process_validation_messages();
 
 // Throws GpuError("what: VK_ERROR_...") or OutOfMemory for non-success codes.
 void check(VkResult r, const char* what);

@@ -259,13 +259,13 @@ void check_cache_config(const CacheShape& shape, const CacheConfig& config, cons
                                        shape.head_dim, config.group_size, config.token_group);
   if (!config.spill) return;
   if (!policy)
-    throw std::invalid_argument("spill keeps what a policy evicts, and this cache has no policy: add one (e.g. "
-                                "h2o:budget=64) or leave out spill");
+    throw std::invalid_argument("--spill keeps what a policy evicts, and this cache has no policy: add one (e.g. "
+                                "--policy h2o:budget=64) or leave out --spill");
   // Key bounds are taken over keys as the cache holds them; rolling keeps
   // them un-rotated, so the bounds would not bound the logits attention sees.
   if (policy->spec().flag("rolling"))
-    throw std::invalid_argument(fmt::format("spill does not work with a rolling policy ({}): its keys are stored "
-                                            "un-rotated; leave out `rolling` or spill",
+    throw std::invalid_argument(fmt::format("--spill does not work with a rolling policy ({}): its keys are stored "
+                                            "un-rotated; leave out `rolling` or --spill",
                                             policy->spec().text()));
   [[maybe_unused]] const SpillTier rows_per_token(shape.n_layer, shape.n_kv_head, k, v);  // refuses kivi2 keys
 }

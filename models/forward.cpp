@@ -249,7 +249,7 @@ void GpuModel::set_profiling(bool on) {
 std::map<std::string, double> GpuModel::take_profile() { return std::exchange(profile_, {}); }
 
 std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
-                                         kv::KvCache& cache, LogitsWanted wanted) {
+                                         kv::KvCache& cache, LogitsWanted wanted, AttentionProbe* probe) {
   if (tokens.size() != positions.size()) throw std::invalid_argument("forward: tokens and positions differ in length");
   if (tokens.empty()) throw std::invalid_argument("forward: no tokens");
   for (int32_t t : tokens)
@@ -259,7 +259,15 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
     throw std::invalid_argument(fmt::format("a cache of {} slots is larger than this model was built for ({})",
                                             cache.capacity(), capacity_));
   make_kv_pipelines(cache.config());
-  probe_position_ = -1;
+  probe_ = probe && probe->on ? probe : nullptr;
+  if (probe) probe->position_ = -1;
+  if (probe_ && !probe_->readback_.host_visible()) {
+    probe_->readback_ = gpu::Buffer(*ctx_, uint64_t{cfg_.n_layer} * cfg_.n_head * capacity_ * sizeof(float),
+                                    gpu::MemoryUse::Readback, "attention probe readback");
+    probe_->n_layer_ = cfg_.n_layer;
+    probe_->n_head_ = cfg_.n_head;
+    probe_->model_capacity_ = capacity_;
+  }
 
   const size_t n_vocab = cfg_.n_vocab;
   logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
@@ -285,23 +293,15 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
     }
     start += n;
   }
-  if (probe_on_) probe_position_ = positions.back(), probe_capacity_ = cache.capacity();
+  if (probe_) probe_->position_ = positions.back(), probe_->cache_capacity_ = cache.capacity();
+  probe_ = nullptr;
   return logits_host_;
 }
 
-void GpuModel::set_attention_probe(bool on) {
-  if (on && !probe_readback_.host_visible())
-    probe_readback_ = gpu::Buffer(*ctx_, uint64_t{cfg_.n_layer} * cfg_.n_head * capacity_ * sizeof(float),
-                                  gpu::MemoryUse::Readback, "attention probe readback");
-  probe_on_ = on;
-  probe_position_ = -1;
-}
-
-std::span<const float> GpuModel::attention_probe_row(uint32_t layer) const {
-  if (probe_position_ < 0 || layer >= cfg_.n_layer) return {};
-  const size_t layer_stride = size_t{cfg_.n_head} * capacity_;
-  return {static_cast<const float*>(probe_readback_.mapped()) + layer * layer_stride,
-          size_t{cfg_.n_head} * probe_capacity_};
+std::span<const float> AttentionProbe::row(uint32_t layer) const {
+  if (position_ < 0 || layer >= n_layer_) return {};
+  const size_t layer_stride = size_t{n_head_} * model_capacity_;
+  return {static_cast<const float*>(readback_.mapped()) + layer * layer_stride, size_t{n_head_} * cache_capacity_};
 }
 
 void GpuModel::project(const FusedProjection& f, const Buffer& x, Buffer& y, uint32_t n_tokens) {
@@ -397,10 +397,10 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       rec.dispatch(P.attention_scores, {probs_, cache.slot_positions(l), positions_, cache.scores(l)}, sp,
                    elementwise_groups(cache.capacity(), wg_), cfg_.n_kv_head);
     }
-    if (probe_on_) {  // the last token's rows ([n_head][cache capacity]) into this layer's place
+    if (probe_) {  // the last token's rows ([n_head][cache capacity]) into this layer's place
       const uint64_t row_bytes = uint64_t{cfg_.n_head} * cache.capacity() * sizeof(float);
       const uint64_t layer_stride = uint64_t{cfg_.n_head} * capacity_ * sizeof(float);
-      rec.copy(probs_, uint64_t{n - 1} * row_bytes, probe_readback_, uint64_t{l} * layer_stride, row_bytes);
+      rec.copy(probs_, uint64_t{n - 1} * row_bytes, probe_->readback_, uint64_t{l} * layer_stride, row_bytes);
     }
     matmul(L.wo, xb2_, x_, n, dim, true);
     rec.barrier();

@@ -22,6 +22,28 @@ namespace kvscope {
 
 enum class LogitsWanted { Last, All };
 
+// The attention probe of one caller (a session): whether its forward calls
+// read back, for each layer, the softmax rows of the call's last token
+// ([n_head][cache capacity], by slot), and the rows of the last call that did.
+// The caller owns it — the window's heatmap, lost attention in eval — so two
+// sessions on one model never see each other's setting or rows. Off: nothing
+// is recorded or allocated for it.
+class AttentionProbe {
+ public:
+  bool on = false;
+  // The query position of the rows read back (-1: none yet, or the last call
+  // ran with the probe off).
+  int32_t position() const { return position_; }
+  // One layer's rows, [n_head][capacity of the cache the call ran on].
+  std::span<const float> row(uint32_t layer) const;
+
+ private:
+  friend class GpuModel;
+  gpu::Buffer readback_;  // f32 [n_layer][n_head][model capacity]
+  int32_t position_ = -1;
+  uint32_t n_layer_ = 0, n_head_ = 0, model_capacity_ = 0, cache_capacity_ = 0;
+};
+
 class GpuModel {
  public:
   // Uploads the weights and builds the pipelines. `max_batch` bounds the tokens
@@ -42,20 +64,10 @@ class GpuModel {
   // the room the policy can make (kv/policy.h), each preceded by its
   // evictions. Throws kv::ContextFull when the cache has no room (nothing
   // written without a policy; with `full`, the steps before it stay),
-  // std::invalid_argument for token ids outside the vocabulary.
+  // std::invalid_argument for token ids outside the vocabulary. With a
+  // `probe` that is on, its rows are those of this call's last token.
   std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
-                                 kv::KvCache& cache, LogitsWanted wanted);
-
-  // Attention probe readback for views (the GUI's heatmap): when on, every
-  // forward call also copies, for each layer, the softmax row of its last
-  // token ([n_head][cache capacity], indexed by cache slot) to a host-visible
-  // buffer. Off by default: then nothing is recorded or allocated for it.
-  void set_attention_probe(bool on);
-  bool attention_probe() const { return probe_on_; }
-  // The query position of the rows read back by the last forward call (-1:
-  // none), and one layer's row ([n_head][cache capacity]).
-  int32_t attention_probe_position() const { return probe_position_; }
-  std::span<const float> attention_probe_row(uint32_t layer) const;
+                                 kv::KvCache& cache, LogitsWanted wanted, AttentionProbe* probe = nullptr);
 
   // GPU milliseconds per shader, summed since the last call, when profiling.
   void set_profiling(bool on);
@@ -114,10 +126,7 @@ class GpuModel {
   gpu::Buffer probs_;                          // f32 [max_batch][n_head][capacity]
   gpu::Buffer x_last_, xn_last_;               // f32 [dim]
   gpu::Buffer logits_;                         // f32 [max_batch][n_vocab] (readback)
-  gpu::Buffer probe_readback_;                 // f32 [n_layer][n_head][capacity] (readback), when probing
-  bool probe_on_ = false;
-  int32_t probe_position_ = -1;
-  uint32_t probe_capacity_ = 0;                // the probed cache's capacity: the rows' stride
+  AttentionProbe* probe_ = nullptr;             // the running call's probe, when it is on
   std::vector<float> logits_host_;
   gpu::Recorder recorder_;
   std::unique_ptr<gpu::Timer> timer_;

@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <optional>
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@
 
 #include "app/cli/commands.h"
 #include "app/core/cache_spec.h"
+#include "app/core/conversation.h"
 #include "app/core/worker.h"
 #include "app/core/session.h"
 #include "models/chat_template.h"
@@ -89,7 +91,7 @@ LineRead read_line(std::string& line) {
 
 // [SECTION] the conversation and how it becomes tokens
 
-struct Conversation {
+struct Dialogue {
   std::string system;                 // --system; "" for none
   std::vector<ChatMessage> messages;  // user and assistant turns, in order
 
@@ -119,7 +121,7 @@ class PromptFormat {
   std::string name() const { return template_ ? std::string(chat_family_name(template_->family)) : "none"; }
   bool is_stop(int32_t id) const { return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end(); }
 
-  ChatPrompt render(const Conversation& conv, bool add_generation_prompt) const {
+  ChatPrompt render(const Dialogue& conv, bool add_generation_prompt) const {
     if (template_) return render_chat(*template_, conv.with_system(), add_generation_prompt, ChatTokens::from(*tok_));
     ChatPrompt prompt;
     prompt.text = conv.system;
@@ -203,7 +205,7 @@ class Chat {
   Session& session_;
   Sampler& sampler_;
   PromptFormat format_;
-  Conversation conv_;
+  Dialogue conv_;
   std::string fed_text_;  // the rendered text the session's tokens stand for
 
   uint32_t capacity() { return session_.cache().capacity(); }
@@ -219,7 +221,7 @@ class Chat {
   // text's last token merges with what follows).
   kv::PinnedSpans system_pins(const std::vector<int32_t>& whole) const {
     if (!o_.pin_system || conv_.system.empty()) return {};
-    Conversation system_only;
+    Dialogue system_only;
     system_only.system = conv_.system;
     return system_prompt_pins(format_.encode_whole(format_.render(system_only, false)), whole);
   }
@@ -265,7 +267,7 @@ class Chat {
   }
 
   void turn(const std::string& line) {
-    Conversation next = conv_;
+    Dialogue next = conv_;
     next.messages.push_back({"user", line});
     const ChatPrompt prompt = format_.render(next, /*add_generation_prompt=*/true);
     std::vector<int32_t> tokens;
@@ -350,31 +352,74 @@ class Chat {
     fed_text_.clear();
   }
 
-  json to_json() const {
-    json messages = json::array();
-    for (const ChatMessage& m : conv_.messages) messages.push_back({{"role", m.role}, {"content", m.content}});
-    return {{"model", engine_.file().path()}, {"template", format_.name()}, {"system", conv_.system},
-            {"messages", messages}};
+  // The conversation in the one format the window reads too
+  // (app/core/conversation.h): its turns with the token span each covers in
+  // the context, the context's tokens, the cache and its pins.
+  kvscope::Conversation to_conversation() const {
+    kvscope::Conversation c;
+    c.model = engine_.file().path();
+    c.cache = session_.spec().label();
+    c.chat_template = format_.name();
+    if (const kv::EvictionDriver* eviction = session_.cache().eviction()) c.pins = eviction->pins();
+    c.tokens = session_.tokens();
+    std::vector<Turn> turns;
+    if (!conv_.system.empty()) turns.push_back({Turn::Role::System, conv_.system});
+    for (const ChatMessage& m : conv_.messages)
+      turns.push_back({m.role == "user" ? Turn::Role::User : Turn::Role::Model, m.content});
+    // Each turn's span: where the conversation rendered up to it ends.
+    Dialogue prefix;
+    prefix.system = conv_.system;
+    uint32_t begin = 0;
+    for (size_t i = 0; i < turns.size(); ++i) {
+      if (turns[i].role != Turn::Role::System) prefix.messages.push_back(conv_.messages[prefix.messages.size()]);
+      const ChatPrompt rendered = format_.render(prefix, false);
+      const size_t end = std::min(rendered.text.empty() ? 0 : format_.encode_whole(rendered).size(), c.tokens.size());
+      turns[i].first_token = begin;
+      turns[i].n_tokens = static_cast<uint32_t>(end > begin ? end - begin : 0);
+      begin = std::max<uint32_t>(begin, static_cast<uint32_t>(end));
+    }
+    c.turns = std::move(turns);
+    return c;
   }
 
   void save(const std::string& path) {
     std::ofstream out(path, std::ios::binary);
-    out << to_json().dump(2) << "\n";
+    out << write_conversation_json(to_conversation());
     out.close();
     if (!out) return note(fmt::format("[could not write {}: {}; check the path and permissions]", path,
                                       std::strerror(errno)));
     note(fmt::format("[saved {} messages to {}]", conv_.messages.size(), path));
   }
 
-  // Throws std::runtime_error naming the file and the field that is wrong.
-  static Conversation parse_conversation(const std::string& path, const json& j) {
-    if (!j.is_object()) throw std::runtime_error(path + ": not a JSON object (as written by /save)");
-    Conversation conv;
+  // A file written by /save or by the window (app/core/conversation.h); files
+  // of earlier versions of /save ({"system", "messages": [{role, content}]})
+  // are read too. Throws std::runtime_error naming the file and what is wrong.
+  static Dialogue parse_conversation(const std::string& path, const std::string& text, std::string& template_name,
+                                         std::string& model) {
+    const json j = json::parse(text, nullptr, false);
+    if (!j.is_discarded() && j.is_object() && !j.contains("kvscope_conversation") && j.contains("messages"))
+      return parse_legacy_conversation(path, j, template_name, model);
+    const kvscope::Conversation saved = read_conversation_json(text, path);
+    template_name = saved.chat_template;
+    model = saved.model;
+    Dialogue conv;
+    for (const Turn& t : saved.turns) {
+      if (t.role == Turn::Role::System) conv.system = t.text;
+      else conv.messages.push_back({t.role == Turn::Role::User ? "user" : "assistant", t.text});
+    }
+    return conv;
+  }
+
+  static Dialogue parse_legacy_conversation(const std::string& path, const json& j, std::string& template_name,
+                                                std::string& model) {
+    Dialogue conv;
+    template_name = j.value("template", "");
+    model = j.value("model", "");
     if (j.contains("system")) {
       if (!j["system"].is_string()) throw std::runtime_error(path + ": \"system\" must be a string");
       conv.system = j["system"].get<std::string>();
     }
-    if (!j.contains("messages") || !j["messages"].is_array())
+    if (!j["messages"].is_array())
       throw std::runtime_error(path + ": \"messages\" must be an array of {role, content}");
     for (size_t i = 0; i < j["messages"].size(); ++i) {
       const json& m = j["messages"][i];
@@ -389,22 +434,21 @@ class Chat {
   }
 
   void load(const std::string& path) {
-    Conversation conv;
-    json j;
+    Dialogue conv;
+    std::string template_name, model;
     try {
       std::ifstream in(path, std::ios::binary);
       if (!in) throw std::runtime_error(fmt::format("cannot read {}: {}", path, std::strerror(errno)));
-      j = json::parse(in);
-      conv = parse_conversation(path, j);
+      std::stringstream text;
+      text << in.rdbuf();
+      conv = parse_conversation(path, text.str(), template_name, model);
     } catch (const std::exception& e) {
       return note(fmt::format("[not loaded: {}]", e.what()));
     }
-    if (j.value("template", format_.name()) != format_.name())
-      note(fmt::format("[{} was saved with template {}; continuing with {}]", path, j.value("template", ""),
-                       format_.name()));
-    if (j.value("model", engine_.file().path()) != engine_.file().path())
-      note(fmt::format("[{} was saved with model {}; continuing with {}]", path, j.value("model", ""),
-                       engine_.file().path()));
+    if (!template_name.empty() && template_name != format_.name())
+      note(fmt::format("[{} was saved with template {}; continuing with {}]", path, template_name, format_.name()));
+    if (!model.empty() && model != engine_.file().path())
+      note(fmt::format("[{} was saved with model {}; continuing with {}]", path, model, engine_.file().path()));
 
     // Re-feed the conversation so that the next turn continues it.
     const ChatPrompt prompt = format_.render(conv, /*add_generation_prompt=*/false);

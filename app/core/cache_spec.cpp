@@ -83,12 +83,6 @@ bool is_policy_part(std::string_view part) {
   return std::find(names.begin(), names.end(), name) != names.end();
 }
 
-bool is_storage_part(std::string_view part) {
-  const std::string_view first = part.substr(0, part.find(','));
-  return kv::parse_format(first).has_value() || first.starts_with("k=") || first.starts_with("v=") ||
-         first.starts_with("group=");
-}
-
 std::string policy_names_joined() {
   std::string names;
   for (std::string_view n : kv::policy_names()) names += fmt::format("{}{}", names.empty() ? "" : ", ", n);
@@ -126,12 +120,12 @@ void CacheSpec::check() const {
   const bool evicting = !policy.empty() && policy.substr(0, policy.find(':')) != "full";
   if (!on_full.empty() && evicting)
     throw std::invalid_argument(fmt::format(
-        "on-full applies to policy full (keep everything until the context is full); policy {} already evicts: "
+        "--on-full applies to policy full (keep everything until the context is full); --policy {} already evicts: "
         "leave out one of the two",
         policy));
   if (spill && policy.empty() && on_full.empty())
     throw std::invalid_argument(
-        "spill keeps what a policy evicts, and this cache has no policy: add one (e.g. h2o:budget=64) or leave out "
+        "--spill keeps what a policy evicts, and this cache has no policy: add one (e.g. h2o:budget=64) or leave out "
         "spill");
   if (!spill && spill_max_bytes != 0) throw std::invalid_argument("a spill cap needs spill: add spill");
 }
@@ -188,17 +182,23 @@ CacheSpec parse_cache_spec(std::string_view text) {
               "cache spec part '{}': the spill cap is a number of MiB > 0 (spill=64), or write spill for no cap", part));
         spec.spill_max_bytes = mib_to_bytes(mib);
       }
-    } else if (is_policy_part(part)) {
+    } else if (is_policy_part(part) || part.find(':') != std::string_view::npos) {
+      const std::string policy = kv::parse_policy_spec(part).text();  // an unknown name lists the known ones
       once(policy_set, "the policy");
-      spec.policy = kv::parse_policy_spec(part).text();
-    } else if (is_storage_part(part)) {
-      once(storage_set, "the storage");
-      parse_storage(part, spec);
+      spec.policy = policy;
     } else {
-      throw std::invalid_argument(fmt::format(
-          "cache spec part '{}' is neither a storage format ({}), a policy ({}), pin=START:END, on-full=POLICY nor "
-          "spill[=MIB]",
-          part, kv::format_names(), policy_names_joined()));
+      CacheSpec storage;
+      try {
+        parse_storage(part, storage);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(fmt::format("{} (a part is a storage format, a policy ({}), pin=START:END, "
+                                                "on-full=POLICY or spill[=MIB])",
+                                                e.what(), policy_names_joined()));
+      }
+      once(storage_set, "the storage");
+      spec.k_format = storage.k_format;
+      spec.v_format = storage.v_format;
+      spec.group_size = storage.group_size;
     }
   }
   spec.check();

@@ -125,22 +125,22 @@ struct CacheRun {
 // run), so this costs one decode step per scored position.
 std::vector<AttentionRows> baseline_attention(Engine& engine, Session& session, const std::vector<int32_t>& chunk,
                                               uint32_t first, uint32_t last) {
-  // The probe is the engine's: on for these steps only, as it was after.
+  // The probe is the session's: on for these steps only, as it was after.
   struct ProbeOn {
-    GpuModel& model;
+    AttentionProbe& probe;
     bool was;
-    explicit ProbeOn(GpuModel& m) : model(m), was(m.attention_probe()) { model.set_attention_probe(true); }
-    ~ProbeOn() { model.set_attention_probe(was); }
+    explicit ProbeOn(AttentionProbe& p) : probe(p), was(p.on) { probe.on = true; }
+    ~ProbeOn() { probe.on = was; }
   };
   const uint32_t n_positions = static_cast<uint32_t>(chunk.size());
   session.reset();
   session.logits_all({chunk.begin(), chunk.begin() + first});
   std::vector<AttentionRows> rows;
   rows.reserve(last - first + 1);
-  ProbeOn probe(engine.model());
+  ProbeOn probe(session.attention_probe());
   for (uint32_t j = first; j <= last; ++j) {
     session.logits_all({chunk[j]});
-    rows.push_back(probe_attention_rows(engine.model(), session.cache(), n_positions));
+    rows.push_back(probe_attention_rows(session.attention_probe(), engine.config(), session.cache(), n_positions));
   }
   return rows;
 }

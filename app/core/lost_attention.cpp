@@ -25,11 +25,11 @@ HeldPositions held_positions(const kv::KvCache& cache, uint32_t n_positions) {
   return out;
 }
 
-AttentionRows probe_attention_rows(const GpuModel& model, const kv::KvCache& cache, uint32_t n_positions) {
-  const LlamaConfig& cfg = model.config();
-  if (model.attention_probe_position() < 0)
+AttentionRows probe_attention_rows(const AttentionProbe& probe, const LlamaConfig& cfg, const kv::KvCache& cache,
+                                   uint32_t n_positions) {
+  if (probe.position() < 0)
     throw std::logic_error("probe_attention_rows: the last forward call read no attention probe; "
-                           "call GpuModel::set_attention_probe(true) before it");
+                           "set the session's attention_probe().on before it");
   AttentionRows out;
   out.n_layer = cfg.n_layer;
   out.n_head = cfg.n_head;
@@ -38,7 +38,7 @@ AttentionRows probe_attention_rows(const GpuModel& model, const kv::KvCache& cac
   const uint32_t heads_per_kv = cfg.n_head / cfg.n_kv_head;
   const uint32_t capacity = cache.capacity();
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
-    const std::span<const float> row = model.attention_probe_row(l);  // [n_head][capacity], by slot
+    const std::span<const float> row = probe.row(l);  // [n_head][capacity], by slot
     for (uint32_t h = 0; h < cfg.n_head; ++h) {
       const kv::SlotTable& table = cache.table(l, h / heads_per_kv);
       float* dst = out.probs.data() + (size_t{l} * cfg.n_head + h) * n_positions;

@@ -20,10 +20,11 @@
 #include <vector>
 
 #include "kv/cache.h"
+#include "models/forward.h"
+#include "models/hparams.h"
 
 namespace kvscope {
 
-class GpuModel;
 
 // One query's attention in the baseline cache, by token position:
 // probs[(layer * n_head + head) * n_positions + position]. Positions the
@@ -49,12 +50,13 @@ struct HeldPositions {
 // tables are [layer][kv_head]).
 HeldPositions held_positions(const kv::KvCache& cache, uint32_t n_positions);
 
-// The rows the model's attention probe read back for its last forward call
-// (GpuModel::set_attention_probe must have been on), turned from cache slots
+// The rows `probe` read back for its session's last forward call (the probe
+// must have been on for it), turned from cache slots
 // into positions through the slot tables of `cache`, the cache that call ran
 // on. Query heads map to kv heads as grouped-query attention does: head h
 // reads kv head h / (n_head / n_kv_head).
-AttentionRows probe_attention_rows(const GpuModel& model, const kv::KvCache& cache, uint32_t n_positions);
+AttentionRows probe_attention_rows(const AttentionProbe& probe, const LlamaConfig& cfg, const kv::KvCache& cache,
+                                   uint32_t n_positions);
 
 // Per layer: the mean over query heads of the baseline's probability on
 // positions the test cache does not hold in that head's kv head. Throws

@@ -104,12 +104,18 @@ class Session {
   const std::vector<int32_t>& tokens() const { return tokens_; }
   kv::KvCache& cache() { return cache_; }
   const kv::KvCache& cache() const { return cache_; }
+  // This session's attention probe (models/forward.h): set `on` for the calls
+  // whose last token's attention should be read back; the rows stay until the
+  // next call.
+  AttentionProbe& attention_probe() { return probe_; }
+  const AttentionProbe& attention_probe() const { return probe_; }
   const GenerationStats& stats() const { return stats_; }
 
  private:
   Engine* engine_;
   CacheSpec spec_;
   kv::KvCache cache_;
+  AttentionProbe probe_;
   std::vector<int32_t> tokens_;
   GenerationStats stats_;
 };

@@ -108,79 +108,6 @@ ProbeRow probe_row_from_slots(const kv::KvCache& cache, uint32_t layer, uint32_t
   return row;
 }
 
-kv::PinnedSpans system_prompt_pins(std::span<const int32_t> system_alone, std::span<const int32_t> whole) {
-  size_t shared = 0;
-  while (shared < system_alone.size() && shared < whole.size() && system_alone[shared] == whole[shared]) ++shared;
-  if (shared == 0) return {};
-  return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
-}
-
-// ======================================================= conversation as JSON
-
-namespace {
-
-const char* role_name(Turn::Role role) {
-  return role == Turn::Role::System ? "system" : role == Turn::Role::User ? "user" : "model";
-}
-
-}  // namespace
-
-std::string write_conversation_json(const SavedConversation& c) {
-  nlohmann::ordered_json j;
-  j["kvscope_conversation"] = 1;
-  j["model"] = c.model;
-  j["cache"] = c.cache;
-  nlohmann::ordered_json pins = nlohmann::ordered_json::array();
-  for (const kv::PinnedSpan& span : c.pins.spans()) pins.push_back(kv::to_string(span));
-  j["pins"] = pins;
-  j["turns"] = nlohmann::ordered_json::array();
-  for (const Turn& t : c.turns)
-    j["turns"].push_back({{"role", role_name(t.role)},
-                          {"text", t.text},
-                          {"first_token", t.first_token},
-                          {"n_tokens", t.n_tokens},
-                          {"ttft_seconds", t.ttft_seconds},
-                          {"tok_s", t.tok_s},
-                          {"stopped", t.stopped}});
-  j["tokens"] = c.tokens;
-  return j.dump(1) + "\n";
-}
-
-SavedConversation read_conversation_json(const std::string& text, const std::string& source_name) {
-  SavedConversation c;
-  try {
-    const nlohmann::json j = nlohmann::json::parse(text);
-    if (!j.contains("kvscope_conversation"))
-      throw std::runtime_error("not a kvscope conversation (no \"kvscope_conversation\" field)");
-    c.model = j.value("model", "");
-    c.cache = j.value("cache", "");
-    for (const auto& span : j.at("pins")) c.pins.add(kv::parse_pinned_span(span.get<std::string>()));
-    c.tokens = j.at("tokens").get<std::vector<int32_t>>();
-    for (const auto& t : j.at("turns")) {
-      Turn turn;
-      const std::string role = t.at("role").get<std::string>();
-      if (role == "system") turn.role = Turn::Role::System;
-      else if (role == "user") turn.role = Turn::Role::User;
-      else if (role == "model") turn.role = Turn::Role::Model;
-      else throw std::runtime_error(fmt::format("turn role \"{}\" is not system, user or model", role));
-      turn.text = t.at("text").get<std::string>();
-      turn.first_token = t.at("first_token").get<uint32_t>();
-      turn.n_tokens = t.at("n_tokens").get<uint32_t>();
-      turn.ttft_seconds = t.value("ttft_seconds", 0.0);
-      turn.tok_s = t.value("tok_s", 0.0);
-      turn.stopped = t.value("stopped", false);
-      if (size_t{turn.first_token} + turn.n_tokens > c.tokens.size())
-        throw std::runtime_error(fmt::format("a turn spans tokens {}..{} but the context has {}", turn.first_token,
-                                             turn.first_token + turn.n_tokens, c.tokens.size()));
-      c.turns.push_back(std::move(turn));
-    }
-  } catch (const std::exception& e) {
-    throw std::runtime_error(fmt::format("{}: {}; save a conversation from the window to see the format",
-                                         source_name, e.what()));
-  }
-  return c;
-}
-
 // ============================================================== SessionWorker
 
 SessionWorker::SessionWorker(Engine& engine, EngineTurns& turns, std::string name, const CacheSpec& spec)
@@ -241,7 +168,7 @@ void SessionWorker::set_pins(const kv::PinnedSpans& pins) {
   push(std::move(command));
 }
 
-void SessionWorker::load(const SavedConversation& conversation) {
+void SessionWorker::load(const Conversation& conversation) {
   Command command{Command::Kind::Load, {}};
   command.conversation = conversation;
   push(std::move(command));
@@ -320,20 +247,18 @@ void SessionWorker::publish() {
 }
 
 void SessionWorker::apply_probe_setting() {
-  GpuModel& model = engine_->model();
-  const bool wanted = probes_wanted_ && (!alternate_probes_ || probe_steps_++ % 2 == 0);
-  if (model.attention_probe() != wanted) model.set_attention_probe(wanted);
+  session_->attention_probe().on = probes_wanted_ && (!alternate_probes_ || probe_steps_++ % 2 == 0);
 }
 
 void SessionWorker::capture_probes() {
-  const GpuModel& model = engine_->model();
-  if (!model.attention_probe() || model.attention_probe_position() < 0) return;
-  const uint32_t step = static_cast<uint32_t>(model.attention_probe_position());
+  const AttentionProbe& probe = session_->attention_probe();
+  if (!probe.on || probe.position() < 0) return;
+  const uint32_t step = static_cast<uint32_t>(probe.position());
   if (!working_.probes.empty() && working_.probes.back()->step == step) return;  // kept already
   const uint32_t n_head = engine_->config().n_head;
   for (uint32_t layer = 0; layer < engine_->config().n_layer; ++layer)
     working_.probes.push_back(std::make_shared<const ProbeRow>(
-        probe_row_from_slots(session_->cache(), layer, n_head, step, model.attention_probe_row(layer))));
+        probe_row_from_slots(session_->cache(), layer, n_head, step, probe.row(layer))));
   while (working_.probes.size() > kProbeSteps * engine_->config().n_layer) working_.probes.pop_front();
 }
 
@@ -433,15 +358,12 @@ void SessionWorker::execute(const Command& command) {
       if (command.request.chat_template) {
         // The whole conversation rendered by the template: what the cache
         // holds is its beginning, the rest is this message's tokens.
-        std::vector<ChatMessage> messages;
-        for (const Turn& t : working_.turns)
-          messages.push_back({t.role == Turn::Role::System ? "system" : t.role == Turn::Role::User ? "user" : "assistant",
-                              t.text});
+        std::vector<ChatMessage> messages = chat_messages(working_.turns);
         messages.push_back({"user", command.request.text});
         std::vector<int32_t> all = encode_chat(*command.request.chat_template, messages, true, tokenizer);
         std::vector<int32_t> held = session_->tokens();
         held.insert(held.end(), ids.begin(), ids.end());
-        if (all.size() >= held.size() && std::equal(held.begin(), held.end(), all.begin())) {
+        if (reusable_prefix(held, all) == held.size()) {
           user_ids.assign(all.begin() + static_cast<std::ptrdiff_t>(held.size()), all.end());
         } else {
           // The template renders earlier turns differently now (another
@@ -502,7 +424,7 @@ void SessionWorker::execute(const Command& command) {
       return;
     }
     case Command::Kind::Load: {
-      const SavedConversation& c = command.conversation;
+      const Conversation& c = command.conversation;
       EngineHold hold(*turns_);
       session_->reset();
       apply_policy(working_.spec.policy.empty() && working_.spec.on_full.empty() ? kv::PinnedSpans{} : c.pins);
@@ -564,9 +486,9 @@ std::shared_ptr<const StepRecord> SessionWorker::record_step(uint32_t index, int
   const kv::KvCache& cache = session_->cache();
   r->n_pos = static_cast<uint32_t>(session_->tokens().size());
   r->held = held_positions(cache, r->n_pos);
-  const GpuModel& model = engine_->model();
-  if (model.attention_probe() && model.attention_probe_position() + 1 == static_cast<int32_t>(r->n_pos))
-    r->attention = probe_attention_rows(model, cache, r->n_pos);
+  const AttentionProbe& probe = session_->attention_probe();
+  if (probe.on && probe.position() + 1 == static_cast<int32_t>(r->n_pos))
+    r->attention = probe_attention_rows(probe, engine_->config(), cache, r->n_pos);
   return r;
 }
 
@@ -647,7 +569,7 @@ void SessionWorker::generate_reply(const std::vector<int32_t>& prompt, const Gen
   session_->generate(prompt, request.max_new, sampler, [&](int32_t id, const std::string& text) {
     if (step_start != Clock::time_point{}) {
       const double seconds = seconds_between(step_start, Clock::now());
-      if (engine_->model().attention_probe())
+      if (session_->attention_probe().on)
         working_.probe_on_seconds += seconds, working_.probe_on_steps++;
       else
         working_.probe_off_seconds += seconds, working_.probe_off_steps++;

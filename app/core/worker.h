@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "app/core/cache_spec.h"
+#include "app/core/conversation.h"
 #include "app/core/lost_attention.h"
 #include "app/core/session.h"
 #include "kv/event_log.h"
@@ -42,20 +43,6 @@ class EngineTurns {
   std::mutex mutex_;
   std::condition_variable turn_changed_;
   uint64_t next_ticket_ = 0, serving_ = 0;
-};
-
-// One message of a conversation. A completion model has no chat template:
-// the user's text and the model's reply are appended to one token stream.
-struct Turn {
-  enum class Role { System, User, Model };
-  Role role = Role::User;
-  std::string text;
-  uint32_t first_token = 0;  // index of its first token in the context
-  uint32_t n_tokens = 0;
-  double ttft_seconds = 0;   // Model: command start -> first token
-  double tok_s = 0;          // Model: decode tokens per second after the first
-  bool streaming = false;    // Model: still being written
-  bool stopped = false;      // Model: stopped by the user
 };
 
 // Occupancy of one layer: live slots over its kv heads (equal today; an
@@ -144,24 +131,7 @@ struct GenerateRequest {
   std::optional<ChatTemplate> chat_template;
 };
 
-// A conversation as saved to and loaded from JSON (write_conversation_json).
-struct SavedConversation {
-  std::string model;                // the model file it was written with
-  std::string cache;                // CacheSpec::label()
-  std::vector<Turn> turns;
-  std::vector<int32_t> tokens;      // the context, exactly
-  kv::PinnedSpans pins;
-};
-std::string write_conversation_json(const SavedConversation& c);
-// Throws std::runtime_error naming `source_name` and what is wrong.
-SavedConversation read_conversation_json(const std::string& text, const std::string& source_name);
 
-// The one pinning rule for a system prompt (the window's sessions and
-// kvscope chat): the span at the start of `whole` (the conversation's tokens)
-// that the system prompt encoded alone (`system_alone`, as the chat template
-// renders it, or as plain text) shares with it — a last token that merges
-// with what follows is left out. Empty when they share nothing.
-kv::PinnedSpans system_prompt_pins(std::span<const int32_t> system_alone, std::span<const int32_t> whole);
 
 class SessionWorker {
  public:
@@ -190,7 +160,7 @@ class SessionWorker {
   // the context read again into an empty cache.
   void set_pins(const kv::PinnedSpans& pins);
   // Replaces the conversation with a saved one (the context is read again).
-  void load(const SavedConversation& conversation);
+  void load(const Conversation& conversation);
 
   // The latest snapshot; cheap (a pointer copy under a lock), never waits on
   // the device.
@@ -206,7 +176,7 @@ class SessionWorker {
     GenerateRequest request;
     size_t turn_index = 0;
     kv::PinnedSpans pins;
-    SavedConversation conversation;
+    Conversation conversation;
   };
   void push(Command command);
   void run();

@@ -43,7 +43,7 @@ void App::load_conversation(const std::string& path) {
     if (!in) throw std::runtime_error(fmt::format("{}: cannot open the file", path));
     std::stringstream text;
     text << in.rdbuf();
-    SavedConversation c = read_conversation_json(text.str(), path);
+    Conversation c = read_conversation_json(text.str(), path);
     if (engine_)
       for (int32_t id : c.tokens)
         if (id < 0 || id >= engine_->tokenizer().n_vocab())
@@ -63,9 +63,15 @@ void App::load_conversation(const std::string& path) {
 void App::save_conversation(const std::string& path) {
   if (selected_ >= sessions_.size()) return;
   const auto s = sessions_[selected_]->snapshot();
-  SavedConversation c;
+  Conversation c;
   c.model = model_path_;
   c.cache = s->spec.label();
+  try {
+    const std::optional<ChatTemplate> tmpl = chat_template();
+    c.chat_template = tmpl ? std::string(chat_family_name(tmpl->family)) : "none";
+  } catch (const std::exception&) {
+    c.chat_template.clear();  // an unknown name: reported when it was chosen
+  }
   c.turns = s->turns;
   c.tokens = s->tokens;
   c.pins = s->pins;

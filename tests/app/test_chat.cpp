@@ -3,6 +3,8 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <chrono>
+#include <thread>
 #include <cstdio>
 #include <fstream>
 #include <regex>
@@ -11,7 +13,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "app/core/conversation.h"
+#include "app/core/worker.h"
 #include "tests/app/cli_runner.h"
+#include "tests/shared_engine.h"
 #include "tests/test_util.h"
 
 using nlohmann::json;
@@ -99,16 +104,27 @@ TEST_CASE("chat: /save, then /load in a new process restores the conversation") 
   const std::string saved = dir.file("conversation.json");
   Result r = chat_with_input(dir, "Once upon a time\nThe cat sat.\n/save " + saved + "\n", kArgs + " --system 'A story.'");
   REQUIRE_MESSAGE(r.code == 0, r.out);
+  // The one conversation format the window reads too (app/core/conversation.h).
   const json j = json::parse(test::read_text(saved));
-  CHECK(j["system"] == "A story.");
+  CHECK(j["kvscope_conversation"] == 1);
   CHECK(j["template"] == "none");
+  CHECK(j["cache"] == "f16");
   CHECK(j["model"].get<std::string>() == test::model_path());
-  REQUIRE(j["messages"].size() == 4);
-  CHECK(j["messages"][0] == json({{"role", "user"}, {"content", "Once upon a time"}}));
-  CHECK(j["messages"][1]["role"] == "assistant");
-  CHECK(!j["messages"][1]["content"].get<std::string>().empty());
-  CHECK(j["messages"][2] == json({{"role", "user"}, {"content", "The cat sat."}}));
-  CHECK(j["messages"][3]["role"] == "assistant");
+  const Conversation c = read_conversation_json(test::read_text(saved), saved);
+  REQUIRE(c.turns.size() == 5);
+  CHECK(c.turns[0].role == Turn::Role::System);
+  CHECK(c.turns[0].text == "A story.");
+  CHECK(c.turns[1].role == Turn::Role::User);
+  CHECK(c.turns[1].text == "Once upon a time");
+  CHECK(c.turns[2].role == Turn::Role::Model);
+  CHECK(!c.turns[2].text.empty());
+  CHECK(c.turns[3].text == "The cat sat.");
+  CHECK(c.turns[4].role == Turn::Role::Model);
+  // The turns' token spans follow one another and cover the context.
+  for (size_t i = 1; i < c.turns.size(); ++i)
+    CHECK(c.turns[i].first_token == c.turns[i - 1].first_token + c.turns[i - 1].n_tokens);
+  CHECK(c.turns.back().first_token + c.turns.back().n_tokens <= c.tokens.size());
+  CHECK(c.tokens.size() > 20);
 
   // A new process loads it, re-feeds it, and saves the same conversation back.
   const std::string again = dir.file("again.json");
@@ -116,8 +132,8 @@ TEST_CASE("chat: /save, then /load in a new process restores the conversation") 
   REQUIRE_MESSAGE(r.code == 0, r.out);
   CHECK(r.out.find("[loaded 4 messages from") != std::string::npos);
   const json k = json::parse(test::read_text(again));
-  CHECK(k["messages"] == j["messages"]);
-  CHECK(k["system"] == j["system"]);
+  CHECK(k["turns"] == j["turns"]);
+  CHECK(k["tokens"] == j["tokens"]);
 
   // ... and the next turn continues it from the cache.
   r = chat_with_input(dir, "/load " + saved + "\nThen it rained.\n", kArgs);
@@ -142,7 +158,7 @@ TEST_CASE("chat: /reset empties the conversation and the cache") {
       chat_with_input(dir, "Once upon a time\n/reset\n/save " + saved + "\nOnce upon a time\n/quit\nNot read.\n", kArgs);
   REQUIRE_MESSAGE(r.code == 0, r.out);
   CHECK(r.out.find("[conversation cleared]") != std::string::npos);
-  CHECK(json::parse(test::read_text(saved))["messages"] == json::array());
+  CHECK(json::parse(test::read_text(saved))["turns"] == json::array());
   // After the reset the same line starts from an empty cache again.
   const auto used = context_use(r.out);
   REQUIRE_MESSAGE(used.size() == 2, r.out);
@@ -190,4 +206,39 @@ TEST_CASE("chat: Ctrl-C stops a reply and the chat goes on; Ctrl-C at the prompt
   CHECK(out.substr(first_status, out.find('\n', first_status) - first_status).find("· stopped]") != std::string::npos);
   CHECK(used[0] < 256);
   CHECK(used[1] > used[0]);
+}
+
+TEST_CASE("chat: a conversation saved by chat opens in a window session, and one saved there opens in chat") {
+  test::TempDir dir;
+  const std::string saved = dir.file("from_chat.json");
+  Result r = chat_with_input(dir, "Once upon a time\n/save " + saved + "\n", kArgs);
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  const Conversation from_chat = read_conversation_json(test::read_text(saved), saved);
+
+  // The window's path: a session worker loads it (App::load_conversation).
+  EngineTurns turns;
+  SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
+  worker.load(from_chat);
+  for (int i = 0; i < 4000 && (worker.busy() || worker.snapshot()->state == SessionSnapshot::State::Starting); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto s = worker.snapshot();
+  REQUIRE_MESSAGE(s->error.empty(), s->error);
+  CHECK(s->tokens == from_chat.tokens);
+  CHECK(s->turns.size() == from_chat.turns.size());
+
+  // ... and what the window saves (App::save_conversation) opens in chat.
+  Conversation from_window;
+  from_window.model = test::model_path();
+  from_window.cache = s->spec.label();
+  from_window.chat_template = "none";
+  from_window.turns = s->turns;
+  from_window.tokens = s->tokens;
+  const std::string window_file = dir.file("from_window.json");
+  std::ofstream(window_file, std::ios::binary) << write_conversation_json(from_window);
+  r = chat_with_input(dir, "/load " + window_file + "\nThen it rained.\n", kArgs);
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK(r.out.find("[loaded 2 messages from") != std::string::npos);
+  const auto fed = prefills(r.out);
+  REQUIRE_MESSAGE(fed.size() == 1, r.out);
+  CHECK(fed[0].second > 4);  // the loaded story stayed in the cache
 }

@@ -304,10 +304,9 @@ TEST_CASE("lost attention on the default model: 0 when nothing is evicted, risin
   {
     Session session(engine, CacheSpec{}.config(128));
     session.logits_all({tokens.begin(), tokens.begin() + 40});
-    engine.model().set_attention_probe(true);
+    session.attention_probe().on = true;
     session.logits_all({tokens[40]});
-    const AttentionRows rows = probe_attention_rows(engine.model(), session.cache(), 41);
-    engine.model().set_attention_probe(false);
+    const AttentionRows rows = probe_attention_rows(session.attention_probe(), engine.config(), session.cache(), 41);
     for (uint32_t l = 0; l < rows.n_layer; ++l)
       for (uint32_t h = 0; h < rows.n_head; ++h) {
         double sum = 0;
@@ -418,7 +417,7 @@ TEST_CASE("cli: eval --sweep=policies runs every policy on f16, q8 and q4 with i
   for (const char* policy : {"window:budget=32", "streamingllm:sinks=4,window=28", "h2o:budget=32,recent=16",
                              "tova:budget=32", "snapkv:budget=32", "pyramidkv:budget=32"})
     for (const char* storage : {"f16", "q8", "q4"}) {
-      const std::string row = fmt::format("| {} + {} |", storage, policy);
+      const std::string row = fmt::format("| {} + {} |", storage, kv::parse_policy_spec(policy).text());
       CHECK_MESSAGE(r.out.find(row) != std::string::npos, row);
     }
   CHECK(r.out.find("budget=64") == std::string::npos);

@@ -122,14 +122,14 @@ TEST_CASE("evict: the scores pass equals a CPU sum of the attention rows (tova, 
   cc.capacity = kCapacity;
   Session session(engine, cc);
   session.set_policy(kv::parse_policy_spec("tova:budget=64"));
-  engine.model().set_attention_probe(true);
+  session.attention_probe().on = true;
   Sampler sampler(SamplerConfig{0.0f, 0, 1.0f, 0});
   session.generate(long_prompt(engine), 3, sampler);  // the last forward call is one decode step
   const LlamaConfig& cfg = engine.config();
   const uint32_t group = cfg.n_head / cfg.n_kv_head;
   float worst = 0, total = 0;
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
-    const auto rows = engine.model().attention_probe_row(l);  // [n_head][capacity]
+    const auto rows = session.attention_probe().row(l);  // [n_head][capacity]
     const kv::LayerScores scores = session.cache().eviction()->scores().layer(l);
     REQUIRE(scores.capacity == kCapacity);
     for (uint32_t kv_head = 0; kv_head < cfg.n_kv_head; ++kv_head)
@@ -140,7 +140,6 @@ TEST_CASE("evict: the scores pass equals a CPU sum of the attention rows (tova, 
         total += scores.at(kv_head, slot);
       }
   }
-  engine.model().set_attention_probe(false);
   MESSAGE("worst |GPU - CPU| per-slot score: " << worst);
   CHECK(worst < 1e-5f);
   // Each query head's row sums to 1, so the scores of a layer sum to n_head.
@@ -161,7 +160,7 @@ TEST_CASE("evict: the full policy at a small capacity is a clear ContextFull") {
   } catch (const kv::ContextFull& e) {
     const std::string message = e.what();
     CHECK(message.find("context is full") != std::string::npos);
-    CHECK(message.find("--policy") != std::string::npos);
+    CHECK(message.find("--on-full") != std::string::npos);  // what to do: evict once the context is full
   }
   // The session is still usable after a reset.
   session.reset();

@@ -88,7 +88,7 @@ TEST_CASE("forced: session specs take a policy after '+', and say what is wrong"
 }
 
 TEST_CASE("forced: conversations round-trip through JSON, and a broken file names itself") {
-  SavedConversation c;
+  Conversation c;
   c.model = "m.gguf";
   c.cache = "f16 + h2o:budget=64";
   c.tokens = {1, 5, 6, 7, 8};
@@ -97,7 +97,7 @@ TEST_CASE("forced: conversations round-trip through JSON, and a broken file name
   Turn user{Turn::Role::User, "hi", 2, 1};
   Turn model{Turn::Role::Model, " there", 3, 2, 0.25, 40.0};
   c.turns = {system, user, model};
-  const SavedConversation back = read_conversation_json(write_conversation_json(c), "c.json");
+  const Conversation back = read_conversation_json(write_conversation_json(c), "c.json");
   CHECK(back.model == c.model);
   CHECK(back.cache == c.cache);
   CHECK(back.tokens == c.tokens);

@@ -190,10 +190,10 @@ TEST_CASE("pyramidkv: budgets shrink from the lowest layer, averaging the budget
 
 TEST_CASE("policies: invariants over prefill and decode on random attention") {
   struct Case {
-    const char* spec;
+    std::string spec;
     bool with_pins;
   };
-  const Case cases[] = {
+  std::vector<Case> cases = {
       {"window:budget=24", true},
       {"streamingllm:sinks=4,window=20", true},
       {"streamingllm:sinks=4,window=20,rolling", false},
@@ -205,6 +205,12 @@ TEST_CASE("policies: invariants over prefill and decode on random attention") {
       {"pyramidkv:budget=32,window=4,kernel=3,beta=2", true},
       {"pyramidkv:budget=24,window=4,kernel=1", false},
   };
+  // Every registered policy (kv/policies/registry.h) at a budget, as the
+  // sweep and the window's picker make it: a policy added to the registry is
+  // held to the invariants without an edit here. (Pins are in the cases
+  // above: at 24 slots PyramidKV's top layer keeps only its window.)
+  for (std::string_view name : kv::policy_names())
+    if (auto text = kv::policy_at_budget(name, 24)) cases.push_back({*text, false});
   const kv::PolicyShape shape{3, 2, 64};
   for (const auto& c : cases)
     for (uint32_t max_chunk : {1u, 7u, 16u, 64u}) {
