@@ -24,20 +24,7 @@ using gpu::Buffer;
 using gpu::MemoryUse;
 using shaders::Id;
 
-int type_index(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return 0;
-    case GgmlType::F16: return 1;
-    case GgmlType::Q8_0: return 2;
-    case GgmlType::Q4_0: return 3;
-    case GgmlType::BF16: return 4;
-    case GgmlType::Q4_K: return 5;
-    case GgmlType::Q5_K: return 6;
-    case GgmlType::Q6_K: return 7;
-    default: break;
-  }
-  throw std::invalid_argument(fmt::format("no shader for weight type {}", type_traits(uint32_t(t))->name));
-}
+int type_index(GgmlType t) { return static_cast<int>(weight_shader_index(t)); }
 
 // Threads per workgroup (specialization constant 0 of every shader): a power
 // of two, at least the device's subgroup size, 64 where the device allows.
@@ -101,15 +88,8 @@ void GpuModel::make_pipelines() {
     spec.insert(spec.begin(), wg);
     return gpu::Pipeline(ctx, gpu::PipelineDesc{id, bindings, push, spec, texel});
   };
-  constexpr uint32_t kTexelBinding0 = 1u << 0, kTexelBinding1 = 1u << 1;
   using namespace params;
   Pipelines& P = pipelines_;
-  const Id embed[Pipelines::kWeightTypeCount] = {Id::embed_f32,  Id::embed_f16,  Id::embed_q8_0, Id::embed_q4_0,
-                                                 Id::embed_bf16, Id::embed_q4_k, Id::embed_q5_k, Id::embed_q6_k};
-  const Id matvec[Pipelines::kWeightTypeCount] = {Id::matvec_f32,  Id::matvec_f16,  Id::matvec_q8_0, Id::matvec_q4_0,
-                                                  Id::matvec_bf16, Id::matvec_q4_k, Id::matvec_q5_k, Id::matvec_q6_k};
-  const Id matmul[Pipelines::kWeightTypeCount] = {Id::matmul_f32,  Id::matmul_f16,  Id::matmul_q8_0, Id::matmul_q4_0,
-                                                  Id::matmul_bf16, Id::matmul_q4_k, Id::matmul_q5_k, Id::matmul_q6_k};
   // Only the weight types this model uses: lavapipe compiles each pipeline
   // through LLVM, so unused variants would cost start-up time.
   std::set<int> used = {type_index(weights_.token_embd.type), type_index(weights_.logits_weight().type)};
@@ -119,11 +99,14 @@ void GpuModel::make_pipelines() {
       for (const auto& part : f->parts) used.insert(type_index(part.tensor.type));
   }
   for (int i : used) {
-    P.matvec[i] = make(matvec[i], 4, sizeof(MatVecParams), {matvec_rows_}, kTexelBinding0);
-    P.matmul[i] = make(matmul[i], 4, sizeof(MatMulParams), {row_per_invocation_ ? 1u : 0u}, kTexelBinding0);
+    const WeightShaders& w = kWeightShaders[i];
+    P.matvec[i] = make(w.matvec, kMatvecOp.bindings, kMatvecOp.push_bytes, {matvec_rows_}, kMatvecOp.texel_bindings);
+    P.matmul[i] = make(w.matmul, kMatmulOp.bindings, kMatmulOp.push_bytes, {row_per_invocation_ ? 1u : 0u},
+                       kMatmulOp.texel_bindings);
   }
   const int embed_type = type_index(weights_.token_embd.type);
-  P.embed[embed_type] = make(embed[embed_type], 4, sizeof(EmbedParams), {}, kTexelBinding1);
+  P.embed[embed_type] = make(kWeightShaders[embed_type].embed, kEmbedOp.bindings, kEmbedOp.push_bytes, {},
+                             kEmbedOp.texel_bindings);
   P.rmsnorm = make(Id::rmsnorm, 3, sizeof(RmsNormParams));
   P.swiglu = make(Id::swiglu, 2, sizeof(SwigluParams));
   if (cfg_.qkv_bias) P.add = make(Id::add, 3, sizeof(AddParams));

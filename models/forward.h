@@ -16,6 +16,7 @@
 #include "kv/cache.h"
 #include "models/gguf.h"
 #include "models/hparams.h"
+#include "models/weight_shaders.h"
 #include "models/weights.h"
 
 namespace kvscope {
@@ -100,8 +101,7 @@ class GpuModel {
   GpuWeights weights_;
 
   struct Pipelines {
-    // Indexed by type_index() in forward.cpp: F32 F16 Q8_0 Q4_0 BF16 Q4_K Q5_K Q6_K.
-    static constexpr int kWeightTypeCount = 8;
+    // Indexed by weight_shader_index() (models/weight_shaders.h).
     gpu::Pipeline embed[kWeightTypeCount], matvec[kWeightTypeCount], matmul[kWeightTypeCount];
     gpu::Pipeline rmsnorm, swiglu;
     gpu::Pipeline add;  // q|k|v biases (qwen2), only when the model has them

@@ -4,36 +4,29 @@
 # constants: see shaders/common/params.h).
 set(KVSCOPE_SHADER_TABLE
   "smoke|smoke.comp|"
-  "embed_f32|embed.comp|WTYPE_F32"
-  "embed_f16|embed.comp|WTYPE_F16"
-  "embed_q8_0|embed.comp|WTYPE_Q8_0"
-  "embed_q4_0|embed.comp|WTYPE_Q4_0"
-  "embed_bf16|embed.comp|WTYPE_BF16"
-  "embed_q4_k|embed.comp|WTYPE_Q4_K"
-  "embed_q5_k|embed.comp|WTYPE_Q5_K"
-  "embed_q6_k|embed.comp|WTYPE_Q6_K"
   "rmsnorm|rmsnorm.comp|"
-  "matvec_f32|matvec.comp|WTYPE_F32"
-  "matvec_f16|matvec.comp|WTYPE_F16"
-  "matvec_q8_0|matvec.comp|WTYPE_Q8_0"
-  "matvec_q4_0|matvec.comp|WTYPE_Q4_0"
-  "matvec_bf16|matvec.comp|WTYPE_BF16"
-  "matvec_q4_k|matvec.comp|WTYPE_Q4_K"
-  "matvec_q5_k|matvec.comp|WTYPE_Q5_K"
-  "matvec_q6_k|matvec.comp|WTYPE_Q6_K"
-  "matmul_f32|matmul.comp|WTYPE_F32"
-  "matmul_f16|matmul.comp|WTYPE_F16"
-  "matmul_q8_0|matmul.comp|WTYPE_Q8_0"
-  "matmul_q4_0|matmul.comp|WTYPE_Q4_0"
-  "matmul_bf16|matmul.comp|WTYPE_BF16"
-  "matmul_q4_k|matmul.comp|WTYPE_Q4_K"
-  "matmul_q5_k|matmul.comp|WTYPE_Q5_K"
-  "matmul_q6_k|matmul.comp|WTYPE_Q6_K"
   "kivi_key_write|kivi_key_write.comp|"
   "attention_scores|attention_scores.comp|"
   "swiglu|swiglu.comp|"
   "add|add.comp|"
 )
+
+# Weight types the matrix shaders dequantize (ggml's type names, lower case):
+# one embed, matvec and matmul per type, built with -DWTYPE_<TYPE> from
+# shaders/common/weights.glsl. The list also generates
+# kvscope_shaders_weight_types.inc, the one table C++ takes each (type, op)
+# shader from (models/weight_shaders.h): adding a weight type is a row here,
+# its decoding in weights.glsl, and its layout and CPU reference in models/.
+set(KVSCOPE_WEIGHT_TYPES f32 f16 q8_0 q4_0 bf16 q4_k q5_k q6_k)
+set(_weight_rows "")
+foreach(t IN LISTS KVSCOPE_WEIGHT_TYPES)
+  string(TOUPPER "${t}" T)
+  list(APPEND KVSCOPE_SHADER_TABLE
+    "embed_${t}|embed.comp|WTYPE_${T}"
+    "matvec_${t}|matvec.comp|WTYPE_${T}"
+    "matmul_${t}|matmul.comp|WTYPE_${T}")
+  string(APPEND _weight_rows "KVSCOPE_WEIGHT_TYPE(${T}, ${t})\n")
+endforeach()
 
 # KV cache formats, keys and values independent: one rope_kv_write and one
 # attention per (key format, value format), e.g. Id::attention_q8_kivi2 for
@@ -113,3 +106,5 @@ ${_names}  }
 }  // namespace kvscope::shaders
 ")
 file(CONFIGURE OUTPUT ${_gen}/kvscope_shaders.h CONTENT "${_header}")
+file(CONFIGURE OUTPUT ${_gen}/kvscope_shaders_weight_types.inc
+     CONTENT "// generated from shaders/shaders.cmake's KVSCOPE_WEIGHT_TYPES — do not edit\n${_weight_rows}")

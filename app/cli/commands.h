@@ -70,6 +70,7 @@ struct BenchOptions {
   uint32_t reps = 3;
   bool json = false;
   bool profile = false;
+  bool ops = false;  // --ops: the matrix shaders per weight type instead of a model
 };
 int bench(const BenchOptions& o);
 

@@ -114,6 +114,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   bench_cmd->add_flag("--json", bench_o.json, "print JSON");
   bench_cmd->add_flag("--profile", bench_o.profile, "GPU time per shader (timestamp queries)");
+  bench_cmd->add_flag("--ops", bench_o.ops,
+                      "the matrix shaders alone per weight type (2048 x 2048, as the forward pass dispatches them): "
+                      "matvec GB/s of weights, matmul tokens/s over -p tokens");
 
   EvalOptions eval_o;
   auto* eval_cmd = app.add_subcommand(

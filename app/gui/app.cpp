@@ -672,10 +672,11 @@ void App::draw_sessions_panel() {
   const auto policies = kv::policy_names();
   ImGui::SetNextItemWidth(ImGui::GetContentRegionAvail().x * 0.45f);
   const std::string policy_shown =
-      new_session_policy_ == 0 ? std::string("no eviction") : std::string(policies[new_session_policy_ - 1]);
+      new_session_policy_ == 0 ? std::string("no policy") : std::string(policies[new_session_policy_ - 1]);
   ImGui::SameLine();
   if (ImGui::BeginCombo("##policy", policy_shown.c_str())) {
-    if (ImGui::Selectable("no eviction", new_session_policy_ == 0)) new_session_policy_ = 0;
+    if (ImGui::Selectable("no policy", new_session_policy_ == 0)) new_session_policy_ = 0;
+    if (ImGui::IsItemHovered()) ImGui::SetTooltip("keep every token until the context is full");
     for (size_t i = 0; i < policies.size(); ++i) {
       if (ImGui::Selectable(std::string(policies[i]).c_str(), new_session_policy_ == static_cast<int>(i + 1)))
         new_session_policy_ = static_cast<int>(i + 1);

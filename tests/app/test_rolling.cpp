@@ -109,8 +109,3 @@ TEST_CASE("rolling streamingllm: the cache holds at most 128 slots and RoPE posi
   for (size_t i = 0; i < replayed.size(); ++i) CHECK(std::ranges::equal(replayed[i].positions(), cache.tables()[i].positions()));
 }
 
-// Not run by default (another 2,000 tokens): the figures README compares with.
-TEST_CASE("rolling streamingllm: the same without rolling, for comparison" * doctest::skip()) {
-  const LongRun run = generate_long("streamingllm:sinks=4,window=124", 128, 2000, 250);
-  MESSAGE("not rolling: " << describe(run));
-}

@@ -22,6 +22,7 @@
 #include "gpu/pipeline.h"
 #include "models/ggml_types.h"
 #include "models/gpu_layout.h"
+#include "models/weight_shaders.h"
 #include "tests/cleanup.h"
 
 namespace kvscope::test {
@@ -153,43 +154,11 @@ inline void check_close(std::span<const float> gpu, std::span<const double> cpu,
   check_close<double>(gpu, cpu, bound, what);
 }
 
-// The embed / matvec / matmul shader of each weight type (shaders.cmake).
-inline Id embed_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return Id::embed_f32;
-    case GgmlType::F16: return Id::embed_f16;
-    case GgmlType::Q8_0: return Id::embed_q8_0;
-    case GgmlType::Q4_0: return Id::embed_q4_0;
-    case GgmlType::BF16: return Id::embed_bf16;
-    case GgmlType::Q4_K: return Id::embed_q4_k;
-    case GgmlType::Q5_K: return Id::embed_q5_k;
-    default: return Id::embed_q6_k;
-  }
-}
-inline Id matvec_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return Id::matvec_f32;
-    case GgmlType::F16: return Id::matvec_f16;
-    case GgmlType::Q8_0: return Id::matvec_q8_0;
-    case GgmlType::Q4_0: return Id::matvec_q4_0;
-    case GgmlType::BF16: return Id::matvec_bf16;
-    case GgmlType::Q4_K: return Id::matvec_q4_k;
-    case GgmlType::Q5_K: return Id::matvec_q5_k;
-    default: return Id::matvec_q6_k;
-  }
-}
-inline Id matmul_id(GgmlType t) {
-  switch (t) {
-    case GgmlType::F32: return Id::matmul_f32;
-    case GgmlType::F16: return Id::matmul_f16;
-    case GgmlType::Q8_0: return Id::matmul_q8_0;
-    case GgmlType::Q4_0: return Id::matmul_q4_0;
-    case GgmlType::BF16: return Id::matmul_bf16;
-    case GgmlType::Q4_K: return Id::matmul_q4_k;
-    case GgmlType::Q5_K: return Id::matmul_q5_k;
-    default: return Id::matmul_q6_k;
-  }
-}
+// The embed / matvec / matmul shader of each weight type: the forward
+// pass's table (models/weight_shaders.h).
+inline Id embed_id(GgmlType t) { return weight_shaders(t).embed; }
+inline Id matvec_id(GgmlType t) { return weight_shaders(t).matvec; }
+inline Id matmul_id(GgmlType t) { return weight_shaders(t).matmul; }
 
 // A rows x cols matrix as GGUF stores it (`gguf`: quantized from random
 // floats, or given), its values as the CPU dequantizes them, and its GPU

@@ -11,6 +11,8 @@
 // [SECTION] the forward pass on a Q4_K_M model
 // [SECTION] decode speed (skipped by default)
 #include <doctest/doctest.h>
+
+#include <set>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -97,6 +99,23 @@ std::vector<Shape> shapes(GgmlType t) {
 }
 
 // ---------------------------------------------------------------- [SECTION] embed
+
+TEST_CASE("weight shaders: one row per type with shaders, and no other type's shader for a type without") {
+  // Every type the GPU layout accepts has its row, each with its own shaders.
+  std::set<int> ids;
+  for (const WeightShaders& w : kWeightShaders) {
+    CHECK(&weight_shaders(w.type) == &w);
+    ids.insert(int(w.embed)), ids.insert(int(w.matvec)), ids.insert(int(w.matmul));
+  }
+  CHECK(ids.size() == 3 * kWeightTypeCount);
+  CHECK(kWeightTypeCount == 8);
+  // A type ggml has and the shaders do not: a clear error, not a fallback.
+  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q2_K, GgmlType::Q8_K}) {
+    CAPTURE(type_name(t));
+    const std::string expected = "no shader for weight type " + type_name(t);
+    CHECK_THROWS_WITH_AS(weight_shaders(t), doctest::Contains(expected.c_str()), std::invalid_argument);
+  }
+}
 
 TEST_CASE("kquant embed: BF16 Q4_K Q5_K Q6_K rows, whole and chunked tables") {
   for (uint32_t wg : workgroup_sizes()) {
@@ -275,77 +294,6 @@ TEST_CASE("kquant e2e: a Q4_K_M stories15M matches the CPU reference, prefill an
   // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
   CHECK(worst_prefill < 2e-3f);
   CHECK(worst_decode < 2e-3f);
-}
-
-// ---------------------------------------------------------------- [SECTION] decode speed
-
-// Weight bytes read per second by matvec over a 2048 x 2048 matrix, and
-// matmul over 32 tokens, as the forward pass dispatches them on this device.
-// Run with --no-skip.
-TEST_CASE("kquant bench: matvec weight throughput per type" * doctest::skip()) {
-  const uint32_t wg = std::max(8u, context().subgroup_size());
-  const bool cpu_device = context().info().type == "cpu";
-  const uint32_t rows_per_group = cpu_device ? wg * KVSCOPE_MATVEC_CPU_ROWS_PER_INVOCATION
-                                             : std::min<uint32_t>(wg, KVSCOPE_MATVEC_ROWS_PER_GROUP);
-  const uint64_t rows = 2048, cols = 2048;
-  const Id ids[] = {Id::matvec_f32, Id::matvec_f16, Id::matvec_bf16, Id::matvec_q8_0,
-                    Id::matvec_q4_0, Id::matvec_q4_k, Id::matvec_q5_k, Id::matvec_q6_k};
-  const GgmlType types[] = {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0,
-                            GgmlType::Q4_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
-  const std::vector<float> x = random_floats(cols, 3);
-  gpu::Buffer x_buffer = upload(x, "x");
-  gpu::Buffer y_buffer(context(), rows * 4, gpu::MemoryUse::Device, "y");
-  for (size_t i = 0; i < std::size(types); ++i) {
-    TestWeight w(types[i], rows, cols, 5);
-    gpu::Pipeline pipe(context(), {ids[i], 4, sizeof(params::MatVecParams), {wg, rows_per_group}, kWeightTexels0});
-    const int reps = 20;
-    auto run = [&] {
-      gpu::Recorder rec(context());
-      rec.begin();
-      for (int r = 0; r < reps; ++r) {
-        params::MatVecParams p{uint32_t(rows), uint32_t(cols), 1, uint32_t(rows), 0, 0};
-        rec.dispatch(pipe, {w.value_rows(0, rows), w.scale_rows(0, rows), x_buffer, y_buffer}, p,
-                     gpu::ceil_div(rows, rows_per_group), 1);
-      }
-      rec.submit_and_wait();
-    };
-    run();  // warm-up
-    double seconds = 1e30;  // the best of 5: other processes share the device's cores
-    for (int trial = 0; trial < 5; ++trial) {
-      const auto start = std::chrono::steady_clock::now();
-      run();
-      seconds = std::min(seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / reps);
-    }
-    const double bytes = double(row_bytes(types[i], cols)) * rows;
-    MESSAGE(fmt::format("matvec {:<5} {}x{}: {:7.3f} ms, {:6.2f} GB/s of weights, {:6.2f} G weights/s",
-                        type_name(types[i]), rows, cols, seconds * 1e3, bytes / seconds / 1e9,
-                        double(rows * cols) / seconds / 1e9));
-
-    // The prefill shader over 32 tokens, as the forward pass dispatches it.
-    const uint32_t n_tokens = 32;
-    const std::vector<float> xs = random_floats(n_tokens * cols, 4);
-    gpu::Buffer xs_buffer = upload(xs, "x tokens");
-    gpu::Buffer ys_buffer(context(), n_tokens * rows * 4, gpu::MemoryUse::Device, "y tokens");
-    const Id matmul_ids[] = {Id::matmul_f32, Id::matmul_f16, Id::matmul_bf16, Id::matmul_q8_0,
-                             Id::matmul_q4_0, Id::matmul_q4_k, Id::matmul_q5_k, Id::matmul_q6_k};
-    const uint32_t row_per_invocation = cpu_device ? 1u : 0u;
-    gpu::Pipeline mm(context(), {matmul_ids[i], 4, sizeof(params::MatMulParams), {wg, row_per_invocation}, kWeightTexels0});
-    const uint32_t gx = row_per_invocation ? gpu::ceil_div(rows, wg) : gpu::ceil_div(rows, KVSCOPE_MATMUL_TILE_ROWS);
-    const uint32_t gy = row_per_invocation ? gpu::ceil_div(n_tokens, KVSCOPE_MATMUL_CPU_TOKENS) : gpu::ceil_div(n_tokens, wg / 2);
-    double mm_seconds = 1e30;
-    for (int trial = 0; trial < 3; ++trial) {
-      gpu::Recorder rec(context());
-      rec.begin();
-      params::MatMulParams p{uint32_t(rows), uint32_t(cols), n_tokens, uint32_t(rows), 0, 0};
-      rec.dispatch(mm, {w.value_rows(0, rows), w.scale_rows(0, rows), xs_buffer, ys_buffer}, p, gx, gy);
-      const auto start = std::chrono::steady_clock::now();
-      rec.submit_and_wait();
-      mm_seconds = std::min(mm_seconds, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    }
-    MESSAGE(fmt::format("matmul {:<5} {}x{} x {} tokens: {:7.3f} ms, {:6.1f} tokens/s", type_name(types[i]), rows,
-                        cols, n_tokens, mm_seconds * 1e3, n_tokens / mm_seconds));
-  }
-  check_no_validation_messages();
 }
 
 }  // namespace
