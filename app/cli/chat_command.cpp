@@ -89,82 +89,6 @@ LineRead read_line(std::string& line) {
   return LineRead::Line;
 }
 
-// [SECTION] the conversation and how it becomes tokens
-
-struct Dialogue {
-  std::string system;                 // --system; "" for none
-  std::vector<ChatMessage> messages;  // user and assistant turns, in order
-
-  std::vector<ChatMessage> with_system() const {
-    std::vector<ChatMessage> all;
-    if (!system.empty()) all.push_back({"system", system});
-    all.insert(all.end(), messages.begin(), messages.end());
-    return all;
-  }
-};
-
-// A chat template, or none: then the conversation is plain text, one story
-// that every user line extends (separated by a space) and every reply
-// continues.
-class PromptFormat {
- public:
-  PromptFormat(const Tokenizer& tok, std::optional<ChatTemplate> tmpl) : tok_(&tok), template_(std::move(tmpl)) {
-    if (template_) {
-      stop_ids_ = stop_token_ids(*template_, tok);
-    } else if (tok.eos() >= 0) {
-      stop_ids_ = {tok.eos()};
-    }
-  }
-
-  bool plain() const { return !template_; }
-  // As written to a saved conversation: the family's name, or "none".
-  std::string name() const { return template_ ? std::string(chat_family_name(template_->family)) : "none"; }
-  bool is_stop(int32_t id) const { return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end(); }
-
-  ChatPrompt render(const Dialogue& conv, bool add_generation_prompt) const {
-    if (template_) return render_chat(*template_, conv.with_system(), add_generation_prompt, ChatTokens::from(*tok_));
-    ChatPrompt prompt;
-    prompt.text = conv.system;
-    for (const ChatMessage& m : conv.messages) {
-      if (m.role == "user" && !prompt.text.empty() && prompt.text.back() != ' ' && prompt.text.back() != '\n')
-        prompt.text += ' ';
-      prompt.text += m.content;
-    }
-    return prompt;
-  }
-
-  // The whole prompt for an empty session: BOS where the vocabulary wants
-  // one and the template does not write it.
-  std::vector<int32_t> encode_whole(const ChatPrompt& prompt) const {
-    if (template_) {
-      const bool add_bos = tok_->wants_bos() && !template_writes_bos(template_->family);
-      return tok_->encode_with_markup(prompt.text, add_bos, prompt.markup);
-    }
-    return tok_->encode(prompt.text, tok_->wants_bos());
-  }
-
-  // The part of `prompt` from byte `from` on, for a session that holds the
-  // rest: control tokens parsed only in the template's markup, as in the
-  // whole prompt.
-  std::vector<int32_t> encode_continuation(const ChatPrompt& prompt, size_t from) const {
-    std::string_view part = std::string_view(prompt.text).substr(from);
-    std::vector<TextSpan> markup;
-    for (const TextSpan& s : prompt.markup) {
-      if (s.end <= from) continue;
-      markup.push_back({std::max(s.begin, from) - from, s.end - from});
-    }
-    // SentencePiece puts a space in front of the text it is given; the
-    // separating space of plain text is that space.
-    if (plain() && tok_->kind() == TokenizerKind::SentencePiece && part.starts_with(' ')) part.remove_prefix(1);
-    return tok_->encode_with_markup(part, false, markup);
-  }
-
- private:
-  const Tokenizer* tok_;
-  std::optional<ChatTemplate> template_;
-  std::vector<int32_t> stop_ids_;
-};
-
 // [SECTION] the chat loop
 
 class Chat {
@@ -206,7 +130,7 @@ class Chat {
   Sampler& sampler_;
   PromptFormat format_;
   Dialogue conv_;
-  std::string fed_text_;  // the rendered text the session's tokens stand for
+  std::optional<std::string> fed_text_;  // the rendered text the session's tokens stand for (plan_feed)
 
   uint32_t capacity() { return session_.cache().capacity(); }
   size_t used() const { return session_.tokens().size(); }
@@ -217,13 +141,10 @@ class Chat {
   }
 
   // --pin-system: the system prompt's tokens as the whole conversation
-  // starts with them (the span the two encodings share, in case the system
-  // text's last token merges with what follows).
+  // starts with them (PromptFormat::system_pins, the window's rule too).
   kv::PinnedSpans system_pins(const std::vector<int32_t>& whole) const {
-    if (!o_.pin_system || conv_.system.empty()) return {};
-    Dialogue system_only;
-    system_only.system = conv_.system;
-    return system_prompt_pins(format_.encode_whole(format_.render(system_only, false)), whole);
+    if (!o_.pin_system) return {};
+    return format_.system_pins(conv_, whole);
   }
 
   // Before feeding a whole conversation from an empty cache: the policy of
@@ -232,7 +153,7 @@ class Chat {
     const kv::PinnedSpans pins = system_pins(whole);
     if (!wants_policy(o_.m) && pins.empty()) return;
     session_.set_extra_pins(pins);
-    fed_text_.clear();
+    fed_text_.reset();
     if (o_.verbose && !pins.empty())
       note(fmt::format("[system prompt pinned: tokens 0:{}]", pins.spans().front().end));
   }
@@ -248,8 +169,9 @@ class Chat {
   // a prefix of it, else everything after a reset. Returns false (nothing
   // changed) when it would not leave room for one new token.
   bool plan(const ChatPrompt& prompt, std::vector<int32_t>& tokens, bool& from_scratch) {
-    from_scratch = used() == 0 || !prompt.text.starts_with(fed_text_);
-    tokens = from_scratch ? format_.encode_whole(prompt) : format_.encode_continuation(prompt, fed_text_.size());
+    FeedPlan feed = plan_feed(format_, prompt, fed_text_, used());  // the window's rule too
+    from_scratch = feed.from_scratch;
+    tokens = std::move(feed.tokens);
     const size_t needed = (from_scratch ? 0 : used()) + tokens.size();
     if (tokens.empty()) return false;
     // An evicting cache never fills (the pinned system prompt stays).
@@ -260,7 +182,7 @@ class Chat {
     if (from_scratch && used() != 0) {
       if (o_.verbose) note("[the template re-renders earlier turns: feeding the whole conversation again]");
       session_.reset();
-      fed_text_.clear();
+      fed_text_.reset();
     }
     if (from_scratch) start_policy(tokens);
     return true;
@@ -349,7 +271,7 @@ class Chat {
   void reset() {
     session_.reset();
     conv_.messages.clear();
-    fed_text_.clear();
+    fed_text_.reset();
   }
 
   // The conversation in the one format the window reads too

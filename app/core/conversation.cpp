@@ -8,13 +8,6 @@
 
 namespace kvscope {
 
-kv::PinnedSpans system_prompt_pins(std::span<const int32_t> system_alone, std::span<const int32_t> whole) {
-  size_t shared = 0;
-  while (shared < system_alone.size() && shared < whole.size() && system_alone[shared] == whole[shared]) ++shared;
-  if (shared == 0) return {};
-  return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
-}
-
 // ======================================================= conversation as JSON
 
 namespace {
@@ -83,16 +76,92 @@ Conversation read_conversation_json(const std::string& text, const std::string& 
   return c;
 }
 
-std::vector<ChatMessage> chat_messages(std::span<const Turn> turns) {
-  std::vector<ChatMessage> messages;
-  for (const Turn& t : turns)
-    messages.push_back(
-        {t.role == Turn::Role::System ? "system" : t.role == Turn::Role::User ? "user" : "assistant", t.text});
-  return messages;
+// ============================================================ prompt format
+
+std::vector<ChatMessage> Dialogue::with_system() const {
+  std::vector<ChatMessage> all;
+  if (!system.empty()) all.push_back({"system", system});
+  all.insert(all.end(), messages.begin(), messages.end());
+  return all;
 }
 
-size_t reusable_prefix(std::span<const int32_t> held, std::span<const int32_t> rendered) {
-  return rendered.size() >= held.size() && std::equal(held.begin(), held.end(), rendered.begin()) ? held.size() : 0;
+Dialogue dialogue_of(std::span<const Turn> turns) {
+  Dialogue d;
+  for (const Turn& t : turns) {
+    if (t.role == Turn::Role::System) d.system = t.text;
+    else d.messages.push_back({t.role == Turn::Role::User ? "user" : "assistant", t.text});
+  }
+  return d;
+}
+
+PromptFormat::PromptFormat(const Tokenizer& tok, std::optional<ChatTemplate> tmpl)
+    : tok_(&tok), template_(std::move(tmpl)) {
+  if (template_) {
+    stop_ids_ = stop_token_ids(*template_, tok);
+  } else if (tok.eos() >= 0) {
+    stop_ids_ = {tok.eos()};
+  }
+}
+
+std::string PromptFormat::name() const {
+  return template_ ? std::string(chat_family_name(template_->family)) : "none";
+}
+
+bool PromptFormat::is_stop(int32_t id) const {
+  return std::find(stop_ids_.begin(), stop_ids_.end(), id) != stop_ids_.end();
+}
+
+ChatPrompt PromptFormat::render(const Dialogue& dialogue, bool add_generation_prompt) const {
+  if (template_)
+    return render_chat(*template_, dialogue.with_system(), add_generation_prompt, ChatTokens::from(*tok_));
+  ChatPrompt prompt;
+  prompt.text = dialogue.system;
+  for (const ChatMessage& m : dialogue.messages) {
+    if (m.role == "user" && !prompt.text.empty() && prompt.text.back() != ' ' && prompt.text.back() != '\n')
+      prompt.text += ' ';
+    prompt.text += m.content;
+  }
+  return prompt;
+}
+
+std::vector<int32_t> PromptFormat::encode_whole(const ChatPrompt& prompt) const {
+  if (template_) {
+    const bool add_bos = tok_->wants_bos() && !template_writes_bos(template_->family);
+    return tok_->encode_with_markup(prompt.text, add_bos, prompt.markup);
+  }
+  return tok_->encode(prompt.text, tok_->wants_bos());
+}
+
+std::vector<int32_t> PromptFormat::encode_continuation(const ChatPrompt& prompt, size_t from) const {
+  std::string_view part = std::string_view(prompt.text).substr(from);
+  std::vector<TextSpan> markup;
+  for (const TextSpan& s : prompt.markup) {
+    if (s.end <= from) continue;
+    markup.push_back({std::max(s.begin, from) - from, s.end - from});
+  }
+  // SentencePiece puts a space in front of the text it is given; the
+  // separating space of plain text is that space.
+  if (plain() && tok_->kind() == TokenizerKind::SentencePiece && part.starts_with(' ')) part.remove_prefix(1);
+  return tok_->encode_with_markup(part, false, markup);
+}
+
+kv::PinnedSpans PromptFormat::system_pins(const Dialogue& dialogue, std::span<const int32_t> whole) const {
+  if (dialogue.system.empty()) return {};
+  Dialogue system_only;
+  system_only.system = dialogue.system;
+  const std::vector<int32_t> alone = encode_whole(render(system_only, false));
+  size_t shared = 0;
+  while (shared < alone.size() && shared < whole.size() && alone[shared] == whole[shared]) ++shared;
+  if (shared == 0) return {};
+  return kv::PinnedSpans({{0, static_cast<int32_t>(shared)}});
+}
+
+FeedPlan plan_feed(const PromptFormat& format, const ChatPrompt& prompt, const std::optional<std::string>& fed_text,
+                   size_t held_tokens) {
+  FeedPlan plan;
+  plan.from_scratch = held_tokens == 0 || !fed_text || !prompt.text.starts_with(*fed_text);
+  plan.tokens = plan.from_scratch ? format.encode_whole(prompt) : format.encode_continuation(prompt, fed_text->size());
+  return plan;
 }
 
 }  // namespace kvscope

@@ -168,8 +168,9 @@ void SessionWorker::set_pins(const kv::PinnedSpans& pins) {
   push(std::move(command));
 }
 
-void SessionWorker::load(const Conversation& conversation) {
+void SessionWorker::load(const Conversation& conversation, std::optional<ChatTemplate> chat_template) {
   Command command{Command::Kind::Load, {}};
+  command.request.chat_template = std::move(chat_template);
   command.conversation = conversation;
   push(std::move(command));
 }
@@ -308,12 +309,27 @@ void SessionWorker::run() {
   }
 }
 
+namespace {
+// What a cache that holds `turns` stands for, rendered: up to the reply's
+// generation prompt and the reply's text when the last turn is a reply (its
+// end-of-turn markup was never fed), else the conversation as it stands.
+std::string fed_text_of(const PromptFormat& format, std::span<const Turn> turns) {
+  if (!turns.empty() && turns.back().role == Turn::Role::Model)
+    return format.render(dialogue_of(turns.first(turns.size() - 1)), true).text + turns.back().text;
+  return format.render(dialogue_of(turns), false).text;
+}
+}  // namespace
+
 void SessionWorker::execute(const Command& command) {
   const Tokenizer& tokenizer = engine_->tokenizer();
   switch (command.kind) {
     case Command::Kind::Reset: {
       EngineHold hold(*turns_);
-      if (!extra_pins_.empty()) apply_policy({});  // a new conversation: its system prompt is pinned anew
+      fed_text_.reset();
+      if (!extra_pins_.empty() || !system_pins_.empty()) {  // a new conversation: its system prompt is pinned anew
+        system_pins_ = {};
+        apply_policy({});
+      }
       session_->reset();
       working_.turns.clear();
       working_.probes.clear();
@@ -322,92 +338,27 @@ void SessionWorker::execute(const Command& command) {
     }
     case Command::Kind::Generate: {
       if (command.request.text.empty()) throw std::invalid_argument("type a prompt first");
-      std::vector<int32_t> ids;
-      if (session_->tokens().empty() && !command.request.system.empty()) {
-        // The system prompt opens the conversation and is pinned whenever the
-        // cache has a policy (system_prompt_pins: the same rule as kvscope
-        // chat's), so no policy evicts it whatever it scores. With a chat
-        // template the template writes it, with the first message.
-        if (!command.request.chat_template) ids = tokenizer.encode(command.request.system, true);
-        if (!working_.spec.policy.empty() || !working_.spec.on_full.empty()) {
-          const std::vector<int32_t> alone =
-              command.request.chat_template
-                  ? encode_chat(*command.request.chat_template,
-                                std::vector<ChatMessage>{{"system", command.request.system}}, false, tokenizer)
-                  : ids;
-          std::vector<ChatMessage> opening{{"system", command.request.system}, {"user", command.request.text}};
-          const std::vector<int32_t> whole =
-              command.request.chat_template ? encode_chat(*command.request.chat_template, opening, true, tokenizer)
-                                            : ids;
-          const kv::PinnedSpans system_pins = system_prompt_pins(alone, whole);
-          if (!system_pins.empty()) {
-            for (const kv::PinnedSpan& span : system_pins.spans()) extra_pins_.add(span);
-            EngineHold hold(*turns_);
-            session_->set_extra_pins(extra_pins_);
-          }
-        }
+      if (working_.turns.empty() && !command.request.system.empty()) {
+        // The system prompt opens the conversation (pinned when the cache
+        // has a policy: send_message).
         Turn system;
         system.role = Turn::Role::System;
         system.text = command.request.system;
-        system.n_tokens = static_cast<uint32_t>(ids.size());
         working_.turns.push_back(std::move(system));
         working_.system_prompt = command.request.system;
       }
-      const bool first = session_->tokens().empty() && ids.empty();
-      std::vector<int32_t> user_ids;
-      if (command.request.chat_template) {
-        // The whole conversation rendered by the template: what the cache
-        // holds is its beginning, the rest is this message's tokens.
-        std::vector<ChatMessage> messages = chat_messages(working_.turns);
-        messages.push_back({"user", command.request.text});
-        std::vector<int32_t> all = encode_chat(*command.request.chat_template, messages, true, tokenizer);
-        std::vector<int32_t> held = session_->tokens();
-        held.insert(held.end(), ids.begin(), ids.end());
-        if (reusable_prefix(held, all) == held.size()) {
-          user_ids.assign(all.begin() + static_cast<std::ptrdiff_t>(held.size()), all.end());
-        } else {
-          // The template renders earlier turns differently now (another
-          // template was chosen): read the whole conversation again.
-          EngineHold hold(*turns_);
-          session_->reset();
-          ids.clear();
-          user_ids = std::move(all);
-        }
-      } else {
-        user_ids = tokenizer.encode(command.request.text, first);
-      }
-      Turn user;
-      user.role = Turn::Role::User;
-      user.text = command.request.text;
-      user.first_token = static_cast<uint32_t>(session_->tokens().size() + ids.size());
-      user.n_tokens = static_cast<uint32_t>(user_ids.size());
-      working_.turns.push_back(std::move(user));
-      ids.insert(ids.end(), user_ids.begin(), user_ids.end());
-      generate_reply(ids, command.request);
+      send_message(command.request.text, command.request);
       return;
     }
     case Command::Kind::Edit: {
       if (command.turn_index >= working_.turns.size() || working_.turns[command.turn_index].role != Turn::Role::User)
         throw std::invalid_argument("only your own messages can be edited");
       if (command.request.text.empty()) throw std::invalid_argument("the edited message is empty");
-      const uint32_t cut = working_.turns[command.turn_index].first_token;
-      std::vector<int32_t> ids(session_->tokens().begin(), session_->tokens().begin() + cut);
       working_.turns.erase(working_.turns.begin() + static_cast<std::ptrdiff_t>(command.turn_index),
                            working_.turns.end());
-      {
-        EngineHold hold(*turns_);
-        session_->reset();
-      }
+      fed_text_.reset();  // what follows the edit is gone: the conversation is read again
       working_.probes.clear();
-      std::vector<int32_t> user_ids = tokenizer.encode(command.request.text, ids.empty());
-      Turn user;
-      user.role = Turn::Role::User;
-      user.text = command.request.text;
-      user.first_token = cut;
-      user.n_tokens = static_cast<uint32_t>(user_ids.size());
-      working_.turns.push_back(std::move(user));
-      ids.insert(ids.end(), user_ids.begin(), user_ids.end());
-      generate_reply(ids, command.request);
+      send_message(command.request.text, command.request);
       return;
     }
     case Command::Kind::Pins: {
@@ -427,6 +378,7 @@ void SessionWorker::execute(const Command& command) {
       const Conversation& c = command.conversation;
       EngineHold hold(*turns_);
       session_->reset();
+      system_pins_ = {};  // the saved pins hold the system prompt's
       apply_policy(working_.spec.policy.empty() && working_.spec.on_full.empty() ? kv::PinnedSpans{} : c.pins);
       working_.probes.clear();
       working_.steps.clear();
@@ -435,6 +387,10 @@ void SessionWorker::execute(const Command& command) {
       for (const Turn& t : c.turns)
         if (t.role == Turn::Role::System) working_.system_prompt = t.text;
       refill(c.tokens);
+      // The saved tokens are the conversation as its format rendered it: the
+      // next message continues them (plan_feed).
+      chat_template_ = command.request.chat_template;
+      fed_text_ = fed_text_of(PromptFormat(engine_->tokenizer(), chat_template_), working_.turns);
       return;
     }
     case Command::Kind::Regenerate: {
@@ -452,15 +408,65 @@ void SessionWorker::execute(const Command& command) {
         session_->reset();
       }
       working_.probes.clear();
-      generate_reply(context, command.request);
+      GenerateRequest request = command.request;
+      request.chat_template = chat_template_;  // the conversation's format, as its last message used
+      const PromptFormat format(engine_->tokenizer(), chat_template_);
+      fed_text_.reset();
+      generate_reply(context, request);
+      fed_text_ = fed_text_of(format, working_.turns);
       return;
     }
   }
 }
 
+
+void SessionWorker::send_message(const std::string& text, const GenerateRequest& request) {
+  chat_template_ = request.chat_template;
+  const PromptFormat format(engine_->tokenizer(), chat_template_);
+  Dialogue dialogue = dialogue_of(working_.turns);
+  const ChatPrompt before = format.render(dialogue, false);
+  dialogue.messages.push_back({"user", text});
+  const ChatPrompt prompt = format.render(dialogue, true);
+  // The one prefix-reuse rule (app/core/conversation.h), as kvscope chat's:
+  // the new message's tokens when the cache holds the conversation so far,
+  // else the whole conversation from an empty cache.
+  FeedPlan feed = plan_feed(format, prompt, fed_text_, session_->tokens().size());
+  uint32_t first_token = static_cast<uint32_t>(session_->tokens().size());
+  if (feed.from_scratch) {
+    EngineHold hold(*turns_);
+    // The system prompt is pinned whenever the cache has a policy, by the
+    // one pinning rule (the same as kvscope chat's --pin-system).
+    const bool has_policy = !working_.spec.policy.empty() || !working_.spec.on_full.empty();
+    const kv::PinnedSpans system_pins = has_policy ? format.system_pins(dialogue, feed.tokens) : kv::PinnedSpans{};
+    if (system_pins != system_pins_ || !session_->tokens().empty()) {
+      system_pins_ = system_pins;
+      apply_policy(extra_pins_);  // resets the session
+    }
+    session_->reset();
+    // Where the earlier turns end in the whole encoding (the new message begins).
+    first_token = before.text.empty() ? 0u
+                                      : static_cast<uint32_t>(std::min(format.encode_whole(before).size(),
+                                                                       feed.tokens.size()));
+    for (Turn& t : working_.turns)
+      if (t.role == Turn::Role::System) t.first_token = 0, t.n_tokens = system_pins.empty() ? first_token
+                                                                                           : uint32_t(system_pins.spans().front().end);
+  }
+  Turn user;
+  user.role = Turn::Role::User;
+  user.text = text;
+  user.first_token = first_token;
+  user.n_tokens = static_cast<uint32_t>(session_->tokens().size() + feed.tokens.size() - first_token);
+  working_.turns.push_back(std::move(user));
+  fed_text_.reset();  // until the reply is in the cache
+  generate_reply(feed.tokens, request);
+  fed_text_ = prompt.text + working_.turns.back().text;
+}
+
 void SessionWorker::apply_policy(const kv::PinnedSpans& pins) {
   extra_pins_ = pins;
-  session_->set_extra_pins(extra_pins_);
+  kv::PinnedSpans all = extra_pins_;
+  for (const kv::PinnedSpan& span : system_pins_.spans()) all.add(span);
+  session_->set_extra_pins(all);
 }
 
 void SessionWorker::refill(const std::vector<int32_t>& ids) {

@@ -160,7 +160,9 @@ class SessionWorker {
   // the context read again into an empty cache.
   void set_pins(const kv::PinnedSpans& pins);
   // Replaces the conversation with a saved one (the context is read again).
-  void load(const Conversation& conversation);
+  // Replaces the conversation with a saved one (its tokens fed as they were
+  // saved); `chat_template`: the format its next messages continue in.
+  void load(const Conversation& conversation, std::optional<ChatTemplate> chat_template = std::nullopt);
 
   // The latest snapshot; cheap (a pointer copy under a lock), never waits on
   // the device.
@@ -190,7 +192,13 @@ class SessionWorker {
   void refill(const std::vector<int32_t>& ids);
   // The policy of the spec with `pins` (no-op without a policy); resets.
   void apply_policy(const kv::PinnedSpans& pins);
-  kv::PinnedSpans extra_pins_;  // besides the spec's: a pinned system prompt, the user's pins
+  // A user message: rendered with the conversation through the request's
+  // format, fed by the one prefix-reuse rule (plan_feed), then the reply.
+  void send_message(const std::string& text, const GenerateRequest& request);
+  kv::PinnedSpans extra_pins_;   // besides the spec's: the user's pins (Pins, a loaded conversation's)
+  kv::PinnedSpans system_pins_;  // the system prompt's span (send_message), pinned with them
+  std::optional<ChatTemplate> chat_template_;  // the format of the conversation's last message
+  std::optional<std::string> fed_text_;        // what the cache stands for, rendered (plan_feed)
   std::shared_ptr<const StepRecord> record_step(uint32_t index, int32_t token, std::span<const float> logits);
   void publish();  // copies the working state into a new snapshot
   // With the engine held: turns the model's probe readback on or off for

@@ -50,7 +50,13 @@ void App::load_conversation(const std::string& path) {
           throw std::runtime_error(fmt::format("{}: token id {} is outside this model's vocabulary of {}; it was "
                                                "saved with another model ({})",
                                                path, id, engine_->tokenizer().n_vocab(), c.model));
-    sessions_[selected_]->load(c);
+    std::optional<ChatTemplate> tmpl;
+    try {
+      tmpl = chat_template();
+    } catch (const std::exception&) {
+      // an unknown name was reported when it was chosen: plain text
+    }
+    sessions_[selected_]->load(c, tmpl);
     for (const Turn& t : c.turns)
       if (t.role == Turn::Role::System) std::snprintf(system_buffer_, sizeof system_buffer_, "%s", t.text.c_str());
     status_ = fmt::format("loaded {} ({} turns, {} tokens) into session {}", path, c.turns.size(), c.tokens.size(),
