@@ -232,7 +232,9 @@ void GpuModel::set_profiling(bool on) {
 std::map<std::string, double> GpuModel::take_profile() { return std::exchange(profile_, {}); }
 
 std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
-                                         kv::KvCache& cache, LogitsWanted wanted, AttentionProbe* probe) {
+                                         kv::KvCache& cache, LogitsWanted wanted, ForwardOutputs& out) {
+  AttentionProbe* probe = &out.probe;
+  std::vector<float>& logits_host = out.logits;
   if (tokens.size() != positions.size()) throw std::invalid_argument("forward: tokens and positions differ in length");
   if (tokens.empty()) throw std::invalid_argument("forward: no tokens");
   for (int32_t t : tokens)
@@ -253,7 +255,7 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
   }
 
   const size_t n_vocab = cfg_.n_vocab;
-  logits_host_.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
+  logits_host.resize(wanted == LogitsWanted::All ? tokens.size() * n_vocab : n_vocab);
   for (size_t start = 0; start < tokens.size();) {
     // The cache plans the step: its eviction driver makes room, the tokens
     // get slots, and the plan says what to record for them.
@@ -270,15 +272,15 @@ std::span<const float> GpuModel::forward(std::span<const int32_t> tokens, std::s
     if (wanted == LogitsWanted::All || last_batch) {  // the last batch's logits are the ones asked for
       const float* src = static_cast<const float*>(logits_.mapped());
       if (w == LogitsWanted::All)
-        std::memcpy(logits_host_.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
+        std::memcpy(logits_host.data() + start * n_vocab, src, n * n_vocab * sizeof(float));
       else
-        std::memcpy(logits_host_.data(), src, n_vocab * sizeof(float));
+        std::memcpy(logits_host.data(), src, n_vocab * sizeof(float));
     }
     start += n;
   }
   if (probe_) probe_->position_ = positions.back(), probe_->cache_capacity_ = cache.capacity();
   probe_ = nullptr;
-  return logits_host_;
+  return logits_host;
 }
 
 std::span<const float> AttentionProbe::row(uint32_t layer) const {

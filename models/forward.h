@@ -45,6 +45,14 @@ class AttentionProbe {
   uint32_t n_layer_ = 0, n_head_ = 0, model_capacity_ = 0, cache_capacity_ = 0;
 };
 
+// What one caller (a session) gets back from its forward calls: its logits
+// and its attention probe. The model keeps neither between calls, so
+// sessions sharing a model never read each other's results.
+struct ForwardOutputs {
+  std::vector<float> logits;  // n_vocab (LogitsWanted::Last) or n_tokens x n_vocab
+  AttentionProbe probe;
+};
+
 class GpuModel {
  public:
   // Uploads the weights and builds the pipelines. `max_batch` bounds the tokens
@@ -65,10 +73,17 @@ class GpuModel {
   // the room the policy can make (kv/policy.h), each preceded by its
   // evictions. Throws kv::ContextFull when the cache has no room (nothing
   // written without a policy; with `full`, the steps before it stay),
-  // std::invalid_argument for token ids outside the vocabulary. With a
-  // `probe` that is on, its rows are those of this call's last token.
+  // std::invalid_argument for token ids outside the vocabulary. The logits
+  // go to `out.logits` (the returned span); with `out.probe` on, its rows
+  // are those of this call's last token.
   std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
-                                 kv::KvCache& cache, LogitsWanted wanted, AttentionProbe* probe = nullptr);
+                                 kv::KvCache& cache, LogitsWanted wanted, ForwardOutputs& out);
+  // The same into outputs of the model's own, overwritten by the next such
+  // call: for a single caller (benchmarks, tests).
+  std::span<const float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
+                                 kv::KvCache& cache, LogitsWanted wanted) {
+    return forward(tokens, positions, cache, wanted, scratch_outputs_);
+  }
 
   // GPU milliseconds per shader, summed since the last call, when profiling.
   void set_profiling(bool on);
@@ -127,7 +142,7 @@ class GpuModel {
   gpu::Buffer x_last_, xn_last_;               // f32 [dim]
   gpu::Buffer logits_;                         // f32 [max_batch][n_vocab] (readback)
   AttentionProbe* probe_ = nullptr;             // the running call's probe, when it is on
-  std::vector<float> logits_host_;
+  ForwardOutputs scratch_outputs_;  // forward() without outputs of the caller's
   gpu::Recorder recorder_;
   std::unique_ptr<gpu::Timer> timer_;
   std::map<std::string, double> profile_;

@@ -8,7 +8,9 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh" all
 
 echo "== tests (build/)" >&2
-ctest --test-dir "$root/build" --output-on-failure --timeout 1500
+# One ctest entry per test file (labels: the room, fast/slow), as many at once
+# as there are cores; each prints its cases' durations.
+ctest --test-dir "$root/build" --output-on-failure --timeout 1500 -j "$(nproc)"
 
 san="$root/build-sanitize"
 if [ ! -f "$san/build.ninja" ]; then

@@ -84,7 +84,7 @@ void Session::reset() {
 std::vector<float> Session::logits_all(const std::vector<int32_t>& ids) {
   std::vector<int32_t> positions(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);
-  auto logits = engine_->model().forward(ids, positions, cache_, LogitsWanted::All, &probe_);
+  auto logits = engine_->model().forward(ids, positions, cache_, LogitsWanted::All, outputs_);
   tokens_.insert(tokens_.end(), ids.begin(), ids.end());
   return {logits.begin(), logits.end()};
 }
@@ -100,7 +100,7 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
   std::vector<int32_t> positions(prompt.size());
   for (size_t i = 0; i < prompt.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);
   auto t0 = std::chrono::steady_clock::now();
-  auto logits = model.forward(prompt, positions, cache_, LogitsWanted::Last, &probe_);
+  auto logits = model.forward(prompt, positions, cache_, LogitsWanted::Last, outputs_);
   stats_.prefill_seconds += seconds_since(t0);
   stats_.prompt_tokens += static_cast<uint32_t>(prompt.size());
   tokens_.insert(tokens_.end(), prompt.begin(), prompt.end());
@@ -117,7 +117,7 @@ std::vector<int32_t> Session::generate(const std::vector<int32_t>& prompt, uint3
     // The context is full: stop, as llama.cpp does (an evicting cache never fills).
     if (!evicting() && tokens_.size() >= capacity) break;
     const int32_t pos = static_cast<int32_t>(tokens_.size());
-    logits = model.forward({&next, 1}, {&pos, 1}, cache_, LogitsWanted::Last, &probe_);
+    logits = model.forward({&next, 1}, {&pos, 1}, cache_, LogitsWanted::Last, outputs_);
     tokens_.push_back(next);
   }
   if (on_token) {

@@ -107,15 +107,15 @@ class Session {
   // This session's attention probe (models/forward.h): set `on` for the calls
   // whose last token's attention should be read back; the rows stay until the
   // next call.
-  AttentionProbe& attention_probe() { return probe_; }
-  const AttentionProbe& attention_probe() const { return probe_; }
+  AttentionProbe& attention_probe() { return outputs_.probe; }
+  const AttentionProbe& attention_probe() const { return outputs_.probe; }
   const GenerationStats& stats() const { return stats_; }
 
  private:
   Engine* engine_;
   CacheSpec spec_;
   kv::KvCache cache_;
-  AttentionProbe probe_;
+  ForwardOutputs outputs_;  // this session's logits and attention probe (models/forward.h)
   std::vector<int32_t> tokens_;
   GenerationStats stats_;
 };

@@ -181,6 +181,24 @@ TEST_CASE("gui: a bad --compare spec is a clear error in the window") {
   std::filesystem::remove(png);
 }
 
+TEST_CASE("gui: a policy alone is a cache on f16; a spec the CLI refuses is refused here, and the model stays") {
+  const std::string png = temp_png("kvscope-gui-bare-policy");
+  // `full` and `h2o:budget=16` as --policy takes them: the first runs on f16,
+  // the second is refused with the CLI's words (its recent window is 32).
+  const Run r = gui("--compare 'full;h2o:budget=16' --prompt 'Once upon a time' --tokens 4 --temp 0 --screenshot " +
+                    png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  REQUIRE(report["sessions"].size() == 1);
+  CHECK(report["sessions"][0]["cache"] == "f16 + full");
+  CHECK(report["sessions"][0]["tokens"].size() > 4);  // the model is loaded and answered
+  REQUIRE(report["errors"].size() == 1);
+  CHECK(report["errors"][0].get<std::string>().find("recent (32) must be smaller than budget (16)") !=
+        std::string::npos);
+  std::filesystem::remove(png);
+}
+
 TEST_CASE("gui: forced side by side gives per-step KL, top-1 agreement and a first divergence; exports are valid") {
   kvscope::test::model_path();
   const std::string dir = temp_path("kvscope-gui-export");
