@@ -6,6 +6,7 @@
 // [SECTION] value accessors     GgufValue::as_*
 // [SECTION] cursor              bounds-checked little-endian reads
 // [SECTION] metadata            key/value pairs, arrays (nested, capped depth)
+// [SECTION] known keys          the type of every key kvscope reads
 // [SECTION] tensor infos        names, shapes, types, offsets
 // [SECTION] data section        placement, alignment, overlap
 // [SECTION] GgufFile            open (mmap), from_memory, lookups
@@ -99,6 +100,86 @@ const GgufArray& GgufValue::as_array(const std::string& key) const {
 }
 
 namespace {
+
+// ======================================================== [SECTION] known keys
+//
+// Every metadata key kvscope reads, with the type the GGUF specification (and
+// llama.cpp's writer) gives it. A file that stores one of them with another
+// type is refused at open, naming the key, the type found and the type
+// expected, rather than read with silently converted or wrong data. Counts
+// (head counts, lengths, token ids) may be any integer type, as writers
+// differ, but never a float, a string or a bool.
+
+enum class Expect { Integer, Float, Bool, String, StringArray, Float32Array, Int32Array };
+
+struct KnownKey {
+  std::string_view key;  // "ARCH." stands for general.architecture's value
+  Expect expect;
+};
+
+constexpr KnownKey kKnownKeys[] = {
+    {"general.architecture", Expect::String},
+    {"general.name", Expect::String},
+    {"ARCH.context_length", Expect::Integer},
+    {"ARCH.embedding_length", Expect::Integer},
+    {"ARCH.block_count", Expect::Integer},
+    {"ARCH.feed_forward_length", Expect::Integer},
+    {"ARCH.attention.head_count", Expect::Integer},
+    {"ARCH.attention.head_count_kv", Expect::Integer},
+    {"ARCH.attention.key_length", Expect::Integer},
+    {"ARCH.rope.dimension_count", Expect::Integer},
+    {"ARCH.attention.layer_norm_rms_epsilon", Expect::Float},
+    {"ARCH.rope.freq_base", Expect::Float},
+    {"tokenizer.ggml.model", Expect::String},
+    {"tokenizer.ggml.pre", Expect::String},
+    {"tokenizer.ggml.tokens", Expect::StringArray},
+    {"tokenizer.ggml.scores", Expect::Float32Array},
+    {"tokenizer.ggml.token_type", Expect::Int32Array},
+    {"tokenizer.ggml.merges", Expect::StringArray},
+    {"tokenizer.ggml.bos_token_id", Expect::Integer},
+    {"tokenizer.ggml.eos_token_id", Expect::Integer},
+    {"tokenizer.ggml.unknown_token_id", Expect::Integer},
+    {"tokenizer.ggml.padding_token_id", Expect::Integer},
+    {"tokenizer.ggml.add_bos_token", Expect::Bool},
+    {"tokenizer.ggml.add_eos_token", Expect::Bool},
+    {"tokenizer.ggml.add_space_prefix", Expect::Bool},
+    {"tokenizer.chat_template", Expect::String},
+};
+
+bool is_integer_type(GgufValueType t) {
+  switch (t) {
+    case GgufValueType::UINT8: case GgufValueType::INT8: case GgufValueType::UINT16: case GgufValueType::INT16:
+    case GgufValueType::UINT32: case GgufValueType::INT32: case GgufValueType::UINT64: case GgufValueType::INT64:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// "" when `v` has the type `expect` asks for, else what was expected.
+std::string type_mismatch(const GgufValue& v, Expect expect) {
+  auto array_of = [&](GgufValueType elem) -> std::string {
+    if (v.type != GgufValueType::ARRAY) return fmt::format("ARRAY of {}", value_type_name(elem));
+    const auto& a = std::get<std::shared_ptr<GgufArray>>(v.value);
+    return a && a->elem_type == elem ? std::string{} : fmt::format("ARRAY of {}", value_type_name(elem));
+  };
+  switch (expect) {
+    case Expect::Integer: return is_integer_type(v.type) ? "" : "an integer (UINT32)";
+    case Expect::Float: return v.type == GgufValueType::FLOAT32 || v.type == GgufValueType::FLOAT64 ? "" : "FLOAT32";
+    case Expect::Bool: return v.type == GgufValueType::BOOL ? "" : "BOOL";
+    case Expect::String: return v.type == GgufValueType::STRING ? "" : "STRING";
+    case Expect::StringArray: return array_of(GgufValueType::STRING);
+    case Expect::Float32Array: return array_of(GgufValueType::FLOAT32);
+    case Expect::Int32Array: return array_of(GgufValueType::INT32);
+  }
+  return "";
+}
+
+std::string found_type(const GgufValue& v) {
+  if (v.type != GgufValueType::ARRAY) return value_type_name(v.type);
+  const auto& a = std::get<std::shared_ptr<GgufArray>>(v.value);
+  return fmt::format("ARRAY of {}", a ? value_type_name(a->elem_type) : std::string("?"));
+}
 
 // ============================================================ [SECTION] cursor
 
@@ -314,6 +395,25 @@ void GgufFile::parse() {
     key_index.emplace(key, i);
     metadata_order_.push_back(key);
     metadata_.emplace(std::move(key), std::move(value));
+  }
+
+  // ---- the keys kvscope reads, each of its specified type
+  std::string arch;
+  if (auto it = metadata_.find("general.architecture"); it != metadata_.end() && it->second.type == GgufValueType::STRING)
+    arch = std::get<std::string>(it->second.value);
+  for (const KnownKey& known : kKnownKeys) {
+    std::string key(known.key);
+    if (key.starts_with("ARCH.")) {
+      if (arch.empty()) continue;
+      key = arch + key.substr(4);
+    }
+    const auto it = metadata_.find(key);
+    if (it == metadata_.end()) continue;
+    if (const std::string expected = type_mismatch(it->second, known.expect); !expected.empty())
+      in.fail(fmt::format("metadata '{}'", key),
+              fmt::format("has type {}, expected {}; the file does not follow the GGUF specification (re-convert it "
+                          "with a current converter)",
+                          found_type(it->second), expected));
   }
 
   if (auto it = metadata_.find("general.alignment"); it != metadata_.end()) {

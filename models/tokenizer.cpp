@@ -35,6 +35,11 @@ const GgufArray& metadata_array(const GgufFile& file, const std::string& key, si
   return array;
 }
 
+bool is_byte_piece(std::string_view piece) {
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'F') || (c >= 'a' && c <= 'f'); };
+  return piece.size() == 6 && piece.starts_with("<0x") && hex(piece[3]) && hex(piece[4]) && piece[5] == '>';
+}
+
 int32_t special_id(const GgufFile& file, const std::string& key, uint64_t fallback, size_t n_vocab) {
   const uint64_t id = file.get_uint_or(key, fallback);
   if (id >= n_vocab) {
@@ -82,6 +87,12 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& file) {
         throw GgufError(fmt::format("{}: {}[{}] = {} is not a token type (0..6)", file.path(), key, i, t));
       }
       tok.types_[i] = static_cast<TokenType>(t);
+      // A byte token stands for one byte: its text must be <0xHH>, two
+      // upper-case hex digits (a crafted "<0x-1>" must not become a byte).
+      if (tok.types_[i] == TokenType::Byte && !is_byte_piece(tok.pieces_[i]))
+        throw GgufError(fmt::format("{}: token {} has type BYTE but its text \"{}\" is not <0xHH> (two hex digits); "
+                                    "the vocabulary is malformed",
+                                    file.path(), i, tok.pieces_[i]));
     }
   }
 

@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app/cli/commands.h"
+#include "app/core/atomic_file.h"
 #include "app/core/cache_spec.h"
 #include "app/core/conversation.h"
 #include "app/core/worker.h"
@@ -305,11 +306,11 @@ class Chat {
   }
 
   void save(const std::string& path) {
-    std::ofstream out(path, std::ios::binary);
-    out << write_conversation_json(to_conversation());
-    out.close();
-    if (!out) return note(fmt::format("[could not write {}: {}; check the path and permissions]", path,
-                                      std::strerror(errno)));
+    try {
+      write_file_atomically(path, write_conversation_json(to_conversation()));
+    } catch (const std::exception& e) {
+      return note(fmt::format("[not saved: {}]", e.what()));
+    }
     note(fmt::format("[saved {} messages to {}]", conv_.messages.size(), path));
   }
 

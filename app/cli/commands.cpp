@@ -8,10 +8,12 @@
 #include <memory>
 #include <iostream>
 #include <numeric>
+#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "app/core/atomic_file.h"
 #include "app/core/cache_spec.h"
 #include "app/core/paths.h"
 #include "app/core/session.h"
@@ -47,10 +49,13 @@ double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
 
 void write_trace(const Session& session, const ModelOptions& m) {
   if (m.trace.empty() || !session.cache().eviction()) return;
-  std::ofstream out(m.trace);
-  if (!out) throw std::runtime_error(fmt::format("--trace {}: cannot open the file for writing", m.trace));
-  kv::write_jsonl(session.cache().eviction()->log(), out);
-  if (!out) throw std::runtime_error(fmt::format("--trace {}: writing failed (disk full?)", m.trace));
+  std::ostringstream text;
+  kv::write_jsonl(session.cache().eviction()->log(), text);
+  try {
+    write_file_atomically(m.trace, text.str());
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("--trace: {}", e.what()));
+  }
 }
 
 namespace {

@@ -22,6 +22,10 @@
 
 namespace kvscope::gui {
 
+// `rgba` (width x height, top row first) encoded as a PNG file's bytes, for
+// write_file_atomically (app/core/atomic_file.h).
+std::string png_bytes(const uint8_t* rgba, int width, int height);
+
 struct GuiOptions {
   std::string model_path;                  // empty: the default model
   int device_index = -1;

@@ -9,7 +9,19 @@
 
 #include "app/gui/app.h"
 
+#include "app/core/atomic_file.h"
+
 namespace kvscope::gui {
+
+std::string png_bytes(const uint8_t* rgba, int width, int height) {
+  std::string out;
+  auto append = [](void* context, void* data, int size) {
+    static_cast<std::string*>(context)->append(static_cast<const char*>(data), static_cast<size_t>(size));
+  };
+  if (!stbi_write_png_to_func(append, &out, width, height, 4, rgba, width * 4))
+    throw std::runtime_error(fmt::format("cannot encode a {} x {} PNG", width, height));
+  return out;
+}
 
 namespace {
 
@@ -81,12 +93,12 @@ void App::save_conversation(const std::string& path) {
   c.turns = s->turns;
   c.tokens = s->tokens;
   c.pins = s->pins;
-  std::ofstream out(path);
-  out << write_conversation_json(c);
-  if (!out)
-    banner_ = fmt::format("cannot write {}: check that the folder exists and is writable", path);
-  else
+  try {
+    write_file_atomically(path, write_conversation_json(c));
     status_ = fmt::format("saved session {}'s conversation to {}", s->name, path);
+  } catch (const std::exception& e) {
+    banner_ = e.what();
+  }
 }
 
 std::string App::export_heatmap_png(const std::string& path) {
@@ -95,8 +107,10 @@ std::string App::export_heatmap_png(const std::string& path) {
   const int w = static_cast<int>(heatmap_.last_rect.z), h = static_cast<int>(heatmap_.last_rect.w);
   const std::vector<uint8_t> rgba = heatmap_pixels(*s, heatmap_, w, h);
   if (rgba.empty()) return "the heatmap has no rows yet: generate first";
-  if (!stbi_write_png(path.c_str(), w, h, 4, rgba.data(), w * 4)) {
-    banner_ = fmt::format("cannot write {}: check that the folder exists and is writable", path);
+  try {
+    write_file_atomically(path, png_bytes(rgba.data(), w, h));
+  } catch (const std::exception& e) {
+    banner_ = e.what();
     return {};
   }
   return fmt::format("heatmap written to {} ({} x {})", path, w, h);
@@ -117,17 +131,25 @@ std::vector<std::string> App::export_files(const std::string& dir) {
     const auto s = worker->snapshot();
     if (!s->log) continue;
     const std::string path = (folder / fmt::format("trace-{}.jsonl", s->name)).string();
-    std::ofstream out(path);
-    kv::write_jsonl(*s->log, out);
-    if (out) written.push_back(path);
+    std::ostringstream text;
+    kv::write_jsonl(*s->log, text);
+    try {
+      write_file_atomically(path, text.str());
+      written.push_back(path);
+    } catch (const std::exception& e) {
+      banner_ = e.what();
+    }
   }
   if (comparisons_.size() > 1) {
     std::vector<SessionComparison> results;
     for (size_t i = 1; i < comparisons_.size(); ++i) results.push_back(comparisons_[i].result());
     const std::string path = (folder / "comparison.csv").string();
-    std::ofstream out(path);
-    out << comparison_csv(results);
-    if (out) written.push_back(path);
+    try {
+      write_file_atomically(path, comparison_csv(results));
+      written.push_back(path);
+    } catch (const std::exception& e) {
+      banner_ = e.what();
+    }
   }
   return written;
 }

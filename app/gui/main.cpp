@@ -20,6 +20,7 @@
 #include <thread>
 #include <nlohmann/json.hpp>
 
+#include "app/core/atomic_file.h"
 #include "app/gui/app.h"
 #include "app/gui/renderer.h"
 #include "app/gui/settings.h"
@@ -141,9 +142,11 @@ int run(const GuiOptions& options, const Settings& settings, const std::string& 
     if (script_done && settle_frames == 2) app.finish_script();
     if (capture) {
       const Screenshot& shot = renderer.screenshot();
-      if (!stbi_write_png(options.screenshot.c_str(), static_cast<int>(shot.width), static_cast<int>(shot.height), 4,
-                          shot.rgba.data(), static_cast<int>(shot.width * 4))) {
-        std::fprintf(stderr, "kvscope-gui: cannot write %s\n", options.screenshot.c_str());
+      try {
+        write_file_atomically(options.screenshot, png_bytes(shot.rgba.data(), static_cast<int>(shot.width),
+                                                            static_cast<int>(shot.height)));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "kvscope-gui: %s\n", e.what());
         exit_code = 1;
       }
       done = true;

@@ -1,5 +1,7 @@
 #include "app/gui/settings.h"
 
+#include "app/core/atomic_file.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -48,8 +50,11 @@ Settings load_settings(const std::filesystem::path& path) {
     s.width = j.value("width", s.width);
     s.height = j.value("height", s.height);
   } catch (const std::exception& e) {
-    throw std::runtime_error(
-        fmt::format("{}: {}; fix or delete the file (the window writes a new one on exit)", path.string(), e.what()));
+    // Kept aside rather than overwritten by the settings written on exit.
+    in.close();
+    const std::filesystem::path aside = keep_aside(path);
+    throw std::runtime_error(fmt::format("{}: {}; it was kept as {} and the window starts with its defaults",
+                                         path.string(), e.what(), aside.string()));
   }
   return s;
 }
@@ -68,12 +73,7 @@ void save_settings(const Settings& s, const std::filesystem::path& path) {
   j["cache_specs"] = s.cache_specs;
   j["width"] = s.width;
   j["height"] = s.height;
-  std::error_code ec;
-  std::filesystem::create_directories(path.parent_path(), ec);
-  std::ofstream out(path);
-  out << j.dump(2) << "\n";
-  if (!out)
-    throw std::runtime_error(fmt::format("cannot write {}: check that its folder is writable", path.string()));
+  write_file_atomically(path, j.dump(2) + "\n");
 }
 
 }  // namespace kvscope::gui

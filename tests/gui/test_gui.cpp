@@ -288,6 +288,11 @@ TEST_CASE("gui: settings are written on exit and read at the next start") {
   INFO(broken.out);
   REQUIRE(broken.code == 0);
   CHECK(report_of(broken)["errors"].dump().find("settings.json") != std::string::npos);
+  // ... kept aside, not overwritten by the settings written on exit.
+  CHECK(report_of(broken)["errors"].dump().find("settings.json.broken-1") != std::string::npos);
+  REQUIRE(std::filesystem::exists(config + "/kvscope/settings.json.broken-1"));
+  CHECK(kvscope::test::read_text(config + "/kvscope/settings.json.broken-1") == "{ not json");
+  CHECK(nlohmann::json::parse(kvscope::test::read_text(config + "/kvscope/settings.json")).is_object());
   std::filesystem::remove_all(config);
   std::filesystem::remove(png);
 }

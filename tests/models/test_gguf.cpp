@@ -543,6 +543,69 @@ TEST_CASE("gguf: corrupting any single header byte never crashes") {
   }
 }
 
+// ======================================================= [SECTION] metadata lies
+
+// A valid synthetic model whose key `key` is replaced by `value`: what a file
+// that lies about one key's type looks like.
+namespace {
+std::vector<uint8_t> with_key(const std::string& key, GgufValue value) {
+  const auto good = synthetic_llama_writer().to_bytes();
+  const GgufFile f = GgufFile::from_memory(good, "good.gguf");
+  GgufWriter w;
+  for (const auto& k : f.metadata_order()) w.set(k, k == key ? value : f.get(k));
+  if (!f.has(key)) w.set(key, value);
+  for (const auto& t : f.tensors()) w.add_tensor(t.name, t.type, t.shape, {t.data, t.n_bytes});
+  return w.to_bytes();
+}
+}  // namespace
+
+TEST_CASE("gguf: every key kvscope reads must have its specified type, or the file is refused naming it") {
+  struct Lie {
+    std::string key;
+    GgufValue value;
+    std::string found, expected;
+  };
+  const std::vector<Lie> lies = {
+      {"general.architecture", scalar(GgufValueType::UINT32, uint64_t{7}), "UINT32", "expected STRING"},
+      {"llama.block_count", scalar(GgufValueType::STRING, std::string("2")), "STRING", "expected an integer"},
+      {"llama.context_length", scalar(GgufValueType::FLOAT32, 128.0), "FLOAT32", "expected an integer"},
+      {"llama.rope.freq_base", scalar(GgufValueType::STRING, std::string("1e4")), "STRING", "expected FLOAT32"},
+      {"tokenizer.ggml.model", scalar(GgufValueType::UINT8, uint64_t{1}), "UINT8", "expected STRING"},
+      {"tokenizer.ggml.bos_token_id", scalar(GgufValueType::STRING, std::string("1")), "STRING",
+       "expected an integer"},
+      {"tokenizer.ggml.add_bos_token", scalar(GgufValueType::UINT8, uint64_t{1}), "UINT8", "expected BOOL"},
+      {"tokenizer.chat_template", scalar(GgufValueType::INT32, int64_t{3}), "INT32", "expected STRING"},
+      // Arrays declared with another element type than the format's.
+      {"tokenizer.ggml.token_type", array_of(GgufValueType::FLOAT32, {scalar(GgufValueType::FLOAT32, 1.0)}),
+       "ARRAY of FLOAT32", "expected ARRAY of INT32"},
+      {"tokenizer.ggml.scores", array_of(GgufValueType::INT32, {scalar(GgufValueType::INT32, int64_t{0})}),
+       "ARRAY of INT32", "expected ARRAY of FLOAT32"},
+      {"tokenizer.ggml.tokens", array_of(GgufValueType::UINT8, {scalar(GgufValueType::UINT8, uint64_t{65})}),
+       "ARRAY of UINT8", "expected ARRAY of STRING"},
+      {"tokenizer.ggml.merges", scalar(GgufValueType::STRING, std::string("a b")), "STRING",
+       "expected ARRAY of STRING"},
+  };
+  for (const Lie& lie : lies) {
+    CAPTURE(lie.key);
+    const auto bytes = with_key(lie.key, lie.value);
+    try {
+      GgufFile::from_memory(bytes, "lie.gguf");
+      FAIL("a file with a lying key was opened");
+    } catch (const GgufError& e) {
+      const std::string message = e.what();
+      CHECK_MESSAGE(message.find("metadata '" + lie.key + "'") != std::string::npos, message);
+      CHECK_MESSAGE(message.find("has type " + lie.found) != std::string::npos, message);
+      CHECK_MESSAGE(message.find(lie.expected) != std::string::npos, message);
+    }
+  }
+  // Counts may be any integer type: writers differ (u32 is usual, u64 is the specification's).
+  CHECK_NOTHROW(GgufFile::from_memory(with_key("llama.block_count", scalar(GgufValueType::UINT64, uint64_t{2})),
+                                      "u64.gguf"));
+  // Keys kvscope does not read are not its business.
+  CHECK_NOTHROW(
+      GgufFile::from_memory(with_key("general.url", scalar(GgufValueType::UINT32, uint64_t{1})), "other.gguf"));
+}
+
 // ============================================================ [SECTION] hparams
 
 TEST_CASE("hparams: the synthetic llama model validates") {
@@ -666,7 +729,12 @@ TEST_CASE("hparams: each way a llama model can be wrong is named") {
     expect_config_error(huge, "llama.embedding_length is 1048576, more than kvscope accepts (65536)");
     GgufWriter text = synthetic_llama_writer();
     text.set_string("llama.feed_forward_length", "96");
-    expect_config_error(text, "m.gguf: metadata 'llama.feed_forward_length' has type STRING, expected an unsigned integer");
+    // Refused when the file is opened, before any reader sees it.
+    const std::vector<uint8_t> text_bytes = text.to_bytes();
+    CHECK_THROWS_WITH_AS(GgufFile::from_memory(text_bytes, "m.gguf"),
+                         doctest::Contains("m.gguf: metadata 'llama.feed_forward_length': has type STRING, expected an "
+                                           "integer"),
+                         GgufError);
     GgufWriter odd = synthetic_llama_writer();
     odd.set_uint32("llama.attention.key_length", 15);
     expect_config_error(odd, "head dimension 15 is odd");

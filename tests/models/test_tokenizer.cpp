@@ -263,3 +263,35 @@ TEST_CASE("detokenizer: invalid bytes become U+FFFD, never half a character") {
     CHECK(d.push(2501) == " upon");
   }
 }
+
+TEST_CASE("tokenizer: a byte token whose text is not <0xHH> is refused, naming the token") {
+  // llama.cpp's vocabulary test file, with one byte token's text replaced as a
+  // crafted file would (a "<0x-1>" turned into a heap write in another loader).
+  const GgufFile good = GgufFile::open(std::string(KVSCOPE_TEST_DATA) + "/vocab/ggml-vocab-llama-spm.gguf");
+  const GgufArray& tokens = good.get("tokenizer.ggml.tokens").as_array("tokenizer.ggml.tokens");
+  const GgufArray& types = good.get("tokenizer.ggml.token_type").as_array("tokenizer.ggml.token_type");
+  size_t byte_token = 0;
+  while (byte_token < types.items.size() && types.items[byte_token].as_int("t") != 6) ++byte_token;
+  REQUIRE(byte_token < types.items.size());
+  CHECK_NOTHROW(Tokenizer::from_gguf(good));
+  for (const char* lie : {"<0x-1>", "<0x1G>", "<0x100>", "A"}) {
+    CAPTURE(lie);
+    GgufArray lying = tokens;
+    lying.items[byte_token].value = std::string(lie);
+    GgufWriter w;
+    for (const auto& key : good.metadata_order()) {
+      if (key == "tokenizer.ggml.tokens") {
+        GgufValue v;
+        v.type = GgufValueType::ARRAY;
+        v.value = std::make_shared<GgufArray>(lying);
+        w.set(key, v);
+      } else {
+        w.set(key, good.get(key));
+      }
+    }
+    const std::vector<uint8_t> bytes = w.to_bytes();
+    const GgufFile file = GgufFile::from_memory(bytes, "lie.gguf");
+    CHECK_THROWS_WITH_AS(Tokenizer::from_gguf(file),
+                         doctest::Contains(fmt::format("token {} has type BYTE", byte_token).c_str()), GgufError);
+  }
+}
