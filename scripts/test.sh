@@ -2,7 +2,8 @@
 # Every test: set up (packages, build everything, default model), run the
 # doctest suites through ctest on whatever Vulkan device exists (lavapipe on a
 # machine without a GPU), then the host-side code (GGUF, tokenizer, converter,
-# quantization) again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# quantization) again under AddressSanitizer + UndefinedBehaviorSanitizer,
+# then each libFuzzer target (tests/fuzz) for a minute.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh" all
@@ -20,3 +21,6 @@ echo "== host tests under ASan + UBSan (build-sanitize/)" >&2
 ninja -C "$san"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir "$san" --output-on-failure --timeout 1500
+
+echo "== fuzzing: each target for a minute from its seed corpus (build-fuzz/)" >&2
+"$root/scripts/fuzz.sh" 60
