@@ -1,6 +1,9 @@
 #include "kv/event_log.h"
 
+#include <climits>
+#include <cmath>
 #include <istream>
+#include <limits>
 #include <optional>
 #include <ostream>
 #include <stdexcept>
@@ -121,15 +124,19 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
   // Numbers must fit the field's type; nlohmann would otherwise wrap them.
   auto u32 = [&](const json& j, const char* key) {
     const auto& v = field(j, key);
-    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT32_MAX) ||
+        v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX)
       throw fail(fmt::format("field \"{}\" must be an integer >= 0", key));
     return v.get<uint32_t>();
   };
+  auto i32_value = [&](const json& v, const char* what) {
+    if (!v.is_number_integer() || (v.is_number_unsigned() && v.get<uint64_t>() > INT32_MAX) ||
+        v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)
+      throw fail(fmt::format("{} must be a 32-bit integer", what));
+    return static_cast<int32_t>(v.get<int64_t>());
+  };
   auto i32 = [&](const json& j, const char* key) {
-    const auto& v = field(j, key);
-    if (!v.is_number_integer() || v.get<int64_t>() < INT32_MIN || v.get<int64_t>() > INT32_MAX)
-      throw fail(fmt::format("field \"{}\" must be a 32-bit integer", key));
-    return v.get<int32_t>();
+    return i32_value(field(j, key), fmt::format("field \"{}\"", key).c_str());
   };
   auto slot_event = [&](const json& j) {
     EvictionEvent e;
@@ -140,8 +147,10 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
     e.position = i32(j, "position");
     e.token = i32(j, "token");
     const auto& score = field(j, "score");
-    if (!score.is_number()) throw fail("field \"score\" must be a number");
-    e.score = score.get<float>();
+    // A double beyond float's range would convert with undefined behaviour.
+    if (!score.is_number() || !(std::fabs(score.get<double>()) <= std::numeric_limits<float>::max()))
+      throw fail("field \"score\" must be a finite number");
+    e.score = static_cast<float>(score.get<double>());
     return e;
   };
 
@@ -189,8 +198,8 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
       if (!positions.is_array() || !tokens.is_array() || positions.size() != tokens.size())
         throw fail("\"positions\" and \"tokens\" must be arrays of the same length");
       std::vector<int32_t> p, t;
-      for (const auto& v : positions) p.push_back(v.get<int32_t>());
-      for (const auto& v : tokens) t.push_back(v.get<int32_t>());
+      for (const auto& v : positions) p.push_back(i32_value(v, "each of \"positions\""));
+      for (const auto& v : tokens) t.push_back(i32_value(v, "each of \"tokens\""));
       log->written(u32(j, "step"), p, t);
     } else if (kind == "evict") {
       log->evicted(slot_event(j));
@@ -206,7 +215,11 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
       for (const auto& heads : live) {
         if (!heads.is_array() || heads.size() != log->header().n_kv_head)
           throw fail("each layer of \"live\" must hold one count per kv head (n_kv_head in the header)");
-        for (const auto& n : heads) o.live.push_back(n.get<uint32_t>());
+        for (const auto& n : heads) {
+          const int32_t live_slots = i32_value(n, "each count of \"live\"");
+          if (live_slots < 0) throw fail("each count of \"live\" must be >= 0");
+          o.live.push_back(static_cast<uint32_t>(live_slots));
+        }
       }
       log->add_occupancy(std::move(o));
     } else {

@@ -4,7 +4,8 @@
 # seed corpus (tests/fuzz/corpus/TARGET, never written to: new inputs go to
 # build-fuzz/corpus/TARGET). A finding (crash, sanitizer report, timeout,
 # leak) fails the run and leaves its input as build-fuzz/findings/TARGET/*;
-# make it a regression test.
+# fix it, and keep the input in tests/fuzz/regressions/TARGET/ (a test reads
+# those files, and the fuzzer starts from them too).
 #   scripts/fuzz.sh [SECONDS per target, default 60] [TARGET...]
 #   scripts/fuzz.sh --seeds        rewrite the committed seed corpora
 set -euo pipefail
@@ -42,7 +43,9 @@ run_one() {
   local t=$1 work="$build/corpus/$1" findings="$build/findings/$1"
   mkdir -p "$work" "$findings"
   local log="$build/fuzz-$t.log"
-  if "$build/fuzz_$t" "$work" "$root/tests/fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  local regressions=()
+  [ -d "$root/tests/fuzz/regressions/$t" ] && regressions=("$root/tests/fuzz/regressions/$t")
+  if "$build/fuzz_$t" "$work" "$root/tests/fuzz/corpus/$t" "${regressions[@]}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
       -max_len=65536 -artifact_prefix="$findings/" -print_final_stats=1 >"$log" 2>&1; then
     local runs
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")

@@ -159,11 +159,10 @@ class Chat {
       note(fmt::format("[system prompt pinned: tokens 0:{}]", pins.spans().front().end));
   }
 
-  std::string overflow_message(size_t needed) {
-    return fmt::format(
-        "[context full: this needs {} tokens and the context holds {} ({} in use); type /reset to start over, or "
-        "run with a larger -c]",
-        needed, capacity(), used());
+  // The one context-fit message (kv::ContextFull), with chat's way to start over.
+  std::string overflow_message(size_t held, size_t incoming) {
+    const kv::ContextFull full(static_cast<uint32_t>(held), static_cast<uint32_t>(incoming), capacity());
+    return fmt::format("[{}; /reset starts a new conversation here]", full.what());
   }
 
   // Brings the session to `prompt`: only the new text when the session holds
@@ -177,7 +176,7 @@ class Chat {
     if (tokens.empty()) return false;
     // An evicting cache never fills (the pinned system prompt stays).
     if (!session_.evicting() && needed >= capacity()) {
-      note(overflow_message(needed));
+      note(overflow_message(from_scratch ? 0 : used(), tokens.size()));
       return false;
     }
     if (from_scratch && used() != 0) {
@@ -223,7 +222,7 @@ class Chat {
     try {
       session_.generate(tokens, static_cast<uint32_t>(o_.n_predict), sampler_, on_token);
     } catch (const kv::ContextFull&) {
-      note(overflow_message(used() + tokens.size()));
+      note(overflow_message(used(), tokens.size()));
       return;
     }
     std::fputs("\n", stdout);
@@ -378,8 +377,8 @@ class Chat {
     std::vector<int32_t> tokens;
     if (!prompt.text.empty()) tokens = format_.encode_whole(prompt);
     if (!session_.evicting() && tokens.size() >= capacity()) {
-      return note(fmt::format("[not loaded: {} is {} tokens and the context holds {}; run with a larger -c]", path,
-                              tokens.size(), capacity()));
+      return note(fmt::format("[not loaded: {}: {}]", path,
+                              kv::ContextFull(0, static_cast<uint32_t>(tokens.size()), capacity()).what()));
     }
     reset();
     conv_ = std::move(conv);

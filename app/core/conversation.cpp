@@ -1,6 +1,8 @@
 #include "app/core/conversation.h"
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -11,6 +13,20 @@ namespace kvscope {
 // ======================================================= conversation as JSON
 
 namespace {
+
+// An integer of the JSON in [lo, hi]: a float, a string or a number out of
+// range is refused by name, never converted (nlohmann's get<int> of 1e64 is
+// undefined behaviour; fuzz_conversation found it).
+int64_t integer_in(const nlohmann::json& v, int64_t lo, int64_t hi, const std::string& what) {
+  if (v.is_number_unsigned() && v.get<uint64_t>() <= static_cast<uint64_t>(hi)) {
+    const auto x = static_cast<int64_t>(v.get<uint64_t>());
+    if (x >= lo) return x;
+  } else if (v.is_number_integer() && !v.is_number_unsigned()) {
+    const auto x = v.get<int64_t>();
+    if (x >= lo && x <= hi) return x;
+  }
+  throw std::runtime_error(fmt::format("{} is {}, expected a whole number from {} to {}", what, v.dump(), lo, hi));
+}
 
 const char* role_name(Turn::Role role) {
   return role == Turn::Role::System ? "system" : role == Turn::Role::User ? "user" : "model";
@@ -50,7 +66,11 @@ Conversation read_conversation_json(const std::string& text, const std::string& 
     c.cache = j.value("cache", "");
     c.chat_template = j.value("template", "");
     for (const auto& span : j.at("pins")) c.pins.add(kv::parse_pinned_span(span.get<std::string>()));
-    c.tokens = j.at("tokens").get<std::vector<int32_t>>();
+    const nlohmann::json& tokens = j.at("tokens");
+    if (!tokens.is_array()) throw std::runtime_error("\"tokens\" is not an array of token ids");
+    c.tokens.reserve(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i)
+      c.tokens.push_back(static_cast<int32_t>(integer_in(tokens[i], 0, INT32_MAX, fmt::format("tokens[{}]", i))));
     for (const auto& t : j.at("turns")) {
       Turn turn;
       const std::string role = t.at("role").get<std::string>();
@@ -59,8 +79,8 @@ Conversation read_conversation_json(const std::string& text, const std::string& 
       else if (role == "model") turn.role = Turn::Role::Model;
       else throw std::runtime_error(fmt::format("turn role \"{}\" is not system, user or model", role));
       turn.text = t.at("text").get<std::string>();
-      turn.first_token = t.at("first_token").get<uint32_t>();
-      turn.n_tokens = t.at("n_tokens").get<uint32_t>();
+      turn.first_token = static_cast<uint32_t>(integer_in(t.at("first_token"), 0, UINT32_MAX, "a turn's first_token"));
+      turn.n_tokens = static_cast<uint32_t>(integer_in(t.at("n_tokens"), 0, UINT32_MAX, "a turn's n_tokens"));
       turn.ttft_seconds = t.value("ttft_seconds", 0.0);
       turn.tok_s = t.value("tok_s", 0.0);
       turn.stopped = t.value("stopped", false);

@@ -43,8 +43,8 @@ Scenario parse_scenario(const std::string& json_text, const std::string& source)
   text("filler", s.filler, true);
   text("query", s.query, false);
   text("answer", s.answer, false);
-  if (!j.contains("distance") || !j["distance"].is_number_unsigned())
-    throw ScenarioError(fmt::format("{}: \"distance\" must be a whole number of tokens >= 0{}", source,
+  if (!j.contains("distance") || !j["distance"].is_number_unsigned() || j["distance"].get<uint64_t>() > 1000000)
+    throw ScenarioError(fmt::format("{}: \"distance\" must be a whole number of tokens from 0 to 1000000{}", source,
                                     j.contains("distance") ? "" : " (missing)"));
   s.distance = j["distance"].get<uint32_t>();
   for (const auto& [key, value] : j.items())

@@ -2,6 +2,8 @@
 
 #include "app/core/atomic_file.h"
 
+#include <type_traits>
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -34,21 +36,42 @@ Settings load_settings(const std::filesystem::path& path) {
   text << in.rdbuf();
   try {
     const nlohmann::json j = nlohmann::json::parse(text.str());
+    // Numbers are checked before they are converted: nlohmann's get<int> of
+    // 1e64 is undefined behaviour, and a settings file is only text.
+    auto integer = [&](const nlohmann::json& o, const char* key, auto& out, int64_t lo, int64_t hi) {
+      if (!o.contains(key)) return;
+      const nlohmann::json& v = o.at(key);
+      const bool fits = v.is_number_integer() && !(v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(hi)) &&
+                        v.get<int64_t>() >= lo && v.get<int64_t>() <= hi;
+      if (!fits) throw std::runtime_error(fmt::format("\"{}\" is {}, expected a whole number from {} to {}", key,
+                                                      v.dump(), lo, hi));
+      out = static_cast<std::remove_reference_t<decltype(out)>>(v.get<int64_t>());
+    };
+    auto number = [&](const nlohmann::json& o, const char* key, float& out, double lo, double hi) {
+      if (!o.contains(key)) return;
+      const nlohmann::json& v = o.at(key);
+      if (!v.is_number() || !(v.get<double>() >= lo && v.get<double>() <= hi))
+        throw std::runtime_error(fmt::format("\"{}\" is {}, expected a number from {} to {}", key, v.dump(), lo, hi));
+      out = static_cast<float>(v.get<double>());
+    };
     s.recent_models = j.value("recent_models", s.recent_models);
     s.last_model = j.value("last_model", s.last_model);
-    s.device_index = j.value("device_index", s.device_index);
+    integer(j, "device_index", s.device_index, -1, 1024);
     if (j.contains("sampling")) {
       const auto& sj = j.at("sampling");
-      s.sampling.temperature = sj.value("temperature", s.sampling.temperature);
-      s.sampling.top_k = sj.value("top_k", s.sampling.top_k);
-      s.sampling.top_p = sj.value("top_p", s.sampling.top_p);
-      s.sampling.seed = sj.value("seed", s.sampling.seed);
+      number(sj, "temperature", s.sampling.temperature, 0.0, 100.0);
+      integer(sj, "top_k", s.sampling.top_k, -1, 1 << 30);
+      number(sj, "top_p", s.sampling.top_p, 0.0, 1.0);
+      if (sj.contains("seed")) {
+        if (!sj.at("seed").is_number_unsigned()) throw std::runtime_error("\"seed\" must be a whole number >= 0");
+        s.sampling.seed = sj.at("seed").get<uint64_t>();
+      }
     }
-    s.tokens = j.value("tokens", s.tokens);
+    integer(j, "tokens", s.tokens, 1, 1 << 20);
     s.system_prompt = j.value("system_prompt", s.system_prompt);
     s.cache_specs = j.value("cache_specs", s.cache_specs);
-    s.width = j.value("width", s.width);
-    s.height = j.value("height", s.height);
+    integer(j, "width", s.width, 320, 8192);
+    integer(j, "height", s.height, 240, 8192);
   } catch (const std::exception& e) {
     // Kept aside rather than overwritten by the settings written on exit.
     in.close();

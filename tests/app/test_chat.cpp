@@ -174,7 +174,8 @@ TEST_CASE("chat: a turn that overflows the context says so and the chat goes on"
       "until the sun went down. Then they walked home together, ate a big dinner and went to sleep.";
   const Result r = chat_with_input(dir, long_line + "\nOnce upon a time\n", "-c 32 " + kArgs);
   REQUIRE_MESSAGE(r.code == 0, r.out);
-  CHECK(r.out.find("[context full: this needs") != std::string::npos);
+  CHECK(r.out.find("[the context is full: ") != std::string::npos);
+  CHECK(r.out.find("/reset starts a new conversation") != std::string::npos);
   CHECK(r.out.find("/reset") != std::string::npos);
   // The next line still gets its reply.
   const auto used = context_use(r.out);

@@ -4,11 +4,13 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <filesystem>
 #include <thread>
 
 #include "app/core/conversation.h"
 #include "app/core/worker.h"
 #include "tests/shared_engine.h"
+#include "tests/test_util.h"
 
 using namespace kvscope;
 
@@ -108,4 +110,36 @@ TEST_CASE("conversation: switching the template reads the conversation again; th
   REQUIRE(two->pins.spans().size() == 1);
   CHECK(two->pins.spans().front().begin == 0);
   CHECK(two->pins.spans().front().end > 3);
+}
+
+TEST_CASE("conversation: numbers that are not token ids are refused by name (fuzz_conversation's findings)") {
+  // Every input a fuzz target found stays here as a regression test.
+  const std::filesystem::path regressions = std::string(KVSCOPE_SOURCE_DIR) + "/tests/fuzz/regressions/conversation";
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(regressions)) {
+    CAPTURE(entry.path().string());
+    ++files;
+    CHECK_THROWS_AS(read_conversation_json(test::read_text(entry.path().string()), "found.json"), std::runtime_error);
+  }
+  CHECK(files >= 1);
+  auto error_of = [](const std::string& tokens, const std::string& first_token) {
+    const std::string text = R"({"kvscope_conversation": 1, "pins": [], "tokens": )" + tokens +
+                             R"(, "turns": [{"role": "user", "text": "x", "first_token": )" + first_token +
+                             R"(, "n_tokens": 1}]})";
+    try {
+      read_conversation_json(text, "c.json");
+    } catch (const std::runtime_error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  CHECK(error_of("[1, 2]", "0") == "(accepted)");
+  CHECK(error_of("[1, 1.66e64]", "0").find("tokens[1] is 1.66e+64, expected a whole number") != std::string::npos);
+  CHECK(error_of("[1, 166666666666666666666666]", "0").find("tokens[1]") != std::string::npos);
+  CHECK(error_of("[1, -3]", "0").find("tokens[1] is -3") != std::string::npos);
+  CHECK(error_of("[1, 2147483648]", "0").find("tokens[1]") != std::string::npos);
+  CHECK(error_of("[1, \"2\"]", "0").find("tokens[1]") != std::string::npos);
+  CHECK(error_of("[1, 2]", "-1").find("first_token is -1") != std::string::npos);
+  CHECK(error_of("[1, 2]", "0.5").find("first_token is 0.5") != std::string::npos);
+  CHECK(error_of("[1, 2]", "4294967296").find("first_token") != std::string::npos);
 }

@@ -293,6 +293,13 @@ TEST_CASE("gui: settings are written on exit and read at the next start") {
   REQUIRE(std::filesystem::exists(config + "/kvscope/settings.json.broken-1"));
   CHECK(kvscope::test::read_text(config + "/kvscope/settings.json.broken-1") == "{ not json");
   CHECK(nlohmann::json::parse(kvscope::test::read_text(config + "/kvscope/settings.json")).is_object());
+  // A number that does not fit is refused by name, not converted (1e64 into an int is undefined behaviour).
+  { std::ofstream(config + "/kvscope/settings.json") << R"({"tokens": 1e64, "width": 1440})"; }
+  const Run huge = gui("--frames 2 --screenshot " + png, config);
+  INFO(huge.out);
+  REQUIRE(huge.code == 0);
+  CHECK(report_of(huge)["errors"].dump().find("\\\"tokens\\\" is 1e+64") != std::string::npos);
+  CHECK(std::filesystem::exists(config + "/kvscope/settings.json.broken-2"));
   std::filesystem::remove_all(config);
   std::filesystem::remove(png);
 }

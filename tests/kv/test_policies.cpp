@@ -113,7 +113,13 @@ TEST_CASE("policy spec: parses names, options, flags and fills defaults") {
   CHECK(snap.count("kernel") == 7);
   CHECK(snap.count("interval") == 1);
   CHECK(kv::parse_policy_spec("pyramidkv:budget=64,beta=2.5").number("beta") == doctest::Approx(2.5));
-  CHECK(kv::policy_names().size() == 7);
+  // Every registered policy parses by its name (with a budget where it takes one) and has a summary.
+  for (std::string_view name : kv::policy_names()) {
+    CHECK(!kv::policy_summary(name).empty());
+    const std::string text = kv::policy_at_budget(name, 16).value_or(std::string(name));
+    CHECK(kv::parse_policy_spec(text).name == name);
+  }
+  CHECK(kv::policy_names().front() == "full");
   CHECK(kv::policy_help().find("streamingllm") != std::string::npos);
 }
 
