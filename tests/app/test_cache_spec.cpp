@@ -13,6 +13,7 @@
 #include "kv/policy.h"
 #include "tests/app/cli_runner.h"
 #include "tests/shared_engine.h"
+#include "tests/worker_wait.h"
 
 using namespace kvscope;
 
@@ -26,15 +27,6 @@ std::string refusal(const CacheSpec& spec, uint32_t capacity = 256) {
   return "(accepted)";
 }
 
-std::shared_ptr<const SessionSnapshot> wait_started(const SessionWorker& w) {
-  for (int i = 0; i < 2000; ++i) {
-    auto s = w.snapshot();
-    if (s->state != SessionSnapshot::State::Starting && !w.busy()) return s;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  FAIL("the session did not start");
-  return nullptr;
-}
 }  // namespace
 
 TEST_CASE("cache spec: one grammar for storage, policy, pins, on-full and spill; label() reads back") {
@@ -111,7 +103,7 @@ TEST_CASE("cache spec: the window's session and the CLI refuse h2o:budget=16 wit
   // The window's path: a SessionWorker made from the text typed in its field.
   EngineTurns turns;
   SessionWorker worker(test::shared_engine(), turns, "B", parse_cache_spec("f16 + h2o:budget=16"));
-  const auto s = wait_started(worker);
+  const auto s = test::wait_idle(worker);
   CHECK(s->state == SessionSnapshot::State::Error);
   CHECK_MESSAGE(s->error.find(reason) != std::string::npos, s->error);
   // It never runs without its policy: a prompt is refused, nothing is generated.
@@ -119,12 +111,11 @@ TEST_CASE("cache spec: the window's session and the CLI refuse h2o:budget=16 wit
   r.text = "Once upon a time";
   r.max_new = 4;
   worker.generate(r);
-  for (int i = 0; i < 200 && worker.busy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  CHECK(worker.snapshot()->tokens.empty());
+  CHECK(test::wait_idle(worker)->tokens.empty());
 
   // --compare / the session field with the policy alone runs that policy on f16.
   SessionWorker bare(test::shared_engine(), turns, "C", parse_cache_spec("h2o:budget=16,recent=4"));
-  CHECK(wait_started(bare)->state == SessionSnapshot::State::Idle);
+  CHECK(test::wait_idle(bare)->state == SessionSnapshot::State::Idle);
 }
 
 TEST_CASE("cache spec: a budget typed in the window holds, as on the CLI") {
@@ -135,8 +126,7 @@ TEST_CASE("cache spec: a budget typed in the window holds, as on the CLI") {
   r.max_new = 24;
   r.sampling.temperature = 0;
   worker.generate(r);
-  for (int i = 0; i < 6000 && worker.busy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const auto s = worker.snapshot();
+  const auto s = test::wait_idle(worker);
   REQUIRE_MESSAGE(s->error.empty(), s->error);
   CHECK(s->tokens.size() > 16);
   for (const LayerOccupancy& layer : s->layers) CHECK(layer.live_max <= 16);
@@ -169,8 +159,7 @@ TEST_CASE("cache spec: the system prompt is pinned with a chat template too") {
   r.sampling.temperature = 0;
   r.chat_template = chat_template_by_name("chatml");
   worker.generate(r);
-  for (int i = 0; i < 4000 && worker.busy(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const auto s = worker.snapshot();
+  const auto s = test::wait_idle(worker);
   REQUIRE_MESSAGE(s->error.empty(), s->error);
   const std::vector<int32_t> alone = encode_chat(*r.chat_template, std::vector<ChatMessage>{{"system", r.system}},
                                                  false, engine.tokenizer());

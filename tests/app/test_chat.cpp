@@ -17,6 +17,7 @@
 #include "app/core/worker.h"
 #include "tests/app/cli_runner.h"
 #include "tests/shared_engine.h"
+#include "tests/worker_wait.h"
 #include "tests/test_util.h"
 
 using nlohmann::json;
@@ -220,9 +221,7 @@ TEST_CASE("chat: a conversation saved by chat opens in a window session, and one
   EngineTurns turns;
   SessionWorker worker(test::shared_engine(), turns, "A", parse_cache_spec("f16"));
   worker.load(from_chat);
-  for (int i = 0; i < 4000 && (worker.busy() || worker.snapshot()->state == SessionSnapshot::State::Starting); ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  const auto s = worker.snapshot();
+  const auto s = test::wait_idle(worker);
   REQUIRE_MESSAGE(s->error.empty(), s->error);
   CHECK(s->tokens == from_chat.tokens);
   CHECK(s->turns.size() == from_chat.turns.size());

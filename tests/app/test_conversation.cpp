@@ -10,20 +10,13 @@
 #include "app/core/conversation.h"
 #include "app/core/worker.h"
 #include "tests/shared_engine.h"
+#include "tests/worker_wait.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
 
 namespace {
-std::shared_ptr<const SessionSnapshot> wait_idle(const SessionWorker& w) {
-  for (int i = 0; i < 6000; ++i) {
-    auto s = w.snapshot();
-    if (s->state != SessionSnapshot::State::Starting && !w.busy()) return s;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  FAIL("the session did not finish");
-  return nullptr;
-}
+using test::wait_idle;
 
 GenerateRequest message(const std::string& text, std::optional<ChatTemplate> tmpl = std::nullopt) {
   GenerateRequest r;

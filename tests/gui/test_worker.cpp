@@ -8,6 +8,7 @@
 
 #include "app/core/worker.h"
 #include "tests/shared_engine.h"
+#include "tests/worker_wait.h"
 #include "tests/test_util.h"
 
 using namespace kvscope;
@@ -15,14 +16,7 @@ using namespace kvscope;
 namespace {
 
 // Waits (polling snapshots, as the GUI does) until the worker is idle.
-std::shared_ptr<const SessionSnapshot> wait_idle(SessionWorker& w) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(3);
-  while (w.busy() || w.snapshot()->state == SessionSnapshot::State::Starting) {
-    REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "the worker did not finish in 3 minutes");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return w.snapshot();
-}
+using test::wait_idle;
 
 GenerateRequest greedy(const std::string& text, uint32_t n) {
   GenerateRequest r;
