@@ -321,7 +321,6 @@ std::string fed_text_of(const PromptFormat& format, std::span<const Turn> turns)
 }  // namespace
 
 void SessionWorker::execute(const Command& command) {
-  const Tokenizer& tokenizer = engine_->tokenizer();
   switch (command.kind) {
     case Command::Kind::Reset: {
       EngineHold hold(*turns_);

@@ -305,7 +305,7 @@ struct CacheImage {
   CacheImage(bool f16, size_t elements, std::span<const float> values) : f16(f16) {
     if (!f16) {
       words.resize(elements);
-      std::memcpy(words.data(), values.data(), elements * 4);
+      if (elements) std::memcpy(words.data(), values.data(), elements * 4);  // memcpy of an empty span is UB
     } else {
       words.resize(elements / 2);
       for (size_t i = 0; i < elements; i += 2) {
