@@ -88,6 +88,8 @@ Buffer::Buffer(const Context& ctx, uint64_t bytes, MemoryUse use, const char* la
     VkMemoryAllocateInfo alloc{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO};
     alloc.allocationSize = req.size;
     alloc.memoryTypeIndex = type;
+    ctx.reserve_device_bytes(req.size, [&] { throw_out_of_memory(ctx, req.size, label, "out of device memory"); });
+    accounted_ = req.size;
     r = vkAllocateMemory(device, &alloc, nullptr, &memory_);
     if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY)
       throw_out_of_memory(ctx, req.size, label, "out of device memory");
@@ -104,6 +106,7 @@ Buffer::Buffer(const Context& ctx, uint64_t bytes, MemoryUse use, const char* la
     }
   } catch (...) {
     if (memory_) vkFreeMemory(device, memory_, nullptr);
+    if (accounted_) ctx.release_device_bytes(std::exchange(accounted_, 0));
     vkDestroyBuffer(device, buffer_, nullptr);
     buffer_ = VK_NULL_HANDLE;
     memory_ = VK_NULL_HANDLE;
@@ -118,12 +121,14 @@ Buffer::~Buffer() {
   // Freeing the memory unmaps it.
   if (buffer_) vkDestroyBuffer(device, buffer_, nullptr);
   if (memory_) vkFreeMemory(device, memory_, nullptr);
+  if (accounted_) ctx_->release_device_bytes(accounted_);
 }
 
 Buffer::Buffer(Buffer&& o) noexcept
     : ctx_(std::exchange(o.ctx_, nullptr)),
       buffer_(std::exchange(o.buffer_, VK_NULL_HANDLE)),
       memory_(std::exchange(o.memory_, VK_NULL_HANDLE)),
+      accounted_(std::exchange(o.accounted_, 0)),
       size_(std::exchange(o.size_, 0)),
       mapped_(std::exchange(o.mapped_, nullptr)),
       coherent_(std::exchange(o.coherent_, true)),
@@ -135,6 +140,7 @@ Buffer& Buffer::operator=(Buffer&& o) noexcept {
     ctx_ = std::exchange(o.ctx_, nullptr);
     buffer_ = std::exchange(o.buffer_, VK_NULL_HANDLE);
     memory_ = std::exchange(o.memory_, VK_NULL_HANDLE);
+    accounted_ = std::exchange(o.accounted_, 0);
     size_ = std::exchange(o.size_, 0);
     mapped_ = std::exchange(o.mapped_, nullptr);
     coherent_ = std::exchange(o.coherent_, true);

@@ -50,6 +50,7 @@ class Buffer {
   const Context* ctx_ = nullptr;
   VkBuffer buffer_ = VK_NULL_HANDLE;
   VkDeviceMemory memory_ = VK_NULL_HANDLE;
+  uint64_t accounted_ = 0;  // bytes counted in the Context's bytes_allocated()
   uint64_t size_ = 0;
   void* mapped_ = nullptr;
   bool coherent_ = true;

@@ -61,8 +61,8 @@ void check(VkResult r, const char* what) {
   if (r == VK_ERROR_OUT_OF_DEVICE_MEMORY || r == VK_ERROR_OUT_OF_HOST_MEMORY)
     throw OutOfMemory(message);
   if (r == VK_ERROR_DEVICE_LOST)
-    throw GpuError(message + "; the driver reset the device (a shader ran too long or "
-                             "read out of bounds); restart the program");
+    throw DeviceLost(message + "; the GPU stopped responding (a driver reset, a hang, or the device was removed) "
+                               "and nothing more can run on it: reopen the model, or restart kvscope");
   throw GpuError(message);
 }
 
@@ -78,6 +78,15 @@ constexpr const char* kNoDevice =
 bool env_flag(const char* name) {
   const char* v = std::getenv(name);
   return v && *v && std::string_view(v) != "0";
+}
+
+// A positive integer from the environment, 0 when unset or not a number.
+uint64_t env_count(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  const unsigned long long n = std::strtoull(v, &end, 10);
+  return end && *end == '\0' && n < (uint64_t{1} << 40) ? n : 0;
 }
 
 bool has_layer(const char* layer) {
@@ -338,6 +347,10 @@ struct Context::State {
   bool validation = false;
   std::atomic<uint64_t> validation_messages{0};
   mutable std::mutex queue_mutex;
+  mutable std::atomic<uint64_t> bytes_allocated{0};
+  std::atomic<uint64_t> memory_budget{0};
+  mutable std::atomic<bool> lost{false};
+  mutable std::atomic<int64_t> submissions_until_lost{-1};  // -1: no simulated loss
   // Held from begin_one_shot to end_one_shot: the pool and fence are shared.
   std::mutex one_shot_mutex;
 
@@ -474,6 +487,10 @@ Context::Context(const ContextOptions& options) : s_(std::make_unique<State>()) 
   s.info = facts[chosen].info;
   if (options.max_device_bytes > 0)
     s.info.device_local_bytes = std::min(s.info.device_local_bytes, options.max_device_bytes);
+  s.memory_budget = options.device_memory_budget;
+  if (const uint64_t mib = env_count("KVSCOPE_DEVICE_MEMORY_BUDGET_MB"); mib > 0 && s.memory_budget == 0)
+    s.memory_budget = mib << 20;
+  if (const uint64_t n = env_count("KVSCOPE_LOSE_DEVICE_AFTER"); n > 0) s.submissions_until_lost = static_cast<int64_t>(n);
   s.properties = facts[chosen].properties;
   s.family = *facts[chosen].family;
   s.max_allocation_bytes = facts[chosen].max_allocation_bytes;
@@ -544,6 +561,32 @@ const DeviceInfo& Context::info() const { return s_->info; }
 const VkPhysicalDeviceProperties& Context::properties() const { return s_->properties; }
 const VkPhysicalDeviceMemoryProperties& Context::memory_properties() const { return s_->memory; }
 uint64_t Context::max_allocation_bytes() const { return s_->max_allocation_bytes; }
+
+uint64_t Context::bytes_allocated() const { return s_->bytes_allocated.load(); }
+uint64_t Context::device_memory_budget() const { return s_->memory_budget.load(); }
+void Context::set_device_memory_budget(uint64_t bytes) { s_->memory_budget = bytes; }
+
+void Context::reserve_device_bytes(uint64_t bytes, const std::function<void()>& fail) const {
+  if (lost()) check(VK_ERROR_DEVICE_LOST, "vkAllocateMemory");
+  const uint64_t budget = s_->memory_budget.load();
+  const uint64_t before = s_->bytes_allocated.fetch_add(bytes);
+  if (budget > 0 && before + bytes > budget) {
+    s_->bytes_allocated.fetch_sub(bytes);
+    fail();
+  }
+}
+
+void Context::release_device_bytes(uint64_t bytes) const { s_->bytes_allocated.fetch_sub(bytes); }
+
+bool Context::lost() const { return s_->lost.load(); }
+
+void Context::simulate_device_lost() const { s_->submissions_until_lost = 1; }
+
+VkResult Context::observe_submission(VkResult r, bool counted) const {
+  if (r == VK_ERROR_DEVICE_LOST) s_->lost = true;
+  if (counted && s_->submissions_until_lost.load() > 0 && --s_->submissions_until_lost == 0) s_->lost = true;
+  return s_->lost.load() ? VK_ERROR_DEVICE_LOST : r;
+}
 uint64_t Context::max_binding_bytes() const { return s_->max_binding_bytes; }
 uint64_t Context::max_texel_binding_bytes() const { return s_->max_texel_binding_bytes; }
 uint64_t Context::validation_messages() const { return s_->validation_messages.load(); }
@@ -599,11 +642,12 @@ void Context::end_one_shot(VkCommandBuffer cb) const {
   submit.pCommandBuffers = &cb;
   {
     std::lock_guard lock(s.queue_mutex);
+    if (lost()) check(VK_ERROR_DEVICE_LOST, "vkQueueSubmit (one-shot)");
     check(vkQueueSubmit(s.queue, 1, &submit, s.one_shot_fence), "vkQueueSubmit (one-shot)");
   }
   VkResult r = vkWaitForFences(s.device, 1, &s.one_shot_fence, VK_TRUE, UINT64_MAX);
   vkResetFences(s.device, 1, &s.one_shot_fence);
-  check(r, "vkWaitForFences (one-shot)");
+  check(observe_submission(r, /*counted=*/false), "vkWaitForFences (one-shot)");
 }
 
 void Context::abandon_one_shot(VkCommandBuffer cb) const {

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -32,6 +33,13 @@ struct GpuError : std::runtime_error {
 };
 // Thrown when an allocation fails for lack of device or host memory.
 struct OutOfMemory : GpuError {
+  using GpuError::GpuError;
+};
+// Thrown when the device is lost (VK_ERROR_DEVICE_LOST: a driver reset, a
+// hang, the GPU removed). Nothing more runs on that VkDevice: every later
+// submission and allocation on it throws this too; the Engine must be made
+// again (the window reloads the model and keeps its conversations).
+struct DeviceLost : GpuError {
   using GpuError::GpuError;
 };
 
@@ -70,6 +78,12 @@ struct ContextOptions {
   // the largest device-local heap). Tests lower it to exercise the check that
   // a model fits before anything is uploaded.
   uint64_t max_device_bytes = 0;
+  // Device memory kvscope may allocate on this context, in bytes (0: what
+  // the driver gives). An allocation beyond it fails as the driver's own
+  // VK_ERROR_OUT_OF_DEVICE_MEMORY does (the same OutOfMemory, same path):
+  // how the tests and a person (KVSCOPE_DEVICE_MEMORY_BUDGET_MB=N) make a
+  // session run out of memory part way through on any machine.
+  uint64_t device_memory_budget = 0;
 };
 
 class Context {
@@ -118,6 +132,29 @@ class Context {
 
   // Submissions to the queue go through this lock (sessions share a device).
   std::mutex& queue_mutex() const;
+
+  // Device memory held by kvscope's buffers on this context now, in bytes
+  // (the soak command samples it), and the budget (ContextOptions).
+  uint64_t bytes_allocated() const;
+  uint64_t device_memory_budget() const;
+  void set_device_memory_budget(uint64_t bytes);
+  // Buffers report their allocations here; throws OutOfMemory (through
+  // `fail`) when `bytes` more would pass the budget.
+  void reserve_device_bytes(uint64_t bytes, const std::function<void()>& fail) const;
+  void release_device_bytes(uint64_t bytes) const;
+
+  // Device loss. A queue submission or wait that returns
+  // VK_ERROR_DEVICE_LOST marks the context lost for good (lost() true; every
+  // later submission and allocation throws DeviceLost). simulate_device_lost()
+  // makes the next Recorder submission (a forward pass) end so — a real GPU
+  // cannot be made to reset on demand — as does KVSCOPE_LOSE_DEVICE_AFTER=N
+  // (the N-th Recorder submission; uploads do not count) for a person trying
+  // the window's recovery.
+  bool lost() const;
+  void simulate_device_lost() const;
+  // Filters a submission's wait result through the above (gpu/ only);
+  // `counted`: a Recorder submission, which the simulated loss counts.
+  VkResult observe_submission(VkResult r, bool counted = true) const;
 
   // Runs `record` in a one-shot command buffer and waits (uploads, tests).
   // Thread-safe; const because Buffers borrow a const Context for uploads.

@@ -188,11 +188,12 @@ void Recorder::submit_and_wait() {
   submit.pCommandBuffers = &cb_;
   {
     std::lock_guard lock(ctx_->queue_mutex());
+    if (ctx_->lost()) check(VK_ERROR_DEVICE_LOST, "Recorder: vkQueueSubmit");
     check(vkQueueSubmit(ctx_->queue(), 1, &submit, fence_), "Recorder: vkQueueSubmit");
   }
   VkResult r = vkWaitForFences(ctx_->device(), 1, &fence_, VK_TRUE, UINT64_MAX);
   vkResetFences(ctx_->device(), 1, &fence_);
-  check(r, "Recorder: vkWaitForFences");
+  check(ctx_->observe_submission(r), "Recorder: vkWaitForFences");
 }
 
 }  // namespace kvscope::gpu

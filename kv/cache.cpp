@@ -97,6 +97,25 @@ void SlotTable::clear() {
   open_block_ = -1;
 }
 
+SlotTable SlotTable::restore(std::vector<int32_t> positions, uint32_t block_slots, int32_t open_block) {
+  SlotTable t(static_cast<uint32_t>(positions.size()), block_slots);
+  for (uint32_t slot = 0; slot < t.capacity(); ++slot) {
+    if (positions[slot] < -1) throw std::invalid_argument(fmt::format("slot {} holds position {}", slot, positions[slot]));
+    if (positions[slot] < 0) continue;
+    ++t.live_;
+    ++t.block_live_[t.block_of(slot)];
+    t.high_water_ = slot + 1;
+  }
+  if (open_block < -1 || open_block >= static_cast<int32_t>(t.block_live_.size()))
+    throw std::invalid_argument(fmt::format("open block {} is outside the table's {} blocks", open_block,
+                                            t.block_live_.size()));
+  if (open_block >= 0 && t.block_live_[open_block] == t.block_size(open_block))
+    throw std::invalid_argument(fmt::format("open block {} is full", open_block));
+  t.positions_ = std::move(positions);
+  t.open_block_ = open_block;
+  return t;  // next_free_block_hint_ 0: a lower bound, always right
+}
+
 // ------------------------------------------------------------------ KvCache
 
 KvCache::KvCache(const gpu::Context& ctx, const CacheShape& shape, const CacheConfig& config,

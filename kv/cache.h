@@ -117,6 +117,7 @@ class KvCache {
   // config must allow it (check_cache_config).
   void set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pins = {});
   const EvictionDriver* eviction() const { return eviction_.get(); }  // null without a policy
+  EvictionDriver* eviction() { return eviction_.get(); }
   // The prompt is complete (SnapKV and PyramidKV compress it now); later steps decode.
   void end_prefill();
   std::span<const SlotTable> tables() const { return tables_; }  // [layer][kv_head]

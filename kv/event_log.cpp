@@ -20,32 +20,112 @@ using ordered = nlohmann::ordered_json;
 
 // ------------------------------------------------------------------ recording
 
+namespace {
+
+uint32_t event_step(const TraceEvent& event) {
+  return std::visit([](const auto& e) { return e.step; }, event);
+}
+
+template <class Events>
+void apply_events(const TraceHeader& h, const Events& events, std::span<SlotTable> tables, uint64_t first_index);
+
+}  // namespace
+
+void EventLog::kept(TraceEvent event) {
+  last_step_ = std::max<int64_t>(last_step_, event_step(event));
+  events_.push_back(std::move(event));
+  fold_if_over();
+}
+
 void EventLog::written(uint32_t step, std::span<const int32_t> positions, std::span<const int32_t> tokens) {
   TokensWritten w{step, {positions.begin(), positions.end()}, {tokens.begin(), tokens.end()}};
   w.tokens.resize(w.positions.size(), -1);
-  events_.emplace_back(std::move(w));
+  kept(std::move(w));
 }
 
 void EventLog::evicted(const EvictionEvent& event) {
-  events_.emplace_back(event);
   ++evictions_;
+  kept(event);
 }
 
-void EventLog::recalled(const RecallEvent& event) { events_.emplace_back(event); }
+void EventLog::recalled(const RecallEvent& event) { kept(event); }
 
-void EventLog::truncated(uint32_t step, int32_t position) { events_.emplace_back(Truncation{step, position}); }
+void EventLog::truncated(uint32_t step, int32_t position) { kept(Truncation{step, position}); }
 
 void EventLog::occupancy(uint32_t step, std::span<const SlotTable> tables) {
   Occupancy o{step, {}};
   o.live.reserve(tables.size());
   for (const auto& t : tables) o.live.push_back(t.live());
-  occupancies_.push_back(std::move(o));
+  add_occupancy(std::move(o));
+}
+
+void EventLog::add_occupancy(Occupancy occupancy) {
+  last_step_ = std::max<int64_t>(last_step_, occupancy.step);
+  occupancies_.push_back(std::move(occupancy));
 }
 
 void EventLog::clear() {
   events_.clear();
   occupancies_.clear();
   evictions_ = 0;
+  last_step_ = -1;
+  base_.clear();
+  folded_events_ = folded_occupancies_ = 0;
+  base_step_ = 0;
+}
+
+void EventLog::set_max_events(size_t max_events) {
+  max_events_ = max_events;
+  fold_if_over();
+}
+
+void EventLog::set_base(uint32_t step, uint64_t folded_events, std::vector<SlotTable> tables) {
+  if (tables.size() != size_t{header_.n_layer} * header_.n_kv_head)
+    throw std::invalid_argument(fmt::format("base: {} tables, the trace has {} layers x {} kv heads", tables.size(),
+                                            header_.n_layer, header_.n_kv_head));
+  base_ = std::move(tables);
+  base_step_ = step;
+  folded_events_ = folded_events;
+}
+
+void EventLog::fold_if_over() {
+  if (max_events_ == 0 || events_.size() <= std::max(max_events_, ChunkedSequence<TraceEvent>::kChunk)) return;
+  if (events_.full_chunks() == 0) return;
+  if (on_fold_) on_fold_(*this);
+  if (base_.empty()) base_.assign(size_t{header_.n_layer} * header_.n_kv_head, SlotTable(header_.capacity, header_.block_slots));
+  // Fold down to three quarters of the limit, a chunk at a time.
+  const size_t target = std::max(max_events_ - max_events_ / 4, ChunkedSequence<TraceEvent>::kChunk);
+  while (events_.size() > target && events_.full_chunks() > 0) {
+    const auto chunk = events_.pop_front_chunk();
+    apply_events(header_, *chunk, base_, folded_events_);
+    folded_events_ += chunk->size();
+  }
+  // The first kept step may have events on both sides of the cut; the
+  // history is whole from the step after the last folded event's.
+  base_step_ = events_.empty() ? static_cast<uint32_t>(last_step_ + 1) : event_step(events_.front());
+  while (occupancies_.full_chunks() > 0) {  // occupancy chunks wholly before the kept events go too
+    auto it = occupancies_.begin();
+    std::advance(it, ChunkedSequence<Occupancy>::kChunk - 1);
+    if (it->step >= base_step_) break;
+    folded_occupancies_ += occupancies_.pop_front_chunk()->size();
+  }
+}
+
+EventLog EventLog::until(uint32_t step) const {
+  EventLog out(header_, 0);
+  out.base_ = base_;
+  out.base_step_ = base_step_;
+  out.folded_events_ = folded_events_;
+  out.folded_occupancies_ = folded_occupancies_;
+  for (const TraceEvent& event : events_) {
+    if (event_step(event) > step) continue;
+    if (std::holds_alternative<EvictionEvent>(event)) ++out.evictions_;
+    out.last_step_ = std::max<int64_t>(out.last_step_, event_step(event));
+    out.events_.push_back(event);
+  }
+  for (const Occupancy& o : occupancies_)
+    if (o.step <= step) out.add_occupancy(o);
+  return out;
 }
 
 // ---------------------------------------------------------------------- JSONL
@@ -58,13 +138,9 @@ ordered slot_event_json(std::string_view kind, const EvictionEvent& e) {
           {"token", e.token},       {"score", e.score}};
 }
 
-uint32_t event_step(const TraceEvent& event) {
-  return std::visit([](const auto& e) { return e.step; }, event);
-}
-
 }  // namespace
 
-void write_jsonl(const EventLog& log, std::ostream& out) {
+TraceWriter::TraceWriter(std::ostream& out, const EventLog& log) : out_(&out) {
   const auto& h = log.header();
   ordered pins = ordered::array();
   for (const auto& p : h.pins) pins.push_back(to_string(p));
@@ -73,14 +149,30 @@ void write_jsonl(const EventLog& log, std::ostream& out) {
               {"block_slots", h.block_slots}, {"pins", pins}}
              .dump()
       << '\n';
+  if (!log.base().empty()) {
+    ordered tables = ordered::array();
+    for (const SlotTable& t : log.base())
+      tables.push_back(ordered{{"positions", t.positions()}, {"open_block", t.open_block()}});
+    out << ordered{{"kind", "base"}, {"step", log.base_step()}, {"folded", log.folded_events()}, {"tables", tables}}
+               .dump()
+        << '\n';
+  }
+  events_written_ = log.folded_events();
+  occupancies_written_ = log.folded_occupancies();
+}
+
+void TraceWriter::append(const EventLog& log) {
+  if (events_written_ < log.folded_events() || occupancies_written_ < log.folded_occupancies())
+    throw std::logic_error("TraceWriter: the log folded events that were never written (append before each fold)");
+  const auto& h = log.header();
+  std::ostream& out = *out_;
+  auto occupancy = log.occupancies().begin();
+  std::advance(occupancy, occupancies_written_ - log.folded_occupancies());
   // Events and occupancies merged by step: a step's occupancy follows all
   // of its events, so a reader sees the tables as they were after the step.
-  const auto& events = log.events();
-  const auto& occupancies = log.occupancies();
-  size_t next_occupancy = 0;
   auto flush_occupancies_before = [&](uint64_t step) {
-    for (; next_occupancy < occupancies.size() && occupancies[next_occupancy].step < step; ++next_occupancy) {
-      const auto& o = occupancies[next_occupancy];
+    for (; occupancy != log.occupancies().end() && occupancy->step < step; ++occupancy, ++occupancies_written_) {
+      const Occupancy& o = *occupancy;
       ordered live = ordered::array();
       for (uint32_t layer = 0; layer < h.n_layer; ++layer) {
         ordered heads = ordered::array();
@@ -93,21 +185,29 @@ void write_jsonl(const EventLog& log, std::ostream& out) {
       out << ordered{{"kind", "occupancy"}, {"step", o.step}, {"live", live}}.dump() << '\n';
     }
   };
-  for (const auto& event : events) {
-    flush_occupancies_before(event_step(event));
-    if (const auto* w = std::get_if<TokensWritten>(&event)) {
+  auto event = log.events().begin();
+  std::advance(event, events_written_ - log.folded_events());
+  for (; event != log.events().end(); ++event, ++events_written_) {
+    flush_occupancies_before(event_step(*event));
+    if (const auto* w = std::get_if<TokensWritten>(&*event)) {
       out << ordered{{"kind", "write"}, {"step", w->step}, {"positions", w->positions}, {"tokens", w->tokens}}.dump();
-    } else if (const auto* r = std::get_if<RecallEvent>(&event)) {
+    } else if (const auto* r = std::get_if<RecallEvent>(&*event)) {
       out << slot_event_json("recall", *r).dump();
-    } else if (const auto* e = std::get_if<EvictionEvent>(&event)) {
+    } else if (const auto* e = std::get_if<EvictionEvent>(&*event)) {
       out << slot_event_json("evict", *e).dump();
     } else {
-      const auto& t = std::get<Truncation>(event);
+      const auto& t = std::get<Truncation>(*event);
       out << ordered{{"kind", "truncate"}, {"step", t.step}, {"position", t.position}}.dump();
     }
     out << '\n';
   }
   flush_occupancies_before(UINT64_MAX);
+  if (!out) throw std::runtime_error("writing the trace failed (is the disk full?)");
+}
+
+void write_jsonl(const EventLog& log, std::ostream& out) {
+  TraceWriter writer(out, log);
+  writer.append(log);
 }
 
 EventLog read_jsonl(std::istream& in, std::string_view source_name) {
@@ -179,6 +279,11 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
       h.n_kv_head = u32(j, "n_kv_head");
       h.capacity = u32(j, "capacity");
       h.block_slots = u32(j, "block_slots");
+      // Replaying allocates a table per (layer, kv head): a header may not
+      // ask for more slots than any model has (1 GiB of tables).
+      if (uint64_t{h.n_layer} * h.n_kv_head * std::max(h.capacity, 1u) > (uint64_t{1} << 28))
+        throw fail(fmt::format("{} layers x {} kv heads x {} slots is larger than any model's cache", h.n_layer,
+                               h.n_kv_head, h.capacity));
       const auto& pins = field(j, "pins");
       if (!pins.is_array()) throw fail("field \"pins\" must be an array of \"START:END\" strings");
       for (const auto& p : pins) {
@@ -192,7 +297,33 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
       log.emplace(std::move(h));
       continue;
     }
-    if (kind == "write") {
+    if (kind == "base") {
+      if (!log->events().empty() || !log->occupancies().empty() || !log->base().empty())
+        throw fail("a \"base\" line must come right after the header");
+      const auto& h = log->header();
+      const auto& tables = field(j, "tables");
+      if (!tables.is_array() || tables.size() != size_t{h.n_layer} * h.n_kv_head)
+        throw fail("\"tables\" must hold one table per layer and kv head (n_layer x n_kv_head in the header)");
+      const auto& folded = field(j, "folded");
+      if (!folded.is_number_unsigned()) throw fail("field \"folded\" must be an integer >= 0");
+      std::vector<SlotTable> base;
+      base.reserve(tables.size());
+      for (const auto& t : tables) {
+        if (!t.is_object()) throw fail("each of \"tables\" must be an object");
+        const auto& positions = field(t, "positions");
+        if (!positions.is_array() || positions.size() != h.capacity)
+          throw fail("each table's \"positions\" must hold one position per slot (capacity in the header)");
+        std::vector<int32_t> p;
+        p.reserve(positions.size());
+        for (const auto& v : positions) p.push_back(i32_value(v, "each of \"positions\""));
+        try {
+          base.push_back(SlotTable::restore(std::move(p), h.block_slots, i32(t, "open_block")));
+        } catch (const std::invalid_argument& e) {
+          throw fail(fmt::format("a base table does not hold together: {}", e.what()));
+        }
+      }
+      log->set_base(u32(j, "step"), folded.get<uint64_t>(), std::move(base));
+    } else if (kind == "write") {
       const auto& positions = field(j, "positions");
       const auto& tokens = field(j, "tokens");
       if (!positions.is_array() || !tokens.is_array() || positions.size() != tokens.size())
@@ -223,7 +354,7 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
       }
       log->add_occupancy(std::move(o));
     } else {
-      throw fail(fmt::format("unknown kind \"{}\" (expected write, evict, recall, truncate, occupancy)", kind));
+      throw fail(fmt::format("unknown kind \"{}\" (expected base, write, evict, recall, truncate, occupancy)", kind));
     }
   }
   if (!log) throw std::runtime_error(fmt::format("{}: empty trace: no header line", source_name));
@@ -232,15 +363,17 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
 
 // --------------------------------------------------------------------- replay
 
-void replay(const EventLog& log, std::span<SlotTable> tables) {
-  const auto& h = log.header();
+namespace {
+
+template <class Events>
+void apply_events(const TraceHeader& h, const Events& events, std::span<SlotTable> tables, uint64_t first_index) {
   if (tables.size() != size_t{h.n_layer} * h.n_kv_head)
     throw std::invalid_argument(fmt::format("replay: {} tables given, the trace has {} layers x {} kv heads",
                                             tables.size(), h.n_layer, h.n_kv_head));
-  const auto& events = log.events();
-  for (size_t i = 0; i < events.size(); ++i) {
+  uint64_t i = first_index;
+  for (const TraceEvent& event : events) {
     auto mismatch = [&](const std::string& what) {
-      return std::runtime_error(fmt::format("replay: event {} (step {}): {}", i, event_step(events[i]), what));
+      return std::runtime_error(fmt::format("replay: event {} (step {}): {}", i, event_step(event), what));
     };
     auto table_of = [&](const EvictionEvent& e) -> SlotTable& {
       if (e.layer >= h.n_layer || e.kv_head >= h.n_kv_head || e.slot >= h.capacity)
@@ -248,7 +381,6 @@ void replay(const EventLog& log, std::span<SlotTable> tables) {
                                    e.slot));
       return tables[size_t{e.layer} * h.n_kv_head + e.kv_head];
     };
-    const auto& event = events[i];
     if (const auto* w = std::get_if<TokensWritten>(&event)) {
       for (auto& table : tables)
         for (const int32_t position : w->positions)
@@ -270,12 +402,20 @@ void replay(const EventLog& log, std::span<SlotTable> tables) {
         for (uint32_t slot = 0; slot < table.capacity(); ++slot)
           if (table.position(slot) >= t.position) table.release(slot);
     }
+    ++i;
   }
+}
+
+}  // namespace
+
+void replay(const EventLog& log, std::span<SlotTable> tables) {
+  apply_events(log.header(), log.events(), tables, log.folded_events());
 }
 
 std::vector<SlotTable> replay(const EventLog& log) {
   const auto& h = log.header();
-  std::vector<SlotTable> tables(size_t{h.n_layer} * h.n_kv_head, SlotTable(h.capacity, h.block_slots));
+  std::vector<SlotTable> tables = log.base();
+  if (tables.empty()) tables.assign(size_t{h.n_layer} * h.n_kv_head, SlotTable(h.capacity, h.block_slots));
   replay(log, tables);
   return tables;
 }

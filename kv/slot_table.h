@@ -51,6 +51,11 @@ class SlotTable {
   uint32_t high_water() const { return high_water_; }
   std::span<const int32_t> positions() const { return positions_; }
   void clear();
+  // A table in the state `positions` (slot -> position, -1 empty) and
+  // `open_block` (-1: none) describe — all of its state. Throws
+  // std::invalid_argument when they contradict (an open block that is full,
+  // a position below -1, a block out of range).
+  static SlotTable restore(std::vector<int32_t> positions, uint32_t block_slots, int32_t open_block);
 
  private:
   uint32_t block_of(uint32_t slot) const { return slot / block_slots_; }

@@ -33,8 +33,10 @@
 #include "app/core/atomic_file.h"
 #include "app/core/cache_spec.h"
 #include "app/core/conversation.h"
+#include "app/core/paths.h"
 #include "app/core/worker.h"
 #include "app/core/session.h"
+#include "gpu/context.h"
 #include "models/chat_template.h"
 
 namespace kvscope::cli {
@@ -224,6 +226,13 @@ class Chat {
     } catch (const kv::ContextFull&) {
       note(overflow_message(used(), tokens.size()));
       return;
+    } catch (const gpu::DeviceLost& lost) {
+      // Nothing more runs on this device: the conversation (with the message
+      // just typed and what came of the reply) goes to a file first.
+      std::fputs("\n", stdout);
+      next.messages.push_back({"assistant", reply});
+      conv_ = std::move(next);
+      throw gpu::DeviceLost(fmt::format("{}\n{}", lost.what(), save_for_recovery()));
     }
     std::fputs("\n", stdout);
 
@@ -302,6 +311,19 @@ class Chat {
     }
     c.turns = std::move(turns);
     return c;
+  }
+
+  // After a device loss: the conversation in <cache>/recovered-chat-TIME.json,
+  // and the line that says how to continue it.
+  std::string save_for_recovery() const {
+    const std::string path = fmt::format("{}/recovered-chat-{}.json", cache_dir(),
+                                         std::chrono::system_clock::now().time_since_epoch().count() / 1000000);
+    try {
+      write_file_atomically(path, write_conversation_json(to_conversation()));
+    } catch (const std::exception& e) {
+      return fmt::format("the conversation could not be saved: {}", e.what());
+    }
+    return fmt::format("the conversation is saved in {}: start kvscope chat again and type /load {}", path, path);
   }
 
   void save(const std::string& path) {

@@ -58,6 +58,38 @@ void write_trace(const Session& session, const ModelOptions& m) {
   }
 }
 
+struct StreamedTrace::Open {
+  kv::EventLog* log;
+  AtomicFile file;
+  kv::TraceWriter writer;
+  Open(kv::EventLog& l, const std::string& path) : log(&l), file(path), writer(file.stream(), l) {}
+};
+
+StreamedTrace::StreamedTrace(Session& session, const ModelOptions& m) {
+  kv::EvictionDriver* eviction = session.cache().eviction();
+  if (m.trace.empty() || !eviction) return;
+  try {
+    open_ = std::make_unique<Open>(eviction->log(), m.trace);
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("--trace: {}", e.what()));
+  }
+  eviction->log().on_fold([open = open_.get()](const kv::EventLog& log) { open->writer.append(log); });
+}
+
+StreamedTrace::~StreamedTrace() {
+  if (open_) open_->log->on_fold(nullptr);
+}
+
+void StreamedTrace::finish() {
+  if (!open_) return;
+  try {
+    open_->writer.append(*open_->log);
+    open_->file.commit();
+  } catch (const std::runtime_error& e) {
+    throw std::runtime_error(fmt::format("--trace: {}", e.what()));
+  }
+}
+
 namespace {
 
 std::string policy_text(const Session& session) {
@@ -106,6 +138,7 @@ CacheSpec cache_spec_from_options(const ModelOptions& m) {
 int run(const RunOptions& o) {
   Engine engine(engine_options(o.m));
   Session session(engine, cache_spec_from_options(o.m), o.m.n_ctx);
+  StreamedTrace trace(session, o.m);
   const std::vector<int32_t> prompt = engine.tokenizer().encode(o.prompt, true);
   SamplerConfig sc;
   sc.temperature = o.temp;
@@ -142,7 +175,7 @@ int run(const RunOptions& o) {
                                       o.n_predict));
   }
   const GenerationStats& st = session.stats();
-  write_trace(session, o.m);
+  trace.finish();
   const uint64_t evictions = session.cache().eviction() ? session.cache().eviction()->log().eviction_count() : 0;
   if (o.json) {
     json j;

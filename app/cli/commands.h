@@ -117,8 +117,22 @@ int quantize(const std::string& in, const std::string& out, const std::string& t
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
 // True when --policy, --pin, --on-full, --trace or a --kv spec with '+' asks for a policy on the cache.
 bool wants_policy(const ModelOptions& m);
-// --trace FILE.jsonl: writes the session's eviction log there (nothing without --trace or a policy).
+// --trace FILE.jsonl: writes the session's eviction log there (nothing without --trace or a policy):
+// what the log holds at the end (since the last reset; from its base line when it folded).
 void write_trace(const Session& session, const ModelOptions& m);
+// --trace for one long generation: the log streamed to the file as it folds
+// (nothing of the run is lost however long it is), renamed into place by
+// finish(); a run that fails leaves the previous file.
+class StreamedTrace {
+ public:
+  StreamedTrace(Session& session, const ModelOptions& m);
+  ~StreamedTrace();
+  void finish();
+
+ private:
+  struct Open;
+  std::unique_ptr<Open> open_;
+};
 std::string human_bytes(double bytes);
 
 }  // namespace kvscope::cli

@@ -53,6 +53,50 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
   }
 }
 
+AtomicFile::AtomicFile(std::filesystem::path path) : path_(std::move(path)) {
+  const std::filesystem::path folder = path_.has_parent_path() ? path_.parent_path() : std::filesystem::path(".");
+  std::error_code ec;
+  std::filesystem::create_directories(folder, ec);
+  temp_ = (folder / ("." + path_.filename().string() + ".XXXXXX")).string();
+  const int fd = ::mkstemp(temp_.data());
+  if (fd < 0) fail(path_, "cannot create a temporary file in its folder", errno);
+  ::fchmod(fd, 0644);
+  ::close(fd);
+  out_.open(temp_, std::ios::binary | std::ios::trunc);
+  if (!out_) {
+    const int error = errno;
+    ::unlink(temp_.c_str());
+    fail(path_, "cannot open the temporary file", error);
+  }
+}
+
+AtomicFile::~AtomicFile() {
+  if (committed_) return;
+  out_.close();
+  ::unlink(temp_.c_str());
+}
+
+void AtomicFile::commit() {
+  out_.flush();
+  const bool written = static_cast<bool>(out_);
+  out_.close();
+  auto give_up = [&](std::string_view what, int error) {
+    ::unlink(temp_.c_str());
+    committed_ = true;  // nothing left to remove
+    fail(path_, what, error);
+  };
+  if (!written || out_.fail()) give_up("writing failed (is the disk full?)", errno ? errno : EIO);
+  const int fd = ::open(temp_.c_str(), O_RDONLY);
+  if (fd < 0 || ::fsync(fd) != 0) {
+    const int error = errno;
+    if (fd >= 0) ::close(fd);
+    give_up("flushing to the disk failed", error);
+  }
+  ::close(fd);
+  if (::rename(temp_.c_str(), path_.c_str()) != 0) give_up("renaming the temporary file into place failed", errno);
+  committed_ = true;
+}
+
 std::filesystem::path keep_aside(const std::filesystem::path& path) {
   for (int n = 1;; ++n) {
     const std::filesystem::path aside = path.string() + fmt::format(".broken-{}", n);

@@ -1,5 +1,7 @@
 #include "app/core/worker.h"
 
+#include "gpu/context.h"
+
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
@@ -228,9 +230,9 @@ void SessionWorker::publish() {
       }
     if (const kv::EvictionDriver* eviction = cache.eviction()) {
       const kv::EventLog* log = &eviction->log();
-      if (log->events().size() != published_log_events_) {
-        working_.log = std::make_shared<const kv::EventLog>(*log);
-        published_log_events_ = log->events().size();
+      if (log->recorded_events() != published_log_events_) {
+        working_.log = std::make_shared<const kv::EventLog>(*log);  // shares its full chunks
+        published_log_events_ = log->recorded_events();
       }
     } else {
       working_.log.reset();
@@ -274,6 +276,7 @@ void SessionWorker::run() {
   } catch (const std::exception& e) {
     working_.state = SessionSnapshot::State::Error;
     working_.error = fmt::format("session {} ({}): {}", working_.name, working_.spec.name(), e.what());
+    working_.device_lost = dynamic_cast<const gpu::DeviceLost*>(&e) != nullptr;
   }
   publish();
 
@@ -288,16 +291,34 @@ void SessionWorker::run() {
       running_ = true;
       stop_requested_ = false;
     }
+    if (!session_ && command.kind == Command::Kind::Load) {
+      // No cache (the spec or the device refused it): the conversation is
+      // still shown and can be saved, and a reload carries it on.
+      working_.turns = command.conversation.turns;
+      working_.tokens = command.conversation.tokens;
+      working_.pieces.clear();
+      for (int32_t id : working_.tokens) working_.pieces.push_back(token_display_text(engine_->tokenizer(), id));
+      publish();
+    }
     if (session_) {
       working_.error.clear();
       try {
         execute(command);
+      } catch (const gpu::DeviceLost& e) {
+        working_.error = e.what();
+        working_.device_lost = true;
       } catch (const std::exception& e) {
         working_.error = e.what();
       }
       for (Turn& t : working_.turns) t.streaming = false;
-      // The context is what the session holds, whatever happened above.
+      // The context is what the session holds, whatever happened above; a
+      // reply cut short by an error spans only the tokens that were written.
       working_.tokens = session_->tokens();
+      for (Turn& t : working_.turns) {
+        const auto size = static_cast<uint32_t>(working_.tokens.size());
+        t.first_token = std::min(t.first_token, size);
+        t.n_tokens = std::min(t.n_tokens, size - t.first_token);
+      }
       working_.pieces.resize(working_.tokens.size());
       for (size_t i = 0; i < working_.tokens.size(); ++i)
         working_.pieces[i] = token_display_text(engine_->tokenizer(), working_.tokens[i]);

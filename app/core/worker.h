@@ -79,6 +79,9 @@ struct SessionSnapshot {
   uint64_t version = 0;  // increases with every publish
   State state = State::Starting;
   std::string error;     // last failure, one line; kept until the next command
+  // The device under the engine was lost (gpu::DeviceLost): nothing more
+  // runs here; the conversation stays in `turns` for a reload to carry over.
+  bool device_lost = false;
   std::string name;      // "A", "B", ...
   CacheSpec spec;
   std::vector<Turn> turns;

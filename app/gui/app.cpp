@@ -86,9 +86,15 @@ void App::poll_loading() {
     prompt_sent_ = !options_.prompt.empty();  // a scripted run ends with the error shown
     return;
   }
-  // The sessions of the old model come back on the new one, with the same caches.
+  // The sessions of the old model come back on the new one, with the same
+  // caches — and, when it is the same model again (another device, another
+  // context, a reload after a lost device), with their conversations.
   std::vector<std::string> specs;
-  for (const auto& s : frame_snapshots_) specs.push_back(s->spec.label());
+  std::vector<Conversation> carried;
+  for (const auto& s : frame_snapshots_) {
+    specs.push_back(s->spec.label());
+    if (engine_ && loading_path_ == model_path_) carried.push_back(conversation_of(*s));
+  }
   if (specs.empty() && !engine_) specs = options_.compare_specs;
   if (specs.empty()) specs.push_back("f16");
   frame_snapshots_.clear();
@@ -107,6 +113,15 @@ void App::poll_loading() {
   }
   if (sessions_.empty()) add_session(CacheSpec{});
   if (!refused.empty()) banner_ = refused;
+  context_field_ = static_cast<int>(engine_->n_ctx());
+  std::optional<ChatTemplate> tmpl;
+  try {
+    tmpl = chat_template();
+  } catch (const std::exception&) {
+    // an unknown name was reported when it was chosen: plain text
+  }
+  for (size_t i = 0; i < carried.size() && i < sessions_.size(); ++i)
+    if (!carried[i].turns.empty()) sessions_[i]->load(carried[i], tmpl);
   selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
   if (!options_.load_conversation.empty()) {
     load_conversation(options_.load_conversation);
@@ -301,6 +316,8 @@ RunReport App::report() const {
                           {"tokens", s->tokens},
                           {"turns", texts},
                           {"evictions", s->log ? s->log->eviction_count() : 0},
+                          {"device_lost", s->device_lost},
+                          {"capacity", s->capacity},
                           {"pins", pins},
                           {"cache_bytes", s->cache_bytes_full},
                           {"tok_s", s->last_tok_s},
@@ -514,6 +531,24 @@ void App::draw_toolbar() {
   }
   help_marker("The Vulkan device the model runs on: choosing one loads the model again there");
   ImGui::SameLine();
+  ImGui::TextColored(colour::muted, "context");
+  ImGui::SameLine();
+  if (context_field_ == 0 && engine_) context_field_ = static_cast<int>(engine_->n_ctx());
+  ImGui::SetNextItemWidth(ImGui::GetFontSize() * 4.5f);
+  ImGui::InputInt("##context", &context_field_, 0, 0);
+  if (ImGui::IsItemDeactivatedAfterEdit() && engine_ && context_field_ != static_cast<int>(engine_->n_ctx())) {
+    if (context_field_ < 16 || context_field_ > (1 << 24)) {
+      banner_ = fmt::format("context {}: give 16 to 16777216 tokens", context_field_);
+      context_field_ = static_cast<int>(engine_->n_ctx());
+    } else {
+      options_.n_ctx = static_cast<uint32_t>(context_field_);
+      start_loading(model_path_);
+    }
+  }
+  help_marker("Tokens each session's cache holds: changing it loads the model again with every cache at the new "
+              "size; the conversations carry over. A size the device cannot hold is refused with the reason, and "
+              "what was open stays in use");
+  ImGui::SameLine();
   ImGui::BeginDisabled(!engine_ || sessions_.empty());
   if (ImGui::Button("Save chat")) {
     file_purpose_ = FilePurpose::SaveConversation;
@@ -589,6 +624,21 @@ void App::draw_file_dialog() {
 }
 
 void App::draw_banner() {
+  const bool lost = std::any_of(frame_snapshots_.begin(), frame_snapshots_.end(),
+                                [](const auto& s) { return s->device_lost; });
+  if (lost && !loading_.valid()) {
+    ImGui::PushStyleColor(ImGuiCol_ChildBg, colour::error_bg);
+    ImGui::BeginChild("device-lost", {0, ImGui::GetFrameHeightWithSpacing() + 6}, false);
+    ImGui::SetCursorPos({10, 5});
+    ImGui::AlignTextToFramePadding();
+    ImGui::TextUnformatted("The GPU stopped responding (device lost): nothing more runs on it. Every conversation "
+                           "is kept — reload the model to go on, or save them first.");
+    ImGui::SameLine();
+    if (ImGui::Button("Reload the model")) start_loading(model_path_);
+    ImGui::EndChild();
+    ImGui::PopStyleColor();
+    return;
+  }
   if (banner_.empty()) return;
   ImGui::PushStyleColor(ImGuiCol_ChildBg, colour::error_bg);
   const float h = ImGui::GetFrameHeightWithSpacing() + 6;

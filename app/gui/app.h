@@ -108,6 +108,7 @@ class App {
   void draw_template_picker();
   void load_conversation(const std::string& path);
   void save_conversation(const std::string& path);
+  Conversation conversation_of(const SessionSnapshot& s) const;  // as saved: turns, tokens, pins, template
   std::vector<std::string> export_files(const std::string& dir);
   std::string export_heatmap_png(const std::string& path);
   void update_comparisons();
@@ -170,6 +171,7 @@ class App {
   int new_session_budget_ = 64;
   HeatmapView heatmap_;
   double fps_now_ = 0, fps_generating_ = 0;
+  int context_field_ = 0;  // the toolbar's context size, applied on Enter
   size_t last_turn_text_size_ = 0;
 };
 

@@ -78,21 +78,26 @@ void App::load_conversation(const std::string& path) {
   }
 }
 
-void App::save_conversation(const std::string& path) {
-  if (selected_ >= sessions_.size()) return;
-  const auto s = sessions_[selected_]->snapshot();
+Conversation App::conversation_of(const SessionSnapshot& s) const {
   Conversation c;
   c.model = model_path_;
-  c.cache = s->spec.label();
+  c.cache = s.spec.label();
   try {
     const std::optional<ChatTemplate> tmpl = chat_template();
     c.chat_template = tmpl ? std::string(chat_family_name(tmpl->family)) : "none";
   } catch (const std::exception&) {
     c.chat_template.clear();  // an unknown name: reported when it was chosen
   }
-  c.turns = s->turns;
-  c.tokens = s->tokens;
-  c.pins = s->pins;
+  c.turns = s.turns;
+  c.tokens = s.tokens;
+  c.pins = s.pins;
+  return c;
+}
+
+void App::save_conversation(const std::string& path) {
+  if (selected_ >= sessions_.size()) return;
+  const auto s = sessions_[selected_]->snapshot();
+  const Conversation c = conversation_of(*s);
   try {
     write_file_atomically(path, write_conversation_json(c));
     status_ = fmt::format("saved session {}'s conversation to {}", s->name, path);

@@ -18,45 +18,23 @@ uint32_t event_step(const kv::TraceEvent& event) {
   return std::visit([](const auto& e) { return e.step; }, event);
 }
 
-// The log's events up to and including `step` (writes in it, evictions
-// before it), as a log of their own.
-kv::EventLog log_until(const kv::EventLog& log, int step) {
-  kv::EventLog out(log.header());
-  for (const kv::TraceEvent& event : log.events()) {
-    if (static_cast<int>(event_step(event)) > step) continue;
-    if (const auto* w = std::get_if<kv::TokensWritten>(&event))
-      out.written(w->step, w->positions, w->tokens);
-    else if (const auto* r = std::get_if<kv::RecallEvent>(&event))
-      out.recalled(*r);
-    else if (const auto* e = std::get_if<kv::EvictionEvent>(&event))
-      out.evicted(*e);
-    else if (const auto* t = std::get_if<kv::Truncation>(&event))
-      out.truncated(t->step, t->position);
-  }
-  return out;
-}
-
 }  // namespace
 
-int last_step(const kv::EventLog& log) {
-  int last = -1;
-  for (const kv::TraceEvent& event : log.events()) last = std::max(last, static_cast<int>(event_step(event)));
-  return last;
-}
+int last_step(const kv::EventLog& log) { return static_cast<int>(log.last_step()); }
 
 const SessionSnapshot& scrubbed(const SessionSnapshot& s, TimelineView& view) {
   if (view.step < 0 || !s.log) return s;
-  if (view.log_id == s.log.get() && view.log_events == s.log->events().size() && view.replayed_step == view.step &&
+  if (view.log_id == s.log.get() && view.log_events == s.log->recorded_events() && view.replayed_step == view.step &&
       view.at_step.version == s.version)
     return view.at_step;
   view.at_step = s;
   view.log_id = s.log.get();
-  view.log_events = s.log->events().size();
+  view.log_events = s.log->recorded_events();
   view.replayed_step = view.step;
   const kv::TraceHeader& header = s.log->header();
   std::vector<kv::SlotTable> tables;
   try {
-    tables = kv::replay(log_until(*s.log, view.step));
+    tables = kv::replay(s.log->until(static_cast<uint32_t>(std::max(view.step, 0))));
   } catch (const std::exception&) {
     return s;  // a log that does not replay shows the live state (the tests check replays)
   }

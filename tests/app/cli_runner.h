@@ -18,8 +18,9 @@ struct CliResult {
   std::string out;  // stdout and stderr together
 };
 
-inline CliResult kvscope_cli(const std::string& args) {
-  const std::string cmd = std::string(KVSCOPE_BINARY) + " " + args + " 2>&1";
+// `env`: "NAME=VALUE " assignments put before the command.
+inline CliResult kvscope_cli(const std::string& args, const std::string& env = "") {
+  const std::string cmd = env + std::string(KVSCOPE_BINARY) + " " + args + " 2>&1";
   CliResult r;
   FILE* p = popen(cmd.c_str(), "r");
   REQUIRE(p != nullptr);

@@ -45,3 +45,32 @@ TEST_CASE("atomic file: a file that does not parse is kept aside under a name no
   CHECK_FALSE(fs::exists(path));
   CHECK(test::read_text(path.string() + ".broken-1") == "{ broken");
 }
+
+TEST_CASE("atomic file: a file written as it grows appears only when committed") {
+  test::TempDir dir;
+  const fs::path path = dir.file("trace.jsonl");
+  write_file_atomically(path, "the previous trace\n");
+  auto files_in_folder = [&] {
+    size_t n = 0;
+    for (const auto& entry : fs::directory_iterator(path.parent_path())) n += entry.is_regular_file() ? 1 : 0;
+    return n;
+  };
+  {
+    AtomicFile file(path);
+    file.stream() << "half of a new trace";
+    CHECK(files_in_folder() == 2);  // the old file and the temporary one
+    // Destroyed without commit (an error mid-run): the old file stays, nothing else.
+  }
+  CHECK(test::read_text(path.string()) == "the previous trace\n");
+  CHECK(files_in_folder() == 1);
+  {
+    AtomicFile file(path);
+    for (int i = 0; i < 1000; ++i) file.stream() << "line " << i << "\n";
+    CHECK(test::read_text(path.string()) == "the previous trace\n");
+    file.commit();
+  }
+  CHECK(test::read_text(path.string()).rfind("line 999\n") != std::string::npos);
+  CHECK(files_in_folder() == 1);
+  CHECK_THROWS_WITH_AS(AtomicFile(dir.file("trace.jsonl/inside")), doctest::Contains("cannot write"),
+                       std::runtime_error);
+}

@@ -242,3 +242,26 @@ TEST_CASE("chat: a conversation saved by chat opens in a window session, and one
   REQUIRE_MESSAGE(fed.size() == 1, r.out);
   CHECK(fed[0].second > 4);  // the loaded story stayed in the cache
 }
+
+TEST_CASE("chat: a device lost mid-reply ends the chat with one clear message and the conversation saved") {
+  const std::string model = test::model_path();
+  test::TempDir dir;
+  // The 12th forward pass fails as a lost device does (gpu::Context's
+  // simulated loss): inside the second reply (-n 8: ~9 passes a turn).
+  const std::string input_path = dir.file("input.txt");
+  std::ofstream(input_path) << "Once upon a time\nThe cat sat.\nNever read.\n";
+  const Result r = kvscope_cli("chat -m '" + model + "' " + kArgs + " < '" + input_path + "'", 
+                               "XDG_CACHE_HOME='" + dir.file("cache") + "' KVSCOPE_LOSE_DEVICE_AFTER=12 ");
+  CHECK(r.code == 1);
+  CHECK_MESSAGE(r.out.find("VK_ERROR_DEVICE_LOST") != std::string::npos, r.out);
+  CHECK(r.out.find("the GPU stopped responding") != std::string::npos);
+  CHECK(context_use(r.out).size() == 1);  // the first reply finished, the second did not
+  // The conversation so far is in the file the message names, and loads.
+  static const std::regex saved_in(R"(the conversation is saved in (\S+\.json))");
+  std::smatch m;
+  REQUIRE_MESSAGE(std::regex_search(r.out, m, saved_in), r.out);
+  const Conversation c = read_conversation_json(test::read_text(m[1].str()), m[1].str());
+  REQUIRE(c.turns.size() == 4);
+  CHECK(c.turns[0].text == "Once upon a time");
+  CHECK(c.turns[2].text == "The cat sat.");
+}

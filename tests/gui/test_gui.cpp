@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "app/core/conversation.h"
 #include "tests/test_util.h"
 
 namespace {
@@ -404,5 +405,35 @@ TEST_CASE("gui: the eviction timeline's scrubber shows the cache as the log had 
   for (const auto& held : now["layers_holding"]) evicted_everywhere += held == 0;
   CHECK(evicted_everywhere > 0);
   CHECK(report["validation_messages"] == 0);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: a device lost mid-reply is said in the window, every conversation is kept, and a reload carries them on") {
+  const std::string model = kvscope::test::model_path();
+  const std::string saved = temp_path("kvscope-gui-lost") + ".json";
+  const std::string png = temp_png("kvscope-gui-lost");
+  // The 20th forward pass fails as a lost device does (gpu::Context's
+  // simulated loss), part way through both replies; the model dropped on the
+  // window once they stop is the reload the banner's button does.
+  setenv("KVSCOPE_LOSE_DEVICE_AFTER", "20", 1);
+  const Run r = gui("-m " + model + " --prompt 'Once upon a time' --tokens 60 --temp 0 --compare 'f16;q8' --drop " +
+                    model + " --save-conversation " + saved + " --screenshot " + png);
+  unsetenv("KVSCOPE_LOSE_DEVICE_AFTER");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].dump().find("the GPU stopped responding") != std::string::npos);
+  REQUIRE(report["sessions"].size() == 2);
+  for (const auto& s : report["sessions"]) {
+    CHECK_FALSE(s["device_lost"].get<bool>());  // on the reloaded engine
+    REQUIRE(s["turns"].size() == 2);
+    CHECK(s["turns"][0] == "Once upon a time");
+    CHECK(!s["turns"][1].get<std::string>().empty());  // the part of the reply written before the loss
+    CHECK(s["tokens"].size() > 5);
+    CHECK(s["tokens"].size() < 60);
+  }
+  const kvscope::Conversation c = kvscope::read_conversation_json(kvscope::test::read_text(saved), saved);
+  CHECK(c.turns.size() == 2);
+  std::filesystem::remove(saved);
   std::filesystem::remove(png);
 }

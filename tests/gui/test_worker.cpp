@@ -295,3 +295,66 @@ TEST_CASE("worker: with a chat template, a new message adds only its own tokens 
   CHECK(std::equal(first.begin(), first.end(), s->tokens.begin()));  // kept, not read again
   CHECK(s->turns[3].first_token == first.size());
 }
+
+TEST_CASE("worker: device faults mid-session end in a clear error and keep the conversation") {
+  // An engine of its own: a lost device stays lost.
+  EngineOptions options;
+  options.model_path = test::model_path();
+  Engine engine(options);
+  EngineTurns turns;
+  SessionWorker a(engine, turns, "A", parse_cache_spec("f16 + h2o:budget=64,recent=16"));
+  a.generate(greedy("Once upon a time", 200));
+  // Lost part way through the reply (after a few tokens have streamed).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (a.snapshot()->turns.size() < 2 || a.snapshot()->turns.back().n_tokens < 5) {
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  engine.context().simulate_device_lost();
+  auto s = wait_idle(a);
+  CHECK(s->state == SessionSnapshot::State::Error);
+  CHECK(s->device_lost);
+  CHECK_MESSAGE(s->error.find("VK_ERROR_DEVICE_LOST") != std::string::npos, s->error);
+  CHECK(s->error.find("reopen the model") != std::string::npos);
+  REQUIRE(s->turns.size() == 2);
+  CHECK(s->turns[0].text == "Once upon a time");
+  const std::string partial = s->turns[1].text;
+  CHECK(!partial.empty());
+  CHECK(s->tokens.size() > 5);
+  // Whatever comes next on the lost device says the same, never runs.
+  a.generate(greedy("The end.", 4));
+  s = wait_idle(a);
+  CHECK(s->device_lost);
+  SessionWorker b(engine, turns, "B", parse_cache_spec("f16"));  // a session added after the loss
+  const auto sb = wait_idle(b);
+  CHECK(sb->device_lost);
+  CHECK(sb->error.find("VK_ERROR_DEVICE_LOST") != std::string::npos);
+
+  // An allocation that fails part way (another session added when the
+  // device is nearly full): that session's error names the allocation and
+  // what to do; the others go on.
+  Engine fresh(options);
+  SessionWorker c(fresh, turns, "C", parse_cache_spec("f16"));
+  wait_idle(c);
+  fresh.context().set_device_memory_budget(fresh.context().bytes_allocated() + 4096);
+  SessionWorker d(fresh, turns, "D", parse_cache_spec("f32"));
+  const auto sd = wait_idle(d);
+  CHECK(sd->state == SessionSnapshot::State::Error);
+  CHECK_FALSE(sd->device_lost);
+  CHECK_MESSAGE(sd->error.find("out of device memory") != std::string::npos, sd->error);
+  CHECK(sd->error.find("smaller context") != std::string::npos);
+  // The conversation of the lost session carries over to a session on the
+  // new engine (the window's reload) and goes on from where it stopped.
+  Conversation kept;
+  kept.turns = s->turns;
+  kept.tokens = s->tokens;
+  c.load(kept);
+  wait_idle(c);
+  c.generate(greedy("The end.", 6));
+  const auto sc = wait_idle(c);
+  CHECK(sc->error.empty());
+  REQUIRE(sc->turns.size() == 4);
+  CHECK(sc->turns[1].text == partial);
+  CHECK(sc->turns[3].n_tokens > 0);
+  fresh.context().set_device_memory_budget(0);
+}

@@ -100,7 +100,7 @@ TEST_CASE("event log: JSONL round trip") {
   CHECK(read.events().size() == log.events().size());
   CHECK(read.eviction_count() == 2);
   REQUIRE(read.occupancies().size() == 1);
-  CHECK(read.occupancies()[0].live == std::vector<uint32_t>{4, 5});
+  CHECK(read.occupancies().front().live == std::vector<uint32_t>{4, 5});
   const auto again = kv::replay(read);
   for (size_t i = 0; i < again.size(); ++i)
     CHECK(std::equal(again[i].positions().begin(), again[i].positions().end(), tables[i].positions().begin()));
@@ -123,4 +123,98 @@ TEST_CASE("event log: malformed traces name the file, line and field") {
         std::string::npos);
   CHECK(read(header + R"({"kind":"truncate","step":-1,"position":0})").find("\"step\" must be an integer >= 0") !=
         std::string::npos);
+}
+
+namespace {
+// A rolling window over 2 layers x 2 kv heads x 16 slots, `steps` long,
+// recorded in `log` while `tables` follow it: every step evicts the oldest
+// position of each table once it is full, then writes the next position.
+void roll(kv::EventLog& log, std::vector<kv::SlotTable>& tables, uint32_t steps) {
+  for (uint32_t step = 0; step < steps; ++step) {
+    for (uint32_t i = 0; i < tables.size(); ++i) {
+      kv::SlotTable& t = tables[i];
+      if (t.live() < t.capacity()) continue;
+      const auto positions = t.positions();
+      const auto oldest = std::min_element(positions.begin(), positions.end());
+      const auto slot = static_cast<uint32_t>(oldest - positions.begin());
+      log.evicted({step, i / 2, i % 2, slot, *oldest, 7, 0.5f});
+      t.release(slot);
+    }
+    const std::vector<int32_t> p{static_cast<int32_t>(step)}, tok{static_cast<int32_t>(step % 100)};
+    for (auto& t : tables) t.assign(p[0]);
+    log.written(step, p, tok);
+    log.occupancy(step, tables);
+  }
+}
+
+std::vector<std::vector<int32_t>> positions_of(const std::vector<kv::SlotTable>& tables) {
+  std::vector<std::vector<int32_t>> out;
+  for (const auto& t : tables) out.emplace_back(t.positions().begin(), t.positions().end());
+  return out;
+}
+}  // namespace
+
+TEST_CASE("event log: a bounded log folds its oldest events into base tables and still replays exactly") {
+  const kv::TraceHeader header{"window:budget=16", 2, 2, 16, 1, {}};
+  kv::EventLog log(header, 8192);
+  kv::EventLog whole(header, 0);  // no limit: the reference
+  std::vector<kv::SlotTable> tables(4, kv::SlotTable(16)), tables_whole(4, kv::SlotTable(16));
+  std::ostringstream streamed;
+  kv::TraceWriter writer(streamed, log);
+  int folds = 0;
+  log.on_fold([&](const kv::EventLog& l) {
+    ++folds;
+    writer.append(l);
+  });
+  roll(log, tables, 3000);  // 5 events a step once full: ~15,000 events
+  roll(whole, tables_whole, 3000);
+  writer.append(log);
+
+  CHECK(folds > 0);
+  CHECK(log.events().size() <= 8192);
+  CHECK(log.folded_events() > 0);
+  CHECK(log.recorded_events() == whole.recorded_events());
+  CHECK(log.eviction_count() == whole.eviction_count());
+  CHECK(log.last_step() == 2999);
+  CHECK(log.base_step() > 0);
+  CHECK(positions_of(kv::replay(log)) == positions_of(tables));
+  // The scrubber's view of a past step (after the base) matches the whole log's.
+  const uint32_t past = log.base_step() + 100;
+  CHECK(positions_of(kv::replay(log.until(past))) == positions_of(kv::replay(whole.until(past))));
+  // The trace streamed through the folds holds every event: it replays from empty tables.
+  std::istringstream streamed_in(streamed.str());
+  const kv::EventLog read = kv::read_jsonl(streamed_in, "streamed.jsonl");
+  CHECK(read.recorded_events() == whole.recorded_events());
+  CHECK(read.occupancies().size() + read.folded_occupancies() == 3000);
+  CHECK(positions_of(kv::replay(read)) == positions_of(tables));
+  // A trace written from the folded log starts from its base line and replays too.
+  std::stringstream written;
+  kv::write_jsonl(log, written);
+  CHECK(written.str().find("\"kind\":\"base\"") != std::string::npos);
+  const kv::EventLog reread = kv::read_jsonl(written, "folded.jsonl");
+  CHECK(reread.base_step() == log.base_step());
+  CHECK(positions_of(kv::replay(reread)) == positions_of(tables));
+  // A copy shares full chunks but not the open one: appending to the
+  // original leaves the copy as it was.
+  const kv::EventLog copy = log;
+  const uint64_t before = copy.recorded_events();
+  roll(log, tables, 10);
+  CHECK(copy.recorded_events() == before);
+  CHECK(positions_of(kv::replay(copy)) != positions_of(kv::replay(log)));
+}
+
+TEST_CASE("event log: a base line that does not hold together is refused") {
+  const std::string header =
+      R"({"kind":"header","version":1,"policy":"window:budget=2","n_layer":1,"n_kv_head":1,"capacity":2,"block_slots":1,"pins":[]})"
+      "\n";
+  auto read = [&](const std::string& base) {
+    std::istringstream in(header + base + "\n");
+    return error_of([&] { kv::read_jsonl(in, "t.jsonl"); });
+  };
+  CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[{"positions":[0,1],"open_block":-1}]})") == "(no error)");
+  CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[{"positions":[0],"open_block":-1}]})").find("one position per slot") != std::string::npos);
+  CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[]})").find("one table per layer") != std::string::npos);
+  CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[{"positions":[0,1],"open_block":1}]})").find("is full") != std::string::npos);
+  CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[{"positions":[0,-5],"open_block":-1}]})").find("holds position -5") != std::string::npos);
+  CHECK(read(R"({"kind":"base","step":3,"folded":-1,"tables":[{"positions":[0,1],"open_block":-1}]})").find("folded") != std::string::npos);
 }
