@@ -62,6 +62,14 @@ void EventLog::occupancy(uint32_t step, std::span<const SlotTable> tables) {
 void EventLog::add_occupancy(Occupancy occupancy) {
   last_step_ = std::max<int64_t>(last_step_, occupancy.step);
   occupancies_.push_back(std::move(occupancy));
+  // One per step: a log whose steps evict little (or nothing) would grow
+  // by its occupancies alone. They keep to an eighth of the event limit
+  // (at least two chunks); the oldest go first (after the trace has them).
+  const size_t limit = std::max(max_events_ / 8, 2 * ChunkedSequence<Occupancy>::kChunk);
+  if (max_events_ == 0 || occupancies_.size() <= limit) return;
+  if (on_fold_) on_fold_(*this);
+  while (occupancies_.size() > limit && occupancies_.full_chunks() > 0)
+    folded_occupancies_ += occupancies_.pop_front_chunk()->size();
 }
 
 void EventLog::clear() {
@@ -261,7 +269,7 @@ EventLog read_jsonl(std::istream& in, std::string_view source_name) {
     json j;
     try {
       j = json::parse(line);
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse errors, and numbers beyond double's range
       throw fail(fmt::format("not JSON ({})", e.what()));
     }
     if (!j.is_object()) throw fail("each line must be a JSON object");

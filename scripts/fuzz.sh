@@ -28,7 +28,7 @@ done
 if [ ! -f "$build/build.ninja" ]; then
   CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVSCOPE_FUZZ=ON >/dev/null
 fi
-targets=(gguf tokenizer_spm tokenizer_bpe chat_template conversation)
+targets=(gguf tokenizer_spm tokenizer_bpe chat_template conversation settings trace scenario)
 ninja -C "$build" $(printf 'fuzz_%s ' "${targets[@]}") fuzz_seeds >&2
 
 if [ "${1:-}" = "--seeds" ]; then

@@ -94,6 +94,18 @@ struct ProbeOptions {
 };
 int probe(const ProbeOptions& o);
 
+// Memory over a long generation (app/cli/soak_command.cpp): each cache
+// generates `tokens` tokens while resident and device memory are sampled.
+struct SoakOptions {
+  ModelOptions m;                      // -m -c --device --kv
+  std::vector<std::string> policies;   // --policy SPEC, repeatable (default: rolling StreamingLLM and every evicting policy)
+  uint32_t tokens = 10000;             // -n
+  uint32_t sample_every = 500;         // --sample-every
+  uint64_t log_events = 0;             // --log-events: the eviction log's limit (0: its default)
+  bool json = false;
+};
+int soak(const SoakOptions& o);
+
 // An interactive chat on stdin/stdout (app/cli/chat_command.cpp).
 struct ChatOptions {
   ModelOptions m;

@@ -164,6 +164,22 @@ int main(int argc, char** argv) {
                             kvscope::kv::policy_help());
   probe_cmd->add_flag("--json", probe_o.json, "print one JSON object");
 
+  SoakOptions soak_o;
+  auto* soak_cmd = app.add_subcommand(
+      "soak", "memory over a long generation: each cache generates -n tokens while the process's resident memory and "
+              "kvscope's device memory are sampled; prints the slopes (growth per 1000 tokens after warm-up)");
+  add_model_options(soak_cmd, soak_o.m);
+  soak_cmd->add_option("--policy", soak_o.policies,
+                       "cache to soak (a policy or a whole spec, repeatable; default: rolling StreamingLLM and every "
+                       "evicting policy at half the context)");
+  soak_cmd->add_option("-n,--tokens", soak_o.tokens, "tokens to generate per cache")->capture_default_str()
+      ->check(CLI::Range(1u, 100000000u));
+  soak_cmd->add_option("--sample-every", soak_o.sample_every, "tokens between memory samples")->capture_default_str()
+      ->check(CLI::Range(1u, 100000000u));
+  soak_cmd->add_option("--log-events", soak_o.log_events,
+                       "events the eviction log keeps in memory before folding the oldest (default 262144)");
+  soak_cmd->add_flag("--json", soak_o.json, "print one JSON object");
+
   std::string ck, tk, out;
   auto* conv_cmd = app.add_subcommand("convert-llama2c", "convert a llama2.c checkpoint + tokenizer to GGUF");
   conv_cmd->add_option("checkpoint", ck, "llama2.c model.bin")->required();
@@ -197,6 +213,7 @@ int main(int argc, char** argv) {
     if (*bench_cmd) return bench(bench_o);
     if (*eval_cmd) return eval(eval_o);
     if (*probe_cmd) return probe(probe_o);
+    if (*soak_cmd) return soak(soak_o);
     if (*conv_cmd) return convert_llama2c(ck, tk, out);
     if (*q_cmd) return quantize(q_in, q_out, q_type);
   } catch (const std::exception& e) {

@@ -15,14 +15,6 @@
 //   lost      delta < -kLostMargin (the answer at least 10x less likely)
 //   degraded  anything between
 //
-// Scenario files are JSON objects (assets/scenarios/*.json):
-//   {"name": "...", "description": "...", "context": "...", "filler": "...",
-//    "query": "...", "answer": "...", "distance": N}
-// The text run is context + filler + query, exactly as written (the files
-// carry the spaces), tokenized with BOS; the answer is what the model should
-// continue with. `distance` is the scenario's stated number of tokens from
-// the end of the fact to the end of the query; the probe reports the measured
-// one next to it.
 #pragma once
 #include <cstdint>
 #include <filesystem>
@@ -31,6 +23,7 @@
 #include <vector>
 
 #include "app/core/cache_spec.h"
+#include "app/core/scenario.h"
 #include "app/core/session.h"
 #include "kv/pins.h"
 
@@ -39,24 +32,7 @@ namespace kvscope {
 constexpr double kRetainedMargin = 0.5;     // nats: exp(-0.5) = 0.61
 constexpr double kLostMargin = 2.302585093;  // nats: ln 10
 
-struct Scenario {
-  std::string name, description, context, filler, query, answer;
-  uint32_t distance = 0;
-  std::string source;  // the file it came from ("" for one built in code)
-};
 
-// A scenario file that cannot be used; the message names the file and what
-// is wrong (not JSON and where, a missing or mistyped field).
-struct ScenarioError : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// Throws ScenarioError naming `source`.
-Scenario parse_scenario(const std::string& json_text, const std::string& source);
-Scenario load_scenario(const std::filesystem::path& path);
-// Every *.json file in `dir`, sorted by name. Throws ScenarioError when the
-// folder does not exist or holds none.
-std::vector<std::filesystem::path> scenario_files(const std::filesystem::path& dir);
 
 enum class Verdict : uint8_t { Retained, Degraded, Lost };
 const char* verdict_name(Verdict v);

@@ -28,14 +28,11 @@ std::filesystem::path settings_path() {
   return std::filesystem::path(home && *home ? home : ".") / ".config" / "kvscope" / "settings.json";
 }
 
-Settings load_settings(const std::filesystem::path& path) {
+Settings parse_settings(std::string_view text) {
   Settings s;
-  std::ifstream in(path);
-  if (!in) return s;
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    const nlohmann::json j = nlohmann::json::parse(text.str());
+  const nlohmann::json j = nlohmann::json::parse(text);
+  if (!j.is_object()) throw std::runtime_error("the settings are a JSON object");
+  {
     // Numbers are checked before they are converted: nlohmann's get<int> of
     // 1e64 is undefined behaviour, and a settings file is only text.
     auto integer = [&](const nlohmann::json& o, const char* key, auto& out, int64_t lo, int64_t hi) {
@@ -72,6 +69,17 @@ Settings load_settings(const std::filesystem::path& path) {
     s.cache_specs = j.value("cache_specs", s.cache_specs);
     integer(j, "width", s.width, 320, 8192);
     integer(j, "height", s.height, 240, 8192);
+  }
+  return s;
+}
+
+Settings load_settings(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    return parse_settings(text.str());
   } catch (const std::exception& e) {
     // Kept aside rather than overwritten by the settings written on exit.
     in.close();
@@ -79,10 +87,9 @@ Settings load_settings(const std::filesystem::path& path) {
     throw std::runtime_error(fmt::format("{}: {}; it was kept as {} and the window starts with its defaults",
                                          path.string(), e.what(), aside.string()));
   }
-  return s;
 }
 
-void save_settings(const Settings& s, const std::filesystem::path& path) {
+std::string settings_json(const Settings& s) {
   nlohmann::ordered_json j;
   j["recent_models"] = s.recent_models;
   j["last_model"] = s.last_model;
@@ -96,7 +103,9 @@ void save_settings(const Settings& s, const std::filesystem::path& path) {
   j["cache_specs"] = s.cache_specs;
   j["width"] = s.width;
   j["height"] = s.height;
-  write_file_atomically(path, j.dump(2) + "\n");
+  return j.dump(2) + "\n";
 }
+
+void save_settings(const Settings& s, const std::filesystem::path& path) { write_file_atomically(path, settings_json(s)); }
 
 }  // namespace kvscope::gui

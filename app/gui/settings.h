@@ -5,6 +5,7 @@
 #pragma once
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "models/sampler.h"
@@ -29,6 +30,10 @@ std::filesystem::path settings_path();
 // Throws std::runtime_error naming the file and what is wrong; a missing file
 // gives the defaults.
 Settings load_settings(const std::filesystem::path& path);
+// The same from the file's text (throws std::exception saying what is wrong),
+// and the text save_settings writes.
+Settings parse_settings(std::string_view text);
+std::string settings_json(const Settings& settings);
 // Creates the folder; throws std::runtime_error naming the file on failure.
 void save_settings(const Settings& settings, const std::filesystem::path& path);
 

@@ -3,6 +3,7 @@
 // from files that parse rather than from nothing. Run by scripts/fuzz.sh
 // --seeds; the output is committed.
 //   fuzz_seeds OUT_DIR
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,8 @@
 #include <vector>
 
 #include "app/core/conversation.h"
+#include "app/gui/settings.h"
+#include "kv/event_log.h"
 #include "models/gguf.h"
 #include "tests/models/synthetic_llama.h"
 
@@ -87,5 +90,59 @@ int main(int argc, char** argv) {
              {Turn::Role::Model, " there was a cat.", 9, 6}};
   c.tokens = {1, 319, 5828, 29889, 9038, 2501, 263, 931, 727, 471, 263, 6635, 29889, 13, 2};
   write(out / "conversation" / "story.json", write_conversation_json(c));
+
+  // Settings: the defaults, and one with every field set.
+  gui::Settings settings;
+  write(out / "settings" / "defaults.json", gui::settings_json(settings));
+  settings.add_recent_model("/models/a.gguf");
+  settings.add_recent_model("/models/b.gguf");
+  settings.device_index = 1;
+  settings.sampling = {0.7f, 20, 0.9f, 42};
+  settings.system_prompt = "A story.";
+  settings.cache_specs = {"f16", "q8 + h2o:budget=64,recent=32"};
+  write(out / "settings" / "full.json", gui::settings_json(settings));
+
+  // Traces: writes, evictions, a recall, a truncation and occupancies on 1
+  // layer x 2 kv heads; then a rolling window long enough to fold (base line).
+  kv::EventLog log(kv::TraceHeader{"h2o:budget=4,recent=1", 1, 2, 6, 1, {{0, 1}}});
+  const std::vector<int32_t> p{0, 1, 2, 3, 4}, t{1, 10, 20, 30, 40}, p5{5}, t5{50};
+  log.written(0, p, t);
+  log.evicted({1, 0, 1, 2, 2, 20, 0.25f});
+  log.evicted({1, 0, 0, 1, 1, 10, 0.5f});
+  log.written(1, p5, t5);
+  kv::RecallEvent recall;
+  recall.step = 2, recall.kv_head = 1, recall.slot = 5, recall.position = 2, recall.token = 20;
+  log.recalled(recall);
+  log.occupancy(2, std::vector<kv::SlotTable>(2, kv::SlotTable(6)));
+  log.truncated(3, 5);
+  std::stringstream trace;
+  kv::write_jsonl(log, trace);
+  write(out / "trace" / "events.jsonl", trace.str());
+  kv::EventLog rolling(kv::TraceHeader{"window:budget=4", 1, 1, 4, 1, {}}, 4096);
+  kv::SlotTable table(4);
+  for (uint32_t step = 0; step < 3000; ++step) {
+    if (table.live() == 4) {
+      const auto positions = table.positions();
+      const auto oldest = static_cast<uint32_t>(std::min_element(positions.begin(), positions.end()) - positions.begin());
+      rolling.evicted({step, 0, 0, oldest, positions[oldest], 7, 0.5f});
+      table.release(oldest);
+    }
+    const std::vector<int32_t> pos{static_cast<int32_t>(step)}, tok{7};
+    table.assign(pos[0]);
+    rolling.written(step, pos, tok);
+  }
+  // Only what follows the base: the seed stays small.
+  rolling.set_max_events(4096);
+  std::stringstream folded;
+  kv::TraceWriter writer(folded, rolling);
+  writer.append(rolling);
+  std::string folded_text = folded.str();
+  size_t lines = 0, cut = 0;
+  while (cut < folded_text.size() && lines < 40) cut = folded_text.find('\n', cut) + 1, ++lines;
+  write(out / "trace" / "folded.jsonl", folded_text.substr(0, cut));
+
+  // Scenarios: the ones shipped.
+  for (const auto& entry : fs::directory_iterator(fs::path(KVSCOPE_TEST_DATA) / ".." / ".." / "assets" / "scenarios"))
+    if (entry.path().extension() == ".json") write(out / "scenario" / entry.path().filename(), read(entry.path()));
   return 0;
 }

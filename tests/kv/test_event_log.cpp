@@ -218,3 +218,19 @@ TEST_CASE("event log: a base line that does not hold together is refused") {
   CHECK(read(R"({"kind":"base","step":3,"folded":9,"tables":[{"positions":[0,-5],"open_block":-1}]})").find("holds position -5") != std::string::npos);
   CHECK(read(R"({"kind":"base","step":3,"folded":-1,"tables":[{"positions":[0,1],"open_block":-1}]})").find("folded") != std::string::npos);
 }
+
+TEST_CASE("event log: occupancies are bounded too, and a streamed trace still has every one") {
+  const kv::TraceHeader header{"full", 1, 1, 4, 1, {}};
+  kv::EventLog log(header, 4096);
+  std::ostringstream streamed;
+  kv::TraceWriter writer(streamed, log);
+  log.on_fold([&](const kv::EventLog& l) { writer.append(l); });
+  const std::vector<kv::SlotTable> tables(1, kv::SlotTable(4));
+  for (uint32_t step = 0; step < 20000; ++step) log.occupancy(step, tables);  // steps that evict nothing
+  writer.append(log);
+  CHECK(log.occupancies().size() <= 2 * kv::ChunkedSequence<kv::Occupancy>::kChunk);
+  CHECK(log.folded_occupancies() + log.occupancies().size() == 20000);
+  std::istringstream in(streamed.str());
+  const kv::EventLog read = kv::read_jsonl(in, "occupancies.jsonl");
+  CHECK(read.folded_occupancies() + read.occupancies().size() == 20000);
+}
