@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <utility>
 
+#include "app/core/memory.h"
 #include "app/core/paths.h"
 
 namespace kvscope::gui {
@@ -289,14 +290,55 @@ bool App::generating() const {
 
 bool App::script_done() const {
   if (loading_.valid()) return false;
+  if (options_.soak_minutes > 0 && engine_ &&
+      (!soak_started_ || std::chrono::steady_clock::now() - *soak_started_ <
+                             std::chrono::duration<double>(options_.soak_minutes * 60)))
+    return false;
   if (!options_.prompt.empty() && !prompt_sent_) return false;
   if (forced_pending_ || !pending_drops_.empty() || !options_.load_conversation.empty()) return false;
   if (!options_.run_probes.empty() || probes_.running()) return false;
   return !generating();
 }
 
+void App::drive_soak() {
+  if (options_.soak_minutes <= 0 || !engine_ || !prompt_sent_) return;
+  const auto now = std::chrono::steady_clock::now();
+  if (!soak_started_) soak_started_ = now;
+  const double seconds = std::chrono::duration<double>(now - *soak_started_).count();
+  // About 120 samples over the run, at least one every 10 s.
+  const double every = std::clamp(options_.soak_minutes * 60 / 120, 0.5, 10.0);
+  if (soak_samples_.empty() || seconds - soak_samples_.back().seconds >= every) {
+    uint64_t tokens = 0;
+    for (const auto& s : frame_snapshots_) tokens += s->tokens.size();
+    soak_samples_.push_back({seconds, resident_bytes(), engine_->context().bytes_allocated(), tokens, fps_now_});
+  }
+  if (seconds >= options_.soak_minutes * 60) return;
+  for (auto& worker : sessions_) {
+    if (worker->busy()) continue;
+    const auto s = worker->snapshot();
+    if (s->state == SessionSnapshot::State::Idle && !s->turns.empty()) worker->generate(request(" Then"));
+  }
+}
+
 RunReport App::report() const {
   RunReport r;
+  if (!soak_samples_.empty()) {
+    std::vector<double> minutes, rss, device;
+    nlohmann::json samples = nlohmann::json::array();
+    for (const SoakSample& s : soak_samples_) {
+      samples.push_back({{"seconds", s.seconds}, {"rss", s.rss}, {"device", s.device}, {"tokens", s.tokens},
+                         {"fps", s.fps}});
+      // The slope after the first fifth (warm-up: pipelines, caches filling).
+      if (s.seconds < 0.2 * soak_samples_.back().seconds) continue;
+      minutes.push_back(s.seconds / 60);
+      rss.push_back(static_cast<double>(s.rss));
+      device.push_back(static_cast<double>(s.device));
+    }
+    r.soak = {{"minutes", options_.soak_minutes},
+              {"samples", samples},
+              {"rss_slope_bytes_per_minute", least_squares_slope(minutes, rss)},
+              {"device_slope_bytes_per_minute", least_squares_slope(minutes, device)}};
+  }
   r.sessions = nlohmann::json::array();
   for (const auto& worker : sessions_) {
     auto s = worker->snapshot();
@@ -395,6 +437,7 @@ void App::draw() {
     pending_drops_.clear();
   }
   dispatch_forced();
+  drive_soak();
   frame_snapshots_.clear();
   const bool forced = compare_mode_ && forced_mode_;
   for (size_t i = 0; i < sessions_.size(); ++i) {
@@ -692,18 +735,22 @@ void App::draw_sessions_panel() {
                                                                         : "idle";
     // The policy's name only: its options are in the tooltip and the conversation's title.
     const std::string policy = s.spec.policy.substr(0, s.spec.policy.find(':')) + (s.spec.on_full.empty() ? "" : " (on full)");
-    const std::string label =
-        fmt::format("{}   {}{}##session{}", s.name, s.spec.name(), policy.empty() ? "" : " + " + policy, i);
-    if (ImGui::Selectable(label.c_str(), i == selected_, 0, {0, ImGui::GetTextLineHeight() * 2.2f})) selected_ = i;
+    const std::string cache = fmt::format("{}   {}{}", s.name, s.spec.name(), policy.empty() ? "" : " + " + policy);
+    // Two lines, so a long cache name never runs into the state: the name
+    // (clipped to the panel) above, the state and the tokens held below.
+    const float line = ImGui::GetTextLineHeight();
+    if (ImGui::Selectable(fmt::format("##session{}", i).c_str(), i == selected_, 0, {0, line * 2.3f})) selected_ = i;
     if (ImGui::IsItemHovered())
       ImGui::SetTooltip("%s\nSelect to inspect its cache", s.spec.label().c_str());
-    ImGui::SameLine(ImGui::GetContentRegionAvail().x * 0.45f);
-    ImGui::BeginGroup();
-    ImGui::TextColored(s.state == SessionSnapshot::State::Error ? colour::diverged : colour::muted, "%s", state);
-    ImGui::PushFont(fonts_.small);
-    ImGui::TextColored(colour::muted, "%u / %u tok", s.used_tokens, s.capacity);
-    ImGui::PopFont();
-    ImGui::EndGroup();
+    const ImVec2 min = ImGui::GetItemRectMin(), max = ImGui::GetItemRectMax();
+    ImDrawList* draw = ImGui::GetWindowDrawList();
+    draw->PushClipRect(min, {max.x - 4, max.y}, true);
+    draw->AddText({min.x + 4, min.y + 1}, ImGui::GetColorU32(ImGuiCol_Text), cache.c_str());
+    const ImU32 state_colour =
+        ImGui::ColorConvertFloat4ToU32(s.state == SessionSnapshot::State::Error ? colour::diverged : colour::muted);
+    draw->AddText({min.x + 4 + ImGui::CalcTextSize(s.name.c_str()).x + ImGui::CalcTextSize("   ").x, min.y + line * 1.15f},
+                  state_colour, fmt::format("{}  ·  {} / {} tok", state, s.used_tokens, s.capacity).c_str());
+    draw->PopClipRect();
   }
   ImGui::Spacing();
   const auto formats = kv::all_formats();

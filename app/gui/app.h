@@ -51,6 +51,7 @@ struct GuiOptions {
   int scrub = -1;                          // the eviction timeline's step at start (-1: live)
   int select = 0;                          // the session selected once loaded (0: A)
   bool alternate_probes = false;           // measurement: attention readback every other step
+  double soak_minutes = 0;                 // measurement: keep every session writing this long (--soak)
 };
 
 // What a scripted run reports on stdout (tests read it).
@@ -66,6 +67,7 @@ struct RunReport {
   nlohmann::json effective;               // the settings in use (sampling, tokens, system, caches)
   nlohmann::json probes;                  // verdicts of the probe scenarios run
   nlohmann::json scrubbed;                // the selected session's cache at the timeline's step
+  nlohmann::json soak;                    // --soak: memory samples and slopes
 };
 
 class App {
@@ -112,6 +114,9 @@ class App {
   std::vector<std::string> export_files(const std::string& dir);
   std::string export_heatmap_png(const std::string& path);
   void update_comparisons();
+  // --soak: every idle session gets " Then" to continue its story, and
+  // memory is sampled, until the minutes are up.
+  void drive_soak();
   std::vector<int32_t> regretted_positions(size_t session) const;
 
   void draw_toolbar();
@@ -172,6 +177,13 @@ class App {
   HeatmapView heatmap_;
   double fps_now_ = 0, fps_generating_ = 0;
   int context_field_ = 0;  // the toolbar's context size, applied on Enter
+  struct SoakSample {
+    double seconds = 0;
+    uint64_t rss = 0, device = 0, tokens = 0;
+    double fps = 0;
+  };
+  std::optional<std::chrono::steady_clock::time_point> soak_started_;
+  std::vector<SoakSample> soak_samples_;
   size_t last_turn_text_size_ = 0;
 };
 

@@ -192,6 +192,7 @@ int run(const GuiOptions& options, const Settings& settings, const std::string& 
   j["exports"] = report.exports;
   j["probes"] = report.probes;
   j["scrubbed"] = report.scrubbed;
+  if (!report.soak.is_null()) j["soak"] = report.soak;
   j["settings_file"] = settings_saved;
   nlohmann::json forced = nlohmann::json::array();
   for (const SessionComparison& c : report.forced) {
@@ -281,6 +282,10 @@ int main(int argc, char** argv) {
                  "once loaded, run the probe scenarios against these policies (\"h2o:budget=64;window:budget=64\")");
   cli.add_option("--probe-limit", options.probe_limit, "at most N scenarios (0: all)");
   cli.add_option("--drop", options.drops, "handle these files as if dropped on the window (.gguf, .json)");
+  cli.add_option("--soak", options.soak_minutes,
+                 "measurement: keep every session writing (\" Then\" after each reply) for MINUTES after --prompt, "
+                 "sampling resident and device memory; the report gives the slopes")
+      ->check(CLI::Range(0.0, 24.0 * 60));
   cli.add_option("--width", options.width, "window width")->check(CLI::Range(320, 8192));
   cli.add_option("--height", options.height, "window height")->check(CLI::Range(240, 8192));
   CLI11_PARSE(cli, argc, argv);
