@@ -549,6 +549,38 @@ int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer,
   return 0;
 }
 
+int synthetic(const SyntheticOptions& o) {
+  SyntheticSpec spec = synthetic_preset(o.preset);
+  if (o.layers) spec.n_layer = *o.layers;
+  if (o.heads) spec.n_head = *o.heads;
+  if (o.kv_heads) spec.n_kv_head = *o.kv_heads;
+  if (o.dim) spec.dim = *o.dim;
+  if (o.head_dim) spec.head_dim = *o.head_dim;
+  if (o.ffn) spec.ffn_dim = *o.ffn;
+  if (o.ctx) spec.n_ctx = *o.ctx;
+  if (!o.type.empty()) spec.type = o.type;
+  if (spec.n_kv_head == 0 || spec.n_head % spec.n_kv_head != 0)
+    throw std::invalid_argument(fmt::format("--heads {} must be a multiple of --kv-heads {}", spec.n_head,
+                                            spec.n_kv_head));
+  std::optional<GgufFile> vocab;
+  if (!o.vocab_from.empty()) {
+    vocab.emplace(GgufFile::open(o.vocab_from));
+    spec.n_vocab = static_cast<uint32_t>(vocab->get("tokenizer.ggml.tokens").as_array("tokenizer.ggml.tokens").items.size());
+  }
+  std::fprintf(stderr, "synthetic %s: %u layers, %u heads (%u kv), dim %u, head_dim %u, ffn %u, vocab %u, %s: %s of "
+               "weights\n",
+               o.preset.c_str(), spec.n_layer, spec.n_head, spec.n_kv_head, spec.dim, spec.head_dim, spec.ffn_dim,
+               spec.n_vocab, spec.type.c_str(), human_bytes(static_cast<double>(synthetic_weight_bytes(spec))).c_str());
+  GgufWriter writer;
+  add_synthetic_model(writer, spec);
+  if (vocab)
+    for (const std::string& key : vocab->metadata_order())
+      if (key.starts_with("tokenizer.")) writer.set(key, vocab->get(key));
+  writer.write(o.out);
+  std::printf("%s\n", o.out.c_str());
+  return 0;
+}
+
 int quantize(const std::string& in, const std::string& out, const std::string& type_name) {
   const auto scheme = quantize_scheme(type_name);
   if (!scheme)

@@ -125,6 +125,16 @@ int chat(const ChatOptions& o);
 int convert_llama2c(const std::string& checkpoint, const std::string& tokenizer, const std::string& out);
 int quantize(const std::string& in, const std::string& out, const std::string& type);
 
+// `kvscope synthetic NAME OUT.gguf`: a model file of a preset's shape (with
+// overrides) and pseudo-random weights, with the vocabulary of another model
+// when --vocab-from names one: what the window needs to show a 32-layer,
+// 8-kv-head cache without a download.
+struct SyntheticOptions {
+  std::string preset, out, vocab_from, type;
+  std::optional<uint32_t> layers, heads, kv_heads, dim, head_dim, ffn, ctx;
+};
+int synthetic(const SyntheticOptions& o);
+
 // Shared by the subcommands' files.
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch = 256);
 // True when --policy, --pin, --on-full, --trace or a --kv spec with '+' asks for a policy on the cache.

@@ -5,6 +5,7 @@
 
 #include "app/cli/commands.h"
 #include "kv/policy.h"
+#include "models/synthetic.h"
 
 namespace {
 
@@ -192,6 +193,22 @@ int main(int argc, char** argv) {
   q_cmd->add_option("out", q_out, "output GGUF")->required();
   q_cmd->add_option("type", q_type, "F16 | Q8_0 | Q4_0 | Q4_K | Q5_K | Q6_K | Q4_K_M | Q5_K_M")->required();
 
+  SyntheticOptions syn_o;
+  auto* syn_cmd = app.add_subcommand(
+      "synthetic", "write a model file of a real architecture's shape with pseudo-random weights (for the window and "
+                   "benchmarks at sizes no download is needed for)");
+  syn_cmd->add_option("preset", syn_o.preset, "shape: " + kvscope::synthetic_preset_list())->required();
+  syn_cmd->add_option("out", syn_o.out, "output GGUF")->required();
+  syn_cmd->add_option("--vocab-from", syn_o.vocab_from, "copy the tokenizer (vocabulary, scores, types) of this GGUF");
+  syn_cmd->add_option("--type", syn_o.type, "weight type (F32, Q8_0, Q4_K_M, ...)");
+  syn_cmd->add_option("--layers", syn_o.layers, "layers")->check(CLI::Range(1u, 512u));
+  syn_cmd->add_option("--heads", syn_o.heads, "query heads")->check(CLI::Range(1u, 512u));
+  syn_cmd->add_option("--kv-heads", syn_o.kv_heads, "key/value heads")->check(CLI::Range(1u, 512u));
+  syn_cmd->add_option("--dim", syn_o.dim, "model width")->check(CLI::Range(8u, 65536u));
+  syn_cmd->add_option("--head-dim", syn_o.head_dim, "head size")->check(CLI::Range(4u, 1024u));
+  syn_cmd->add_option("--ffn", syn_o.ffn, "feed-forward width")->check(CLI::Range(8u, 262144u));
+  syn_cmd->add_option("--ctx", syn_o.ctx, "trained context")->check(CLI::Range(16u, 1u << 24));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -216,6 +233,7 @@ int main(int argc, char** argv) {
     if (*soak_cmd) return soak(soak_o);
     if (*conv_cmd) return convert_llama2c(ck, tk, out);
     if (*q_cmd) return quantize(q_in, q_out, q_type);
+    if (*syn_cmd) return synthetic(syn_o);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "kvscope: error: %s\n", e.what());

@@ -209,6 +209,8 @@ void SessionWorker::publish() {
     const kv::KvCache& cache = session_->cache();
     const kv::CacheShape& shape = cache.shape();
     working_.layers.resize(shape.n_layer);
+    working_.head_live.assign(size_t{shape.n_layer} * shape.n_kv_head, 0);
+    working_.head_budget.assign(size_t{shape.n_layer} * shape.n_kv_head, 0);
     for (uint32_t layer = 0; layer < shape.n_layer; ++layer) {
       LayerOccupancy& o = working_.layers[layer];
       o.capacity = cache.capacity();
@@ -216,6 +218,10 @@ void SessionWorker::publish() {
       o.live_max = 0;
       for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
         const uint32_t live = cache.table(layer, head).live();
+        working_.head_live[size_t{layer} * shape.n_kv_head + head] = live;
+        if (const kv::EvictionDriver* eviction = cache.eviction())
+          working_.head_budget[size_t{layer} * shape.n_kv_head + head] =
+              std::min(eviction->policy().budget(layer, head), cache.capacity());
         o.live_min = std::min(o.live_min, live);
         o.live_max = std::max(o.live_max, live);
       }

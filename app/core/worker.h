@@ -88,6 +88,10 @@ struct SessionSnapshot {
   std::vector<int32_t> tokens;       // the context
   std::vector<std::string> pieces;   // display text of each token
   std::vector<LayerOccupancy> layers;
+  // Per (layer, kv head), [layer][head]: live slots, and the policy's budget
+  // for that head (0: no policy; capacity for `full`). Per-head policies and
+  // per-layer budgets (PyramidKV) make them differ.
+  std::vector<uint32_t> head_live, head_budget;
   // Per context position: how many layers hold it (kv head 0's table). All
   // of them until a policy evicts; the token strip shades by it.
   std::vector<uint16_t> layers_holding;

@@ -124,6 +124,9 @@ void App::poll_loading() {
   for (size_t i = 0; i < carried.size() && i < sessions_.size(); ++i)
     if (!carried[i].turns.empty()) sessions_[i]->load(carried[i], tmpl);
   selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
+  heatmap_.held_only = options_.held_columns;
+  timeline_.map_layer = options_.map_layer;
+  timeline_.map_head = options_.map_head;
   if (!options_.load_conversation.empty()) {
     load_conversation(options_.load_conversation);
     options_.load_conversation.clear();
@@ -370,6 +373,28 @@ RunReport App::report() const {
   }
   if (!banner_.empty()) r.errors.push_back(banner_);
   r.heatmap_rect = heatmap_.last_rect;
+  {
+    const EvictionMap& m = timeline_.map;
+    const ImVec4 mr = timeline_.map_rect;
+    r.views = {{"map", {{"rect", {mr.x, mr.y, mr.z, mr.w}},
+                        {"layer", m.layer},
+                        {"head", m.head},
+                        {"positions", m.spans.size()},
+                        {"steps", m.last_step + 1},
+                        {"rows", m.rows},
+                        {"cols", m.cols},
+                        {"runs", m.runs.size()},
+                        {"first_step", m.first_step}}},
+               {"occupancy", {{"rect", {occupancy_drawn_.rect.x, occupancy_drawn_.rect.y, occupancy_drawn_.rect.z,
+                                         occupancy_drawn_.rect.w}},
+                              {"layers", occupancy_drawn_.layers},
+                              {"heads", occupancy_drawn_.heads},
+                              {"own_budget_layers", occupancy_drawn_.own_budget_layers}}},
+               {"heatmap", {{"held_only", heatmap_.held_only},
+                            {"columns", heatmap_.cache.held_only ? heatmap_.cache.columns.size() : heatmap_.cache.n_pos},
+                            {"cells", heatmap_.cache.n_cells},
+                            {"runs", heatmap_.cache.runs.size()}}}};
+  }
   r.heatmap_cells = heatmap_.drew_cells;
   for (size_t i = 1; i < comparisons_.size(); ++i) r.forced.push_back(comparisons_[i].result());
   r.exports = exported_;
@@ -859,17 +884,19 @@ void App::draw_inspector(const SessionSnapshot& s) {
   ImGui::TextColored(colour::muted, "CACHE INSPECTOR  ·  session %s", s.name.c_str());
   ImGui::Separator();
   ImGui::Text("Layer occupancy");
-  help_marker("Live slots per layer (over its kv heads) of the cache's capacity");
+  help_marker("Live slots per layer (rows) and kv head (columns) of the cache's capacity; the tick is the\n"
+              "policy's budget for that head. Layers with budgets of their own are marked. Hover for the numbers.");
   if (timeline_.step >= 0) {
     ImGui::SameLine();
     ImGui::TextColored(colour::recalled, "at step %d", timeline_.step);
   }
-  draw_occupancy(scrubbed(s, timeline_));
+  occupancy_drawn_ = draw_occupancy(scrubbed(s, timeline_));
   ImGui::Spacing();
   ImGui::Separator();
-  ImGui::Text("Eviction timeline");
-  help_marker("Evictions per decode step (x) and layer (y), from the eviction log; recalls in the warm colour.\n"
-              "Click or drag to see the cache at a step in the token strip and the bars above.");
+  ImGui::Text("Eviction map");
+  help_marker("The eviction map of one layer and kv head: token positions (down) held at each step (across).\n"
+              "Blue: held; red: written, then evicted; a span that comes back was recalled. A window policy\n"
+              "draws a diagonal band, H2O scattered survivors. Click or drag to see the cache at a step.");
   draw_timeline(s, timeline_);
   ImGui::Spacing();
   ImGui::Separator();

@@ -52,6 +52,8 @@ struct GuiOptions {
   int select = 0;                          // the session selected once loaded (0: A)
   bool alternate_probes = false;           // measurement: attention readback every other step
   double soak_minutes = 0;                 // measurement: keep every session writing this long (--soak)
+  bool held_columns = false;               // the heatmap shows only held positions (--held-columns)
+  int map_layer = 0, map_head = 0;         // the eviction map's table at start
 };
 
 // What a scripted run reports on stdout (tests read it).
@@ -68,6 +70,7 @@ struct RunReport {
   nlohmann::json probes;                  // verdicts of the probe scenarios run
   nlohmann::json scrubbed;                // the selected session's cache at the timeline's step
   nlohmann::json soak;                    // --soak: memory samples and slopes
+  nlohmann::json views;                   // where the inspector's views are and what they hold
 };
 
 class App {
@@ -177,6 +180,7 @@ class App {
   HeatmapView heatmap_;
   double fps_now_ = 0, fps_generating_ = 0;
   int context_field_ = 0;  // the toolbar's context size, applied on Enter
+  OccupancyDrawn occupancy_drawn_;
   struct SoakSample {
     double seconds = 0;
     uint64_t rss = 0, device = 0, tokens = 0;

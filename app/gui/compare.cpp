@@ -150,6 +150,7 @@ void App::draw_compare() {
       }
       const long mark = i == 0 ? base_mark : diff;
       const auto [begin, end] = last_reply(s);
+      ImGui::PushID(i);  // each column keeps its own token layout
       draw_token_flow(
           s.pieces, begin, end, fonts_.tokens,
           [&](size_t k) {
@@ -167,6 +168,7 @@ void App::draw_compare() {
             if (mark >= 0 && static_cast<long>(k - begin) == mark)
               ImGui::TextColored(colour::diverged, "first token that differs from session A");
           });
+      ImGui::PopID();
     }
     ImGui::EndTable();
   }

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
+#include <unordered_map>
 #include <cmath>
 
 namespace kvscope::gui {
@@ -40,35 +42,126 @@ void bar(float fraction, float width, float height, const std::string& label) {
 
 // ================================================================= occupancy
 
-void draw_occupancy(const SessionSnapshot& s) {
+OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
   const std::string format = s.spec.name();
-  const double layer_bytes_per_slot = s.layers.empty() ? 0 : s.bytes_per_token / s.layers.size();
-  const float label_w = ImGui::CalcTextSize("L00").x + 8;
-  const float height = ImGui::GetTextLineHeight() + 4;
-  const float width = ImGui::GetContentRegionAvail().x - label_w;
-  for (size_t layer = 0; layer < s.layers.size(); ++layer) {
-    const LayerOccupancy& o = s.layers[layer];
-    ImGui::AlignTextToFramePadding();
-    ImGui::TextColored(colour::muted, "L%zu", layer);
-    ImGui::SameLine(label_w);
-    const std::string live = o.live_min == o.live_max ? fmt::format("{}", o.live_max)
-                                                      : fmt::format("{}-{}", o.live_min, o.live_max);
-    const std::string label = fmt::format("{} / {} slots  ·  {}  ·  {}", live, o.capacity, format,
-                                          format_bytes(layer_bytes_per_slot * o.live_max));
-    bar(o.capacity ? static_cast<float>(o.live_max) / o.capacity : 0, width, height, label);
-    if (ImGui::IsItemHovered())
-      ImGui::SetTooltip("Layer %zu: %s of its %u slots per kv head hold a token (%u kv heads).\n"
-                        "Storage %s: %.0f bytes per token in this layer.",
-                        layer, live.c_str(), o.capacity, s.n_kv_head, format.c_str(), layer_bytes_per_slot);
+  const size_t n_layer = s.layers.size();
+  const size_t n_head = std::max<size_t>(1, s.n_kv_head);
+  OccupancyDrawn drawn;
+  if (n_layer == 0) {
+    ImGui::TextColored(colour::muted, "No cache yet.");
+    return drawn;
   }
-  if (s.layers.empty()) ImGui::TextColored(colour::muted, "No cache yet.");
   const double used = s.bytes_per_token * s.used_tokens;
   ImGui::TextColored(colour::muted, "Total %s of %s (%s), %.0f bytes per token", format_bytes(used).c_str(),
-                     format_bytes(static_cast<double>(s.cache_bytes_full)).c_str(), format.c_str(),
-                     s.bytes_per_token);
+                     format_bytes(static_cast<double>(s.cache_bytes_full)).c_str(), format.c_str(), s.bytes_per_token);
+  const bool per_head = s.head_live.size() == n_layer * n_head;
+  auto live = [&](size_t layer, size_t head) -> uint32_t {
+    return per_head ? s.head_live[layer * n_head + head] : s.layers[layer].live_max;
+  };
+  auto budget = [&](size_t layer, size_t head) -> uint32_t {
+    return s.head_budget.size() == n_layer * n_head ? s.head_budget[layer * n_head + head] : 0;
+  };
+  // A layer whose budget is not the one most layers have (PyramidKV's
+  // pyramid, a model's own per-layer windows) is marked.
+  std::map<uint32_t, size_t> budget_count;
+  for (size_t layer = 0; layer < n_layer; ++layer) budget_count[budget(layer, 0)]++;
+  uint32_t common = 0;
+  size_t most = 0;
+  for (const auto& [b, count] : budget_count)
+    if (count > most) most = count, common = b;
+  const bool varies = budget_count.size() > 1;
+  auto own_budget = [&](size_t layer) {
+    if (!varies) return false;
+    if (most == 1) return true;  // every layer its own (a pyramid)
+    for (size_t h = 0; h < n_head; ++h)
+      if (budget(layer, h) != common) return true;
+    return false;
+  };
+  // Rows: layers; columns: kv heads. Compact enough for 32 x 8 beside the
+  // heatmap: rows shrink to 4 px, labels thin out to every few layers.
+  const float text_h = ImGui::GetTextLineHeight();
+  const float label_w = ImGui::CalcTextSize("L00 ◆").x + 4;
+  const float width = ImGui::GetContentRegionAvail().x - label_w;
+  const float row_h = std::clamp(std::floor(std::min(200.0f, 28.0f * n_layer) / n_layer), 4.0f, text_h + 4);
+  const size_t label_every = static_cast<size_t>(std::ceil((text_h + 1) / row_h));
+  const float cell_w = width / n_head;
+  const float gap = cell_w > 6 ? 2.0f : 0.0f;
+  ImDrawList* draw = ImGui::GetWindowDrawList();
+  const ImVec2 p = ImGui::GetCursorScreenPos();
+  ImGui::PushFont(ImGui::GetFont());
+  bool any_own = false;
+  for (size_t layer = 0; layer < n_layer; ++layer) {
+    const float y = p.y + layer * row_h;
+    const bool own = own_budget(layer);
+    any_own |= own;
+    drawn.own_budget_layers += own;
+    if (layer % label_every == 0)
+      draw->AddText({p.x, y + (row_h - text_h) * 0.5f}, u32(own ? colour::recalled : colour::muted),
+                    fmt::format("L{}{}", layer, own ? " ◆" : "").c_str());
+    for (size_t head = 0; head < n_head; ++head) {
+      const float x = p.x + label_w + head * cell_w;
+      const ImVec2 a{x, y + (row_h > 5 ? 1.0f : 0.0f)}, b{x + cell_w - gap, y + row_h - (row_h > 5 ? 1.0f : 0.0f)};
+      const uint32_t capacity = std::max(1u, s.layers[layer].capacity);
+      draw->AddRectFilled(a, b, u32(colour::bar_bg));
+      const float f = std::min(1.0f, static_cast<float>(live(layer, head)) / capacity);
+      if (f > 0) draw->AddRectFilled(a, {a.x + (b.x - a.x) * f, b.y}, u32(colour::bar_fill));
+      const uint32_t bud = budget(layer, head);
+      if (bud > 0 && bud < capacity) {
+        const float bx = a.x + (b.x - a.x) * bud / capacity;
+        draw->AddLine({bx, a.y}, {bx, b.y}, u32(colour::text), 1.5f);
+      }
+    }
+  }
+  ImGui::PopFont();
+  const float grid_h = row_h * n_layer;
+  drawn.rect = {p.x, p.y, label_w + width, grid_h};
+  drawn.layers = n_layer;
+  drawn.heads = n_head;
+  ImGui::InvisibleButton("##occupancy_grid", {label_w + width, grid_h});
+  if (ImGui::IsItemHovered()) {
+    const ImVec2 m = ImGui::GetIO().MousePos;
+    const size_t layer = std::min(n_layer - 1, static_cast<size_t>(std::max(0.0f, m.y - p.y) / row_h));
+    const size_t head =
+        std::min(n_head - 1, static_cast<size_t>(std::max(0.0f, m.x - p.x - label_w) / std::max(1.0f, cell_w)));
+    const double layer_bytes_per_slot = s.bytes_per_token / n_layer / n_head;
+    const uint32_t bud = budget(layer, head);
+    ImGui::SetTooltip("layer %zu, kv head %zu: %u of %u slots live%s\n%s: %s held (%.0f bytes per token per head)%s",
+                      layer, head, live(layer, head), s.layers[layer].capacity,
+                      bud ? fmt::format(", budget {}", bud).c_str() : "", format.c_str(),
+                      format_bytes(layer_bytes_per_slot * live(layer, head)).c_str(), layer_bytes_per_slot,
+                      own_budget(layer) ? "\nthis layer has its own budget" : "");
+  }
+  ImGui::TextColored(colour::muted, "rows: %zu layers  ·  columns: %zu kv heads  ·  fill: live of %u slots%s%s",
+                     n_layer, n_head, s.layers[0].capacity, s.head_budget.empty() || budget(0, 0) == 0 ? "" : "  ·  tick: budget",
+                     any_own ? "  ·  ◆ own budget" : "");
+  return drawn;
 }
 
 // ======================================================== token flow and strip
+
+namespace {
+
+// Where each token of a flow sits, kept between frames per flow (ImGui ID):
+// laying out 32K tokens measures 32K strings, so the layout grows with the
+// tokens appended and is redone only when the width, the font or earlier
+// tokens change. Drawing then walks only the lines in view.
+struct FlowLayout {
+  size_t begin = 0, end = 0;
+  float width = 0;
+  ImFont* font = nullptr;
+  std::string last_piece;
+  std::vector<ImVec2> at;  // top-left of token begin + i, relative to the flow
+  std::vector<float> w;
+  float x = 0, y = 0;      // where the next token goes
+  int last_frame = 0;
+};
+
+std::unordered_map<ImGuiID, FlowLayout>& flow_layouts() {
+  static std::unordered_map<ImGuiID, FlowLayout> layouts;
+  return layouts;
+}
+
+}  // namespace
 
 int draw_token_flow(const std::vector<std::string>& pieces, size_t begin, size_t end, ImFont* font,
                     const std::function<TokenStyle(size_t)>& style, const std::function<void(size_t)>& tooltip) {
@@ -80,17 +173,38 @@ int draw_token_flow(const std::vector<std::string>& pieces, size_t begin, size_t
   const float gap = 2;
   const ImVec2 mouse = ImGui::GetIO().MousePos;
   const bool window_hovered = ImGui::IsWindowHovered();
-  float x = 0, y = 0;
+  end = std::min(end, pieces.size());
+  begin = std::min(begin, end);
+
+  FlowLayout& l = flow_layouts()[ImGui::GetID("##token_flow")];
+  l.last_frame = ImGui::GetFrameCount();
+  const size_t kept = l.end - l.begin;
+  const bool extends = l.begin == begin && l.width == width && l.font == font && l.end <= end && l.end > begin &&
+                       pieces[l.end - 1] == l.last_piece && l.at.size() == kept;
+  if (!extends) l = FlowLayout{begin, begin, width, font, {}, {}, {}, 0, 0, l.last_frame};
+  for (size_t i = l.end; i < end; ++i) {
+    const float w = ImGui::CalcTextSize(pieces[i].c_str()).x + 2;
+    if (l.x > 0 && l.x + w > width) l.x = 0, l.y += line_h;
+    l.at.push_back({l.x, l.y});
+    l.w.push_back(w);
+    l.x += w + gap;
+  }
+  l.end = end;
+  if (end > begin) l.last_piece = pieces[end - 1];
+
+  // Only the lines inside the clip rectangle are drawn.
+  const float clip_top = draw->GetClipRectMin().y - origin.y - line_h;
+  const float clip_bottom = draw->GetClipRectMax().y - origin.y;
+  const auto first = std::lower_bound(l.at.begin(), l.at.end(), clip_top,
+                                      [](const ImVec2& a, float y) { return a.y < y; });
   int hovered = -1;
-  for (size_t i = begin; i < end && i < pieces.size(); ++i) {
-    const std::string& text = pieces[i];
-    const float w = ImGui::CalcTextSize(text.c_str()).x + 2;
-    if (x > 0 && x + w > width) x = 0, y += line_h;
-    const ImVec2 a{origin.x + x, origin.y + y}, b{a.x + w, a.y + line_h - 1};
+  for (size_t k = static_cast<size_t>(first - l.at.begin()); k < l.at.size() && l.at[k].y <= clip_bottom; ++k) {
+    const size_t i = begin + k;
+    const ImVec2 a{origin.x + l.at[k].x, origin.y + l.at[k].y}, b{a.x + l.w[k], a.y + line_h - 1};
     const TokenStyle st = style ? style(i) : TokenStyle{};
     // A faint chip per token shows where one token ends and the next begins.
     draw->AddRectFilled(a, b, st.background ? st.background : IM_COL32(255, 255, 255, 14), 3);
-    draw->AddText({a.x + 1, a.y + 2}, u32(st.colour), text.c_str());
+    draw->AddText({a.x + 1, a.y + 2}, u32(st.colour), pieces[i].c_str());
     if (st.struck) {
       const float mid = a.y + line_h * 0.5f;
       draw->AddLine({a.x, mid}, {b.x, mid}, u32(st.colour), 1.2f);
@@ -100,16 +214,27 @@ int draw_token_flow(const std::vector<std::string>& pieces, size_t begin, size_t
       hovered = static_cast<int>(i);
       draw->AddRect(a, b, u32(colour::text), 3);
     }
-    x += w + gap;
   }
   ImGui::PopFont();
-  ImGui::Dummy({width, y + line_h});
+  ImGui::Dummy({width, (l.at.empty() ? 0 : l.y) + line_h});
+  // Layouts of flows no longer drawn (a closed session, an old turn) go.
+  if (ImGui::GetFrameCount() % 600 == 0)
+    std::erase_if(flow_layouts(), [](const auto& e) { return ImGui::GetFrameCount() - e.second.last_frame > 120; });
   if (hovered >= 0 && tooltip) {
     ImGui::BeginTooltip();
     tooltip(static_cast<size_t>(hovered));
     ImGui::EndTooltip();
   }
   return hovered;
+}
+
+// The y of token `index` of the flow last drawn under the current ID stack
+// (for scrolling to a position), -1 when it has not been laid out.
+float token_flow_y(size_t index) {
+  const auto it = flow_layouts().find(ImGui::GetID("##token_flow"));
+  if (it == flow_layouts().end() || index < it->second.begin || index - it->second.begin >= it->second.at.size())
+    return -1;
+  return it->second.at[index - it->second.begin].y;
 }
 
 namespace {
@@ -159,6 +284,61 @@ void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& d
     return std::find(regretted.begin(), regretted.end(), static_cast<int32_t>(i)) != regretted.end();
   };
   const int lo = std::min(drag.anchor, drag.current), hi = std::max(drag.anchor, drag.current);
+
+  // The minimap: the whole context in one bar (evicted share in red, held in
+  // blue, pinned and regretted spans marked); click it, or type a position,
+  // to bring that part of the strip into view.
+  int jump_to = -1;
+  {
+    const size_t n = s.pieces.size();
+    ImDrawList* draw = ImGui::GetWindowDrawList();
+    const float goto_w = ImGui::GetFontSize() * 6;
+    const float mw = std::max(40.0f, ImGui::GetContentRegionAvail().x - goto_w - ImGui::GetStyle().ItemSpacing.x);
+    const float mh = ImGui::GetFrameHeight();
+    const ImVec2 p = ImGui::GetCursorScreenPos();
+    draw->AddRectFilled(p, {p.x + mw, p.y + mh}, u32(colour::bar_bg), 2);
+    const int cols = std::max(1, std::min(static_cast<int>(mw / 2), static_cast<int>(std::max<size_t>(1, n))));
+    const float cw = mw / cols;
+    for (int c = 0; c < cols && n > 0; ++c) {
+      const size_t i0 = n * c / cols, i1 = std::max(i0 + 1, n * (c + 1) / cols);
+      size_t evicted = 0, written = 0;
+      bool pinned = false, warm = false;
+      for (size_t i = i0; i < i1 && i < n; ++i) {
+        if (!pending(i)) ++written, evicted += held(i) == 0;
+        pinned |= s.pins.contains(static_cast<int32_t>(i));
+      }
+      for (int32_t r : regretted) warm |= r >= static_cast<int32_t>(i0) && r < static_cast<int32_t>(i1);
+      const float x0 = p.x + c * cw, x1 = x0 + cw;
+      if (written > 0) {
+        const float f = static_cast<float>(evicted) / written;
+        const ImVec4 kept = colour::bar_fill, gone = colour::diverged;
+        const ImVec4 mix{kept.x + (gone.x - kept.x) * f, kept.y + (gone.y - kept.y) * f, kept.z + (gone.z - kept.z) * f,
+                         0.85f};
+        draw->AddRectFilled({x0, p.y + 3}, {x1, p.y + mh - 3}, u32(mix));
+      }
+      if (pinned) draw->AddRectFilled({x0, p.y}, {x1, p.y + 3}, u32(colour::pinned));
+      if (warm) draw->AddRectFilled({x0, p.y + mh - 3}, {x1, p.y + mh}, u32(colour::recalled));
+    }
+    ImGui::InvisibleButton("##minimap", {mw, mh});
+    if (n > 0 && ImGui::IsItemHovered()) {
+      const size_t at = std::min(n - 1, static_cast<size_t>((ImGui::GetIO().MousePos.x - p.x) / mw * n));
+      ImGui::SetTooltip("position %zu of %zu: click to show it in the strip\nred: evicted · blue: held · "
+                        "top mark: pinned · bottom mark: regretted",
+                        at, n);
+      if (ImGui::IsItemClicked()) jump_to = static_cast<int>(at);
+    }
+    ImGui::SameLine();
+    ImGui::SetNextItemWidth(goto_w);
+    int& go = *ImGui::GetStateStorage()->GetIntRef(ImGui::GetID("##goto_position"), 0);
+    if (ImGui::InputInt("##goto", &go, 0, 0, ImGuiInputTextFlags_EnterReturnsTrue))
+      jump_to = std::clamp(go, 0, static_cast<int>(std::max<size_t>(1, n)) - 1);
+    if (ImGui::IsItemHovered()) ImGui::SetTooltip("Go to a token position (Enter)");
+  }
+  ImGui::BeginChild("##strip_tokens", {0, 0}, false);
+  if (jump_to >= 0) {
+    const float y = token_flow_y(static_cast<size_t>(jump_to));
+    if (y >= 0) ImGui::SetScrollY(std::max(0.0f, y - ImGui::GetTextLineHeight() * 2));
+  }
   const int hovered = draw_token_flow(
       s.pieces, 0, s.pieces.size(), fonts.tokens,
       [&](size_t i) {
@@ -207,6 +387,7 @@ void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& d
         ImGui::TextColored(colour::pinned, "underlined = pinned");
         if (on_pin) ImGui::TextColored(colour::muted, "Drag across tokens to pin them.");
       });
+  ImGui::EndChild();
   // Drag to select a span; release pins it.
   if (on_pin) {
     if (hovered >= 0 && ImGui::IsMouseClicked(ImGuiMouseButton_Left)) drag.anchor = drag.current = hovered;
@@ -295,7 +476,12 @@ std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView&
   if (rows.empty() || width <= 0 || height <= 0) return {};
   uint32_t n_pos = 0;
   for (const ProbeRow* r : rows) n_pos = std::max(n_pos, r->n_pos);
-  const HeatmapLayout l = heatmap_layout(n_pos, view, static_cast<float>(width));
+  std::vector<uint32_t> columns;  // held_only: the positions held at the newest row
+  if (view.held_only)
+    for (uint32_t pos = 0; pos < rows.back()->n_pos && pos <= rows.back()->step; ++pos)
+      if (pos < rows.back()->slot_of_position.size() && rows.back()->slot_of_position[pos] >= 0) columns.push_back(pos);
+  const HeatmapLayout l =
+      heatmap_layout(view.held_only ? std::max<uint32_t>(1, columns.size()) : n_pos, view, static_cast<float>(width));
   std::vector<uint8_t> rgba(size_t(width) * height * 4);
   const ImVec4 bg = colour::bar_bg;
   for (int y = 0; y < height; ++y) {
@@ -303,7 +489,13 @@ std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView&
     for (int x = 0; x < width; ++x) {
       const uint32_t cell = static_cast<uint32_t>(uint64_t(x) * l.n_cells / width);
       const uint32_t p0 = l.first + cell * l.per_cell;
-      const float v = cell_value(r, view.head, p0, std::min(p0 + l.per_cell, l.first + l.visible));
+      const uint32_t p1 = std::min(p0 + l.per_cell, l.first + l.visible);
+      float v = -2;
+      if (!view.held_only)
+        v = cell_value(r, view.head, p0, p1);
+      else
+        for (uint32_t k = p0; k < p1 && k < columns.size(); ++k)
+          v = std::max(v, cell_value(r, view.head, columns[k], columns[k] + 1));
       ImU32 c = v < -1 ? ImGui::ColorConvertFloat4ToU32(bg)
                 : v < 0 ? ((x + y) % 6 < 2 ? u32(colour::evicted) : IM_COL32(40, 40, 46, 255))  // hatched
                         : viridis(std::pow(v, view.gamma));
@@ -313,6 +505,63 @@ std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView&
   }
   return rgba;
 }
+
+namespace {
+
+constexpr int kHeatLevels = 48;
+
+// The map's runs of equal colour (quantized to kHeatLevels), per row: made
+// once per new row or change of view, drawn every frame.
+void build_heatmap(HeatmapView::Cache& c, const std::vector<const ProbeRow*>& rows, const HeatmapView& view,
+                   float width, float height) {
+  c.newest = rows.back();
+  c.n_rows = rows.size();
+  c.layer = view.layer, c.head = view.head, c.gamma = view.gamma, c.zoom = view.zoom, c.first = view.first;
+  c.width = width, c.height = height, c.held_only = view.held_only;
+  c.n_pos = 0;
+  for (const ProbeRow* r : rows) c.n_pos = std::max(c.n_pos, r->n_pos);
+  c.columns.clear();
+  if (view.held_only) {
+    const ProbeRow& newest = *rows.back();
+    for (uint32_t pos = 0; pos < newest.n_pos && pos <= newest.step; ++pos)
+      if (pos < newest.slot_of_position.size() && newest.slot_of_position[pos] >= 0) c.columns.push_back(pos);
+  }
+  const uint32_t n_cols = view.held_only ? static_cast<uint32_t>(c.columns.size()) : c.n_pos;
+  const HeatmapLayout l = heatmap_layout(std::max(1u, n_cols), view, width);
+  c.first_col = l.first, c.visible = l.visible, c.per_cell = l.per_cell, c.n_cells = l.n_cells;
+  const float cell_w = width / std::max(1u, l.n_cells), cell_h = height / rows.size();
+  c.runs.clear();
+  for (size_t ri = 0; ri < rows.size(); ++ri) {
+    const ProbeRow& r = *rows[ri];
+    const float y0 = ri * cell_h, y1 = y0 + std::max(1.0f, cell_h - (cell_h > 4 ? 1 : 0));
+    int run_level = -2;
+    uint32_t run_start = 0;
+    auto flush = [&](uint32_t end) {
+      if (run_level == -2 || end == run_start) return;
+      c.runs.push_back({run_start * cell_w, end * cell_w + (cell_w < 1 ? 1 : 0), y0, y1, run_level});
+    };
+    uint32_t cell = 0;
+    for (; cell < l.n_cells; ++cell) {
+      const uint32_t c0 = l.first + cell * l.per_cell, c1 = std::min(c0 + l.per_cell, l.first + l.visible);
+      float v = -2;
+      if (c.columns.empty()) {
+        v = cell_value(r, view.head, c0, c1);
+      } else {
+        for (uint32_t k = c0; k < c1 && k < c.columns.size(); ++k) v = std::max(v, cell_value(r, view.head, c.columns[k], c.columns[k] + 1));
+      }
+      if (v < -1) break;  // later positions did not exist at this step
+      const int level = v < 0 ? -1 : std::min(kHeatLevels - 1, static_cast<int>(std::pow(v, view.gamma) * kHeatLevels));
+      if (level != run_level) {
+        flush(cell);
+        run_level = level;
+        run_start = cell;
+      }
+    }
+    flush(cell);
+  }
+}
+
+}  // namespace
 
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts) {
   const int n_layer = static_cast<int>(s.layers.size());
@@ -342,7 +591,8 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Colour = probability ^ power: lower shows small probabilities");
   // The zoom buttons move to the next line when the panel is too narrow.
   const ImGuiStyle& style = ImGui::GetStyle();
-  const float zoom_width = ImGui::CalcTextSize("+-fit").x + 6 * style.FramePadding.x + 3 * style.ItemSpacing.x;
+  const float zoom_width = ImGui::CalcTextSize("+-fitheld").x + 6 * style.FramePadding.x + 5 * style.ItemSpacing.x +
+                           ImGui::GetFrameHeight() + ImGui::GetFontSize() * 2;
   ImGui::SameLine();
   if (ImGui::GetContentRegionAvail().x < zoom_width) ImGui::NewLine();
   if (ImGui::SmallButton("+")) view.zoom = std::min(64.0f, view.zoom * 2);
@@ -353,6 +603,10 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   ImGui::SameLine();
   if (ImGui::SmallButton("fit")) view.zoom = 1, view.first = 0;
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Every position");
+  ImGui::SameLine();
+  ImGui::Checkbox("held", &view.held_only);
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("Columns: only the positions the cache holds now (not every position of the context)");
   if (view.zoom > 1) {
     ImGui::SameLine();
     ImGui::TextColored(colour::muted, "x%.0f", view.zoom);
@@ -380,46 +634,30 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
     draw_legend(view.gamma, width);
     return;
   }
-  uint32_t n_pos = 0;
-  for (const ProbeRow* r : rows) n_pos = std::max(n_pos, r->n_pos);
-  const HeatmapLayout l = heatmap_layout(n_pos, view, width);
-  const float cell_w = width / std::max(1u, l.n_cells), cell_h = height / rows.size();
-  // Colours are quantized to kLevels steps and runs of equal cells drawn as
-  // one rectangle: on a CPU device every quad costs frame time, which
-  // decoding on the same cores pays for.
-  constexpr int kLevels = 48;
-  for (size_t ri = 0; ri < rows.size(); ++ri) {
-    const ProbeRow& r = *rows[ri];
-    const float y0 = p.y + ri * cell_h, y1 = y0 + std::max(1.0f, cell_h - (cell_h > 4 ? 1 : 0));
-    int run_level = -2;  // -1: evicted
-    uint32_t run_start = 0;
-    auto flush = [&](uint32_t end) {
-      if (run_level == -2 || end == run_start) return;
-      const float x0 = p.x + run_start * cell_w, x1 = p.x + end * cell_w + (cell_w < 1 ? 1 : 0);
-      if (run_level < 0) {
-        // Hatched, not just dark: evicted is a different state from "ignored".
-        draw->AddRectFilled({x0, y0}, {x1, y1}, IM_COL32(40, 40, 46, 255));
-        if (cell_w >= 3)
-          for (uint32_t c = run_start; c < end; ++c)
-            draw->AddLine({p.x + c * cell_w, y1}, {p.x + (c + 1) * cell_w, y0}, u32(colour::evicted));
-      } else {
-        draw->AddRectFilled({x0, y0}, {x1, y1}, viridis((run_level + 0.5f) / kLevels));
-      }
-    };
-    uint32_t cell = 0;
-    for (; cell < l.n_cells; ++cell) {
-      const uint32_t p0 = l.first + cell * l.per_cell;
-      const float v = cell_value(r, view.head, p0, std::min(p0 + l.per_cell, l.first + l.visible));
-      if (v < -1) break;  // later positions did not exist at this step
-      const int level = v < 0 ? -1 : std::min(kLevels - 1, static_cast<int>(std::pow(v, view.gamma) * kLevels));
-      if (level != run_level) {
-        flush(cell);
-        run_level = level;
-        run_start = cell;
-      }
+  HeatmapView::Cache& c = view.cache;
+  if (c.newest != rows.back() || c.n_rows != rows.size() || c.layer != view.layer || c.head != view.head ||
+      c.gamma != view.gamma || c.zoom != view.zoom || c.first != view.first || c.width != width || c.height != height ||
+      c.held_only != view.held_only)
+    build_heatmap(c, rows, view, width, height);
+  // Drawn relative to the map's corner: scrolling moves it without a rebuild.
+  for (const HeatmapView::Run& run : c.runs) {
+    const ImVec2 a{p.x + run.x0, p.y + run.y0}, b{p.x + run.x1, p.y + run.y1};
+    if (run.level < 0) {
+      // Hatched, not just dark: evicted is a different state from "ignored".
+      draw->AddRectFilled(a, b, IM_COL32(40, 40, 46, 255));
+      const float cell_w = width / std::max(1u, c.n_cells);
+      if (cell_w >= 3)
+        for (float x = a.x; x + 0.5f < b.x; x += cell_w)
+          draw->AddLine({x, b.y}, {std::min(b.x, x + cell_w), a.y}, u32(colour::evicted));
+    } else {
+      draw->AddRectFilled(a, b, viridis((run.level + 0.5f) / kHeatLevels));
     }
-    flush(cell);
   }
+  const uint32_t n_pos = c.n_pos;
+  const float cell_w = width / std::max(1u, c.n_cells), cell_h = height / rows.size();
+  struct {
+    uint32_t first, visible, per_cell, n_cells;
+  } l{c.first_col, c.visible, c.per_cell, c.n_cells};
   view.drew_cells = true;
   ImGui::InvisibleButton("##heatmap", {width, height});
   if (ImGui::IsItemHovered()) {
@@ -432,7 +670,8 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
       view.first = at - (m.x - p.x) / width * (n_pos / view.zoom);
     }
     const size_t ri = std::min(rows.size() - 1, static_cast<size_t>((m.y - p.y) / cell_h));
-    const uint32_t pos = l.first + static_cast<uint32_t>((m.x - p.x) / cell_w) * l.per_cell;
+    const uint32_t col = l.first + static_cast<uint32_t>((m.x - p.x) / cell_w) * l.per_cell;
+    const uint32_t pos = c.columns.empty() ? col : c.columns[std::min<size_t>(col, c.columns.size() - 1)];
     const ProbeRow& r = *rows[ri];
     ImGui::BeginTooltip();
     ImGui::Text("step %u (query at position %u)", r.step, r.step);

@@ -16,7 +16,13 @@ namespace kvscope::gui {
 // "1.2 MiB", "864 KiB", "512 B".
 std::string format_bytes(double bytes);
 
-void draw_occupancy(const SessionSnapshot& s);
+// The grid of live slots per layer (rows) and kv head (columns); returns
+// where it went and what it showed (the window's report, for tests).
+struct OccupancyDrawn {
+  ImVec4 rect{};  // x, y, w, h of the grid
+  size_t layers = 0, heads = 0, own_budget_layers = 0;
+};
+OccupancyDrawn draw_occupancy(const SessionSnapshot& s);
 
 // How one token of a flow is drawn.
 struct TokenStyle {
@@ -53,8 +59,28 @@ struct HeatmapView {
   float gamma = 0.4f;   // colour = p^gamma, so small probabilities show
   float zoom = 1;       // >= 1: the visible share of positions is 1/zoom
   float first = 0;      // first visible position when zoomed
+  // Columns: every position (binned, the largest kept, when there are more
+  // than pixels), or only the positions the cache holds at the newest row —
+  // at 32K tokens with a 256-slot cache, the 256 that matter.
+  bool held_only = false;
   ImVec4 last_rect{};   // x, y, w, h of the map on screen (for tests)
   bool drew_cells = false;
+  // The map's rectangles, made again only when a row arrives or the view
+  // changes: a frame draws them, whatever the context length.
+  struct Run {
+    float x0, x1, y0, y1;
+    int level;  // -1: evicted (hatched)
+  };
+  struct Cache {
+    const void* newest = nullptr;
+    size_t n_rows = 0;
+    int layer = -1, head = -2;
+    float gamma = 0, zoom = 0, first = -1, width = 0, height = 0;
+    bool held_only = false;
+    std::vector<Run> runs;
+    std::vector<uint32_t> columns;  // position of each column (held_only), else empty
+    uint32_t first_col = 0, visible = 0, per_cell = 1, n_cells = 0, n_pos = 0;
+  } cache;
 };
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts);
 // The heatmap as drawn (same rows, positions, zoom and colours), w x h RGBA
@@ -62,9 +88,37 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
 std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView& view, int width, int height);
 
 // ------------------------------------------------------- eviction timeline
-// Evictions per decode step per layer, from the session's eviction log;
-// the scrubber picks a step and the token strip and occupancy show the
-// cache as it was then (the log replayed up to that step).
+// The eviction map: for one layer and kv head, which token positions (down)
+// were held at which step (across) — a window policy draws a diagonal band,
+// H2O its scattered survivors, a recall a span that comes back. Built from
+// the session's eviction log as it grows (only new events are read each
+// frame) and rastered to the panel's pixels at most a few times a second,
+// so a frame costs the same at 32K tokens as at 300. The scrubber picks a
+// step and the token strip and occupancy show the cache as it was then (the
+// log replayed up to that step).
+struct EvictionMap {
+  int layer = -1, head = -1;
+  uint64_t processed = 0;      // events of the log read so far (folded ones included)
+  uint32_t first_step = 0;     // the log had folded before it: history starts here
+  bool from_base = false;
+  int64_t last_step = -1;
+  // Per position: the steps [start, end) it was held (end = open while held).
+  std::vector<std::vector<std::pair<uint32_t, uint32_t>>> spans;
+  std::vector<uint32_t> recalls;  // per position
+  // The raster: runs of equal shade per pixel row.
+  struct Run {
+    uint16_t x0, x1, row;
+    uint8_t level;  // 0: every written position of the cell evicted .. 4: all held
+  };
+  std::vector<Run> runs;
+  int cols = 0, rows = 0;
+  uint32_t raster_steps = 0, raster_positions = 0;
+  uint64_t raster_events = UINT64_MAX;
+  double raster_time = -1;
+  // Per cell, for the tooltip: held and written positions.
+  std::vector<uint32_t> held, written;
+};
+
 struct TimelineView {
   int step = -1;  // -1: live
   // The replay for `step` of the log that `log_id` points at, kept until
@@ -73,6 +127,9 @@ struct TimelineView {
   size_t log_events = 0;
   int replayed_step = -2;
   SessionSnapshot at_step;
+  int map_layer = 0, map_head = 0;  // the eviction map's table
+  EvictionMap map;
+  ImVec4 map_rect{};                 // x, y, w, h of the map on screen (for tests)
 };
 void draw_timeline(const SessionSnapshot& s, TimelineView& view);
 // `s` as the scrubber shows it: `s` itself when live (or without a log),

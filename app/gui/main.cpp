@@ -193,6 +193,7 @@ int run(const GuiOptions& options, const Settings& settings, const std::string& 
   j["probes"] = report.probes;
   j["scrubbed"] = report.scrubbed;
   if (!report.soak.is_null()) j["soak"] = report.soak;
+  j["views"] = report.views;
   j["settings_file"] = settings_saved;
   nlohmann::json forced = nlohmann::json::array();
   for (const SessionComparison& c : report.forced) {
@@ -286,6 +287,9 @@ int main(int argc, char** argv) {
                  "measurement: keep every session writing (\" Then\" after each reply) for MINUTES after --prompt, "
                  "sampling resident and device memory; the report gives the slopes")
       ->check(CLI::Range(0.0, 24.0 * 60));
+  cli.add_flag("--held-columns", options.held_columns, "the heatmap's columns: only the positions the cache holds");
+  cli.add_option("--map-layer", options.map_layer, "the eviction map's layer at start");
+  cli.add_option("--map-head", options.map_head, "the eviction map's kv head at start");
   cli.add_option("--width", options.width, "window width")->check(CLI::Range(320, 8192));
   cli.add_option("--height", options.height, "window height")->check(CLI::Range(240, 8192));
   CLI11_PARSE(cli, argc, argv);

@@ -437,3 +437,85 @@ TEST_CASE("gui: a device lost mid-reply is said in the window, every conversatio
   std::filesystem::remove(saved);
   std::filesystem::remove(png);
 }
+
+namespace {
+// The colour of the screenshot at a point of a view's rectangle (fx, fy in 0..1).
+uint32_t pixel_at(const Image& img, const nlohmann::json& rect, float fx, float fy) {
+  const int x = static_cast<int>(rect[0].get<float>() + fx * rect[2].get<float>());
+  const int y = static_cast<int>(rect[1].get<float>() + fy * rect[3].get<float>());
+  REQUIRE(x >= 0);
+  REQUIRE(y >= 0);
+  REQUIRE(x < img.width);
+  REQUIRE(y < img.height);
+  return img.pixel(x, y);
+}
+int red(uint32_t c) { return (c >> 16) & 0xFF; }
+int green(uint32_t c) { return (c >> 8) & 0xFF; }
+int blue(uint32_t c) { return c & 0xFF; }
+}  // namespace
+
+TEST_CASE("gui: the eviction map draws a rolling window's diagonal; the heatmap's held columns are the budget") {
+  kvscope::test::model_path();
+  const std::string png = temp_png("kvscope-gui-map");
+  const Run r = gui("--prompt 'Once upon a time' --tokens 400 --temp 0 --compare 'f16 + "
+                    "streamingllm:sinks=4,window=60,rolling' --held-columns --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].empty());
+  const nlohmann::json& map = report["views"]["map"];
+  const size_t tokens = report["sessions"][0]["tokens"].size();
+  CHECK(map["positions"].get<size_t>() + 1 >= tokens);  // every position written (the last sampled one waits)
+  CHECK(map["steps"].get<int>() >= 400);
+  CHECK(map["runs"].get<size_t>() > 50);
+  CHECK(report["views"]["heatmap"]["held_only"] == true);
+  CHECK(report["views"]["heatmap"]["columns"] == 64);  // 4 sinks + a window of 60
+  const Image img = load_png(png);
+  const nlohmann::json& rect = map["rect"];
+  const float n = static_cast<float>(map["positions"].get<size_t>());
+  // Right of the diagonal, high up: positions written long ago and evicted (red).
+  const uint32_t evicted = pixel_at(img, rect, 0.9f, 0.3f);
+  CHECK_MESSAGE(red(evicted) > blue(evicted) + 30, std::hex << evicted);
+  // Left of the diagonal, low down: positions not written yet (the dark background).
+  const uint32_t unwritten = pixel_at(img, rect, 0.1f, 0.9f);
+  CHECK_MESSAGE(red(unwritten) < 70, std::hex << unwritten);
+  CHECK(std::abs(red(unwritten) - blue(unwritten)) < 25);
+  // On the band: the last 60 positions before the step, held (blue).
+  const uint32_t held = pixel_at(img, rect, 0.9f, 0.9f - 30.0f / n);
+  CHECK_MESSAGE(blue(held) > red(held) + 30, std::hex << held);
+  // The sinks, the first row, held to the end.
+  const uint32_t sinks = pixel_at(img, rect, 0.95f, 0.5f / rect[3].get<float>());
+  CHECK_MESSAGE(blue(sinks) > red(sinks), std::hex << sinks);
+  std::filesystem::remove(png);
+}
+
+TEST_CASE("gui: a 32-layer, 8-kv-head model: the occupancy grid shows every layer and head, PyramidKV's layers "
+          "marked, and the heatmap stays in view") {
+  const std::string model = temp_path("kvscope-gui-32x8") + ".gguf";
+  const Run made = shell(std::string(KVSCOPE_BINARY) + " synthetic tiny-llama3 " + model +
+                         " --layers 32 --heads 8 --kv-heads 8 --dim 128 --head-dim 16 --ffn 128 --ctx 256 --vocab-from " +
+                         kvscope::test::model_path());
+  INFO(made.out);
+  REQUIRE(made.code == 0);
+  const std::string png = temp_png("kvscope-gui-32x8");
+  const Run r = gui("-m " + model + " --prompt 'Once upon a time' --tokens 40 --temp 0 --compare "
+                    "'f16 + pyramidkv:budget=32;q8 + h2o:budget=32,recent=8' --map-layer 31 --map-head 7 --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].empty());
+  const nlohmann::json& occupancy = report["views"]["occupancy"];
+  CHECK(occupancy["layers"] == 32);
+  CHECK(occupancy["heads"] == 8);
+  CHECK(occupancy["own_budget_layers"].get<size_t>() >= 30);  // a pyramid: (almost) every layer its own budget
+  CHECK(occupancy["rect"][3].get<float>() <= 220);            // 32 rows in at most ~200 px
+  CHECK(report["views"]["map"]["layer"] == 31);
+  CHECK(report["views"]["map"]["head"] == 7);
+  // The heatmap is on screen, below the grid and the map, at a usable height.
+  const float window_h = report["window"][1].get<float>();
+  CHECK(report["heatmap"][1].get<float>() + report["heatmap"][3].get<float>() <= window_h);
+  CHECK(report["heatmap"][3].get<float>() >= 120);
+  CHECK(report["heatmap_cells"] == true);
+  std::filesystem::remove(png);
+  std::filesystem::remove(model);
+}
