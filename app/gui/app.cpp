@@ -125,11 +125,18 @@ void App::poll_loading() {
     if (!carried[i].turns.empty()) sessions_[i]->load(carried[i], tmpl);
   selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
   heatmap_.held_only = options_.held_columns;
+  heatmap_.head = options_.heatmap_head;
   timeline_.map_layer = options_.map_layer;
   timeline_.map_head = options_.map_head;
   if (!options_.load_conversation.empty()) {
     load_conversation(options_.load_conversation);
     options_.load_conversation.clear();
+  }
+  if (!options_.load_every.empty()) {  // every session reads the same conversation (measurements at a context size)
+    const size_t keep = selected_;
+    for (selected_ = 0; selected_ < sessions_.size(); ++selected_) load_conversation(options_.load_every);
+    selected_ = keep;
+    options_.load_every.clear();
   }
   if (!options_.prompt.empty() && !prompt_sent_) {
     send_prompt(options_.prompt);

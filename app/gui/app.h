@@ -44,6 +44,7 @@ struct GuiOptions {
   std::string export_dir;                  // scripted: heatmap PNG, traces JSONL, comparison CSV here
   std::string save_conversation;           // scripted: session A's conversation to this JSON file
   std::string load_conversation;           // load this conversation into session A at start
+  std::string load_every;                  // load this conversation into every session at start
   std::vector<std::string> drops;          // files handled as if dropped on the window once loaded
   std::string chat_template = "auto";      // "auto" (the model's), "none", or a name of chat_template_names()
   std::string run_probes;                  // probe scenarios against these policies (";"-separated) once loaded
@@ -53,6 +54,7 @@ struct GuiOptions {
   bool alternate_probes = false;           // measurement: attention readback every other step
   double soak_minutes = 0;                 // measurement: keep every session writing this long (--soak)
   bool held_columns = false;               // the heatmap shows only held positions (--held-columns)
+  int heatmap_head = -1;                   // the heatmap's head at start (-1 mean, -2 every head)
   int map_layer = 0, map_head = 0;         // the eviction map's table at start
 };
 

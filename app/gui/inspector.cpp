@@ -451,7 +451,9 @@ struct HeatmapLayout {
 HeatmapLayout heatmap_layout(uint32_t n_pos, const HeatmapView& view, float width) {
   HeatmapLayout l;
   l.visible = std::max(1u, static_cast<uint32_t>(std::ceil(n_pos / std::max(1.0f, view.zoom))));
-  l.first = std::min(static_cast<uint32_t>(std::max(0.0f, view.first)), n_pos > l.visible ? n_pos - l.visible : 0);
+  // Zoomed in at the newest positions, the view follows them as the context grows.
+  const uint32_t last_first = n_pos > l.visible ? n_pos - l.visible : 0;
+  l.first = view.follow ? last_first : std::min(static_cast<uint32_t>(std::max(0.0f, view.first)), last_first);
   l.per_cell = std::max(1u, static_cast<uint32_t>(std::ceil(l.visible / std::max(1.0f, width / 2))));
   l.n_cells = (l.visible + l.per_cell - 1) / l.per_cell;
   return l;
@@ -509,6 +511,7 @@ std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView&
 namespace {
 
 constexpr int kHeatLevels = 48;
+constexpr int kEveryHead = -2;  // HeatmapView::head: one small map per head
 
 // The map's runs of equal colour (quantized to kHeatLevels), per row: made
 // once per new row or change of view, drawn every frame.
@@ -517,6 +520,7 @@ void build_heatmap(HeatmapView::Cache& c, const std::vector<const ProbeRow*>& ro
   c.newest = rows.back();
   c.n_rows = rows.size();
   c.layer = view.layer, c.head = view.head, c.gamma = view.gamma, c.zoom = view.zoom, c.first = view.first;
+  c.follow = view.follow;
   c.width = width, c.height = height, c.held_only = view.held_only;
   c.n_pos = 0;
   for (const ProbeRow* r : rows) c.n_pos = std::max(c.n_pos, r->n_pos);
@@ -561,6 +565,33 @@ void build_heatmap(HeatmapView::Cache& c, const std::vector<const ProbeRow*>& ro
   }
 }
 
+// Every query head of the layer as its own small map, in a grid; each
+// keeps its own cached rectangles.
+void draw_every_head(const std::vector<const ProbeRow*>& rows, HeatmapView& view, uint32_t n_head, ImVec2 p,
+                     float width, float height) {
+  ImDrawList* draw = ImGui::GetWindowDrawList();
+  const uint32_t cols = std::max(1u, static_cast<uint32_t>(std::ceil(std::sqrt(n_head * width / std::max(1.0f, height)))));
+  const uint32_t grid_rows = (n_head + cols - 1) / cols;
+  const float label_h = ImGui::GetTextLineHeight();
+  const float tile_w = width / cols, tile_h = height / std::max(1u, grid_rows);
+  view.head_caches.resize(n_head);
+  for (uint32_t h = 0; h < n_head; ++h) {
+    const ImVec2 o{p.x + (h % cols) * tile_w + 2, p.y + (h / cols) * tile_h + label_h};
+    const float w = tile_w - 4, hgt = std::max(4.0f, tile_h - label_h - 3);
+    HeatmapView one = view;
+    one.head = static_cast<int>(h);
+    HeatmapView::Cache& c = view.head_caches[h];
+    if (c.newest != rows.back() || c.n_rows != rows.size() || c.layer != view.layer || c.gamma != view.gamma ||
+        c.zoom != view.zoom || c.first != view.first || c.follow != view.follow || c.width != w || c.height != hgt ||
+        c.held_only != view.held_only || c.head != one.head)
+      build_heatmap(c, rows, one, w, hgt);
+    draw->AddText({o.x, o.y - label_h}, u32(colour::muted), fmt::format("head {}", h).c_str());
+    for (const HeatmapView::Run& run : c.runs)
+      draw->AddRectFilled({o.x + run.x0, o.y + run.y0}, {o.x + run.x1, o.y + run.y1},
+                          run.level < 0 ? IM_COL32(40, 40, 46, 255) : viridis((run.level + 0.5f) / kHeatLevels));
+  }
+}
+
 }  // namespace
 
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts) {
@@ -577,14 +608,18 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   const uint32_t n_head = s.probes.empty() ? 0 : s.probes.back()->n_head;
   ImGui::SameLine();
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 8.5f);
-  const std::string head_label = view.head < 0 ? "mean of heads" : fmt::format("head {}", view.head);
+  const std::string head_label = view.head == kEveryHead ? "every head"
+                                 : view.head < 0          ? "mean of heads"
+                                                          : fmt::format("head {}", view.head);
   if (ImGui::BeginCombo("##head", head_label.c_str())) {
-    if (ImGui::Selectable("mean of heads", view.head < 0)) view.head = -1;
+    if (ImGui::Selectable("mean of heads", view.head == -1)) view.head = -1;
+    if (ImGui::Selectable("every head", view.head == kEveryHead)) view.head = kEveryHead;
+    if (ImGui::IsItemHovered()) ImGui::SetTooltip("One small map per query head of the layer");
     for (uint32_t h = 0; h < n_head; ++h)
       if (ImGui::Selectable(fmt::format("head {}", h).c_str(), static_cast<int>(h) == view.head)) view.head = h;
     ImGui::EndCombo();
   }
-  if (ImGui::IsItemHovered()) ImGui::SetTooltip("One query head, or the mean over all heads");
+  if (ImGui::IsItemHovered()) ImGui::SetTooltip("One query head, the mean over all heads, or every head side by side");
   ImGui::SameLine();
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
   ImGui::SliderFloat("##gamma", &view.gamma, 0.15f, 1.0f, "power %.2f");
@@ -595,13 +630,13 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
                            ImGui::GetFrameHeight() + ImGui::GetFontSize() * 2;
   ImGui::SameLine();
   if (ImGui::GetContentRegionAvail().x < zoom_width) ImGui::NewLine();
-  if (ImGui::SmallButton("+")) view.zoom = std::min(64.0f, view.zoom * 2);
+  if (ImGui::SmallButton("+")) view.zoom = std::min(64.0f, view.zoom * 2), view.follow = true;
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Zoom in on positions (or the mouse wheel over the map)");
   ImGui::SameLine();
   if (ImGui::SmallButton("-")) view.zoom = std::max(1.0f, view.zoom / 2);
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Zoom out");
   ImGui::SameLine();
-  if (ImGui::SmallButton("fit")) view.zoom = 1, view.first = 0;
+  if (ImGui::SmallButton("fit")) view.zoom = 1, view.first = 0, view.follow = false;
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Every position");
   ImGui::SameLine();
   ImGui::Checkbox("held", &view.held_only);
@@ -612,7 +647,7 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
     ImGui::TextColored(colour::muted, "x%.0f", view.zoom);
   }
   view.layer = std::clamp(view.layer, 0, std::max(0, n_layer - 1));
-  if (view.head >= static_cast<int>(n_head)) view.head = -1;
+  if (view.head >= static_cast<int>(n_head) || view.head < kEveryHead) view.head = -1;
 
   const float width = ImGui::GetContentRegionAvail().x;
   const float height = std::max(120.0f, ImGui::GetContentRegionAvail().y - ImGui::GetTextLineHeight() * 2 - 24);
@@ -634,9 +669,17 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
     draw_legend(view.gamma, width);
     return;
   }
+  if (view.head == kEveryHead) {
+    draw_every_head(rows, view, n_head, p, width, height);
+    ImGui::InvisibleButton("##heatmap", {width, height});
+    view.drew_cells = true;
+    draw_legend(view.gamma, width);
+    return;
+  }
   HeatmapView::Cache& c = view.cache;
   if (c.newest != rows.back() || c.n_rows != rows.size() || c.layer != view.layer || c.head != view.head ||
-      c.gamma != view.gamma || c.zoom != view.zoom || c.first != view.first || c.width != width || c.height != height ||
+      c.gamma != view.gamma || c.zoom != view.zoom || c.first != view.first || c.follow != view.follow ||
+      c.width != width || c.height != height ||
       c.held_only != view.held_only)
     build_heatmap(c, rows, view, width, height);
   // Drawn relative to the map's corner: scrolling moves it without a rebuild.
@@ -668,6 +711,8 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
     if (wheel != 0) {
       view.zoom = std::clamp(view.zoom * (wheel > 0 ? 1.25f : 0.8f), 1.0f, 64.0f);
       view.first = at - (m.x - p.x) / width * (n_pos / view.zoom);
+      // Zoomed at the right edge, the view keeps the newest positions in view.
+      view.follow = view.zoom > 1 && view.first + n_pos / view.zoom >= n_pos - 1;
     }
     const size_t ri = std::min(rows.size() - 1, static_cast<size_t>((m.y - p.y) / cell_h));
     const uint32_t col = l.first + static_cast<uint32_t>((m.x - p.x) / cell_w) * l.per_cell;

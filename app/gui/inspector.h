@@ -55,10 +55,11 @@ void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& d
 
 struct HeatmapView {
   int layer = 0;
-  int head = -1;        // -1: mean over heads
+  int head = -1;        // -1: mean over heads, -2: every head, one small map each
   float gamma = 0.4f;   // colour = p^gamma, so small probabilities show
   float zoom = 1;       // >= 1: the visible share of positions is 1/zoom
   float first = 0;      // first visible position when zoomed
+  bool follow = false;  // zoomed in on the newest positions: keep them in view as the context grows
   // Columns: every position (binned, the largest kept, when there are more
   // than pixels), or only the positions the cache holds at the newest row —
   // at 32K tokens with a 256-slot cache, the 256 that matter.
@@ -76,11 +77,12 @@ struct HeatmapView {
     size_t n_rows = 0;
     int layer = -1, head = -2;
     float gamma = 0, zoom = 0, first = -1, width = 0, height = 0;
-    bool held_only = false;
+    bool held_only = false, follow = false;
     std::vector<Run> runs;
     std::vector<uint32_t> columns;  // position of each column (held_only), else empty
     uint32_t first_col = 0, visible = 0, per_cell = 1, n_cells = 0, n_pos = 0;
   } cache;
+  std::vector<Cache> head_caches;  // every head: one per head
 };
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts);
 // The heatmap as drawn (same rows, positions, zoom and colours), w x h RGBA

@@ -277,6 +277,8 @@ int main(int argc, char** argv) {
   cli.add_option("--save-conversation", options.save_conversation, "once the replies are written: session A's "
                                                                     "conversation to this JSON file");
   cli.add_option("--load-conversation", options.load_conversation, "load a saved conversation into session A");
+  cli.add_option("--load-every", options.load_every,
+                 "load a saved conversation into every session (a context of a given size, for measurements)");
   cli.add_option("--chat-template", options.chat_template,
                  "auto (the model's), none (text as typed), or a template name (as kvscope chat)");
   cli.add_option("--run-probes", options.run_probes,
@@ -288,6 +290,8 @@ int main(int argc, char** argv) {
                  "sampling resident and device memory; the report gives the slopes")
       ->check(CLI::Range(0.0, 24.0 * 60));
   cli.add_flag("--held-columns", options.held_columns, "the heatmap's columns: only the positions the cache holds");
+  cli.add_option("--heatmap-head", options.heatmap_head, "the heatmap's query head at start (-1: mean, -2: every head)")
+      ->check(CLI::Range(-2, 4096));
   cli.add_option("--map-layer", options.map_layer, "the eviction map's layer at start");
   cli.add_option("--map-head", options.map_head, "the eviction map's kv head at start");
   cli.add_option("--width", options.width, "window width")->check(CLI::Range(320, 8192));
