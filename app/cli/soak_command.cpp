@@ -28,7 +28,7 @@ using nlohmann::json;
 namespace {
 
 struct SoakSample {
-  uint64_t tokens = 0, rss = 0, device = 0, log_events = 0, folded_events = 0;
+  uint64_t tokens = 0, rss = 0, heap = 0, device = 0, log_events = 0, folded_events = 0;
 };
 
 struct SoakRun {
@@ -36,7 +36,7 @@ struct SoakRun {
   uint64_t tokens = 0;
   double seconds = 0;
   std::vector<SoakSample> samples;
-  double rss_slope = 0, device_slope = 0, log_slope = 0;  // bytes (events) per 1000 tokens, after warm-up
+  double rss_slope = 0, heap_slope = 0, device_slope = 0, log_slope = 0;  // bytes (events) per 1000 tokens, after warm-up
   int64_t rss_growth = 0;                                  // last sample - first after warm-up
   uint64_t log_max_events = 0;
 };
@@ -62,8 +62,8 @@ SoakRun soak_one(Engine& engine, const CacheSpec& spec, const SoakOptions& o) {
   run.cache = spec.label();
   run.log_max_events = log.max_events();
   auto sample = [&](uint64_t tokens) {
-    run.samples.push_back({tokens, resident_bytes(), engine.context().bytes_allocated(), log.events().size(),
-                           log.folded_events()});
+    run.samples.push_back({tokens, resident_bytes(), heap_in_use_bytes(), engine.context().bytes_allocated(),
+                           log.events().size(), log.folded_events()});
   };
   SamplerConfig sc;
   sc.seed = 1;
@@ -82,16 +82,18 @@ SoakRun soak_one(Engine& engine, const CacheSpec& spec, const SoakOptions& o) {
   }
   run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 
-  std::vector<double> x, rss, device, events;
+  std::vector<double> x, rss, heap, device, events;
   const double warm = 0.2 * static_cast<double>(run.tokens);
   for (const SoakSample& s : run.samples) {
     if (static_cast<double>(s.tokens) < warm) continue;
     x.push_back(static_cast<double>(s.tokens) / 1000.0);
     rss.push_back(static_cast<double>(s.rss));
+    heap.push_back(static_cast<double>(s.heap));
     device.push_back(static_cast<double>(s.device));
     events.push_back(static_cast<double>(s.log_events));
   }
   run.rss_slope = least_squares_slope(x, rss);
+  run.heap_slope = least_squares_slope(x, heap);
   run.device_slope = least_squares_slope(x, device);
   run.log_slope = least_squares_slope(x, events);
   if (!rss.empty()) run.rss_growth = static_cast<int64_t>(rss.back() - rss.front());
@@ -116,8 +118,8 @@ int soak(const SoakOptions& o) {
   }
   if (!o.json)
     std::printf("soak: %u tokens per cache on %s (context %u), memory sampled every %u tokens; slopes after the "
-                "first fifth\n\n| cache | tok/s | resident MiB (start → end) | resident per 1k tokens | device MiB | "
-                "device per 1k tokens | log events kept (folded) |\n|---|---:|---:|---:|---:|---:|---:|\n",
+                "first fifth\n\n| cache | tok/s | resident MiB (start → end) | resident per 1k tokens | heap in use per 1k "
+                "tokens | device MiB | device per 1k tokens | log events kept (folded) |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
                 o.tokens, engine.device_name().c_str(), capacity, o.sample_every);
   json runs = json::array();
   for (const CacheSpec& spec : specs) {
@@ -125,15 +127,17 @@ int soak(const SoakOptions& o) {
     const SoakSample& first = run.samples.front();
     const SoakSample& last = run.samples.back();
     if (!o.json) {
-      std::printf("| %s | %.1f | %s → %s | %s | %s | %s | %llu (%llu) |\n", run.cache.c_str(),
+      std::printf("| %s | %.1f | %s → %s | %s | %s | %s | %s | %llu (%llu) |\n", run.cache.c_str(),
                   run.seconds > 0 ? run.tokens / run.seconds : 0.0, mib(first.rss).c_str(), mib(last.rss).c_str(),
-                  kib(run.rss_slope).c_str(), mib(last.device).c_str(), kib(run.device_slope).c_str(),
+                  kib(run.rss_slope).c_str(), kib(run.heap_slope).c_str(), mib(last.device).c_str(),
+                  kib(run.device_slope).c_str(),
                   static_cast<unsigned long long>(last.log_events), static_cast<unsigned long long>(last.folded_events));
       std::fflush(stdout);
     }
     json samples = json::array();
     for (const SoakSample& s : run.samples)
-      samples.push_back({{"tokens", s.tokens}, {"rss", s.rss}, {"device", s.device}, {"log_events", s.log_events},
+      samples.push_back({{"tokens", s.tokens}, {"rss", s.rss}, {"heap", s.heap}, {"device", s.device},
+                         {"log_events", s.log_events},
                          {"folded_events", s.folded_events}});
     runs.push_back({{"cache", run.cache},
                     {"tokens", run.tokens},
@@ -141,6 +145,7 @@ int soak(const SoakOptions& o) {
                     {"tok_s", run.seconds > 0 ? run.tokens / run.seconds : 0.0},
                     {"rss_slope_bytes_per_1k_tokens", run.rss_slope},
                     {"rss_growth_after_warmup_bytes", run.rss_growth},
+                    {"heap_slope_bytes_per_1k_tokens", run.heap_slope},
                     {"device_slope_bytes_per_1k_tokens", run.device_slope},
                     {"log_events_slope_per_1k_tokens", run.log_slope},
                     {"log_max_events", run.log_max_events},

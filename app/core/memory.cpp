@@ -1,5 +1,6 @@
 #include "app/core/memory.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,11 @@ uint64_t resident_bytes() {
   std::fclose(f);
   if (n != 2) return 0;
   return resident * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+}
+
+uint64_t heap_in_use_bytes() {
+  const struct mallinfo2 m = mallinfo2();
+  return m.uordblks + m.hblkhd;
 }
 
 double least_squares_slope(std::span<const double> x, std::span<const double> y) {

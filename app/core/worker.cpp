@@ -94,20 +94,48 @@ ProbeRow probe_row_from_slots(const kv::KvCache& cache, uint32_t layer, uint32_t
   row.layer = layer;
   row.n_head = n_head;
   row.n_pos = step + 1;
-  row.probs.assign(size_t{n_head} * row.n_pos, 0.0f);
-  row.slot_of_position.assign(row.n_pos, -1);
+  // The union of what the kv heads hold (per-head policies differ), sorted.
+  for (uint32_t kv_head = 0; kv_head < n_kv_head; ++kv_head)
+    for (int32_t position : cache.table(layer, kv_head).positions())
+      if (position >= 0 && static_cast<uint32_t>(position) <= step) row.positions.push_back(position);
+  std::sort(row.positions.begin(), row.positions.end());
+  row.positions.erase(std::unique(row.positions.begin(), row.positions.end()), row.positions.end());
+  const size_t n = row.positions.size();
+  row.probs.assign(size_t{n_head} * n, 0.0f);
+  row.slots.assign(n, -1);
   const uint32_t heads_per_kv = std::max(1u, n_head / n_kv_head);  // grouped-query attention
   for (uint32_t kv_head = 0; kv_head < n_kv_head; ++kv_head) {
     const kv::SlotTable& table = cache.table(layer, kv_head);
     for (uint32_t slot = 0; slot < table.capacity(); ++slot) {
       const int32_t position = table.position(slot);
       if (position < 0 || static_cast<uint32_t>(position) > step) continue;
-      if (kv_head == 0) row.slot_of_position[position] = static_cast<int32_t>(slot);
+      const size_t k = static_cast<size_t>(row.index_of(static_cast<uint32_t>(position)));
+      if (kv_head == 0) row.slots[k] = static_cast<int32_t>(slot);
       for (uint32_t h = kv_head * heads_per_kv; h < (kv_head + 1) * heads_per_kv && h < n_head; ++h)
-        row.probs[size_t{h} * row.n_pos + position] = probs_by_slot[size_t{h} * capacity + slot];
+        row.probs[size_t{h} * n + k] = probs_by_slot[size_t{h} * capacity + slot];
     }
   }
   return row;
+}
+
+int ProbeRow::index_of(uint32_t position) const {
+  const auto it = std::lower_bound(positions.begin(), positions.end(), static_cast<int32_t>(position));
+  return it != positions.end() && *it == static_cast<int32_t>(position) ? static_cast<int>(it - positions.begin()) : -1;
+}
+
+float ProbeRow::prob(int head, uint32_t position) const {
+  const int k = index_of(position);
+  if (k < 0) return 0;
+  const size_t n = positions.size();
+  if (head >= 0) return head < static_cast<int>(n_head) ? probs[size_t(head) * n + k] : 0;
+  float sum = 0;
+  for (uint32_t h = 0; h < n_head; ++h) sum += probs[size_t{h} * n + k];
+  return sum / std::max(1u, n_head);
+}
+
+int32_t ProbeRow::slot_of(uint32_t position) const {
+  const int k = index_of(position);
+  return k < 0 ? -1 : slots[k];
 }
 
 // ============================================================== SessionWorker

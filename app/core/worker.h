@@ -51,14 +51,22 @@ struct LayerOccupancy {
   uint32_t live_min = 0, live_max = 0, capacity = 0;
 };
 
-// Attention of one decode step in one layer: probabilities [n_head][n_pos]
-// over token positions 0..n_pos-1 (0 where the position is not in the cache).
+// Attention of one decode step in one layer, over the positions the cache
+// holds — at most its slots, however long the context: a row at token 32,000
+// of a 256-slot cache is 256 entries per head, not 32,000.
 struct ProbeRow {
   uint32_t step = 0;       // position of the query token
   uint32_t layer = 0;
-  uint32_t n_head = 0, n_pos = 0;
-  std::vector<float> probs;
-  std::vector<int32_t> slot_of_position;  // [n_pos], -1: not held (head 0)
+  uint32_t n_head = 0, n_pos = 0;  // positions 0..n_pos-1 existed at this step
+  std::vector<int32_t> positions;  // held by some kv head, ascending
+  std::vector<float> probs;        // [n_head][positions.size()]; 0 where the head's kv head does not hold it
+  std::vector<int32_t> slots;      // [positions.size()]: slot in kv head 0's table, -1: head 0 does not hold it
+
+  // Index of `position` in `positions`, -1 when no kv head holds it.
+  int index_of(uint32_t position) const;
+  // The probability at `position` for `head` (-1: the mean of heads); 0 when not held.
+  float prob(int head, uint32_t position) const;
+  int32_t slot_of(uint32_t position) const;  // kv head 0's slot, -1: not held there
 };
 
 // One step of a recorded reply (side by side, forced mode): the distribution

@@ -320,7 +320,8 @@ void App::drive_soak() {
   if (soak_samples_.empty() || seconds - soak_samples_.back().seconds >= every) {
     uint64_t tokens = 0;
     for (const auto& s : frame_snapshots_) tokens += s->tokens.size();
-    soak_samples_.push_back({seconds, resident_bytes(), engine_->context().bytes_allocated(), tokens, fps_now_});
+    soak_samples_.push_back(
+        {seconds, resident_bytes(), heap_in_use_bytes(), engine_->context().bytes_allocated(), tokens, fps_now_});
   }
   if (seconds >= options_.soak_minutes * 60) return;
   for (auto& worker : sessions_) {
@@ -333,20 +334,22 @@ void App::drive_soak() {
 RunReport App::report() const {
   RunReport r;
   if (!soak_samples_.empty()) {
-    std::vector<double> minutes, rss, device;
+    std::vector<double> minutes, rss, heap, device;
     nlohmann::json samples = nlohmann::json::array();
     for (const SoakSample& s : soak_samples_) {
-      samples.push_back({{"seconds", s.seconds}, {"rss", s.rss}, {"device", s.device}, {"tokens", s.tokens},
-                         {"fps", s.fps}});
+      samples.push_back({{"seconds", s.seconds}, {"rss", s.rss}, {"heap", s.heap}, {"device", s.device},
+                         {"tokens", s.tokens}, {"fps", s.fps}});
       // The slope after the first fifth (warm-up: pipelines, caches filling).
       if (s.seconds < 0.2 * soak_samples_.back().seconds) continue;
       minutes.push_back(s.seconds / 60);
       rss.push_back(static_cast<double>(s.rss));
+      heap.push_back(static_cast<double>(s.heap));
       device.push_back(static_cast<double>(s.device));
     }
     r.soak = {{"minutes", options_.soak_minutes},
               {"samples", samples},
               {"rss_slope_bytes_per_minute", least_squares_slope(minutes, rss)},
+              {"heap_slope_bytes_per_minute", least_squares_slope(minutes, heap)},
               {"device_slope_bytes_per_minute", least_squares_slope(minutes, device)}};
   }
   r.sessions = nlohmann::json::array();

@@ -185,7 +185,7 @@ class App {
   OccupancyDrawn occupancy_drawn_;
   struct SoakSample {
     double seconds = 0;
-    uint64_t rss = 0, device = 0, tokens = 0;
+    uint64_t rss = 0, heap = 0, device = 0, tokens = 0;
     double fps = 0;
   };
   std::optional<std::chrono::steady_clock::time_point> soak_started_;

@@ -411,13 +411,7 @@ std::vector<const ProbeRow*> rows_of_layer(const SessionSnapshot& s, int layer) 
   return rows;
 }
 
-float probability(const ProbeRow& r, int head, uint32_t position) {
-  if (position >= r.n_pos) return 0;
-  if (head >= 0) return r.probs[size_t(head) * r.n_pos + position];
-  float sum = 0;
-  for (uint32_t h = 0; h < r.n_head; ++h) sum += r.probs[size_t(h) * r.n_pos + position];
-  return sum / std::max(1u, r.n_head);
-}
+float probability(const ProbeRow& r, int head, uint32_t position) { return r.prob(head, position); }
 
 void draw_legend(float gamma, float width) {
   ImDrawList* draw = ImGui::GetWindowDrawList();
@@ -460,13 +454,26 @@ HeatmapLayout heatmap_layout(uint32_t n_pos, const HeatmapView& view, float widt
 }
 
 // The largest probability of the held positions in [p0, p1) at row r, or
-// -1 when none is held (evicted), -2 when none existed yet.
+// -1 when none is held (evicted), -2 when none existed yet. The held
+// positions in the range are one slice of the row's sorted list.
 float cell_value(const ProbeRow& r, int head, uint32_t p0, uint32_t p1) {
-  float prob = -2;
-  for (uint32_t pos = p0; pos < p1 && pos <= r.step && pos < r.n_pos; ++pos) {
-    if (prob < -1) prob = -1;
-    if (pos < r.slot_of_position.size() && r.slot_of_position[pos] < 0) continue;
-    prob = std::max(prob, probability(r, head, pos));
+  if (p0 > r.step || p0 >= r.n_pos) return -2;
+  const auto first = std::lower_bound(r.positions.begin(), r.positions.end(), static_cast<int32_t>(p0));
+  const auto last = std::lower_bound(first, r.positions.end(), static_cast<int32_t>(p1));
+  if (first == last) return -1;
+  const size_t n = r.positions.size();
+  float prob = -1;
+  for (auto it = first; it != last; ++it) {
+    const size_t k = static_cast<size_t>(it - r.positions.begin());
+    if (r.slots[k] < 0 && head < 0) continue;  // the mean is over head 0's table, as the strip's shading
+    float v = 0;
+    if (head >= 0) {
+      v = head < static_cast<int>(r.n_head) ? r.probs[size_t(head) * n + k] : 0;
+    } else {
+      for (uint32_t h = 0; h < r.n_head; ++h) v += r.probs[size_t{h} * n + k];
+      v /= std::max(1u, r.n_head);
+    }
+    prob = std::max(prob, v);
   }
   return prob;
 }
@@ -480,8 +487,7 @@ std::vector<uint8_t> heatmap_pixels(const SessionSnapshot& s, const HeatmapView&
   for (const ProbeRow* r : rows) n_pos = std::max(n_pos, r->n_pos);
   std::vector<uint32_t> columns;  // held_only: the positions held at the newest row
   if (view.held_only)
-    for (uint32_t pos = 0; pos < rows.back()->n_pos && pos <= rows.back()->step; ++pos)
-      if (pos < rows.back()->slot_of_position.size() && rows.back()->slot_of_position[pos] >= 0) columns.push_back(pos);
+    for (int32_t pos : rows.back()->positions) columns.push_back(static_cast<uint32_t>(pos));
   const HeatmapLayout l =
       heatmap_layout(view.held_only ? std::max<uint32_t>(1, columns.size()) : n_pos, view, static_cast<float>(width));
   std::vector<uint8_t> rgba(size_t(width) * height * 4);
@@ -527,8 +533,7 @@ void build_heatmap(HeatmapView::Cache& c, const std::vector<const ProbeRow*>& ro
   c.columns.clear();
   if (view.held_only) {
     const ProbeRow& newest = *rows.back();
-    for (uint32_t pos = 0; pos < newest.n_pos && pos <= newest.step; ++pos)
-      if (pos < newest.slot_of_position.size() && newest.slot_of_position[pos] >= 0) c.columns.push_back(pos);
+    for (int32_t pos : newest.positions) c.columns.push_back(static_cast<uint32_t>(pos));
   }
   const uint32_t n_cols = view.held_only ? static_cast<uint32_t>(c.columns.size()) : c.n_pos;
   const HeatmapLayout l = heatmap_layout(std::max(1u, n_cols), view, width);
@@ -570,8 +575,10 @@ void build_heatmap(HeatmapView::Cache& c, const std::vector<const ProbeRow*>& ro
 void draw_every_head(const std::vector<const ProbeRow*>& rows, HeatmapView& view, uint32_t n_head, ImVec2 p,
                      float width, float height) {
   ImDrawList* draw = ImGui::GetWindowDrawList();
-  const uint32_t cols = std::max(1u, static_cast<uint32_t>(std::ceil(std::sqrt(n_head * width / std::max(1.0f, height)))));
+  uint32_t cols = std::clamp(static_cast<uint32_t>(std::ceil(std::sqrt(n_head * width / std::max(1.0f, height)))), 1u,
+                             std::max(1u, n_head));
   const uint32_t grid_rows = (n_head + cols - 1) / cols;
+  cols = (n_head + grid_rows - 1) / grid_rows;  // balanced: 6 heads in 3 x 2, not 5 + 1
   const float label_h = ImGui::GetTextLineHeight();
   const float tile_w = width / cols, tile_h = height / std::max(1u, grid_rows);
   view.head_caches.resize(n_head);
@@ -725,7 +732,7 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
       ImGui::Text("key position %u  \"%s\"", pos, pos < s.pieces.size() ? s.pieces[pos].c_str() : "?");
       if (l.per_cell > 1) ImGui::TextColored(colour::muted, "(a cell holds %u positions: their largest)", l.per_cell);
       ImGui::PopFont();
-      const int32_t slot = pos < r.slot_of_position.size() ? r.slot_of_position[pos] : -1;
+      const int32_t slot = r.slot_of(pos);
       if (slot < 0)
         ImGui::TextColored(colour::evicted, "state: evicted (not in the cache at this step)");
       else

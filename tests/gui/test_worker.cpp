@@ -162,12 +162,14 @@ TEST_CASE("probe rows: slot-indexed probabilities land at their token positions"
   const ProbeRow row = probe_row_from_slots(cache, 1, n_head, 4, by_slot);
   CHECK(row.n_pos == 5);
   CHECK(row.layer == 1);
+  CHECK(row.positions == std::vector<int32_t>{0, 1, 2});  // only what the cache holds is kept
   for (uint32_t pos = 0; pos < 3; ++pos) {
-    CHECK(row.slot_of_position[pos] == static_cast<int32_t>(pos));  // empty cache: slot i holds position i
-    for (uint32_t h = 0; h < n_head; ++h) CHECK(row.probs[size_t{h} * row.n_pos + pos] == doctest::Approx(h + pos * 0.01f));
+    CHECK(row.slot_of(pos) == static_cast<int32_t>(pos));  // empty cache: slot i holds position i
+    for (uint32_t h = 0; h < n_head; ++h) CHECK(row.prob(static_cast<int>(h), pos) == doctest::Approx(h + pos * 0.01f));
   }
-  CHECK(row.slot_of_position[3] == -1);  // not in the cache: drawn as evicted
-  CHECK(row.probs[3] == 0.0f);
+  CHECK(row.slot_of(3) == -1);  // not in the cache: drawn as evicted
+  CHECK(row.prob(0, 3) == 0.0f);
+  CHECK(row.prob(-1, 1) == doctest::Approx((n_head - 1) / 2.0 + 0.01).epsilon(1e-5));  // the mean of heads
   CHECK_THROWS_AS(probe_row_from_slots(cache, 0, n_head, 4, std::span<const float>(by_slot).first(3)),
                   std::invalid_argument);
 }
@@ -184,7 +186,7 @@ TEST_CASE("worker: with probes wanted, each step's attention rows sum to 1 per h
     CHECK(row->n_pos == row->step + 1);
     for (uint32_t h = 0; h < row->n_head; ++h) {
       double sum = 0;
-      for (uint32_t pos = 0; pos < row->n_pos; ++pos) sum += row->probs[size_t{h} * row->n_pos + pos];
+      for (uint32_t pos = 0; pos < row->n_pos; ++pos) sum += row->prob(static_cast<int>(h), pos);
       CHECK(sum == doctest::Approx(1.0).epsilon(1e-4));
     }
   }
