@@ -1,5 +1,6 @@
 #include "kv/event_log.h"
 
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <istream>
@@ -30,6 +31,13 @@ template <class Events>
 void apply_events(const TraceHeader& h, const Events& events, std::span<SlotTable> tables, uint64_t first_index);
 
 }  // namespace
+
+namespace {
+std::atomic<size_t> g_default_max_events{EventLog::kDefaultMaxEvents};
+}  // namespace
+
+size_t EventLog::default_max_events() { return g_default_max_events.load(); }
+void EventLog::set_default_max_events(size_t max_events) { g_default_max_events = max_events; }
 
 void EventLog::kept(TraceEvent event) {
   last_step_ = std::max<int64_t>(last_step_, event_step(event));

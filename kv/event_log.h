@@ -191,8 +191,12 @@ class EventLog {
  public:
   static constexpr size_t kDefaultMaxEvents = size_t{1} << 18;  // ~16 MiB of events
 
-  explicit EventLog(TraceHeader header = {}, size_t max_events = kDefaultMaxEvents)
-      : header_(std::move(header)), max_events_(max_events) {}
+  // `max_events` of SIZE_MAX: the process's default (kDefaultMaxEvents, or
+  // what set_default_max_events chose: the window's and soak's --log-events).
+  explicit EventLog(TraceHeader header = {}, size_t max_events = SIZE_MAX)
+      : header_(std::move(header)), max_events_(max_events == SIZE_MAX ? default_max_events() : max_events) {}
+  static size_t default_max_events();
+  static void set_default_max_events(size_t max_events);
 
   const TraceHeader& header() const { return header_; }
   void written(uint32_t step, std::span<const int32_t> positions, std::span<const int32_t> tokens);
@@ -241,7 +245,7 @@ class EventLog {
   ChunkedSequence<Occupancy> occupancies_;
   uint64_t evictions_ = 0;
   int64_t last_step_ = -1;
-  size_t max_events_ = kDefaultMaxEvents;
+  size_t max_events_ = 0;
   std::function<void(const EventLog&)> on_fold_;
   std::vector<SlotTable> base_;
   uint64_t folded_events_ = 0, folded_occupancies_ = 0;

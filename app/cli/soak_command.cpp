@@ -106,6 +106,7 @@ std::string mib(double bytes) { return fmt::format("{:.1f}", bytes / (1024.0 * 1
 }  // namespace
 
 int soak(const SoakOptions& o) {
+  if (o.log_events > 0) kv::EventLog::set_default_max_events(o.log_events);
   Engine engine(engine_options(o.m));
   const uint32_t capacity = o.m.n_ctx ? o.m.n_ctx : engine.n_ctx();
   std::vector<std::string> texts = o.policies.empty() ? default_specs(capacity) : o.policies;

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "app/core/memory.h"
+#include "kv/event_log.h"
 #include "app/core/paths.h"
 
 namespace kvscope::gui {
@@ -47,6 +48,7 @@ App::App(const GuiOptions& options, const Settings& settings, const Fonts& fonts
   forced_mode_ = options.forced || !options.forced_text.empty();
   forced_on_text_ = !options.forced_text.empty();
   pending_drops_ = options.drops;
+  if (options.log_events > 0) kv::EventLog::set_default_max_events(options.log_events);
   start_loading(options.model_path.empty() ? default_model_path() : options.model_path);
 }
 

@@ -53,6 +53,7 @@ struct GuiOptions {
   int select = 0;                          // the session selected once loaded (0: A)
   bool alternate_probes = false;           // measurement: attention readback every other step
   double soak_minutes = 0;                 // measurement: keep every session writing this long (--soak)
+  size_t log_events = 0;                   // each eviction log's limit in memory (0: kv::EventLog's default)
   bool held_columns = false;               // the heatmap shows only held positions (--held-columns)
   int heatmap_head = -1;                   // the heatmap's head at start (-1 mean, -2 every head)
   int map_layer = 0, map_head = 0;         // the eviction map's table at start

@@ -289,6 +289,8 @@ int main(int argc, char** argv) {
                  "measurement: keep every session writing (\" Then\" after each reply) for MINUTES after --prompt, "
                  "sampling resident and device memory; the report gives the slopes")
       ->check(CLI::Range(0.0, 24.0 * 60));
+  cli.add_option("--log-events", options.log_events,
+                 "events each session's eviction log keeps in memory before folding the oldest (default 262144)");
   cli.add_flag("--held-columns", options.held_columns, "the heatmap's columns: only the positions the cache holds");
   cli.add_option("--heatmap-head", options.heatmap_head, "the heatmap's query head at start (-1: mean, -2: every head)")
       ->check(CLI::Range(-2, 4096));
