@@ -81,6 +81,15 @@ void Session::reset() {
   stats_ = {};
 }
 
+std::vector<float> Session::feed(const std::vector<int32_t>& ids) {
+  if (ids.empty()) return {};
+  std::vector<int32_t> positions(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);
+  auto logits = engine_->model().forward(ids, positions, cache_, LogitsWanted::Last, outputs_);
+  tokens_.insert(tokens_.end(), ids.begin(), ids.end());
+  return {logits.begin(), logits.end()};
+}
+
 std::vector<float> Session::logits_all(const std::vector<int32_t>& ids) {
   std::vector<int32_t> positions(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) positions[i] = static_cast<int32_t>(tokens_.size() + i);

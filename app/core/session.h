@@ -93,6 +93,11 @@ class Session {
   std::vector<int32_t> generate(const std::vector<int32_t>& prompt, uint32_t max_new, Sampler& sampler,
                                 const TokenCallback& on_token = {});
 
+  // Reads `ids` into the cache (continuing the session) and returns the
+  // logits of the last one only: a refill after a change of pins, a loaded
+  // conversation, a prompt. (Every token's logits of a 32K-token
+  // conversation would be 4 GB.) Empty `ids`: nothing, empty logits.
+  std::vector<float> feed(const std::vector<int32_t>& ids);
   // Teacher-forced logits for every token of `ids` (continuing the session).
   // With an evicting policy the cache may take them in several steps.
   std::vector<float> logits_all(const std::vector<int32_t>& ids);

@@ -525,7 +525,7 @@ void SessionWorker::apply_policy(const kv::PinnedSpans& pins) {
 
 void SessionWorker::refill(const std::vector<int32_t>& ids) {
   if (ids.empty()) return;
-  session_->logits_all(ids);
+  session_->feed(ids);
   session_->end_prefill();
 }
 
@@ -563,7 +563,8 @@ void SessionWorker::recorded_reply(const std::vector<int32_t>& prompt, const Gen
   working_.steps.clear();
   EngineHold hold(*turns_);
   apply_probe_setting();
-  std::vector<float> logits = session_->logits_all(prompt);
+  std::vector<float> logits = session_->feed(prompt);
+  if (logits.size() < n_vocab) throw std::invalid_argument("a recorded reply needs a prompt to continue");
   session_->end_prefill();
   capture_probes();
   const size_t n = request.forced ? request.forced->size() : request.max_new;
