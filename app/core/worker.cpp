@@ -525,7 +525,23 @@ void SessionWorker::apply_policy(const kv::PinnedSpans& pins) {
 
 void SessionWorker::refill(const std::vector<int32_t>& ids) {
   if (ids.empty()) return;
-  session_->feed(ids);
+  // In pieces, handing the engine to the other sessions between them (a
+  // 32K-token conversation loading in one session must not stop the others'
+  // replies for minutes), with the progress in the snapshot.
+  constexpr size_t kPiece = 512;
+  working_.prefill_total = static_cast<uint32_t>(ids.size());
+  for (size_t i = 0; i < ids.size(); i += kPiece) {
+    if (i > 0) {
+      working_.state = SessionSnapshot::State::Prefill;
+      working_.prefill_done = static_cast<uint32_t>(i);
+      publish();
+      turns_->unlock();  // the caller holds the engine; this is EngineHold::yield
+      turns_->lock();
+    }
+    session_->feed({ids.begin() + static_cast<std::ptrdiff_t>(i),
+                    ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), i + kPiece))});
+  }
+  working_.prefill_done = working_.prefill_total = 0;
   session_->end_prefill();
 }
 
