@@ -127,6 +127,7 @@ void App::poll_loading() {
     if (!carried[i].turns.empty()) sessions_[i]->load(carried[i], tmpl);
   selected_ = std::min<size_t>(std::max(0, options_.select), sessions_.empty() ? 0 : sessions_.size() - 1);
   heatmap_.held_only = options_.held_columns;
+  heatmap_.held_auto = !options_.held_columns;
   heatmap_.head = options_.heatmap_head;
   timeline_.map_layer = options_.map_layer;
   timeline_.map_head = options_.map_head;

@@ -646,9 +646,10 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
   if (ImGui::SmallButton("fit")) view.zoom = 1, view.first = 0, view.follow = false;
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("Every position");
   ImGui::SameLine();
-  ImGui::Checkbox("held", &view.held_only);
+  if (ImGui::Checkbox("held", &view.held_only)) view.held_auto = false;
   if (ImGui::IsItemHovered())
-    ImGui::SetTooltip("Columns: only the positions the cache holds now (not every position of the context)");
+    ImGui::SetTooltip("Columns: only the positions the cache holds now (not every position of the context).\n"
+                      "On by itself once the context is four times what the cache holds, until you choose.");
   if (view.zoom > 1) {
     ImGui::SameLine();
     ImGui::TextColored(colour::muted, "x%.0f", view.zoom);
@@ -676,6 +677,9 @@ void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& font
     draw_legend(view.gamma, width);
     return;
   }
+  // Until the person chooses: every position while most are held, the held
+  // ones once they are a sliver of the context (a 256-slot cache at 32K).
+  if (view.held_auto) view.held_only = rows.back()->n_pos > 4 * std::max<size_t>(1, rows.back()->positions.size());
   if (view.head == kEveryHead) {
     draw_every_head(rows, view, n_head, p, width, height);
     ImGui::InvisibleButton("##heatmap", {width, height});

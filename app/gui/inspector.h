@@ -64,6 +64,7 @@ struct HeatmapView {
   // than pixels), or only the positions the cache holds at the newest row —
   // at 32K tokens with a 256-slot cache, the 256 that matter.
   bool held_only = false;
+  bool held_auto = true;  // held_only follows the context's length until the person toggles it
   ImVec4 last_rect{};   // x, y, w, h of the map on screen (for tests)
   bool drew_cells = false;
   // The map's rectangles, made again only when a row arrives or the view
