@@ -26,18 +26,6 @@ namespace {
 
 ImU32 u32(const ImVec4& c) { return ImGui::ColorConvertFloat4ToU32(c); }
 
-// A horizontal bar of `fraction` with `label` drawn over it.
-void bar(float fraction, float width, float height, const std::string& label) {
-  ImDrawList* draw = ImGui::GetWindowDrawList();
-  const ImVec2 p = ImGui::GetCursorScreenPos();
-  draw->AddRectFilled(p, {p.x + width, p.y + height}, u32(colour::bar_bg), 3);
-  const float filled = std::clamp(fraction, 0.0f, 1.0f) * width;
-  if (filled > 0) draw->AddRectFilled(p, {p.x + filled, p.y + height}, u32(colour::bar_fill), 3);
-  const ImVec2 text = ImGui::CalcTextSize(label.c_str());
-  draw->AddText({p.x + 6, p.y + (height - text.y) * 0.5f}, u32(colour::text), label.c_str());
-  ImGui::Dummy({width, height});
-}
-
 }  // namespace
 
 // ================================================================= occupancy
