@@ -5,6 +5,8 @@
 # StreamingLLM side by side, sends " Then" and reports the frames per second
 # while both write. Needs a display or xvfb-run.
 #   scripts/window-fps.sh [TOKENS...]      default: 2048 8192 32768
+#   FPS_MODEL=m.gguf scripts/window-fps.sh 2048   another model (its tokenizer must be the default model's:
+#                                                 kvscope synthetic ... --vocab-from)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$root/build"
@@ -30,7 +32,9 @@ json.dump({"kvscope_conversation": 1, "model": "", "cache": "", "template": "non
 PY
   run=(xvfb-run -a -s '-screen 0 1920x1200x24')
   [ -n "${DISPLAY:-}" ] && run=()
-  XDG_CONFIG_HOME="$work/config" "${run[@]}" "$build/kvscope-gui" --load-every "$work/conv-$n.json" \
+  model_args=()
+  [ -n "${FPS_MODEL:-}" ] && model_args=(-m "$FPS_MODEL")
+  XDG_CONFIG_HOME="$work/config" "${run[@]}" "$build/kvscope-gui" "${model_args[@]}" --load-every "$work/conv-$n.json" \
     --prompt " Then" --tokens "${FPS_TOKENS:-120}" --temp 0 \
     --compare "f16 + streamingllm:sinks=4,window=124,rolling;q8 + streamingllm:sinks=4,window=124,rolling" \
     --screenshot "$work/shot-$n.png" > "$work/out-$n.txt" 2>&1
