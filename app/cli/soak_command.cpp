@@ -56,8 +56,7 @@ SoakRun soak_one(Engine& engine, const CacheSpec& spec, const SoakOptions& o) {
     throw std::invalid_argument(fmt::format(
         "cache \"{}\" does not evict: its context fills at {} tokens; a soak needs an evicting policy (--policy)",
         spec.label(), session.cache().capacity()));
-  kv::EventLog& log = session.cache().eviction()->log();
-  if (o.log_events > 0) log.set_max_events(o.log_events);
+  kv::EventLog& log = session.cache().eviction()->log();  // its limit: --log-events, set for the process
   SoakRun run;
   run.cache = spec.label();
   run.log_max_events = log.max_events();
