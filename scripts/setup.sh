@@ -16,7 +16,7 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
 # ---- 1. packages ------------------------------------------------------------
 packages=(cmake ninja-build g++ pkg-config libvulkan-dev mesa-vulkan-drivers glslang-tools
           vulkan-validationlayers doctest-dev libcli11-dev nlohmann-json3-dev libpcre2-dev
-          libfmt-dev libglfw3-dev libimgui-dev libstb-dev ca-certificates
+          libfmt-dev libglfw3-dev libimgui-dev libstb-dev librsvg2-dev ca-certificates
           zlib1g-dev fonts-inter fonts-dejavu-core xvfb xauth)  # tests read gzipped vocabularies; the window's fonts; Xvfb for its tests
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()

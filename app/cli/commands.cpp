@@ -1,7 +1,10 @@
 #include "app/cli/commands.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -103,6 +106,20 @@ double median(std::vector<double> v) {
 }
 
 }  // namespace
+
+std::string read_text_file(const std::string& path, std::string_view command) {
+  if (path.empty())
+    throw std::invalid_argument(fmt::format("{} needs a text to evaluate on: -f FILE (for example -f tests/data/corpus.txt)", command));
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path,
+                                         std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path, std::strerror(errno)));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
 
 EngineOptions engine_options(const ModelOptions& m, uint32_t max_batch) {
   EngineOptions e;

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,26 @@ struct ProbeOptions {
 };
 int probe(const ProbeOptions& o);
 
+// `kvscope lab` (app/cli/lab_command.cpp): a sweep of caches over a text,
+// journaled row by row (resumable), then a report and a recommendation.
+struct LabCommandOptions {
+  ModelOptions m;                      // -m -c --device; --pin applies to every cache
+  std::string text_file;               // -f
+  std::string out;                     // --out DIR
+  std::string baseline = "f16";        // --baseline SPEC
+  uint32_t max_chunks = 0;             // --max-chunks
+  std::string preset = "default";      // --preset
+  std::string storages, policies, budgets, caches;  // --storages --policies --budgets --caches
+  std::vector<std::string> scenarios;  // --scenario FILE (repeatable)
+  bool probes = false;                 // --probes: every scenario of assets/scenarios
+  std::string budget;                  // --budget: the recommendation's memory budget
+  double max_kl = 0.05, min_top1 = 0.95;  // --max-kl --min-top1: what counts as safe
+  bool fresh = false;                  // --fresh: set a journal of another sweep aside
+  bool report_only = false;            // --report: only rewrite the report from the journal
+  bool json = false;                   // --json: results.json on stdout
+};
+int lab(const LabCommandOptions& o);
+
 // Memory over a long generation (app/cli/soak_command.cpp): each cache
 // generates `tokens` tokens while resident and device memory are sampled.
 struct SoakOptions {
@@ -156,5 +177,8 @@ class StreamedTrace {
   std::unique_ptr<Open> open_;
 };
 std::string human_bytes(double bytes);
+// The whole of a text file (eval's and lab's -f); errors name the flag and, when
+// no file was given, the command that needs one.
+std::string read_text_file(const std::string& path, std::string_view command);
 
 }  // namespace kvscope::cli

@@ -24,20 +24,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string read_text_file(const std::string& path) {
-  if (path.empty())
-    throw std::invalid_argument("eval needs a text to evaluate on: -f FILE (for example -f tests/data/corpus.txt)");
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path,
-                                         std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("-f {}: cannot read the file ({})", path, std::strerror(errno)));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Parses a spec given to `flag`, naming the flag in the error.
 CacheSpec spec_from_flag(std::string_view flag, const std::string& text) {
   try {
@@ -221,7 +207,7 @@ void print_sweep_table(const EvaluationReport& r) {
 }  // namespace
 
 int eval(const EvalOptions& o) {
-  const std::string text = read_text_file(o.text_file);
+  const std::string text = read_text_file(o.text_file, "eval");
   const CacheSpec baseline = spec_from_flag("--baseline", o.baseline);
   EvaluationOptions options;
   options.n_ctx = o.m.n_ctx;
@@ -241,8 +227,9 @@ int eval(const EvalOptions& o) {
       std::fflush(stderr);
     };
   else if (show_progress)
-    options.on_chunk = [](uint32_t done, uint32_t n) {
-      std::fprintf(stderr, "\rchunk %u/%u", done, n);
+    options.on_chunk = [](uint64_t done, uint64_t n) {
+      std::fprintf(stderr, "\rchunk %llu/%llu", static_cast<unsigned long long>(done),
+                   static_cast<unsigned long long>(n));
       if (done == n) std::fprintf(stderr, "\r\033[K");
       std::fflush(stderr);
     };

@@ -3,7 +3,10 @@
 #include <cstdio>
 #include <exception>
 
+#include <fmt/format.h>
+
 #include "app/cli/commands.h"
+#include "app/core/lab.h"
 #include "kv/policy.h"
 #include "models/synthetic.h"
 
@@ -165,6 +168,38 @@ int main(int argc, char** argv) {
                             kvscope::kv::policy_help());
   probe_cmd->add_flag("--json", probe_o.json, "print one JSON object");
 
+  LabCommandOptions lab_o;
+  auto* lab_cmd = app.add_subcommand(
+      "lab", "which KV cache for your text and memory: a sweep of caches against the baseline (progress, resumable: "
+             "each cache's figures go to DIR/rows.jsonl as it finishes), then a report (DIR/report.html with Pareto "
+             "charts, PNGs, CSV, JSON) and a recommendation for --budget");
+  add_model_options(lab_cmd, lab_o.m);
+  lab_cmd->add_option("-f,--file", lab_o.text_file, "text to measure on (at least 2 x context tokens)");
+  lab_cmd->add_option("--out", lab_o.out, "folder for the journal and the report (a sweep there is resumed)");
+  std::string presets_help;
+  for (std::string_view p : kvscope::lab_preset_names())
+    presets_help += fmt::format("\n  {}: {}", p, kvscope::lab_preset_description(p));
+  lab_cmd->add_option("--preset", lab_o.preset, "the grid to start from:" + presets_help)->capture_default_str();
+  lab_cmd->add_option("--storages", lab_o.storages,
+                      "storages instead of the preset's, separated by ';' (\"f16; q8; q4,group=8; k=q8,v=q4\")");
+  lab_cmd->add_option("--policies", lab_o.policies,
+                      "policy names instead of the preset's, separated by ',' (none: the storage alone; *: every policy)");
+  lab_cmd->add_option("--budgets", lab_o.budgets, "policy budgets in tokens per kv head, separated by ','");
+  lab_cmd->add_option("--caches", lab_o.caches, "whole cache specs added to the grid, separated by ';'");
+  lab_cmd->add_option("--baseline", lab_o.baseline, "the cache every other is compared with")->capture_default_str();
+  lab_cmd->add_option("--pin", lab_o.m.pins, "pin START:END in every cache with a policy (repeatable)");
+  lab_cmd->add_option("--max-chunks", lab_o.max_chunks, "only the first N chunks of the text (0: all)");
+  lab_cmd->add_option("--scenario", lab_o.scenarios, "probe scenario run under every cache (repeatable)");
+  lab_cmd->add_flag("--probes", lab_o.probes, "run every scenario of assets/scenarios under every cache");
+  lab_cmd->add_option("--budget", lab_o.budget,
+                      "memory budget for the recommendation: 25% (of the baseline), 1728 or 1.5KiB (bytes per token), "
+                      "2GiB@32768 (a whole cache at a context); default 25%");
+  lab_cmd->add_option("--max-kl", lab_o.max_kl, "safe: mean KL at most this (nats)")->capture_default_str();
+  lab_cmd->add_option("--min-top1", lab_o.min_top1, "safe: top-1 agreement at least this (0 to 1)")->capture_default_str();
+  lab_cmd->add_flag("--fresh", lab_o.fresh, "a journal in --out from another sweep is kept aside and a new one started");
+  lab_cmd->add_flag("--report", lab_o.report_only, "only write the report again from the journal (no model needed)");
+  lab_cmd->add_flag("--json", lab_o.json, "print results.json on stdout");
+
   SoakOptions soak_o;
   auto* soak_cmd = app.add_subcommand(
       "soak", "memory over a long generation: each cache generates -n tokens while the process's resident memory and "
@@ -231,6 +266,7 @@ int main(int argc, char** argv) {
     if (*eval_cmd) return eval(eval_o);
     if (*probe_cmd) return probe(probe_o);
     if (*soak_cmd) return soak(soak_o);
+    if (*lab_cmd) return lab(lab_o);
     if (*conv_cmd) return convert_llama2c(ck, tk, out);
     if (*q_cmd) return quantize(q_in, q_out, q_type);
     if (*syn_cmd) return synthetic(syn_o);

@@ -82,17 +82,20 @@ struct CacheRun {
     std::vector<float> logits;
     if (!session->evicting()) {
       logits = session->logits_all(chunk);
+      note_live();
     } else {
       // Prefill what the budget holds, then decode: one token per step.
       const size_t prompt = std::min<size_t>(chunk.size(), 
                                                 std::max(session->cache().eviction()->room(session->cache().tables()), 1u));
       logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
       session->end_prefill();
+      note_live();
       if (prompt_done) prompt_done(prompt);
       logits.reserve(chunk.size() * (logits.size() / prompt));
       for (size_t i = prompt; i < chunk.size(); ++i) {
         const std::vector<float> row = session->logits_all({chunk[i]});
         logits.insert(logits.end(), row.begin(), row.end());
+        note_live();
         if (decoded) decoded(i);
       }
       result.evictions += session->cache().eviction()->log().eviction_count();
@@ -103,6 +106,13 @@ struct CacheRun {
     result.seconds += seconds_since(t0);
     result.tokens_evaluated += chunk.size();
     return logits;
+  }
+
+  // The entries live now over every layer and kv head; the peak is kept.
+  void note_live() {
+    uint64_t live = 0;
+    for (const kv::SlotTable& t : session->cache().tables()) live += t.live();
+    result.peak_live_entries = std::max(result.peak_live_entries, live);
   }
 
   void add_nll(double nll) {
@@ -147,8 +157,159 @@ std::vector<AttentionRows> baseline_attention(Engine& engine, Session& session, 
 
 }  // namespace
 
-EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options) {
-  const uint32_t n_ctx = options.n_ctx ? options.n_ctx : engine.n_ctx();
+struct Evaluator::Impl {
+  Engine& engine;
+  std::vector<int32_t> tokens;
+  EvaluationOptions options;
+  EvaluationReport header;
+  uint32_t n_vocab = 0;
+  uint32_t first = 0;               // first scored position of a chunk
+  uint32_t n_scored_per_chunk = 0;  // positions first .. n_ctx-2
+  bool baseline_done = false;
+  std::unique_ptr<CacheRun> baseline;
+
+  // What the baseline gave for one chunk: its logits at the scored
+  // positions, [n_scored_per_chunk][n_vocab], and its attention rows there
+  // (only once an evicting cache asked for them).
+  struct Chunk {
+    std::vector<float> logits;
+    std::vector<AttentionRows> attention;
+  };
+  std::vector<Chunk> memo;  // by chunk; empty vectors: not kept
+  uint64_t memo_bytes = 0;
+
+  Impl(Engine& e, std::span<const int32_t> t, EvaluationOptions o)
+      : engine(e), tokens(t.begin(), t.end()), options(std::move(o)) {}
+
+  std::vector<int32_t> chunk_tokens(uint32_t c) const {
+    std::vector<int32_t> chunk(tokens.begin() + size_t{c} * header.n_ctx,
+                               tokens.begin() + size_t{c + 1} * header.n_ctx);
+    chunk[0] = engine.tokenizer().bos();
+    return chunk;
+  }
+  // The targets are the text's own tokens: chunk[0]'s replacement is never a
+  // target because scoring starts in the second half.
+  int32_t target(uint32_t c, uint32_t j) const { return tokens[size_t{c} * header.n_ctx + j + 1]; }
+
+  bool keep(uint64_t bytes) {
+    if (memo_bytes + bytes > options.baseline_memo_bytes) return false;
+    memo_bytes += bytes;
+    return true;
+  }
+
+  // The baseline's logits at chunk c's scored positions (run again when not kept).
+  std::vector<float> scored_logits(uint32_t c) {
+    if (!memo[c].logits.empty()) return memo[c].logits;
+    const std::vector<float> all = baseline->run_chunk(chunk_tokens(c));
+    std::vector<float> scored(all.begin() + size_t{first} * n_vocab,
+                              all.begin() + size_t{first + n_scored_per_chunk} * n_vocab);
+    if (keep(scored.size() * sizeof(float))) memo[c].logits = scored;
+    return scored;
+  }
+
+  std::vector<AttentionRows> attention(uint32_t c) {
+    if (!memo[c].attention.empty()) return memo[c].attention;
+    std::vector<AttentionRows> rows =
+        baseline_attention(engine, *baseline->session, chunk_tokens(c), first, header.n_ctx - 2);
+    uint64_t bytes = 0;
+    for (const AttentionRows& r : rows) bytes += r.probs.size() * sizeof(float);
+    if (keep(bytes)) memo[c].attention = rows;
+    return rows;
+  }
+
+  void run_baseline(const std::function<void(uint32_t, uint32_t)>& on_chunk) {
+    if (baseline_done) return;
+    baseline = std::make_unique<CacheRun>(engine, options.baseline, header.n_ctx);
+    std::vector<double> log_p(n_vocab);
+    for (uint32_t c = 0; c < header.n_chunks; ++c) {
+      const std::vector<float> logits = scored_logits(c);
+      for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
+        eval_stats::log_softmax({logits.data() + size_t{i} * n_vocab, n_vocab}, log_p);
+        baseline->add_nll(-log_p[target(c, first + i)]);
+      }
+      if (on_chunk) on_chunk(c + 1, header.n_chunks);
+    }
+    baseline->finish_perplexity(header.n_scored);
+    header.baseline = baseline->result;
+    baseline_done = true;
+  }
+
+  CacheEvaluation evaluate(const CacheSpec& spec, const std::function<void(uint32_t, uint32_t)>& on_chunk) {
+    CacheRun test(engine, spec, header.n_ctx, options.pins);
+    run_baseline({});
+    test.kl.reserve(header.n_scored);
+    const uint32_t n_ctx = header.n_ctx;
+    std::vector<double> base_log_probs(size_t{n_scored_per_chunk} * n_vocab);
+    std::vector<uint32_t> base_top(n_scored_per_chunk);
+    std::vector<double> test_log_probs(n_vocab);
+    for (uint32_t c = 0; c < header.n_chunks; ++c) {
+      const std::vector<int32_t> chunk = chunk_tokens(c);
+      {
+        const std::vector<float> base = scored_logits(c);
+        for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
+          const std::span<const float> row(base.data() + size_t{i} * n_vocab, n_vocab);
+          eval_stats::log_softmax(row, {base_log_probs.data() + size_t{i} * n_vocab, n_vocab});
+          base_top[i] = eval_stats::argmax(row);
+        }
+      }
+      std::vector<float> logits;
+      if (test.session->evicting()) {
+        const std::vector<AttentionRows> base_attention = attention(c);
+        // Scored positions inside the prompt saw every earlier token: nothing lost.
+        auto prompt_done = [&](size_t n) {
+          for (size_t j = first; j < std::min<size_t>(n, n_ctx - 1); ++j)
+            test.lost.add_nothing_lost(engine.config().n_layer);
+        };
+        auto decoded = [&](size_t j) {
+          if (j < first || j > n_ctx - 2) return;
+          test.lost.add(base_attention[j - first], held_positions(test.session->cache(), n_ctx), chunk, c);
+        };
+        logits = test.run_chunk(chunk, prompt_done, decoded);
+      } else {
+        logits = test.run_chunk(chunk);
+      }
+      for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
+        const uint32_t j = first + i;
+        const std::span<const float> row(logits.data() + size_t{j} * n_vocab, n_vocab);
+        const std::span<const double> log_p(base_log_probs.data() + size_t{i} * n_vocab, n_vocab);
+        eval_stats::log_softmax(row, test_log_probs);
+        test.add_nll(-test_log_probs[target(c, j)]);
+        test.kl.push_back(eval_stats::kl_divergence(log_p, test_log_probs));
+        const uint32_t top = base_top[i];
+        test.top1_same += eval_stats::argmax(row) == top;
+        test.dp_top_sum += std::abs(std::exp(test_log_probs[top]) - std::exp(log_p[top]));
+      }
+      if (on_chunk) on_chunk(c + 1, header.n_chunks);
+    }
+
+    const double n = double(header.n_scored);
+    test.finish_perplexity(header.n_scored);
+    const kv::CacheShape& shape = test.session->cache().shape();
+    const double full_entries = double(n_ctx) * shape.n_layer * shape.n_kv_head;
+    test.result.held_bytes_per_token =
+        test.result.bytes_per_token * std::min(1.0, double(test.result.peak_live_entries) / full_entries);
+    CacheEvaluation e;
+    e.run = test.result;
+    e.ppl_ratio = e.run.ppl / header.baseline.ppl;
+    Divergence& d = e.divergence;
+    double kl_sum = 0;
+    for (double k : test.kl) kl_sum += k;
+    d.kl_mean = kl_sum / n;
+    d.kl_median = eval_stats::quantile(test.kl, 0.5);
+    d.kl_p99 = eval_stats::quantile(test.kl, 0.99);
+    d.kl_max = test.kl.empty() ? 0 : *std::max_element(test.kl.begin(), test.kl.end());
+    d.top1_agreement = double(test.top1_same) / n;
+    d.dp_top_mean = test.dp_top_sum / n;
+    e.lost = test.lost.summary(options.regretted_top);
+    if (e.lost.per_layer.empty()) e.lost.per_layer.assign(engine.config().n_layer, 0.0);
+    return e;
+  }
+};
+
+Evaluator::Evaluator(Engine& engine, std::span<const int32_t> tokens, EvaluationOptions options)
+    : impl_(std::make_unique<Impl>(engine, tokens, std::move(options))) {
+  Impl& m = *impl_;
+  const uint32_t n_ctx = m.options.n_ctx ? m.options.n_ctx : engine.n_ctx();
   if (n_ctx > engine.n_ctx())
     throw std::invalid_argument(fmt::format(
         "an evaluation context of {} tokens is larger than the engine's {}; open the model with that context (-c)",
@@ -163,106 +324,49 @@ EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens
         "the text is {} tokens; evaluating with a context of {} needs at least {} (two chunks, as llama.cpp's "
         "perplexity requires): use a longer text or a smaller context (-c)",
         tokens.size(), n_ctx, 2 * uint64_t{n_ctx}));
+  m.n_vocab = engine.config().n_vocab;
+  m.first = n_ctx / 2;
+  m.n_scored_per_chunk = n_ctx - 1 - m.first;
+  EvaluationReport& h = m.header;
+  h.n_tokens = tokens.size();
+  h.n_chunks = static_cast<uint32_t>(tokens.size() / n_ctx);
+  if (m.options.max_chunks) h.n_chunks = std::min(h.n_chunks, m.options.max_chunks);
+  h.n_ctx = n_ctx;
+  h.n_scored = uint64_t{h.n_chunks} * m.n_scored_per_chunk;
+  h.device = engine.device_name();
+  m.memo.resize(h.n_chunks);
+}
 
-  const uint32_t n_vocab = engine.config().n_vocab;
-  const uint32_t first = n_ctx / 2;                    // first scored position of a chunk
-  const uint32_t n_scored_per_chunk = n_ctx - 1 - first;  // positions first .. n_ctx-2
+Evaluator::~Evaluator() = default;
 
-  EvaluationReport report;
-  report.n_tokens = tokens.size();
-  report.n_chunks = static_cast<uint32_t>(tokens.size() / n_ctx);
-  if (options.max_chunks) report.n_chunks = std::min(report.n_chunks, options.max_chunks);
-  report.n_ctx = n_ctx;
-  report.n_scored = uint64_t{report.n_chunks} * n_scored_per_chunk;
-  report.device = engine.device_name();
+const EvaluationReport& Evaluator::header() const { return impl_->header; }
 
-  CacheRun baseline(engine, options.baseline, n_ctx);
-  std::vector<CacheRun> tests;
-  tests.reserve(options.tests.size());
-  bool any_evicting = false;
-  for (const CacheSpec& spec : options.tests) {
-    tests.emplace_back(engine, spec, n_ctx, options.pins);
-    tests.back().kl.reserve(report.n_scored);
-    any_evicting = any_evicting || tests.back().session->evicting();
-  }
+const PerplexityRun& Evaluator::baseline(const std::function<void(uint32_t done, uint32_t n)>& on_chunk) {
+  impl_->run_baseline(on_chunk);
+  return impl_->header.baseline;
+}
 
-  // The baseline's log-probabilities of one chunk's scored positions,
-  // [n_scored_per_chunk][n_vocab], and its argmax at each.
-  std::vector<double> base_log_probs(size_t{n_scored_per_chunk} * n_vocab);
-  std::vector<uint32_t> base_top(n_scored_per_chunk);
-  std::vector<double> test_log_probs(n_vocab);
+CacheEvaluation Evaluator::evaluate(const CacheSpec& spec,
+                                    const std::function<void(uint32_t done, uint32_t n)>& on_chunk) {
+  return impl_->evaluate(spec, on_chunk);
+}
 
-  std::vector<int32_t> chunk(n_ctx);
-  for (uint32_t c = 0; c < report.n_chunks; ++c) {
-    const auto begin = tokens.begin() + size_t{c} * n_ctx;
-    std::copy(begin, begin + n_ctx, chunk.begin());
-    chunk[0] = engine.tokenizer().bos();
-    // The targets are the text's own tokens: chunk[0]'s replacement is never a
-    // target because scoring starts in the second half.
-    auto target = [&](uint32_t j) { return begin[j + 1]; };
-
-    const std::vector<float> base_logits = baseline.run_chunk(chunk);
-    const std::vector<AttentionRows> base_attention =
-        any_evicting ? baseline_attention(engine, *baseline.session, chunk, first, n_ctx - 2)
-                     : std::vector<AttentionRows>{};
-    for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
-      const uint32_t j = first + i;
-      const std::span<const float> row(base_logits.data() + size_t{j} * n_vocab, n_vocab);
-      const std::span<double> log_p(base_log_probs.data() + size_t{i} * n_vocab, n_vocab);
-      eval_stats::log_softmax(row, log_p);
-      baseline.add_nll(-log_p[target(j)]);
-      base_top[i] = eval_stats::argmax(row);
-    }
-
-    for (size_t t = 0; t < tests.size(); ++t) {
-      CacheRun& test = tests[t];
-      // Scored positions inside the prompt saw every earlier token: nothing lost.
-      auto prompt_done = [&](size_t n) {
-        for (size_t j = first; j < std::min<size_t>(n, n_ctx - 1); ++j)
-          test.lost.add_nothing_lost(engine.config().n_layer);
-      };
-      auto decoded = [&](size_t j) {
-        if (j < first || j > n_ctx - 2) return;
-        test.lost.add(base_attention[j - first], held_positions(test.session->cache(), n_ctx), chunk, c);
-      };
-      const std::vector<float> logits = test.session->evicting() ? test.run_chunk(chunk, prompt_done, decoded)
-                                                                 : test.run_chunk(chunk);
-      for (uint32_t i = 0; i < n_scored_per_chunk; ++i) {
-        const uint32_t j = first + i;
-        const std::span<const float> row(logits.data() + size_t{j} * n_vocab, n_vocab);
-        const std::span<const double> log_p(base_log_probs.data() + size_t{i} * n_vocab, n_vocab);
-        eval_stats::log_softmax(row, test_log_probs);
-        test.add_nll(-test_log_probs[target(j)]);
-        test.kl.push_back(eval_stats::kl_divergence(log_p, test_log_probs));
-        const uint32_t top = base_top[i];
-        test.top1_same += eval_stats::argmax(row) == top;
-        test.dp_top_sum += std::abs(std::exp(test_log_probs[top]) - std::exp(log_p[top]));
-      }
-      if (options.on_cache) options.on_cache(c, report.n_chunks, t, tests.size());
-    }
-    if (options.on_chunk) options.on_chunk(c + 1, report.n_chunks);
-  }
-
-  const double n = double(report.n_scored);
-  baseline.finish_perplexity(report.n_scored);
-  report.baseline = baseline.result;
-  for (CacheRun& test : tests) {
-    test.finish_perplexity(report.n_scored);
-    CacheEvaluation e;
-    e.run = test.result;
-    e.ppl_ratio = e.run.ppl / report.baseline.ppl;
-    Divergence& d = e.divergence;
-    double kl_sum = 0;
-    for (double k : test.kl) kl_sum += k;
-    d.kl_mean = kl_sum / n;
-    d.kl_median = eval_stats::quantile(test.kl, 0.5);
-    d.kl_p99 = eval_stats::quantile(test.kl, 0.99);
-    d.kl_max = test.kl.empty() ? 0 : *std::max_element(test.kl.begin(), test.kl.end());
-    d.top1_agreement = double(test.top1_same) / n;
-    d.dp_top_mean = test.dp_top_sum / n;
-    e.lost = test.lost.summary(options.regretted_top);
-    if (e.lost.per_layer.empty()) e.lost.per_layer.assign(engine.config().n_layer, 0.0);
-    report.tests.push_back(e);
+EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options) {
+  Evaluator evaluator(engine, tokens, options);
+  const uint32_t n_chunks = evaluator.header().n_chunks;
+  const uint64_t total = uint64_t{n_chunks} * (1 + options.tests.size());
+  uint64_t done = 0;
+  auto tick = [&] {
+    ++done;
+    if (options.on_chunk) options.on_chunk(done, total);
+  };
+  evaluator.baseline([&](uint32_t, uint32_t) { tick(); });
+  EvaluationReport report = evaluator.header();
+  for (size_t t = 0; t < options.tests.size(); ++t) {
+    report.tests.push_back(evaluator.evaluate(options.tests[t], [&](uint32_t c, uint32_t n) {
+      if (options.on_cache) options.on_cache(c - 1, n, t, options.tests.size());
+      tick();
+    }));
   }
   return report;
 }

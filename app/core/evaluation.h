@@ -26,6 +26,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -51,6 +52,15 @@ struct PerplexityRun {
   double ppl_stderr = 0;          // llama.cpp's "±": the standard error of the mean NLL, times ppl
   double bytes_per_token = 0;     // kv::KvCache::bytes_per_token()
   uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
+  // What the cache needs to hold the text, per token of context: its
+  // bytes_per_token scaled by the most entries (slots over every layer and
+  // kv head) it held live at once in any chunk, of the n_ctx per table a
+  // cache that evicts nothing holds. For a cache without a policy it equals
+  // bytes_per_token; for h2o:budget=64 at n_ctx 256 about a quarter of it. A
+  // cache sized to its budget allocates this much; kvscope itself allocates
+  // n_ctx slots (cache_bytes) so the inspector can show any position.
+  double held_bytes_per_token = 0;
+  uint64_t peak_live_entries = 0;  // the most live entries at once, every layer and kv head together
   uint64_t tokens_evaluated = 0;  // every token run through the model (n_chunks * n_ctx)
   uint64_t evictions = 0;         // by the cache's policy, over all chunks (every layer and kv head)
   uint64_t recalls = 0;           // --spill: entries brought back from host memory, over all chunks
@@ -95,19 +105,56 @@ struct EvaluationOptions {
   kv::PinnedSpans pins;
   // How many regretted evictions each evicting cache reports (most lost mass first).
   size_t regretted_top = 10;
-  // Called after each chunk (every cache done with it): chunks done, of how many.
-  std::function<void(uint32_t done, uint32_t n_chunks)> on_chunk;
-  // Called after each cache finishes a chunk: the chunk (0-based), the cache
-  // (index into tests), and their counts. For progress over long sweeps.
+  // Called after each chunk any cache ran (the baseline's first, then each
+  // test cache's): chunk runs done, of n_chunks * (1 + tests.size()).
+  std::function<void(uint64_t done, uint64_t total)> on_chunk;
+  // Called after each test cache finishes a chunk: the chunk (0-based), the
+  // cache (index into tests), and their counts. For progress over long sweeps.
   std::function<void(uint32_t chunk, uint32_t n_chunks, size_t test, size_t n_tests)> on_cache;
+  // The baseline's logits at the scored positions (and its attention rows
+  // when a test cache evicts) are kept for reuse by later caches up to this
+  // many bytes; chunks past it are run again for each cache that needs them
+  // (the same device gives the same figures).
+  uint64_t baseline_memo_bytes = uint64_t{512} << 20;
 };
 
-// Runs the baseline once per chunk and every test cache over the same chunk.
-// `tokens` is the whole text tokenized with BOS. Holds one chunk's
-// distributions (and, when a test cache evicts, the baseline's attention rows
-// of its scored positions) at a time, reused by every test cache. Throws TextTooShort when tokens.size() < 2 * n_ctx
-// (llama.cpp's minimum), std::invalid_argument for an n_ctx the engine cannot
-// hold or one too small to score anything.
+// Caches measured one at a time against one baseline over one text: what
+// `evaluate_caches` runs, and what a sweep that writes each cache's row as
+// it finishes (app/core/lab.h) drives directly. The baseline runs over every
+// chunk once (its perplexity), and its figures are kept (within
+// baseline_memo_bytes) for every cache evaluated after it. Each cache runs
+// every chunk on an empty cache, so the order of caches changes nothing.
+class Evaluator {
+ public:
+  // `tokens` is the whole text tokenized with BOS; options.tests is not
+  // used (evaluate() takes the caches). Checks the text and the context and
+  // runs nothing. Throws TextTooShort when tokens.size() < 2 * n_ctx
+  // (llama.cpp's minimum), std::invalid_argument for an n_ctx the engine
+  // cannot hold or one too small to score anything.
+  Evaluator(Engine& engine, std::span<const int32_t> tokens, EvaluationOptions options);
+  ~Evaluator();
+  Evaluator(const Evaluator&) = delete;
+  Evaluator& operator=(const Evaluator&) = delete;
+
+  // n_tokens, n_chunks, n_ctx, n_scored, device; `baseline` once baseline()
+  // ran; `tests` stays empty (evaluate() returns each cache's figures).
+  const EvaluationReport& header() const;
+  // Runs the baseline over every chunk the first time; `on_chunk(done, n)`
+  // after each.
+  const PerplexityRun& baseline(const std::function<void(uint32_t done, uint32_t n)>& on_chunk = {});
+  // One cache over every chunk against the baseline (which runs first if it
+  // has not). Throws std::invalid_argument for a spec the model's cache
+  // cannot take (plan_cache's message).
+  CacheEvaluation evaluate(const CacheSpec& spec,
+                           const std::function<void(uint32_t done, uint32_t n)>& on_chunk = {});
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// The baseline and every test cache over the text, through one Evaluator.
+// Throws as Evaluator's constructor does.
 EvaluationReport evaluate_caches(Engine& engine, std::span<const int32_t> tokens, const EvaluationOptions& options);
 
 // The statistics, exposed for their tests.
