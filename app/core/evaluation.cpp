@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "app/core/worker.h"
 #include "kv/event_log.h"
 #include "kv/policy.h"
 #include "kv/spill.h"
@@ -51,6 +52,31 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// The engine for one forward call (or a cache's creation), when the
+// evaluation shares it with sessions that generate meanwhile (the window's
+// Lab panel): they take turns call by call.
+class Turn {
+ public:
+  explicit Turn(EngineTurns* turns) : turns_(turns) {
+    if (turns_) turns_->lock();
+  }
+  ~Turn() {
+    if (turns_) turns_->unlock();
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+
+ private:
+  EngineTurns* turns_;
+};
+
+std::unique_ptr<Session> make_session(Engine& engine, const CacheSpec& spec, uint32_t n_ctx,
+                                      const kv::PinnedSpans& pins, EngineTurns* turns) {
+  Turn turn(turns);
+  return std::make_unique<Session>(engine, spec, n_ctx,
+                                   spec.policy.empty() && spec.on_full.empty() ? kv::PinnedSpans{} : pins);
+}
+
 // One cache's running totals over the chunks.
 struct CacheRun {
   std::unique_ptr<Session> session;
@@ -62,9 +88,10 @@ struct CacheRun {
   double dp_top_sum = 0;
   LostAttentionAccumulator lost;  // evicting caches only
 
-  CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx, const kv::PinnedSpans& pins = {})
-      : session(std::make_unique<Session>(engine, spec, n_ctx,
-                                          spec.policy.empty() && spec.on_full.empty() ? kv::PinnedSpans{} : pins)) {
+  EngineTurns* turns = nullptr;
+
+  CacheRun(Engine& engine, const CacheSpec& spec, uint32_t n_ctx, const kv::PinnedSpans& pins, EngineTurns* t)
+      : session(make_session(engine, spec, n_ctx, pins, t)), turns(t) {
     result.spec = spec;
     result.bytes_per_token = session->cache().bytes_per_token();
     result.cache_bytes = session->cache().device_bytes();
@@ -77,23 +104,36 @@ struct CacheRun {
   std::vector<float> run_chunk(const std::vector<int32_t>& chunk,
                                const std::function<void(size_t n)>& prompt_done = {},
                                const std::function<void(size_t j)>& decoded = {}) {
-    session->reset();
+    {
+      Turn turn(turns);
+      session->reset();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     std::vector<float> logits;
     if (!session->evicting()) {
-      logits = session->logits_all(chunk);
+      {
+        Turn turn(turns);
+        logits = session->logits_all(chunk);
+      }
       note_live();
     } else {
       // Prefill what the budget holds, then decode: one token per step.
       const size_t prompt = std::min<size_t>(chunk.size(), 
                                                 std::max(session->cache().eviction()->room(session->cache().tables()), 1u));
-      logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
-      session->end_prefill();
+      {
+        Turn turn(turns);
+        logits = session->logits_all({chunk.begin(), chunk.begin() + static_cast<std::ptrdiff_t>(prompt)});
+        session->end_prefill();
+      }
       note_live();
       if (prompt_done) prompt_done(prompt);
       logits.reserve(chunk.size() * (logits.size() / prompt));
       for (size_t i = prompt; i < chunk.size(); ++i) {
-        const std::vector<float> row = session->logits_all({chunk[i]});
+        std::vector<float> row;
+        {
+          Turn turn(turns);
+          row = session->logits_all({chunk[i]});
+        }
         logits.insert(logits.end(), row.begin(), row.end());
         note_live();
         if (decoded) decoded(i);
@@ -134,7 +174,7 @@ struct CacheRun {
 // logits are not used (the baseline's figures come from its whole-chunk
 // run), so this costs one decode step per scored position.
 std::vector<AttentionRows> baseline_attention(Engine& engine, Session& session, const std::vector<int32_t>& chunk,
-                                              uint32_t first, uint32_t last) {
+                                              uint32_t first, uint32_t last, EngineTurns* turns) {
   // The probe is the session's: on for these steps only, as it was after.
   struct ProbeOn {
     AttentionProbe& probe;
@@ -143,13 +183,19 @@ std::vector<AttentionRows> baseline_attention(Engine& engine, Session& session, 
     ~ProbeOn() { probe.on = was; }
   };
   const uint32_t n_positions = static_cast<uint32_t>(chunk.size());
-  session.reset();
-  session.logits_all({chunk.begin(), chunk.begin() + first});
+  {
+    Turn turn(turns);
+    session.reset();
+    session.logits_all({chunk.begin(), chunk.begin() + first});
+  }
   std::vector<AttentionRows> rows;
   rows.reserve(last - first + 1);
   ProbeOn probe(session.attention_probe());
   for (uint32_t j = first; j <= last; ++j) {
-    session.logits_all({chunk[j]});
+    {
+      Turn turn(turns);
+      session.logits_all({chunk[j]});
+    }
     rows.push_back(probe_attention_rows(session.attention_probe(), engine.config(), session.cache(), n_positions));
   }
   return rows;
@@ -210,7 +256,7 @@ struct Evaluator::Impl {
   std::vector<AttentionRows> attention(uint32_t c) {
     if (!memo[c].attention.empty()) return memo[c].attention;
     std::vector<AttentionRows> rows =
-        baseline_attention(engine, *baseline->session, chunk_tokens(c), first, header.n_ctx - 2);
+        baseline_attention(engine, *baseline->session, chunk_tokens(c), first, header.n_ctx - 2, options.turns);
     uint64_t bytes = 0;
     for (const AttentionRows& r : rows) bytes += r.probs.size() * sizeof(float);
     if (keep(bytes)) memo[c].attention = rows;
@@ -219,7 +265,7 @@ struct Evaluator::Impl {
 
   void run_baseline(const std::function<void(uint32_t, uint32_t)>& on_chunk) {
     if (baseline_done) return;
-    baseline = std::make_unique<CacheRun>(engine, options.baseline, header.n_ctx);
+    baseline = std::make_unique<CacheRun>(engine, options.baseline, header.n_ctx, kv::PinnedSpans{}, options.turns);
     std::vector<double> log_p(n_vocab);
     for (uint32_t c = 0; c < header.n_chunks; ++c) {
       const std::vector<float> logits = scored_logits(c);
@@ -235,7 +281,7 @@ struct Evaluator::Impl {
   }
 
   CacheEvaluation evaluate(const CacheSpec& spec, const std::function<void(uint32_t, uint32_t)>& on_chunk) {
-    CacheRun test(engine, spec, header.n_ctx, options.pins);
+    CacheRun test(engine, spec, header.n_ctx, options.pins, options.turns);
     run_baseline({});
     test.kl.reserve(header.n_scored);
     const uint32_t n_ctx = header.n_ctx;

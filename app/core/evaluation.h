@@ -39,6 +39,8 @@
 
 namespace kvscope {
 
+class EngineTurns;  // app/core/worker.h
+
 // The text has fewer tokens than two chunks; the message says how many it
 // has and how many are needed.
 struct TextTooShort : std::invalid_argument {
@@ -116,6 +118,10 @@ struct EvaluationOptions {
   // many bytes; chunks past it are run again for each cache that needs them
   // (the same device gives the same figures).
   uint64_t baseline_memo_bytes = uint64_t{512} << 20;
+  // When sessions generate on the same engine meanwhile (the window's Lab
+  // panel): every forward call takes the engine in turn with them. Null: the
+  // evaluation has the engine to itself.
+  EngineTurns* turns = nullptr;
 };
 
 // Caches measured one at a time against one baseline over one text: what

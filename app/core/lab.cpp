@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "app/core/atomic_file.h"
+#include "app/core/worker.h"
 #include "kv/policy.h"
 
 namespace kvscope {
@@ -436,7 +437,7 @@ LabIdentity LabIdentity::from_json(const nlohmann::json& j) {
 std::string LabIdentity::differences(const LabIdentity& o) const {
   std::vector<std::string> d;
   auto cmp = [&](std::string_view what, const auto& a, const auto& b) {
-    if (a != b) d.push_back(fmt::format("{} {} ≠ {}", what, a, b));
+    if (a != b) d.push_back(fmt::format("{} {}, now {}", what, a, b));
   };
   cmp("model", model, o.model);
   cmp("model bytes", model_bytes, o.model_bytes);
@@ -557,19 +558,34 @@ void LabJournalWriter::append(const json& line) {
 
 // ============================================================== the sweep
 
+namespace {
+// A probe's runs hold the engine for one scenario at a time when it is shared.
+ProbeResult probe_in_turn(Engine& engine, const Scenario& s, const ProbeConfig& config, EngineTurns* turns) {
+  if (turns) turns->lock();
+  try {
+    ProbeResult r = run_probe(engine, s, config);
+    if (turns) turns->unlock();
+    return r;
+  } catch (...) {
+    if (turns) turns->unlock();
+    throw;
+  }
+}
+}  // namespace
+
 std::vector<ProbeRun> probe_full_runs(Engine& engine, const CacheSpec& baseline,
-                                      const std::vector<Scenario>& scenarios) {
+                                      const std::vector<Scenario>& scenarios, EngineTurns* turns) {
   std::vector<ProbeRun> out;
   for (const Scenario& s : scenarios) {
     ProbeConfig config;
     config.cache = baseline;
-    out.push_back(run_probe(engine, s, config).full);
+    out.push_back(probe_in_turn(engine, s, config, turns).full);
   }
   return out;
 }
 
 std::vector<LabProbe> probe_cache(Engine& engine, const CacheSpec& spec, const std::vector<Scenario>& scenarios,
-                                  const std::vector<ProbeRun>& full_runs) {
+                                  const std::vector<ProbeRun>& full_runs, EngineTurns* turns) {
   std::vector<LabProbe> out;
   CacheSpec storage = spec;
   storage.policy.clear();
@@ -583,7 +599,7 @@ std::vector<LabProbe> probe_cache(Engine& engine, const CacheSpec& spec, const s
     // The cache's own policy, or none ("full" keeps every token): a storage
     // alone is probed for what its rounding costs.
     config.policies = {spec.policy.empty() ? (spec.on_full.empty() ? "full" : spec.on_full) : spec.policy};
-    const ProbeResult r = run_probe(engine, scenarios[i], config);
+    const ProbeResult r = probe_in_turn(engine, scenarios[i], config, turns);
     const ProbeRun& run = r.policies.front();
     const ProbeRun& full = full_runs[i];
     LabProbe p;
@@ -674,6 +690,7 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options, const std::funct
         if (!rows[i] && r.eval.run.spec == options.caches[i]) rows[i] = r;
   LabProgress progress;
   progress.rows_total = options.caches.size();
+  if (existing && existing->baseline) progress.baseline_bytes_per_token = existing->baseline->bytes_per_token;
   for (const auto& r : rows)
     if (r) {
       ++progress.rows_resumed;
@@ -702,11 +719,12 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options, const std::funct
     // compared with), and first.
     report("baseline", 0);
     const PerplexityRun& base = evaluator.baseline([&](uint32_t done, uint32_t) { report("baseline", done); });
+    progress.baseline_bytes_per_token = base.bytes_per_token;
     if (!existing || !existing->baseline) writer->baseline(base);
   }
   std::vector<ProbeRun> full_runs;
   if (!options.scenarios.empty() && progress.rows_done < progress.rows_total)
-    full_runs = probe_full_runs(engine, options.eval.baseline, options.scenarios);
+    full_runs = probe_full_runs(engine, options.eval.baseline, options.scenarios, options.eval.turns);
 
   for (size_t i = 0; i < options.caches.size(); ++i) {
     if (rows[i]) continue;
@@ -735,7 +753,7 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options, const std::funct
       result.cancelled = true;
       break;
     }
-    if (!options.scenarios.empty()) row.probes = probe_cache(engine, spec, options.scenarios, full_runs);
+    if (!options.scenarios.empty()) row.probes = probe_cache(engine, spec, options.scenarios, full_runs, options.eval.turns);
     row.seconds = std::chrono::duration<double>(clock::now() - row_t0).count();
     writer->row(row);
     rows[i] = row;
@@ -922,7 +940,8 @@ LabRecommendation recommend_cache(const std::vector<LabRow>& rows, const Perplex
     if (!rec.safe) {
       std::string why;
       for (const std::string& s : rec.shortfalls) why += (why.empty() ? "" : ", ") + s;
-      text += fmt::format("Nothing in this budget is safe (mean KL ≤ {:.3g}, top-1 ≥ {:.0f}%, no probe lost): {}.\n",
+      text += fmt::format("Nothing in this budget is safe (mean KL at most {:.3g}, top-1 at least {:.0f}%, no probe "
+                          "lost): {}.\n",
                           safety.max_kl, 100 * safety.min_top1, why);
     }
   }

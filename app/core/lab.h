@@ -123,7 +123,7 @@ struct LabIdentity {
 
   nlohmann::json json() const;
   static LabIdentity from_json(const nlohmann::json& j);  // throws LabFileError
-  // What differs from `other` (device excepted), as "n_ctx 256 ≠ 128; ..."; empty: the same sweep.
+  // What differs from `other` (device excepted), as "context 256, now 128; ..."; empty: the same sweep.
   std::string differences(const LabIdentity& other) const;
 };
 
@@ -169,6 +169,7 @@ struct LabProgress {
   uint32_t chunk = 0, n_chunks = 0;      // of the current cache
   double elapsed_s = 0;                  // this run
   double eta_s = -1;                     // left, from this run's pace per chunk; -1: not known yet
+  double baseline_bytes_per_token = 0;   // once the baseline ran (0 before)
 };
 
 struct LabOptions {
@@ -201,9 +202,11 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options,
 
 // Every probe of `scenarios` under `spec` against the baseline cache's
 // verdicts (full_runs, one per scenario, from probe_full_runs).
-std::vector<ProbeRun> probe_full_runs(Engine& engine, const CacheSpec& baseline, const std::vector<Scenario>& scenarios);
+// Each scenario holds the engine in turn (`turns`, when shared).
+std::vector<ProbeRun> probe_full_runs(Engine& engine, const CacheSpec& baseline, const std::vector<Scenario>& scenarios,
+                                      EngineTurns* turns = nullptr);
 std::vector<LabProbe> probe_cache(Engine& engine, const CacheSpec& spec, const std::vector<Scenario>& scenarios,
-                                  const std::vector<ProbeRun>& full_runs);
+                                  const std::vector<ProbeRun>& full_runs, EngineTurns* turns = nullptr);
 
 // ---------------------------------------------------------------- reading it
 

@@ -34,7 +34,7 @@ std::string escape(std::string_view s) {
 
 // The palette: one colour per policy (the storage alone is dark grey), one
 // marker per storage.
-const char* policy_colour(std::string_view policy) {
+const char* policy_colour_of(std::string_view policy) {
   static const std::map<std::string_view, const char*> colours = {
       {"", "#444444"},          {"h2o", "#1f77b4"},    {"snapkv", "#d62728"}, {"tova", "#2ca02c"},
       {"streamingllm", "#9467bd"}, {"window", "#8c564b"}, {"pyramidkv", "#e377c2"}, {"full", "#444444"}};
@@ -42,7 +42,7 @@ const char* policy_colour(std::string_view policy) {
   return it != colours.end() ? it->second : "#ff7f0e";
 }
 
-std::string policy_name(const CacheSpec& spec) {
+std::string policy_name_of(const CacheSpec& spec) {
   const std::string& text = !spec.policy.empty() ? spec.policy : spec.on_full;
   if (text.empty()) return "";
   return kv::parse_policy_spec(text).name;
@@ -78,44 +78,6 @@ std::string marker_svg(Marker m, double x, double y, double r, const char* fill,
   }
   return "";
 }
-
-// An axis: linear or log10, from lo to hi, onto pixels a..b.
-struct Axis {
-  double lo = 0, hi = 1;
-  bool log = false;
-  double a = 0, b = 1;
-  double map(double v) const {
-    const double t = log ? (std::log10(std::max(v, lo)) - std::log10(lo)) / (std::log10(hi) - std::log10(lo))
-                         : (v - lo) / (hi - lo);
-    return a + std::clamp(t, -0.02, 1.02) * (b - a);
-  }
-  // Tick values: decades (and 2, 5 between when few decades) for log; a
-  // round step for linear.
-  std::vector<double> ticks() const {
-    std::vector<double> out;
-    if (log) {
-      const int d0 = int(std::floor(std::log10(lo))), d1 = int(std::ceil(std::log10(hi)));
-      const bool minor = d1 - d0 <= 2;
-      for (int d = d0; d <= d1; ++d)
-        for (double m : minor ? std::vector<double>{1, 2, 5} : std::vector<double>{1}) {
-          const double v = m * std::pow(10.0, d);
-          if (v >= lo * 0.999 && v <= hi * 1.001) out.push_back(v);
-        }
-      return out;
-    }
-    const double span = hi - lo;
-    const double raw = span / 6;
-    const double mag = std::pow(10.0, std::floor(std::log10(raw)));
-    double step = mag;
-    for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
-      if (m * mag >= raw) {
-        step = m * mag;
-        break;
-      }
-    for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-6; v += step) out.push_back(v);
-    return out;
-  }
-};
 
 std::string tick_text(double v, bool log, bool percent) {
   if (percent) return fmt::format("{:g}%", std::round(v * 1000) / 10);
@@ -158,7 +120,7 @@ std::string svg_open(const Frame& f, std::string_view title, std::string_view su
       f.w, f.h, f.left, escape(title), escape(subtitle));
 }
 
-std::string axes_svg(const Frame& f, const Axis& x, const Axis& y, std::string_view x_name, std::string_view y_name,
+std::string axes_svg(const Frame& f, const LabAxis& x, const LabAxis& y, std::string_view x_name, std::string_view y_name,
                      bool y_percent) {
   std::string s;
   const double x0 = f.left, x1 = f.w - f.right, y0 = f.top, y1 = f.h - f.bottom;
@@ -203,7 +165,7 @@ std::string legend_svg(const Frame& f, const std::vector<LabRow>& rows) {
   std::vector<std::string> policies;
   std::vector<std::pair<std::string, Marker>> storages;
   for (const LabRow& r : rows) {
-    const std::string p = policy_name(r.eval.run.spec);
+    const std::string p = lab_policy_name(r.eval.run.spec);
     if (std::find(policies.begin(), policies.end(), p) == policies.end()) policies.push_back(p);
     const std::string st = r.eval.run.spec.name();
     if (std::none_of(storages.begin(), storages.end(), [&](const auto& s) { return s.first == st; }))
@@ -213,7 +175,7 @@ std::string legend_svg(const Frame& f, const std::vector<LabRow>& rows) {
   double x = f.left;
   const double y = f.h - 10;
   for (const std::string& p : policies) {
-    s += fmt::format(R"~(<rect x="{:.1f}" y="{:.1f}" width="10" height="10" fill="{}"/>)~", x, y - 9, policy_colour(p));
+    s += fmt::format(R"~(<rect x="{:.1f}" y="{:.1f}" width="10" height="10" fill="{}"/>)~", x, y - 9, lab_policy_colour(p));
     const std::string name = p.empty() ? "no eviction" : p;
     s += fmt::format(R"~(<text x="{:.1f}" y="{:.1f}" font-size="11" fill="#333">{}</text>)~", x + 14, y, escape(name));
     x += 22 + text_width(name, 11);
@@ -242,37 +204,13 @@ std::string scatter(const LabReportInput& in, bool top1) {
       in.baseline.bytes_per_token);
   std::string s = svg_open(f, title, top1 ? subtitle : std::string(subtitle).replace(subtitle.find("up and left"), 11,
                                                                                         "down and left"));
-  // Axes from the data.
-  double bx0 = in.baseline.bytes_per_token, bx1 = in.baseline.bytes_per_token;
-  double kl_min = INFINITY, kl_max = 0, t_min = 1;
-  for (const LabRow& r : rows) {
-    bx0 = std::min(bx0, r.eval.run.held_bytes_per_token);
-    bx1 = std::max(bx1, r.eval.run.held_bytes_per_token);
-    if (r.eval.divergence.kl_mean > 0) kl_min = std::min(kl_min, r.eval.divergence.kl_mean);
-    kl_max = std::max(kl_max, r.eval.divergence.kl_mean);
-    t_min = std::min(t_min, r.eval.divergence.top1_agreement);
-  }
-  if (in.budget && in.recommendation) {
-    bx0 = std::min(bx0, in.recommendation->budget_bytes_per_token);
-    bx1 = std::max(bx1, in.recommendation->budget_bytes_per_token);
-  }
-  bx0 = std::max(bx0, 1.0);
-  Axis x;
-  x.log = bx1 / bx0 > 8;
-  x.lo = x.log ? std::pow(10.0, std::floor(std::log10(bx0) * 4) / 4) : 0;
-  x.hi = x.log ? std::pow(10.0, std::ceil(std::log10(bx1 * 1.05) * 4) / 4) : bx1 * 1.1;
+  LabScatterAxes axes = lab_scatter_axes(
+      rows, in.baseline.bytes_per_token,
+      in.recommendation ? std::optional<double>(in.recommendation->budget_bytes_per_token) : std::nullopt, top1);
+  LabAxis& x = axes.x;
+  LabAxis& y = axes.y;
   x.a = f.left + 12;
   x.b = f.w - f.right - 12;
-  Axis y;
-  if (top1) {
-    y.lo = std::max(0.0, std::floor((t_min - 0.02) * 50) / 50);
-    y.hi = 1.0;
-  } else {
-    if (!std::isfinite(kl_min)) kl_min = 1e-6;
-    y.log = true;
-    y.lo = std::pow(10.0, std::floor(std::log10(kl_min)) - 0.0);
-    y.hi = std::pow(10.0, std::ceil(std::log10(std::max(kl_max, kl_min * 10))));
-  }
   y.a = f.h - f.bottom - 12;
   y.b = f.top + 12;
   s += axes_svg(f, x, y, "KV cache memory held, bytes per token of context" + std::string(x.log ? " (log scale)" : ""),
@@ -315,7 +253,7 @@ std::string scatter(const LabReportInput& in, bool top1) {
         r.eval.run.held_bytes_per_token, r.eval.divergence.kl_mean, 100 * r.eval.divergence.top1_agreement);
     s += "<g><title>" + tip + "</title>";
     s += marker_svg(storage_marker(r.eval.run.spec), px(r), py(r), front_point ? 6.5 : 5,
-                    policy_colour(policy_name(r.eval.run.spec)),
+                    lab_policy_colour(lab_policy_name(r.eval.run.spec)),
                     front_point ? R"~(stroke="#000" stroke-width="1.2")~" : R"~(fill-opacity="0.75")~");
     s += "</g>\n";
     if (pick && *pick == i)
@@ -380,6 +318,77 @@ std::string sci(double v) { return v == 0 ? "0" : fmt::format("{:.2e}", v); }
 
 }  // namespace
 
+double LabAxis::map(double v) const {
+  const double t = log ? (std::log10(std::max(v, lo)) - std::log10(lo)) / (std::log10(hi) - std::log10(lo))
+                       : (v - lo) / (hi - lo);
+  return a + std::clamp(t, -0.02, 1.02) * (b - a);
+}
+
+std::vector<double> LabAxis::ticks() const {
+  std::vector<double> out;
+  if (log) {
+    const int d0 = int(std::floor(std::log10(lo))), d1 = int(std::ceil(std::log10(hi)));
+    const bool minor = d1 - d0 <= 2;
+    for (int d = d0; d <= d1; ++d)
+      for (double m : minor ? std::vector<double>{1, 2, 5} : std::vector<double>{1}) {
+        const double v = m * std::pow(10.0, d);
+        if (v >= lo * 0.999 && v <= hi * 1.001) out.push_back(v);
+      }
+    return out;
+  }
+  const double raw = (hi - lo) / 6;
+  const double mag = std::pow(10.0, std::floor(std::log10(raw)));
+  double step = mag;
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+    if (m * mag >= raw) {
+      step = m * mag;
+      break;
+    }
+  for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-6; v += step) out.push_back(v);
+  return out;
+}
+
+LabScatterAxes lab_scatter_axes(const std::vector<LabRow>& rows, double baseline_bytes_per_token,
+                                std::optional<double> budget_bytes_per_token, bool top1) {
+  double bx0 = baseline_bytes_per_token > 0 ? baseline_bytes_per_token : INFINITY;
+  double bx1 = baseline_bytes_per_token;
+  double kl_min = INFINITY, kl_max = 0, t_min = 1;
+  for (const LabRow& r : rows) {
+    bx0 = std::min(bx0, r.eval.run.held_bytes_per_token);
+    bx1 = std::max(bx1, r.eval.run.held_bytes_per_token);
+    if (r.eval.divergence.kl_mean > 0) kl_min = std::min(kl_min, r.eval.divergence.kl_mean);
+    kl_max = std::max(kl_max, r.eval.divergence.kl_mean);
+    t_min = std::min(t_min, r.eval.divergence.top1_agreement);
+  }
+  if (budget_bytes_per_token) {
+    bx0 = std::min(bx0, *budget_bytes_per_token);
+    bx1 = std::max(bx1, *budget_bytes_per_token);
+  }
+  if (!std::isfinite(bx0)) bx0 = 1;
+  bx0 = std::max(bx0, 1.0);
+  bx1 = std::max(bx1, bx0 * 2);
+  LabScatterAxes out;
+  LabAxis& x = out.x;
+  // Log scales where the data span a decade or more.
+  x.log = bx1 / bx0 > 8;
+  x.lo = x.log ? std::pow(10.0, std::floor(std::log10(bx0) * 4) / 4) : 0;
+  x.hi = x.log ? std::pow(10.0, std::ceil(std::log10(bx1 * 1.05) * 4) / 4) : bx1 * 1.1;
+  LabAxis& y = out.y;
+  if (top1) {
+    y.lo = std::max(0.0, std::floor((t_min - 0.02) * 50) / 50);
+    y.hi = 1.0;
+  } else {
+    if (!std::isfinite(kl_min)) kl_min = 1e-6;
+    y.log = true;
+    y.lo = std::pow(10.0, std::floor(std::log10(kl_min)));
+    y.hi = std::pow(10.0, std::ceil(std::log10(std::max(kl_max, kl_min * 10))));
+  }
+  return out;
+}
+
+const char* lab_policy_colour(std::string_view policy) { return policy_colour_of(policy); }
+std::string lab_policy_name(const CacheSpec& spec) { return policy_name_of(spec); }
+
 std::string lab_short_label(const CacheSpec& spec) {
   std::string s = spec.name();
   const std::string& text = !spec.policy.empty() ? spec.policy : spec.on_full;
@@ -426,12 +435,12 @@ std::string lab_chart_lost_attention(const LabReportInput& in) {
                      f.left, f.h / 2);
     return s + "</svg>\n";
   }
-  Axis x;
+  LabAxis x;
   x.lo = 0;
   x.hi = double(std::max<size_t>(n_layer, 2) - 1);
   x.a = f.left + 20;
   x.b = f.w - f.right - 200;
-  Axis y;
+  LabAxis y;
   y.lo = 0;
   y.hi = std::max(hi * 1.1, 1e-3);
   y.a = f.h - f.bottom;

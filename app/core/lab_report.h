@@ -30,6 +30,24 @@ struct LabReportInput {
   std::string command;  // how it was made, shown on the page
 };
 
+// The scatter charts' scales, shared by the SVG and the window's Lab panel:
+// log where the data span a decade or more, mapped onto pixels a..b.
+struct LabAxis {
+  double lo = 0, hi = 1;
+  bool log = false;
+  double a = 0, b = 1;  // pixels of lo and hi
+  double map(double v) const;
+  std::vector<double> ticks() const;  // decades (and 2, 5 between when few) on a log scale, a round step else
+};
+struct LabScatterAxes {
+  LabAxis x, y;  // held bytes per token; mean KL (log) or top-1 agreement
+};
+LabScatterAxes lab_scatter_axes(const std::vector<LabRow>& rows, double baseline_bytes_per_token,
+                                std::optional<double> budget_bytes_per_token, bool top1);
+// The colour ("#rrggbb") of a policy's points ("" for none), and a cache's policy name.
+const char* lab_policy_colour(std::string_view policy);
+std::string lab_policy_name(const CacheSpec& spec);
+
 // A short name for a point on a chart: "q4·h2o@64", "f16", "k=q8,v=f16·snapkv@128".
 std::string lab_short_label(const CacheSpec& spec);
 

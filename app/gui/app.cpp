@@ -48,13 +48,17 @@ App::App(const GuiOptions& options, const Settings& settings, const Fonts& fonts
   forced_mode_ = options.forced || !options.forced_text.empty();
   forced_on_text_ = !options.forced_text.empty();
   pending_drops_ = options.drops;
+  lab_.set_fields(options.lab);
+  lab_open_ = options.lab_run;
   if (options.log_events > 0) kv::EventLog::set_default_max_events(options.log_events);
   start_loading(options.model_path.empty() ? default_model_path() : options.model_path);
 }
 
 App::~App() {
   probes_.cancel();
+  lab_.cancel();
   probes_.wait();
+  lab_.wait();
   sessions_.clear();
   if (loading_.valid()) loading_.wait();
 }
@@ -78,7 +82,7 @@ void App::start_loading(const std::string& path) {
 
 void App::poll_loading() {
   if (!loading_.valid() || loading_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
-  if (probes_.running()) return;  // the probes use the engine; it is replaced once they end
+  if (probes_.running() || lab_.running()) return;  // they use the engine; it is replaced once they end
   std::unique_ptr<Engine> loaded;
   try {
     loaded = loading_.get();
@@ -150,6 +154,28 @@ void App::poll_loading() {
     probes_open_ = true;
     options_.run_probes.clear();
   }
+  if (options_.lab_run) {
+    lab_used_ = true;
+    lab_.start(*engine_, turns_, model_path_);
+    options_.lab_run = false;
+  }
+}
+
+void App::open_lab_point(const LabPanel::OpenRequest& request) {
+  if (!engine_) return;
+  frame_snapshots_.clear();
+  sessions_.clear();
+  comparisons_.clear();
+  forced_pending_.reset();
+  timeline_ = {};
+  if (!add_session(request.baseline) || !add_session(request.cache)) return;  // the reason is in the banner
+  selected_ = 1;
+  compare_mode_ = true;
+  forced_mode_ = true;
+  forced_on_text_ = true;
+  std::snprintf(forced_text_buffer_, sizeof forced_text_buffer_, "%s", request.forced.c_str());
+  std::snprintf(prompt_buffer_, sizeof prompt_buffer_, "%s", request.prompt.c_str());
+  send_prompt(request.prompt);
 }
 
 // Every session's cache goes through plan_cache (app/core/cache_spec.h), the
@@ -310,6 +336,8 @@ bool App::script_done() const {
   if (!options_.prompt.empty() && !prompt_sent_) return false;
   if (forced_pending_ || !pending_drops_.empty() || !options_.load_conversation.empty()) return false;
   if (!options_.run_probes.empty() || probes_.running()) return false;
+  if (options_.lab_run || lab_.running()) return false;
+  if (options_.lab_open >= 0) return false;  // opened (and generating) once the sweep is done
   return !generating();
 }
 
@@ -436,6 +464,8 @@ RunReport App::report() const {
                         {"runs", runs}});
   }
   if (!probes_.error().empty()) r.errors.push_back(probes_.error());
+  if (lab_used_) r.lab = lab_.report();
+  if (!lab_.error().empty()) r.errors.push_back(lab_.error());
   std::vector<std::string> specs;
   for (const auto& w : sessions_) specs.push_back(w->snapshot()->spec.label());
   r.effective = {{"temperature", options_.sampling.temperature},
@@ -516,6 +546,7 @@ void App::draw() {
   draw_banner();
   draw_open_model_popup();
   draw_file_dialog();
+  draw_lab_window();
   if (probes_open_) {
     ImGui::SetNextWindowSize({ImGui::GetFontSize() * 44, ImGui::GetFontSize() * 22}, ImGuiCond_FirstUseEver);
     ImGui::SetNextWindowPos({viewport->WorkPos.x + viewport->WorkSize.x * 0.2f, viewport->WorkPos.y + 60},
@@ -651,6 +682,10 @@ void App::draw_toolbar() {
   ImGui::SameLine();
   if (ImGui::Button("Probes")) probes_open_ = !probes_open_;
   help_marker("Scenarios that place a fact early and ask for it later: which policies still answer?");
+  ImGui::SameLine();
+  if (ImGui::Button("Lab")) lab_open_ = !lab_open_;
+  help_marker("The cache lab: a sweep of caches over a text, a Pareto chart of divergence against memory,\n"
+              "and the cache to pick for a memory budget (the same sweep as `kvscope lab`)");
   ImGui::EndDisabled();
   ImGui::SameLine();
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
@@ -927,6 +962,31 @@ void App::draw_inspector(const SessionSnapshot& s) {
       status_ = export_heatmap_png(path);
     }
     ImGui::EndPopup();
+  }
+}
+
+void App::draw_lab_window() {
+  // Scripted: once the sweep is done, open the row asked for.
+  if (options_.lab_open >= 0 && lab_used_ && !options_.lab_run && !lab_.running()) {
+    const int row = std::exchange(options_.lab_open, -1);
+    if (auto request = lab_.open_request(static_cast<size_t>(row))) open_lab_point(*request);
+  }
+  if (!lab_open_) return;
+  const ImGuiViewport* viewport = ImGui::GetMainViewport();
+  ImGui::SetNextWindowSize({viewport->WorkSize.x * 0.62f, viewport->WorkSize.y * 0.86f}, ImGuiCond_FirstUseEver);
+  ImGui::SetNextWindowPos({viewport->WorkPos.x + viewport->WorkSize.x * 0.19f, viewport->WorkPos.y + 48},
+                          ImGuiCond_FirstUseEver);
+  ImGui::PushStyleColor(ImGuiCol_WindowBg, colour::panel_bg);  // opaque: it floats over the panels
+  std::optional<LabPanel::OpenRequest> open;
+  if (ImGui::Begin("Cache lab", &lab_open_, ImGuiWindowFlags_NoSavedSettings)) {
+    open = lab_.draw(engine_.get(), turns_, model_path_, fonts_);
+    if (lab_.running()) lab_used_ = true;
+  }
+  ImGui::End();
+  ImGui::PopStyleColor();
+  if (open) {
+    open_lab_point(*open);
+    lab_open_ = false;  // the sessions are what to look at now
   }
 }
 

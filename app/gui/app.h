@@ -15,6 +15,7 @@
 #include "app/core/worker.h"
 #include "app/gui/file_dialog.h"
 #include "app/gui/inspector.h"
+#include "app/gui/lab.h"
 #include "app/gui/probes.h"
 #include "app/gui/settings.h"
 #include "app/gui/theme.h"
@@ -57,6 +58,9 @@ struct GuiOptions {
   bool held_columns = false;               // the heatmap shows only held positions (--held-columns)
   int heatmap_head = -1;                   // the heatmap's head at start (-1 mean, -2 every head)
   int map_layer = 0, map_head = 0;         // the eviction map's table at start
+  LabFields lab;                           // the Lab panel's fields at start (--lab-*)
+  bool lab_run = false;                    // scripted: run the Lab panel's sweep once loaded
+  int lab_open = -1;                       // scripted: once the sweep is done, open this row side by side
 };
 
 // What a scripted run reports on stdout (tests read it).
@@ -74,6 +78,7 @@ struct RunReport {
   nlohmann::json scrubbed;                // the selected session's cache at the timeline's step
   nlohmann::json soak;                    // --soak: memory samples and slopes
   nlohmann::json views;                   // where the inspector's views are and what they hold
+  nlohmann::json lab;                     // the Lab panel: rows, chart, files (when it ran)
 };
 
 class App {
@@ -136,6 +141,10 @@ class App {
   void draw_inspector(const SessionSnapshot& s);
   void draw_open_model_popup();
   void draw_file_dialog();
+  void draw_lab_window();
+  // Closes the sessions and opens the lab's point as B beside the baseline
+  // as A, forced on the sweep's first chunk.
+  void open_lab_point(const LabPanel::OpenRequest& request);
   void draw_turn(const SessionSnapshot& s, SessionWorker& worker, size_t index);
 
   GuiOptions options_;
@@ -149,6 +158,9 @@ class App {
   std::vector<std::unique_ptr<SessionWorker>> sessions_;  // destroyed before engine_
   ProbePanel probes_;                                      // likewise
   bool probes_open_ = false;
+  LabPanel lab_;                                           // likewise
+  bool lab_open_ = false;
+  bool lab_used_ = false;  // the panel ran a sweep this run (the report says what it did)
   std::vector<std::shared_ptr<const SessionSnapshot>> frame_snapshots_;
   size_t selected_ = 0;
   bool compare_mode_ = false;

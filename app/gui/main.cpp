@@ -194,6 +194,7 @@ int run(const GuiOptions& options, const Settings& settings, const std::string& 
   j["scrubbed"] = report.scrubbed;
   if (!report.soak.is_null()) j["soak"] = report.soak;
   j["views"] = report.views;
+  if (!report.lab.is_null()) j["lab"] = report.lab;
   j["settings_file"] = settings_saved;
   nlohmann::json forced = nlohmann::json::array();
   for (const SessionComparison& c : report.forced) {
@@ -284,6 +285,18 @@ int main(int argc, char** argv) {
   cli.add_option("--run-probes", options.run_probes,
                  "once loaded, run the probe scenarios against these policies (\"h2o:budget=64;window:budget=64\")");
   cli.add_option("--probe-limit", options.probe_limit, "at most N scenarios (0: all)");
+  cli.add_option("--lab-text", options.lab.text, "the Lab panel's text (default tests/data/corpus.txt of the sources)");
+  cli.add_option("--lab-out", options.lab.out, "the Lab panel's folder for its journal and report");
+  cli.add_option("--lab-preset", options.lab.preset, "the Lab panel's grid preset (quick, default, full, none)");
+  cli.add_option("--lab-storages", options.lab.storages, "the Lab panel's storages (';'-separated)");
+  cli.add_option("--lab-policies", options.lab.policies, "the Lab panel's policies (','-separated)");
+  cli.add_option("--lab-budgets", options.lab.budgets, "the Lab panel's policy budgets (','-separated)");
+  cli.add_option("--lab-caches", options.lab.caches, "whole caches added to the Lab panel's grid (';'-separated)");
+  cli.add_option("--lab-chunks", options.lab.max_chunks, "the Lab panel's chunks of the text (0: all)");
+  cli.add_option("--lab-budget", options.lab.budget, "the Lab panel's memory budget for its recommendation");
+  cli.add_flag("--lab-run", options.lab_run, "open the Lab panel and run its sweep once the model is loaded");
+  cli.add_option("--lab-open", options.lab_open,
+                 "once the sweep is done, open its row N (0-based) side by side with the full cache, forced");
   cli.add_option("--drop", options.drops, "handle these files as if dropped on the window (.gguf, .json)");
   cli.add_option("--soak", options.soak_minutes,
                  "measurement: keep every session writing (\" Then\" after each reply) for MINUTES after --prompt, "

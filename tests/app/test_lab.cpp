@@ -182,7 +182,7 @@ TEST_CASE("lab journal: rows round-trip, a torn last line is dropped, a lie is a
   other.n_ctx = 128;
   other.device = "another GPU";
   CHECK(id.differences(id).empty());
-  CHECK(id.differences(other) == "context 256 ≠ 128");
+  CHECK(id.differences(other) == "context 256, now 128");
 }
 
 TEST_CASE("lab on the default model: rows equal eval's figures, resume, stop, report") {
@@ -262,7 +262,7 @@ TEST_CASE("lab on the default model: rows equal eval's figures, resume, stop, re
   // Another sweep's journal is refused, or with fresh set aside.
   LabOptions other = options;
   other.eval.max_chunks = 3;
-  CHECK_THROWS_WITH_AS(run_lab(engine, other), doctest::Contains("another sweep's (chunks 2 ≠ 3; max chunks 2 ≠ 3)"),
+  CHECK_THROWS_WITH_AS(run_lab(engine, other), doctest::Contains("another sweep's (chunks 2, now 3; max chunks 2, now 3)"),
                        LabFileError);
   // A cache the model cannot take is refused before anything runs.
   other.caches = {parse_cache_spec("h2o:budget=500")};

@@ -519,3 +519,64 @@ TEST_CASE("gui: a 32-layer, 8-kv-head model: the occupancy grid shows every laye
   std::filesystem::remove(png);
   std::filesystem::remove(model);
 }
+
+TEST_CASE("gui: the Lab panel sweeps caches live, shares its journal with `kvscope lab`, and opens a point side by "
+          "side") {
+  kvscope::test::model_path();
+  const std::string dir = temp_path("kvscope-gui-lab");
+  std::filesystem::remove_all(dir);
+  const std::string png = temp_png("kvscope-gui-lab");
+  const std::string text = kvscope::test::data_path("corpus.txt");
+  const std::string grid = "--lab-preset none --lab-storages 'f16;q8' --lab-policies none,h2o --lab-budgets 32 "
+                           "--lab-chunks 2 --lab-budget 40%";
+  const Run r = gui("-c 128 --width 1440 --height 900 --lab-text " + text + " --lab-out " + dir + " " + grid +
+                    " --lab-run --frames 2 --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].empty());
+  CHECK(report["validation_messages"] == 0);
+  const nlohmann::json& lab = report["lab"];
+  REQUIRE(lab["done"] == true);
+  REQUIRE(lab["rows"].size() == 4);
+  CHECK(lab["points_drawn"] == 4);
+  CHECK(lab["files"].size() == 9);
+  // The chart is on screen, and its points are drawn in their colours.
+  const Image shot = load_png(png);
+  const auto& c = lab["chart"];
+  const int x0 = int(c[0].get<float>()), y0 = int(c[1].get<float>());
+  const int w = int(c[2].get<float>()), h = int(c[3].get<float>());
+  REQUIRE(w > 400);
+  REQUIRE(h > 180);
+  CHECK(distinct_colours(shot, x0, y0, w, h) > 12);
+
+  // The command line reads the window's journal as its own: every cache resumed, the same figures.
+  const Run cli = shell(std::string(KVSCOPE_BINARY) + " lab -c 128 -f " + text + " --out " + dir +
+                        " --preset none --storages 'f16;q8' --policies none,h2o --budgets 32 --max-chunks 2 "
+                        "--budget 40% --json");
+  REQUIRE_MESSAGE(cli.code == 0, cli.out);
+  CHECK(cli.out.find("resumed: 4 of 4 caches") != std::string::npos);
+  const nlohmann::json results = nlohmann::json::parse(cli.out.substr(cli.out.find("\n{") + 1));
+  REQUIRE(results["rows"].size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(results["rows"][i]["label"] == lab["rows"][i]["cache"]);
+    CHECK(results["rows"][i]["kl_mean"] == lab["rows"][i]["kl_mean"]);
+  }
+
+  // Opened side by side: the baseline as A, row 1 (f16 + h2o at 32) as B, forced on the text.
+  const Run open = gui("-c 128 --width 1440 --height 900 --lab-text " + text + " --lab-out " + dir + " " + grid +
+                       " --lab-run --lab-open 1 --frames 2 --screenshot " + png);
+  INFO(open.out);
+  REQUIRE(open.code == 0);
+  const nlohmann::json opened = report_of(open);
+  CHECK(opened["errors"].empty());
+  REQUIRE(opened["sessions"].size() == 2);
+  CHECK(opened["sessions"][0]["cache"] == "f16");
+  CHECK(opened["sessions"][1]["cache"] == "f16 + h2o:budget=32,recent=16");
+  REQUIRE(opened["forced"].size() == 1);
+  CHECK(opened["forced"][0]["kl"].size() > 60);
+  CHECK(opened["forced"][0]["lost_attention_mean"].get<double>() > 0);
+  CHECK(opened["sessions"][1]["evictions"].get<int>() > 0);
+  std::filesystem::remove_all(dir);
+  std::filesystem::remove(png);
+}
