@@ -105,6 +105,7 @@ void LabPanel::set_fields(const LabFields& f) {
   std::snprintf(caches_, sizeof caches_, "%s", f.caches.c_str());
   max_chunks_ = int(f.max_chunks);
   std::snprintf(budget_, sizeof budget_, "%s", f.budget.c_str());
+  probes_ = f.probes;
 }
 
 LabFields LabPanel::fields() const {
@@ -118,6 +119,7 @@ LabFields LabPanel::fields() const {
   f.caches = caches_;
   f.max_chunks = uint32_t(std::max(0, max_chunks_));
   f.budget = budget_;
+  f.probes = probes_;
   return f;
 }
 
@@ -140,6 +142,9 @@ bool LabPanel::start(Engine& engine, EngineTurns& turns, const std::string& mode
     options.model_path = model_path;
     options.eval.max_chunks = f.max_chunks;
     options.eval.turns = &turns;
+    if (f.probes)
+      for (const auto& file : scenario_files(std::filesystem::path(assets_dir()) / "scenarios"))
+        options.scenarios.push_back(load_scenario(file));
     const uint32_t n_ctx = engine.n_ctx();
     options.caches = grid.specs(n_ctx);
     std::string out = f.out;
@@ -268,6 +273,13 @@ std::optional<LabPanel::OpenRequest> LabPanel::draw(Engine* engine, EngineTurns&
   if (ImGui::IsItemHovered())
     ImGui::SetTooltip("Memory for the recommendation: 25%% (of the baseline), 1728 or 1.5KiB (bytes per token),\n"
                       "2GiB@32768 (a whole cache at a context)");
+  ImGui::AlignTextToFramePadding();
+  ImGui::TextColored(colour::muted, "probes");
+  ImGui::SameLine(label_w);
+  ImGui::Checkbox("##lab_probes", &probes_);
+  if (ImGui::IsItemHovered())
+    ImGui::SetTooltip("Also run every scenario of assets/scenarios under every cache: does it still recall\n"
+                      "a fact placed early? (retained / degraded / lost against the baseline; slower)");
   field("storages", "##lab_storages", storages_, sizeof storages_,
         "Instead of the preset's, separated by ';': f16; q8; q4,group=8; k=q8,v=q4");
   field("policies", "##lab_policies", policies_, sizeof policies_,

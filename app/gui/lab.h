@@ -29,6 +29,7 @@ struct LabFields {
   std::string storages, policies, budgets, caches;
   uint32_t max_chunks = 4; // 0: every chunk
   std::string budget = "25%";
+  bool probes = false;     // every scenario of assets/scenarios under every cache (as `kvscope lab --probes`)
 };
 
 class LabPanel {
@@ -87,6 +88,7 @@ class LabPanel {
   char storages_[256] = "", policies_[256] = "", budgets_[128] = "", caches_[512] = "";
   int max_chunks_ = 4;
   char budget_[64] = "25%";
+  bool probes_ = false;
   bool top1_ = false;
   int selected_ = -1;
   std::vector<float> chart_rect_;  // x, y, w, h on screen

@@ -294,6 +294,7 @@ int main(int argc, char** argv) {
   cli.add_option("--lab-caches", options.lab.caches, "whole caches added to the Lab panel's grid (';'-separated)");
   cli.add_option("--lab-chunks", options.lab.max_chunks, "the Lab panel's chunks of the text (0: all)");
   cli.add_option("--lab-budget", options.lab.budget, "the Lab panel's memory budget for its recommendation");
+  cli.add_flag("--lab-probes", options.lab.probes, "the Lab panel runs the probe scenarios under every cache");
   cli.add_flag("--lab-run", options.lab_run, "open the Lab panel and run its sweep once the model is loaded");
   cli.add_option("--lab-open", options.lab_open,
                  "once the sweep is done, open its row N (0-based) side by side with the full cache, forced");

@@ -185,6 +185,59 @@ TEST_CASE("lab journal: rows round-trip, a torn last line is dropped, a lie is a
   CHECK(id.differences(other) == "context 256, now 128");
 }
 
+TEST_CASE("lab journal: ten thousand mangled journals are read or refused with LabFileError, nothing else") {
+  // A journal is a file on disk a person may edit, truncate or be sent: every
+  // mutation of a valid one must read, or be refused with the one error type
+  // whose message names the line (std::bad_alloc, a crash or another
+  // exception type would fail here; the sanitized run checks memory).
+  LabRow r = row("q4 + snapkv:budget=64", 648, 0.14, 0.86);
+  r.eval.lost.regretted = {{1, 40, 123, 0.5}};
+  r.probes = {{"bird-name", Verdict::Degraded, -2.5, -1.0}};
+  LabIdentity id;
+  id.model = "m.gguf";
+  id.pins = {"0:16"};
+  id.scenarios = {"bird-name"};
+  const std::string valid = id.json().dump() + "\n" + json{{"baseline_run", {{"cache", "f16"}, {"ppl", 3.5},
+      {"ppl_stderr", 0.1}, {"bytes_per_token", 6912}, {"held_bytes_per_token", 6912}, {"peak_live_entries", 9216},
+      {"cache_bytes", 1769472}, {"tokens_evaluated", 512}, {"evictions", 0}, {"recalls", 0},
+      {"spill_host_bytes", 0}, {"seconds", 1.5}}}}.dump() + "\n" + json{{"row", lab_row_json(r)}}.dump() + "\n";
+  const LabJournal clean = parse_lab_journal(valid, "rows.jsonl");
+  REQUIRE(clean.baseline);
+  REQUIRE(clean.rows.size() == 1);
+  uint64_t state = 0x9e3779b97f4a7c15ull;
+  auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  const std::string alphabet = "{}[]\":,0123456789-.eE truefalsn\\\n\x00\xff";
+  size_t read = 0, refused = 0;
+  for (int i = 0; i < 10000; ++i) {
+    std::string text = valid;
+    const int edits = 1 + int(next() % 4);
+    for (int e = 0; e < edits && !text.empty(); ++e) {
+      const size_t at = next() % text.size();
+      switch (next() % 4) {
+        case 0: text[at] = alphabet[next() % alphabet.size()]; break;
+        case 1: text.erase(at, 1 + next() % 8); break;
+        case 2: text.insert(at, 1, alphabet[next() % alphabet.size()]); break;
+        default: text.resize(at); break;
+      }
+    }
+    try {
+      const LabJournal j = parse_lab_journal(text, "rows.jsonl");
+      for (const LabRow& x : j.rows) (void)lab_row_json(x).dump();
+      ++read;
+    } catch (const LabFileError&) {
+      ++refused;
+    }
+  }
+  MESSAGE(read << " mangled journals read, " << refused << " refused");
+  CHECK(read + refused == 10000);
+  CHECK(refused > 1000);
+}
+
 TEST_CASE("lab on the default model: rows equal eval's figures, resume, stop, report") {
   Engine& engine = test::shared_engine();
   const test::TempDir dir;
