@@ -413,17 +413,43 @@ std::string lab_chart_kl(const LabReportInput& in) { return scatter(in, false); 
 std::string lab_chart_top1(const LabReportInput& in) { return scatter(in, true); }
 
 std::string lab_chart_lost_attention(const LabReportInput& in) {
-  // The evicting caches on the KL front, and the recommendation, at most 6.
+  // One line per eviction policy (its text: the same policy on another
+  // storage evicts the same tokens and loses almost the same attention):
+  // the recommendation's first, then the policies of the KL front, then the
+  // closest others, at most 6.
+  struct Line {
+    std::string policy;
+    size_t row;  // the row drawn: the policy's first on the front (or closest)
+    std::vector<std::string> storages;
+  };
+  std::vector<Line> lines;
+  auto add = [&](size_t i) {
+    const LabRow& r = in.rows[i];
+    if (!r.evicting()) return;
+    const std::string policy = r.eval.run.spec.policy.empty() ? r.eval.run.spec.on_full : r.eval.run.spec.policy;
+    for (Line& l : lines)
+      if (l.policy == policy) {
+        if (std::find(l.storages.begin(), l.storages.end(), r.eval.run.spec.name()) == l.storages.end())
+          l.storages.push_back(r.eval.run.spec.name());
+        return;
+      }
+    if (lines.size() < 6) lines.push_back({policy, i, {r.eval.run.spec.name()}});
+  };
+  if (auto pick = recommended(in)) add(*pick);
+  for (size_t i : pareto_front(in.rows)) add(i);
+  std::vector<size_t> by_kl(in.rows.size());
+  for (size_t i = 0; i < by_kl.size(); ++i) by_kl[i] = i;
+  std::stable_sort(by_kl.begin(), by_kl.end(), [&](size_t a, size_t b) {
+    return in.rows[a].eval.divergence.kl_mean < in.rows[b].eval.divergence.kl_mean;
+  });
+  for (size_t i : by_kl) add(i);
   std::vector<size_t> chosen;
-  if (auto pick = recommended(in); pick && in.rows[*pick].evicting()) chosen.push_back(*pick);
-  for (size_t i : pareto_front(in.rows))
-    if (in.rows[i].evicting() && std::find(chosen.begin(), chosen.end(), i) == chosen.end() && chosen.size() < 6)
-      chosen.push_back(i);
+  for (const Line& l : lines) chosen.push_back(l.row);
   Frame f;
   f.h = 460;
   std::string s = svg_open(f, "Lost attention per layer",
-                           "the full cache's attention on tokens the cache no longer holds, mean over scored positions "
-                           "and heads; evicting caches of the KL front");
+                           "the full cache's attention on tokens a cache no longer holds, mean over positions and heads; "
+                           "a line per policy (its storages in brackets)");
   size_t n_layer = 0;
   double hi = 0;
   for (size_t i : chosen) {
@@ -439,7 +465,7 @@ std::string lab_chart_lost_attention(const LabReportInput& in) {
   x.lo = 0;
   x.hi = double(std::max<size_t>(n_layer, 2) - 1);
   x.a = f.left + 20;
-  x.b = f.w - f.right - 200;
+  x.b = f.w - f.right - 265;
   LabAxis y;
   y.lo = 0;
   y.hi = std::max(hi * 1.1, 1e-3);
@@ -458,9 +484,16 @@ std::string lab_chart_lost_attention(const LabReportInput& in) {
                        y.map(r.eval.lost.per_layer[l]), colours[k]);
     const double ly = f.top + 20 + 20 * double(k);
     s += fmt::format(R"~(<line x1="{0:.1f}" y1="{1:.1f}" x2="{2:.1f}" y2="{1:.1f}" stroke="{3}" stroke-width="3"/>)~",
-                     f.w - f.right - 185, ly - 4, f.w - f.right - 165, colours[k]);
-    s += fmt::format(R"~(<text x="{:.1f}" y="{:.1f}" font-size="12" fill="#222">{}</text>)~" "\n", f.w - f.right - 160, ly,
-                     escape(lab_short_label(r.eval.run.spec)));
+                     f.w - f.right - 245, ly - 4, f.w - f.right - 225, colours[k]);
+    CacheSpec policy_only = r.eval.run.spec;
+    policy_only.k_format = policy_only.v_format = kv::Format::F16;
+    policy_only.group_size.reset();
+    std::string label = lab_short_label(policy_only).substr(std::string("f16·").size());
+    std::string storages;
+    for (const std::string& st : lines[k].storages) storages += (storages.empty() ? "" : ", ") + st;
+    label += " (" + storages + ")";
+    s += fmt::format(R"~(<text x="{:.1f}" y="{:.1f}" font-size="12" fill="#222">{}</text>)~" "\n", f.w - f.right - 220, ly,
+                     escape(label));
   }
   return s + "</svg>\n";
 }
@@ -586,7 +619,7 @@ h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 32px; }
 .rec.safe { border-color: #4caf50; background: #effaf0; }
 table { border-collapse: collapse; font-size: 12px; width: 100%; }
 th, td { border-bottom: 1px solid #ddd; padding: 3px 6px; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
+th { background: #f4f4f4; } td { white-space: nowrap; } td.l, th.l { text-align: left; white-space: normal; }
 tr.front td { font-weight: bold; } tr.pick td { background: #fff3d6; }
 .meta { color: #555; font-size: 13px; } figure { margin: 12px 0; } svg { max-width: 100%; height: auto; }
 </style></head><body>
