@@ -9,6 +9,7 @@
 #include <array>
 #include <bit>
 #include <cctype>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -42,6 +43,8 @@ constexpr std::array kTypes = {
     TypeRow{GgmlType::Q5_K, {"Q5_K", 256, 176}},
     TypeRow{GgmlType::Q6_K, {"Q6_K", 256, 210}},
     TypeRow{GgmlType::Q8_K, {"Q8_K", 256, 292}},
+    TypeRow{GgmlType::IQ4_NL, {"IQ4_NL", 32, 18}},
+    TypeRow{GgmlType::IQ4_XS, {"IQ4_XS", 256, 136}},
     TypeRow{GgmlType::I8, {"I8", 1, 1}},
     TypeRow{GgmlType::I16, {"I16", 1, 2}},
     TypeRow{GgmlType::I32, {"I32", 1, 4}},
@@ -149,6 +152,140 @@ void dequantize_q4_0(const uint8_t* src, std::span<float> dst) {
   }
 }
 
+// Q4_1 / Q5_1: the block's min is m, its range split into 15 / 31 steps;
+// codes round half up from the min (ggml: (x - min) * id + 0.5, truncated).
+void quantize_q4_1(std::span<const float> src, uint8_t* dst) {
+  for (size_t block = 0; block < src.size() / kBlock; ++block) {
+    const float* x = src.data() + block * kBlock;
+    uint8_t* out = dst + block * kQ4_1BlockBytes;
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (size_t j = 0; j < kBlock; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / 15;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(out, d);
+    store_f16(out + 2, min);
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      const uint8_t low = static_cast<uint8_t>(std::min(15, static_cast<int>(static_cast<int8_t>((x[j] - min) * id + 0.5f))));
+      const uint8_t high = static_cast<uint8_t>(
+          std::min(15, static_cast<int>(static_cast<int8_t>((x[j + kBlock / 2] - min) * id + 0.5f))));
+      out[4 + j] = static_cast<uint8_t>(low | (high << 4));
+    }
+  }
+}
+
+void dequantize_q4_1(const uint8_t* src, std::span<float> dst) {
+  for (size_t block = 0; block < dst.size() / kBlock; ++block) {
+    const uint8_t* in = src + block * kQ4_1BlockBytes;
+    const float d = load_f16(in), m = load_f16(in + 2);
+    float* y = dst.data() + block * kBlock;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      y[j] = static_cast<float>(in[4 + j] & 0x0F) * d + m;
+      y[j + kBlock / 2] = static_cast<float>(in[4 + j] >> 4) * d + m;
+    }
+  }
+}
+
+// Q5_0: as Q4_0 with a fifth bit per element in qh; d maps the element of
+// largest magnitude to -16.
+void quantize_q5_0(std::span<const float> src, uint8_t* dst) {
+  for (size_t block = 0; block < src.size() / kBlock; ++block) {
+    const float* x = src.data() + block * kBlock;
+    uint8_t* out = dst + block * kQ5_0BlockBytes;
+    float amax = 0.0f, max = 0.0f;
+    for (size_t j = 0; j < kBlock; ++j) {
+      if (amax < std::fabs(x[j])) {
+        amax = std::fabs(x[j]);
+        max = x[j];
+      }
+    }
+    const float d = max / -16;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(out, d);
+    uint32_t qh = 0;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      const uint8_t q0 = static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x[j] * id + 16.5f))));
+      const uint8_t q1 =
+          static_cast<uint8_t>(std::min(31, static_cast<int>(static_cast<int8_t>(x[j + kBlock / 2] * id + 16.5f))));
+      out[6 + j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= uint32_t((q0 & 0x10u) >> 4) << j;
+      qh |= uint32_t((q1 & 0x10u) >> 4) << (j + kBlock / 2);
+    }
+    std::memcpy(out + 2, &qh, 4);  // little-endian, as ggml writes it
+  }
+}
+
+void dequantize_q5_0(const uint8_t* src, std::span<float> dst) {
+  for (size_t block = 0; block < dst.size() / kBlock; ++block) {
+    const uint8_t* in = src + block * kQ5_0BlockBytes;
+    const float d = load_f16(in);
+    uint32_t qh;
+    std::memcpy(&qh, in + 2, 4);
+    float* y = dst.data() + block * kBlock;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      const int q0 = (in[6 + j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
+      const int q1 = (in[6 + j] >> 4) | static_cast<int>(((qh >> (j + kBlock / 2)) & 1u) << 4);
+      y[j] = static_cast<float>(q0 - 16) * d;
+      y[j + kBlock / 2] = static_cast<float>(q1 - 16) * d;
+    }
+  }
+}
+
+void quantize_q5_1(std::span<const float> src, uint8_t* dst) {
+  for (size_t block = 0; block < src.size() / kBlock; ++block) {
+    const float* x = src.data() + block * kBlock;
+    uint8_t* out = dst + block * kQ5_1BlockBytes;
+    float min = FLT_MAX, max = -FLT_MAX;
+    for (size_t j = 0; j < kBlock; ++j) {
+      min = std::min(min, x[j]);
+      max = std::max(max, x[j]);
+    }
+    const float d = (max - min) / 31;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    store_f16(out, d);
+    store_f16(out + 2, min);
+    uint32_t qh = 0;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      const uint8_t q0 = static_cast<uint8_t>(static_cast<int>((x[j] - min) * id + 0.5f));
+      const uint8_t q1 = static_cast<uint8_t>(static_cast<int>((x[j + kBlock / 2] - min) * id + 0.5f));
+      out[8 + j] = static_cast<uint8_t>((q0 & 0x0F) | ((q1 & 0x0F) << 4));
+      qh |= uint32_t((q0 & 0x10u) >> 4) << j;
+      qh |= uint32_t((q1 & 0x10u) >> 4) << (j + kBlock / 2);
+    }
+    std::memcpy(out + 4, &qh, 4);
+  }
+}
+
+void dequantize_q5_1(const uint8_t* src, std::span<float> dst) {
+  for (size_t block = 0; block < dst.size() / kBlock; ++block) {
+    const uint8_t* in = src + block * kQ5_1BlockBytes;
+    const float d = load_f16(in), m = load_f16(in + 2);
+    uint32_t qh;
+    std::memcpy(&qh, in + 4, 4);
+    float* y = dst.data() + block * kBlock;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      const int q0 = (in[8 + j] & 0x0F) | static_cast<int>(((qh >> j) & 1u) << 4);
+      const int q1 = (in[8 + j] >> 4) | static_cast<int>(((qh >> (j + kBlock / 2)) & 1u) << 4);
+      y[j] = static_cast<float>(q0) * d + m;
+      y[j + kBlock / 2] = static_cast<float>(q1) * d + m;
+    }
+  }
+}
+
+void dequantize_iq4_nl(const uint8_t* src, std::span<float> dst) {
+  for (size_t block = 0; block < dst.size() / kBlock; ++block) {
+    const uint8_t* in = src + block * kIq4NlBlockBytes;
+    const float d = load_f16(in);
+    float* y = dst.data() + block * kBlock;
+    for (size_t j = 0; j < kBlock / 2; ++j) {
+      y[j] = d * static_cast<float>(kIq4NlValues[in[2 + j] & 0x0F]);
+      y[j + kBlock / 2] = d * static_cast<float>(kIq4NlValues[in[2 + j] >> 4]);
+    }
+  }
+}
+
 }  // namespace
 
 std::optional<TypeTraits> type_traits(uint32_t type_id) {
@@ -164,6 +301,10 @@ bool type_supported(GgmlType t) {
     case GgmlType::BF16:
     case GgmlType::Q8_0:
     case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::IQ4_NL:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
@@ -173,7 +314,9 @@ bool type_supported(GgmlType t) {
   }
 }
 
-std::string_view supported_types_list() { return "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"; }
+bool type_writable(GgmlType t) { return type_supported(t) && t != GgmlType::IQ4_NL; }
+
+std::string_view supported_types_list() { return "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K"; }
 
 uint16_t f32_to_bf16(float f) {
   const uint32_t bits = std::bit_cast<uint32_t>(f);
@@ -263,12 +406,15 @@ void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst
       return;
     case GgmlType::Q8_0: quantize_q8_0(src, dst.data()); return;
     case GgmlType::Q4_0: quantize_q4_0(src, dst.data()); return;
+    case GgmlType::Q4_1: quantize_q4_1(src, dst.data()); return;
+    case GgmlType::Q5_0: quantize_q5_0(src, dst.data()); return;
+    case GgmlType::Q5_1: quantize_q5_1(src, dst.data()); return;
     case GgmlType::Q4_K: quantize_q4_k(src, dst.data()); return;
     case GgmlType::Q5_K: quantize_q5_k(src, dst.data()); return;
     case GgmlType::Q6_K: quantize_q6_k(src, dst.data()); return;
     default:
-      throw std::invalid_argument(fmt::format("quantize_row: kvscope cannot write type {}; supported: {}",
-                                              traits_of(t).name, supported_types_list()));
+      throw std::invalid_argument(fmt::format("quantize_row: kvscope cannot write type {}; it writes: {}",
+                                              traits_of(t).name, "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K"));
   }
 }
 
@@ -293,6 +439,10 @@ void dequantize_row(GgmlType t, std::span<const uint8_t> src, std::span<float> d
       return;
     case GgmlType::Q8_0: dequantize_q8_0(src.data(), dst); return;
     case GgmlType::Q4_0: dequantize_q4_0(src.data(), dst); return;
+    case GgmlType::Q4_1: dequantize_q4_1(src.data(), dst); return;
+    case GgmlType::Q5_0: dequantize_q5_0(src.data(), dst); return;
+    case GgmlType::Q5_1: dequantize_q5_1(src.data(), dst); return;
+    case GgmlType::IQ4_NL: dequantize_iq4_nl(src.data(), dst); return;
     case GgmlType::Q4_K: dequantize_q4_k(src.data(), dst); return;
     case GgmlType::Q5_K: dequantize_q5_k(src.data(), dst); return;
     case GgmlType::Q6_K: dequantize_q6_k(src.data(), dst); return;

@@ -25,6 +25,8 @@ enum class GgmlType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  IQ4_NL = 20,
+  IQ4_XS = 23,
   I8 = 24,
   I16 = 25,
   I32 = 26,
@@ -41,9 +43,12 @@ struct TypeTraits {
 
 // Traits of a type this build knows the size of; nullopt for unknown ids.
 std::optional<TypeTraits> type_traits(uint32_t type_id);
-// Whether kvscope can compute with this type (read, write, and run on the GPU).
+// Whether kvscope can compute with this type (read it and run it on the GPU).
 bool type_supported(GgmlType t);
-std::string_view supported_types_list();  // "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"
+std::string_view supported_types_list();  // "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K"
+// Whether quantize_row writes it (every supported type but IQ4_NL, whose
+// codebook search kvscope does not do).
+bool type_writable(GgmlType t);
 // K-quants: super-blocks of 256 elements (layouts in models/ggml_kquants.h).
 constexpr bool is_k_quant(GgmlType t) { return t == GgmlType::Q4_K || t == GgmlType::Q5_K || t == GgmlType::Q6_K; }
 std::optional<GgmlType> type_from_name(std::string_view name);  // case-insensitive
@@ -65,8 +70,23 @@ float bf16_to_f32(uint16_t h);
 // Both match ggml's reference quantizers bit for bit, as does BF16.
 // Q4_K Q5_K Q6_K: see models/ggml_kquants.h (dequantization exact to ggml's
 // formulas; quantization is kvscope's own scale search).
+// Q4_1: { f16 d; f16 m; uint8 qs[16]; }  x = d * q + m, q in 0..15 (nibbles as Q4_0),
+//   d = (max - min) / 15, m = min.
+// Q5_0: { f16 d; uint32 qh; uint8 qs[16]; }  x = d * (q - 16), q in 0..31: the
+//   low four bits as Q4_0's nibbles, the fifth of element j in bit j of qh
+//   (little-endian); d = max / -16 (max: the signed value of largest magnitude).
+// Q5_1: { f16 d; f16 m; uint32 qh; uint8 qs[16]; }  x = d * q + m, d = (max - min) / 31.
+// IQ4_NL: { f16 d; uint8 qs[16]; }  x = d * kIq4NlValues[q], q a nibble as Q4_0's
+//   (read only: kvscope does not write it).
+// These follow ggml's reference (de)quantizers (ggml-quants.c, *_ref) bit for bit.
 constexpr size_t kQ8_0BlockBytes = 34;
 constexpr size_t kQ4_0BlockBytes = 18;
+constexpr size_t kQ4_1BlockBytes = 20;
+constexpr size_t kQ5_0BlockBytes = 22;
+constexpr size_t kQ5_1BlockBytes = 24;
+constexpr size_t kIq4NlBlockBytes = 18;
+// IQ4_NL's 16 levels, ggml's kvalues_iq4nl.
+constexpr int8_t kIq4NlValues[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst);
 void dequantize_row(GgmlType t, std::span<const uint8_t> src, std::span<float> dst);
 

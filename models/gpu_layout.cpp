@@ -35,7 +35,12 @@ uint64_t value_bytes_per_row(GgmlType type, uint64_t cols) {
     case GgmlType::Q8_0:
       return cols;
     case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::IQ4_NL:
       return cols / 2;
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+      return cols / kBlock * 20;  // qh (4 bytes) + qs (16) per block
     case GgmlType::Q4_K:
       return cols / kSuperBlock * kQ4_KBlockBytes;
     case GgmlType::Q5_K:
@@ -51,9 +56,25 @@ uint64_t value_bytes_per_row(GgmlType type, uint64_t cols) {
                                           supported_types_list()));
 }
 
-// Types with one f16 scale per block in the scale array.
+// Types whose block scale (and min) go to the scale array: one f16 per block,
+// or for Q4_1/Q5_1 the pair {d, m} in one word per block.
 bool has_scale_array(GgmlType type) {
-  return type == GgmlType::Q8_0 || type == GgmlType::Q4_0 || type == GgmlType::Q6_K;
+  switch (type) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::IQ4_NL:
+    case GgmlType::Q6_K:
+      return true;
+    default:
+      return false;
+  }
+}
+// Bytes of scale per block in the scale array.
+uint64_t scale_bytes_per_block(GgmlType type) {
+  return type == GgmlType::Q4_1 || type == GgmlType::Q5_1 ? 4 : 2;
 }
 uint64_t block_elems(GgmlType type) { return is_k_quant(type) ? kSuperBlock : kBlock; }
 
@@ -65,7 +86,7 @@ uint64_t GpuWeight::value_row_bytes() const {
 
 uint64_t GpuWeight::scale_row_bytes() const {
   if (!has_scale_array(type)) return 0;
-  return 4 * words_for_bytes(2 * (cols / block_elems(type)));  // one f16 per block
+  return 4 * words_for_bytes(scale_bytes_per_block(type) * (cols / block_elems(type)));
 }
 
 GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint64_t cols) {
@@ -97,15 +118,16 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
     return out;
   }
 
-  // Q8_0/Q4_0 blocks { f16 d; q[...] } (32 int8, or 16 bytes of nibble pairs):
-  // the quant bytes keep their order, d moves to `scales`. Q6_K blocks
-  // { ql[128]; qh[64]; i8 scales[16]; f16 d }: the first 208 bytes stay, d moves.
-  const uint64_t block_bytes = type == GgmlType::Q8_0   ? kQ8_0BlockBytes
-                               : type == GgmlType::Q4_0 ? kQ4_0BlockBytes
-                                                        : kQ6_KBlockBytes;
-  const uint64_t quant_bytes = block_bytes - 2;
+  // The blocks' scales (f16 d; Q4_1/Q5_1: d then m, 4 bytes) move to
+  // `scales`, the rest keeps its byte order in `values`:
+  //   Q8_0 { f16 d; int8 q[32] }, Q4_0 / IQ4_NL { f16 d; qs[16] },
+  //   Q4_1 { f16 d, m; qs[16] }, Q5_0 { f16 d; qh[4]; qs[16] },
+  //   Q5_1 { f16 d, m; qh[4]; qs[16] }, Q6_K { ql[128]; qh[64]; i8 scales[16]; f16 d }.
+  const uint64_t block_bytes = type_traits(static_cast<uint32_t>(type))->block_bytes;
+  const uint64_t d_bytes = scale_bytes_per_block(type);
+  const uint64_t quant_bytes = block_bytes - d_bytes;
   const uint64_t d_offset = type == GgmlType::Q6_K ? kQ6_KValueBytes : 0;
-  const uint64_t quant_offset = type == GgmlType::Q6_K ? 0 : 2;
+  const uint64_t quant_offset = type == GgmlType::Q6_K ? 0 : d_bytes;
   const uint64_t blocks_per_row = cols / block_elems(type);
   for (uint64_t r = 0; r < rows; ++r) {
     const uint8_t* src_row = data + r * blocks_per_row * block_bytes;
@@ -113,7 +135,7 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
     uint8_t* scale_row = scales + r * scale_row_bytes;
     for (uint64_t b = 0; b < blocks_per_row; ++b) {
       const uint8_t* block = src_row + b * block_bytes;
-      std::memcpy(scale_row + 2 * b, block + d_offset, 2);
+      std::memcpy(scale_row + d_bytes * b, block + d_offset, d_bytes);
       std::memcpy(value_row + b * quant_bytes, block + quant_offset, quant_bytes);
     }
   }

@@ -22,7 +22,9 @@ namespace {
 
 constexpr std::array kSchemes = {
     QuantizeScheme{"F16", GgmlType::F16},   QuantizeScheme{"Q8_0", GgmlType::Q8_0},
-    QuantizeScheme{"Q4_0", GgmlType::Q4_0}, QuantizeScheme{"Q4_K", GgmlType::Q4_K},
+    QuantizeScheme{"Q4_0", GgmlType::Q4_0}, QuantizeScheme{"Q4_1", GgmlType::Q4_1},
+    QuantizeScheme{"Q5_0", GgmlType::Q5_0}, QuantizeScheme{"Q5_1", GgmlType::Q5_1},
+    QuantizeScheme{"Q4_K", GgmlType::Q4_K},
     QuantizeScheme{"Q5_K", GgmlType::Q5_K}, QuantizeScheme{"Q6_K", GgmlType::Q6_K},
     QuantizeScheme{"Q4_K_M", GgmlType::Q4_K, true}, QuantizeScheme{"Q5_K_M", GgmlType::Q5_K, true},
 };
@@ -37,7 +39,10 @@ uint32_t llama_file_type(const QuantizeScheme& scheme) {
     case GgmlType::F32: return 0;
     case GgmlType::F16: return 1;
     case GgmlType::Q4_0: return 2;
+    case GgmlType::Q4_1: return 3;
     case GgmlType::Q8_0: return 7;
+    case GgmlType::Q5_0: return 8;
+    case GgmlType::Q5_1: return 9;
     case GgmlType::Q4_K: return 14;
     case GgmlType::Q5_K: return 16;
     case GgmlType::Q6_K: return 18;
@@ -110,7 +115,7 @@ std::optional<QuantizeScheme> quantize_scheme(std::string_view name) {
   return std::nullopt;
 }
 
-std::string_view quantize_scheme_list() { return "F16 Q8_0 Q4_0 Q4_K Q5_K Q6_K Q4_K_M Q5_K_M"; }
+std::string_view quantize_scheme_list() { return "F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K Q4_K_M Q5_K_M"; }
 
 bool use_more_bits(int layer, int n_layers) {
   return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
@@ -140,8 +145,12 @@ QuantizeResult quantize_model(const std::string& in_path, const std::string& out
   for (const GgufTensorInfo& t : in.tensors()) {
     GgmlType target = scheme_type(scheme, t.name, n_layers);
     if (is_weight_matrix(t) && is_k_quant(target) && t.shape[0] % 256 != 0) {
-      // As llama.cpp does for such tensors: a type whose blocks fit the rows.
-      target = t.shape[0] % 32 == 0 ? GgmlType::Q8_0 : GgmlType::F16;
+      // As llama.cpp does for such tensors (llama_tensor_get_type): the
+      // 32-element type of about the same bits, F16 when not even those fit.
+      const GgmlType fallback = target == GgmlType::Q4_K   ? GgmlType::Q5_0
+                                : target == GgmlType::Q5_K ? GgmlType::Q5_1
+                                                           : GgmlType::Q8_0;
+      target = t.shape[0] % 32 == 0 ? fallback : GgmlType::F16;
       ++result.n_fallback;
     }
     if (is_weight_matrix(t) && t.type != target) {

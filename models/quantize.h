@@ -21,7 +21,7 @@ struct QuantizeScheme {
   bool more_bits_mix = false;
 };
 std::optional<QuantizeScheme> quantize_scheme(std::string_view name);  // case-insensitive
-std::string_view quantize_scheme_list();  // "F16 Q8_0 Q4_0 Q4_K Q5_K Q6_K Q4_K_M Q5_K_M"
+std::string_view quantize_scheme_list();  // "F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K Q4_K_M Q5_K_M"
 
 // llama.cpp's use_more_bits(i_layer, n_layers).
 bool use_more_bits(int layer, int n_layers);

@@ -21,7 +21,7 @@ void main() {
   const int id = ids[t];
   if (id < int(p.row_offset) || id >= int(p.row_offset + p.n_vocab)) return;
   const uint row = uint(id) - p.row_offset;  // row within the bound chunk
-#if defined(W_KQUANT)
+#if defined(W_KQUANT) || defined(W_QUADS)
   // Four elements per read: their scales and quants share words (dim % 256 == 0).
   for (uint q = gl_LocalInvocationID.x; q < p.dim / 4u; q += gl_WorkGroupSize.x) {
     const vec4 v = w_quad(row, 4u * q, p.dim);

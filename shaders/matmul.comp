@@ -36,8 +36,8 @@ shared float x_tile[TILE_TOKENS * TILE_K]; // [token][k]
 const uint UNITS_PER_BLOCK = 32u;
 #elif defined(WTYPE_F16) || defined(WTYPE_BF16)
 const uint UNITS_PER_BLOCK = 16u;
-#elif defined(WTYPE_Q8_0) || defined(W_KQUANT)
-const uint UNITS_PER_BLOCK = 8u;  // K-quants: quads (w_quad)
+#elif defined(WTYPE_Q8_0) || defined(W_KQUANT) || defined(W_QUADS)
+const uint UNITS_PER_BLOCK = 8u;  // K-quants, Q4_1, Q5_0, Q5_1, IQ4_NL: quads (w_quad)
 #else
 const uint UNITS_PER_BLOCK = 4u;
 #endif
@@ -62,8 +62,8 @@ void load_w_unit(uint tile_row, uint row, uint block, uint u) {
   w_tile[dst + 4u * u + 1u] = q.y;
   w_tile[dst + 4u * u + 2u] = q.z;
   w_tile[dst + 4u * u + 3u] = q.w;
-#elif defined(W_KQUANT)
-  const vec4 q = w_quad(row, block * 32u + 4u * u, cols);  // cols % 256 == 0: no tail
+#elif defined(W_KQUANT) || defined(W_QUADS)
+  const vec4 q = w_quad(row, block * 32u + 4u * u, cols);  // cols % block == 0: no tail
   for (uint i = 0u; i < 4u; ++i) w_tile[dst + 4u * u + i] = q[i];
 #else
   vec4 low, high;
@@ -141,6 +141,8 @@ void main_row_per_invocation() {
       for (uint i = 0u; i < 4u; ++i) add_quad(d * q8_unpack(words[i]), 32u * b + 16u * h + 4u * i, token0, n_tok);
     }
   }
+#elif defined(W_QUADS)
+  for (uint i = 0u; i < cols / 4u; ++i) add_quad(w_quad(row, 4u * i, cols), 4u * i, token0, n_tok);
 #elif defined(WTYPE_Q6_K)
   // Each quad of weights is dequantized once and used for every token, as it
   // is decoded (no array of a whole group: measured faster on lavapipe).

@@ -56,8 +56,8 @@ float row_dot(uint row, uint lane, uint x_base) {
   for (uint u = lane; u < words; u += THREADS_PER_ROW) {
     acc += w_scale(row, u / 8u, cols) * dot(q8_unpack(w_word(row_base + u)), x4(x_base + 4u * u));
   }
-#elif defined(W_KQUANT)
-  // cols is a multiple of 256: quads never cross a sub-block.
+#elif defined(W_KQUANT) || defined(W_QUADS)
+  // cols is a multiple of the block: quads never cross one.
   for (uint u = lane; u < cols / 4u; u += THREADS_PER_ROW) acc += dot(w_quad(row, 4u * u, cols), x4(x_base + 4u * u));
 #else  // WTYPE_Q4_0
   const uint words = cols / 8u;  // 4 words per block of 32
@@ -143,6 +143,13 @@ void rows_dot_whole(uint row0, uint x_base, out float acc[MAX_ROWS_PER_INVOCATIO
         acc[k] += kq_group_dot(row, row_base[k] + b * KQ_BLOCK_TEXELS, b, g, cols, xg, xsums);
       }
     }
+  }
+#elif defined(W_QUADS)
+  // Four elements at a time through w_quad; each x quad serves every row.
+  const uint x4_base = x_base / 4u;
+  for (uint i = 0u; i < cols / 4u; ++i) {
+    const vec4 xv = x_vec4[x4_base + i];
+    for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) acc[k] += dot(w_quad(min(row0 + k * WG, p.rows - 1u), 4u * i, cols), xv);
   }
 #else
   const uint x4_base = x_base / 4u;

@@ -1,8 +1,8 @@
 // Weight bindings and per-WTYPE dequantization, for the layout described in
 // params.h ("Weight layout on the GPU"). The including shader defines
 // W_BINDING and S_BINDING and exactly one of WTYPE_F32 / WTYPE_F16 /
-// WTYPE_BF16 / WTYPE_Q8_0 / WTYPE_Q4_0 / WTYPE_Q4_K / WTYPE_Q5_K / WTYPE_Q6_K
-// (from the shader table).
+// WTYPE_BF16 / WTYPE_Q8_0 / WTYPE_Q4_0 / WTYPE_Q4_1 / WTYPE_Q5_0 / WTYPE_Q5_1 /
+// WTYPE_IQ4_NL / WTYPE_Q4_K / WTYPE_Q5_K / WTYPE_Q6_K (from the shader table).
 //
 // Every value row starts on a 16-byte texel and every scale row on a 32-bit
 // word, so a shader addresses row r at texel r * w_row_texels(cols) (word
@@ -30,13 +30,16 @@ uint w_word(uint i) { return texelFetch(w_texels, int(i >> 2u))[i & 3u]; }
 #elif defined(WTYPE_Q4_0)
 #define W_UNIT_ELEMS 8u  // one word: eight nibbles (4 low, 4 high)
 #define W_QUANTIZED 1
+#elif defined(WTYPE_Q4_1) || defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1) || defined(WTYPE_IQ4_NL)
+#define W_QUADS 1  // blocks of 32, read four elements at a time through w_quad (below)
 #elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K) || defined(WTYPE_Q6_K)
 #define W_KQUANT 1  // super-blocks of 256, read a group of 64 at a time (below)
 #else
-#error "define one of WTYPE_F32 WTYPE_F16 WTYPE_BF16 WTYPE_Q8_0 WTYPE_Q4_0 WTYPE_Q4_K WTYPE_Q5_K WTYPE_Q6_K (see shaders/shaders.cmake)"
+#error "define one of WTYPE_F32 WTYPE_F16 WTYPE_BF16 WTYPE_Q8_0 WTYPE_Q4_0 WTYPE_Q4_1 WTYPE_Q5_0 WTYPE_Q5_1 WTYPE_IQ4_NL WTYPE_Q4_K WTYPE_Q5_K WTYPE_Q6_K (see shaders/shaders.cmake)"
 #endif
 
-// One f16 scale per block (Q8_0/Q4_0: 32 elements; Q6_K: its super-block d);
+// One f16 scale per block (Q8_0/Q4_0/Q5_0/IQ4_NL: 32 elements; Q6_K: its
+// super-block d), or for Q4_1/Q5_1 the pair {d, m} in one word per block;
 // unused (but bound) for the other types.
 layout(std430, binding = S_BINDING) readonly buffer WeightScales { uint w_scales[]; };
 
@@ -69,8 +72,10 @@ uint w_data_words(uint cols) {
   return (cols + 1u) / 2u;
 #elif defined(WTYPE_Q8_0)
   return cols / 4u;
-#elif defined(WTYPE_Q4_0)
-  return cols / 8u;
+#elif defined(WTYPE_Q4_0) || defined(WTYPE_Q4_1) || defined(WTYPE_IQ4_NL)
+  return cols / 8u;  // qs: 4 words per block
+#elif defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+  return cols / 32u * 5u;  // qh, then qs: 5 words per block
 #else
   return cols / W_BLOCK * 4u * KQ_BLOCK_TEXELS;
 #endif
@@ -78,12 +83,59 @@ uint w_data_words(uint cols) {
 uint w_row_texels(uint cols) { return (w_data_words(cols) + 3u) / 4u; }
 uint w_row_words(uint cols) { return 4u * w_row_texels(cols); }
 
+#if defined(WTYPE_Q4_1) || defined(WTYPE_Q5_1)
+uint s_row_words(uint cols) { return cols / W_BLOCK; }
+// {d, m} of a block: element = d * q + m.
+vec2 w_scale_min(uint row, uint block, uint cols) { return unpackHalf2x16(w_scales[row * s_row_words(cols) + block]); }
+#else
 uint s_row_words(uint cols) { return (cols / W_BLOCK + 1u) / 2u; }
+#endif
 
 float w_scale(uint row, uint block, uint cols) {
   const vec2 pair = unpackHalf2x16(w_scales[row * s_row_words(cols) + block / 2u]);
   return (block & 1u) == 0u ? pair.x : pair.y;
 }
+
+#if defined(W_QUADS)
+// ---- Q4_1, Q5_0, Q5_1, IQ4_NL (models/ggml_types.h has ggml's layouts) -----
+// A block's word j/4 of qs holds the nibbles of elements j..j+3 (low) and
+// j+16..j+19 (high), j % 4 == 0; Q5's fifth bit of element e is bit e of qh.
+#if defined(WTYPE_IQ4_NL)
+const float IQ4_NL_VALUES[16] = float[16](-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0,
+                                          38.0, 53.0, 69.0, 89.0, 113.0);
+#endif
+#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+const uint QB_WORDS = 5u;
+const uint QB_QS = 1u;
+#else
+const uint QB_WORDS = 4u;
+const uint QB_QS = 0u;
+#endif
+
+// Elements col .. col+3 of `row` (col % 4 == 0).
+vec4 w_quad(uint row, uint col, uint cols) {
+  const uint b = col / 32u, e = col % 32u;
+  const uint base = row * w_row_words(cols) + b * QB_WORDS;
+  const uint qs = w_word(base + QB_QS + (e % 16u) / 4u);
+  uint codes = e >= 16u ? (qs >> 4) & 0x0F0F0F0Fu : qs & 0x0F0F0F0Fu;
+#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+  const uint bits = (w_word(base) >> e) & 0xFu;  // the fifth bits of elements e .. e+3
+  codes |= ((bits & 1u) << 4) | ((bits & 2u) << 11) | ((bits & 4u) << 18) | ((bits & 8u) << 25);
+#endif
+#if defined(WTYPE_IQ4_NL)
+  return w_scale(row, b, cols) * vec4(IQ4_NL_VALUES[codes & 0xFu], IQ4_NL_VALUES[(codes >> 8) & 0xFu],
+                                      IQ4_NL_VALUES[(codes >> 16) & 0xFu], IQ4_NL_VALUES[codes >> 24]);
+#else
+  const vec4 q = vec4(codes & 0xFFu, (codes >> 8) & 0xFFu, (codes >> 16) & 0xFFu, codes >> 24);
+#if defined(WTYPE_Q5_0)
+  return w_scale(row, b, cols) * (q - 16.0);
+#else
+  const vec2 dm = w_scale_min(row, b, cols);
+  return dm.x * q + dm.y;
+#endif
+#endif
+}
+#endif
 
 #if defined(W_KQUANT)
 // ---- K-quants (models/ggml_kquants.h has the byte layouts) ----------------
@@ -250,7 +302,7 @@ float w_element(uint row, uint col, uint cols) {
 #elif defined(WTYPE_Q8_0)
   const uint word = w_word(row * w_row_words(cols) + col / 4u);
   return w_scale(row, col / W_BLOCK, cols) * float(bitfieldExtract(int(word), int(8u * (col % 4u)), 8));
-#elif defined(W_KQUANT)
+#elif defined(W_KQUANT) || defined(W_QUADS)
   return w_quad(row, col & ~3u, cols)[col & 3u];
 #else
   const uint block = col / W_BLOCK, j = col % W_BLOCK;

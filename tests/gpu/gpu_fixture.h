@@ -175,8 +175,23 @@ struct TestWeight {
     const std::vector<float> f = random_floats(rows * cols, seed);
     const size_t bytes_per_row = row_bytes(type, cols);
     std::vector<uint8_t> bytes(rows * bytes_per_row);
-    for (uint64_t r = 0; r < rows; ++r)
-      quantize_row(type, std::span(f).subspan(r * cols, cols), std::span(bytes).subspan(r * bytes_per_row, bytes_per_row));
+    if (type_writable(type)) {
+      for (uint64_t r = 0; r < rows; ++r)
+        quantize_row(type, std::span(f).subspan(r * cols, cols), std::span(bytes).subspan(r * bytes_per_row, bytes_per_row));
+    } else {
+      // A type kvscope only reads (IQ4_NL): random codes, each block's f16 d
+      // a small scale drawn from the same floats (blocks of 18 bytes: d, then codes).
+      const size_t block_bytes = type_traits(static_cast<uint32_t>(type))->block_bytes;
+      uint32_t state = seed * 2654435761u + 1u;
+      for (size_t b = 0; b < bytes.size() / block_bytes; ++b) {
+        const uint16_t d = f32_to_f16(0.002f + 0.01f * std::abs(f[b % f.size()]));
+        std::memcpy(&bytes[b * block_bytes], &d, 2);
+        for (size_t i = 2; i < block_bytes; ++i) {
+          state = state * 1664525u + 1013904223u;
+          bytes[b * block_bytes + i] = static_cast<uint8_t>(state >> 24);
+        }
+      }
+    }
     set(std::move(bytes));
   }
   TestWeight(GgmlType type, uint64_t rows, uint64_t cols, std::vector<uint8_t> bytes)

@@ -108,9 +108,9 @@ TEST_CASE("weight shaders: one row per type with shaders, and no other type's sh
     ids.insert(int(w.embed)), ids.insert(int(w.matvec)), ids.insert(int(w.matmul));
   }
   CHECK(ids.size() == 3 * kWeightTypeCount);
-  CHECK(kWeightTypeCount == 8);
+  CHECK(kWeightTypeCount == 12);
   // A type ggml has and the shaders do not: a clear error, not a fallback.
-  for (GgmlType t : {GgmlType::Q5_0, GgmlType::Q2_K, GgmlType::Q8_K}) {
+  for (GgmlType t : {GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q8_K}) {
     CAPTURE(type_name(t));
     const std::string expected = "no shader for weight type " + type_name(t);
     CHECK_THROWS_WITH_AS(weight_shaders(t), doctest::Contains(expected.c_str()), std::invalid_argument);
@@ -265,7 +265,9 @@ TEST_CASE("kquant e2e: a Q4_K_M stories15M matches the CPU reference, prefill an
     const GgufFile file = GgufFile::open(path);
     CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q4_K);
     CHECK(file.tensor("blk.2.ffn_down.weight").type == GgmlType::Q6_K);  // use_more_bits(2, 6)
-    CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q8_0);
+    // Rows of 288: llama.cpp's fallback, Q5_0 for Q4_K and Q8_0 for Q6_K.
+    CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q5_0);
+    CHECK(file.tensor("blk.2.attn_v.weight").type == GgmlType::Q8_0);  // Q6_K in layer 2
   }
   EngineOptions options;
   options.model_path = path;
@@ -294,6 +296,40 @@ TEST_CASE("kquant e2e: a Q4_K_M stories15M matches the CPU reference, prefill an
   // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
   CHECK(worst_prefill < 2e-3f);
   CHECK(worst_decode < 2e-3f);
+}
+
+TEST_CASE("legacy e2e: stories15M in Q4_1, Q5_0 and Q5_1 matches the CPU reference, prefill and decode") {
+  test::TempDir dir;
+  for (const char* scheme : {"Q4_1", "Q5_0", "Q5_1"}) {
+    CAPTURE(scheme);
+    const std::string path = dir.file(std::string("stories15M-") + scheme + ".gguf");
+    quantize_model(test::model_path(), path, *quantize_scheme(scheme));
+    CHECK(GgufFile::open(path).tensor("blk.3.ffn_up.weight").type == *type_from_name(scheme));
+    EngineOptions options;
+    options.model_path = path;
+    Engine engine(options);
+    reference::Model ref(engine.file(), 64);
+    kv::CacheConfig cc;
+    cc.k_format = cc.v_format = kv::Format::F32;
+    const std::vector<int32_t> ids = engine.tokenizer().encode("Tom had a red kite.", true);
+    const size_t n_vocab = engine.config().n_vocab;
+    Session prefill(engine, cc);
+    const std::vector<float> all = prefill.logits_all(ids);
+    Session decode(engine, cc);
+    float worst_prefill = 0, worst_decode = 0;
+    for (size_t p = 0; p < ids.size(); ++p) {
+      const int32_t pos = static_cast<int32_t>(p);
+      const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);
+      const std::vector<float>& cpu = ref.forward(ids[p], pos);
+      for (size_t i = 0; i < n_vocab; ++i) {
+        worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
+        worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
+      }
+    }
+    MESSAGE(std::string(scheme) << " worst |GPU - CPU| logit: prefill " << worst_prefill << ", decode " << worst_decode);
+    CHECK(worst_prefill < 2e-3f);
+    CHECK(worst_decode < 2e-3f);
+  }
 }
 
 }  // namespace

@@ -59,14 +59,15 @@ constexpr double kTranscendentalBound = 1e-7;
 // even like f32_to_f16: at most one f16 ulp (2^-10 relative) per element.
 constexpr double kF16StoreBound = 1e-6;
 
-const GgmlType kWeightTypes[] = {GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_0};
+const GgmlType kWeightTypes[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::Q8_0, GgmlType::Q4_0,
+                                 GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL};
 
 float f16_round(float x) { return f16_to_f32(f32_to_f16(x)); }
 
 struct Shape {
   uint64_t rows, cols;
 };
-// F32/F16 take any shape; Q8_0/Q4_0 need cols % 32 == 0.
+// F32/F16 take any shape; the block types need cols % 32 == 0.
 std::vector<Shape> matrix_shapes(GgmlType t, bool include_vocab) {
   std::vector<Shape> shapes;
   if (t == GgmlType::F32 || t == GgmlType::F16) shapes.insert(shapes.end(), {{5, 7}, {13, 11}, {100, 5}});

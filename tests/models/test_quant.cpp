@@ -62,7 +62,8 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
   const Row rows[] = {{0, "F32", 1, 4},      {1, "F16", 1, 2},      {2, "Q4_0", 32, 18},   {3, "Q4_1", 32, 20},
                       {6, "Q5_0", 32, 22},   {7, "Q5_1", 32, 24},   {8, "Q8_0", 32, 34},   {9, "Q8_1", 32, 36},
                       {10, "Q2_K", 256, 84}, {11, "Q3_K", 256, 110}, {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176},
-                      {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {24, "I8", 1, 1},     {25, "I16", 1, 2},
+                      {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {20, "IQ4_NL", 32, 18}, {23, "IQ4_XS", 256, 136},
+                      {24, "I8", 1, 1},     {25, "I16", 1, 2},
                       {26, "I32", 1, 4},     {27, "I64", 1, 8},     {28, "F64", 1, 8},     {30, "BF16", 1, 2}};
   for (const Row& r : rows) {
     CAPTURE(r.name);
@@ -73,7 +74,7 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
     CHECK(t->block_bytes == r.bytes);
     CHECK(type_from_name(r.name) == static_cast<GgmlType>(r.id));
   }
-  for (uint32_t unknown : {4u, 5u, 16u, 23u, 29u, 31u, 1000u}) CHECK_FALSE(type_traits(unknown).has_value());
+  for (uint32_t unknown : {4u, 5u, 16u, 29u, 31u, 1000u}) CHECK_FALSE(type_traits(unknown).has_value());
   CHECK(type_from_name("q8_0") == GgmlType::Q8_0);
   CHECK(type_from_name("bf16") == GgmlType::BF16);
   CHECK_FALSE(type_from_name("q8").has_value());
@@ -81,11 +82,13 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
   CHECK(type_supported(GgmlType::F16));
   CHECK(type_supported(GgmlType::Q8_0));
   CHECK(type_supported(GgmlType::Q4_0));
-  for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K}) CHECK(type_supported(t));
-  CHECK_FALSE(type_supported(GgmlType::Q4_1));
+  for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL,
+                     GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K})
+    CHECK(type_supported(t));
+  CHECK_FALSE(type_supported(GgmlType::IQ4_XS));
   CHECK_FALSE(type_supported(GgmlType::Q3_K));
   CHECK_FALSE(type_supported(GgmlType::Q8_K));
-  CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K");
+  CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K");
   CHECK(row_bytes(GgmlType::Q8_0, 64) == 68);
   CHECK(row_bytes(GgmlType::Q4_0, 32) == 18);
   CHECK(row_bytes(GgmlType::F16, 7) == 14);
@@ -254,8 +257,11 @@ TEST_CASE("quantize_row: sizes are checked; inf and NaN do not crash") {
   std::vector<float> odd(31, 1.0f);
   std::vector<uint8_t> out(34);
   CHECK_THROWS_AS(quantize_row(GgmlType::Q8_0, odd, out), std::invalid_argument);
-  std::vector<uint8_t> q41(20);
+  std::vector<uint8_t> q41(19);
   CHECK_THROWS_AS(quantize_row(GgmlType::Q4_1, x, q41), std::invalid_argument);
+  std::vector<uint8_t> q3k(110);
+  std::vector<float> x256(256, 1.0f);
+  CHECK_THROWS_AS(quantize_row(GgmlType::Q3_K, x256, q3k), std::invalid_argument);
   std::vector<float> back(32);
   CHECK_THROWS_AS(dequantize_row(GgmlType::Q4_0, out, back), std::invalid_argument);
 
@@ -352,7 +358,7 @@ TEST_CASE("quantize_model: the synthetic llama model to F16, Q8_0 and Q4_0") {
   }
   SUBCASE("unsupported targets, rows that do not fill blocks, and unsupported sources are named") {
     CHECK_THROWS_WITH_AS(quantize_model(src_path, (dir / "x.gguf").string(), GgmlType::Q3_K),
-                         doctest::Contains("cannot quantize to Q3_K; choose one of F16 Q8_0 Q4_0 Q4_K Q5_K Q6_K "
+                         doctest::Contains("cannot quantize to Q3_K; choose one of F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K "
                                            "Q4_K_M Q5_K_M"),
                          std::runtime_error);
     GgufWriter w = synthetic_llama_writer();
@@ -369,7 +375,7 @@ TEST_CASE("quantize_model: the synthetic llama model to F16, Q8_0 and Q4_0") {
     k.write(k_path);
     CHECK_THROWS_WITH_AS(quantize_model(k_path, (dir / "w.gguf").string(), GgmlType::Q8_0),
                          doctest::Contains("tensor kquant.weight has type Q3_K, which kvscope cannot convert; "
-                                           "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_K Q5_K Q6_K"),
+                                           "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K"),
                          std::runtime_error);
   }
   std::filesystem::remove_all(dir);
@@ -589,7 +595,11 @@ TEST_CASE("quantize_model: Q4_K_M and Q5_K_M mixes, with fallback for rows that 
       CHECK(use_more_bits(layer, 8) == more_bits);
       CHECK(out.tensor(p + "attn_v.weight").type == (more_bits ? more : base));
       CHECK(out.tensor(p + "attn_q.weight").type == base);
-      CHECK(out.tensor(p + "ffn_down.weight").type == GgmlType::Q8_0);  // fallback
+      // Fallback as llama.cpp's: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0.
+      const GgmlType down = layer == 0 || layer == 3 || layer == 6 || layer == 7 ? more : base;
+      CHECK(out.tensor(p + "ffn_down.weight").type == (down == GgmlType::Q4_K   ? GgmlType::Q5_0
+                                                      : down == GgmlType::Q5_K ? GgmlType::Q5_1
+                                                                               : GgmlType::Q8_0));
       CHECK(out.tensor(p + "attn_norm.weight").type == GgmlType::F32);
     }
     // Every matrix decodes close to its source (synthetic weights are uniform in ±0.5).
@@ -604,4 +614,76 @@ TEST_CASE("quantize_model: Q4_K_M and Q5_K_M mixes, with fallback for rows that 
     }
   }
   std::filesystem::remove_all(dir);
+}
+
+// Q4_1, Q5_0, Q5_1 and IQ4_NL against ggml's formulas (ggml-quants.c's
+// quantize_row_*_ref and dequantize_row_*), blocks worked out by hand.
+TEST_CASE("Q4_1, Q5_0, Q5_1 quantize byte for byte as ggml's reference; IQ4_NL decodes its levels") {
+  SUBCASE("Q5_0: d = max / -16, codes x / d + 16.5 truncated, the fifth bits in qh") {
+    std::vector<float> x(32, 0.0f);
+    x[0] = -1.6f;  // the largest magnitude: d = 0.1, code 0
+    x[16] = 0.8f;  // code 24: nibble 8, fifth bit set (qh bit 16)
+    const auto bytes = quantize(GgmlType::Q5_0, x);
+    // zeros are code 16: nibble 0, fifth bit set -> every qh bit but bit 0
+    std::vector<uint8_t> expected = {0x66, 0x2E, 0xFE, 0xFF, 0xFF, 0xFF, 0x80};
+    expected.resize(22, 0x00);
+    CHECK(bytes == expected);
+    const auto back = dequantize(GgmlType::Q5_0, bytes, 32);
+    CHECK(back[0] == doctest::Approx(-16 * f16_bits_to_float(0x2E66)));
+    CHECK(back[16] == doctest::Approx(8 * f16_bits_to_float(0x2E66)));
+    CHECK(back[5] == 0.0f);
+  }
+  SUBCASE("Q4_1: d = (max - min) / 15, m = min, codes (x - min) / d + 0.5 truncated") {
+    std::vector<float> x(32, 0.5f);
+    x[0] = -1.0f;  // code 0
+    x[16] = 2.0f;  // code 15
+    const auto bytes = quantize(GgmlType::Q4_1, x);
+    std::vector<uint8_t> expected = {0x66, 0x32, 0x00, 0xBC, 0xF0};  // d f16(0.2), m f16(-1), codes 0 | 15 << 4
+    expected.resize(20, 0x88);                                        // 0.5: code 8 in both nibbles
+    CHECK(bytes == expected);
+    const auto back = dequantize(GgmlType::Q4_1, bytes, 32);
+    CHECK(back[0] == -1.0f);
+    CHECK(back[16] == doctest::Approx(15 * f16_bits_to_float(0x3266) - 1.0f));
+    CHECK(back[3] == doctest::Approx(8 * f16_bits_to_float(0x3266) - 1.0f));
+  }
+  SUBCASE("Q5_1: d = (max - min) / 31, m = min, the fifth bits in qh") {
+    std::vector<float> x(32, 0.0f);
+    x[0] = -1.0f;  // code 0
+    x[16] = 2.1f;  // code 31: nibble 15, qh bit 16
+    const auto bytes = quantize(GgmlType::Q5_1, x);
+    std::vector<uint8_t> expected = {0x66, 0x2E, 0x00, 0xBC, 0x00, 0x00, 0x01, 0x00, 0xF0};
+    expected.resize(24, 0xAA);  // 0: code 10 in both nibbles, no fifth bit
+    CHECK(bytes == expected);
+    const auto back = dequantize(GgmlType::Q5_1, bytes, 32);
+    CHECK(back[16] == doctest::Approx(31 * f16_bits_to_float(0x2E66) - 1.0f));
+    CHECK(back[7] == doctest::Approx(10 * f16_bits_to_float(0x2E66) - 1.0f));
+  }
+  SUBCASE("IQ4_NL: d times the level of each nibble") {
+    std::vector<uint8_t> block = {0x00, 0x38, 0x0F, 0x78};  // d = 0.5; qs[0] = 0x0F, qs[1] = 0x78
+    block.resize(18, 0x00);
+    const auto y = dequantize(GgmlType::IQ4_NL, block, 32);
+    CHECK(y[0] == 56.5f);    // level 15: 113
+    CHECK(y[16] == -63.5f);  // level 0: -127
+    CHECK(y[1] == 0.5f);     // level 8: 1
+    CHECK(y[17] == -5.0f);   // level 7: -10
+    CHECK(y[2] == -63.5f);
+    CHECK_FALSE(type_writable(GgmlType::IQ4_NL));
+    CHECK_THROWS_WITH_AS(quantize(GgmlType::IQ4_NL, std::vector<float>(32, 0.0f)),
+                         doctest::Contains("cannot write type IQ4_NL"), std::invalid_argument);
+  }
+  SUBCASE("round trip on random data: every element within a step of its block") {
+    std::vector<float> x(32 * 64);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(float(i) * 0.37f) * (1.0f + float(i % 7));
+    for (GgmlType t : {GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1}) {
+      CAPTURE(type_traits(uint32_t(t))->name);
+      const auto back = dequantize(t, quantize(t, x), x.size());
+      for (size_t b = 0; b < x.size() / 32; ++b) {
+        float lo = INFINITY, hi = -INFINITY;
+        for (size_t j = 0; j < 32; ++j) lo = std::min(lo, x[32 * b + j]), hi = std::max(hi, x[32 * b + j]);
+        const float levels = t == GgmlType::Q4_1 ? 15.0f : 31.0f;
+        const float step = t == GgmlType::Q5_0 ? 2 * std::max(std::abs(lo), std::abs(hi)) / 32 : (hi - lo) / levels;
+        for (size_t j = 0; j < 32; ++j) CHECK(std::abs(back[32 * b + j] - x[32 * b + j]) <= step * 1.01f + 1e-3f);
+      }
+    }
+  }
 }
