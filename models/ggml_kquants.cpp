@@ -283,4 +283,45 @@ void dequantize_q6_k(const uint8_t* src, std::span<float> dst) {
   }
 }
 
+int kq3_scale(const uint8_t* scales, int i) {
+  if (i < 4) return (scales[i] & 0xF) | ((scales[i + 8] & 3) << 4);
+  if (i < 8) return (scales[i] & 0xF) | (((scales[i + 4] >> 2) & 3) << 4);
+  if (i < 12) return (scales[i - 8] >> 4) | (((scales[i] >> 4) & 3) << 4);
+  return (scales[i - 8] >> 4) | (((scales[i - 4] >> 6) & 3) << 4);
+}
+
+void dequantize_q2_k(const uint8_t* src, std::span<float> dst) {
+  for (size_t b = 0; b < dst.size() / kSuperBlock; ++b) {
+    const uint8_t* in = src + b * kQ2_KBlockBytes;
+    const uint8_t* scales = in;
+    const uint8_t* qs = in + 16;
+    const float d = load_f16(in + 80), dmin = load_f16(in + 82);
+    float* y = dst.data() + b * kSuperBlock;
+    for (size_t e = 0; e < kSuperBlock; ++e) {
+      const size_t h = e / 128, k = (e % 128) / 32, l = e % 32;
+      const uint8_t sc = scales[8 * h + 2 * k + (l >= 16 ? 1 : 0)];
+      const int q = (qs[32 * h + l] >> (2 * k)) & 3;
+      y[e] = d * static_cast<float>(sc & 0xF) * static_cast<float>(q) - dmin * static_cast<float>(sc >> 4);
+    }
+  }
+}
+
+void dequantize_q3_k(const uint8_t* src, std::span<float> dst) {
+  for (size_t b = 0; b < dst.size() / kSuperBlock; ++b) {
+    const uint8_t* in = src + b * kQ3_KBlockBytes;
+    const uint8_t* hmask = in;
+    const uint8_t* qs = in + 32;
+    const uint8_t* scales = in + 96;
+    const float d = load_f16(in + 108);
+    float* y = dst.data() + b * kSuperBlock;
+    for (size_t e = 0; e < kSuperBlock; ++e) {
+      const size_t h = e / 128, k = (e % 128) / 32, l = e % 32;
+      const int sc = kq3_scale(scales, static_cast<int>(8 * h + 2 * k + (l >= 16 ? 1 : 0)));
+      const bool high = (hmask[l] >> (4 * h + k)) & 1;
+      const int q = ((qs[32 * h + l] >> (2 * k)) & 3) - (high ? 0 : 4);
+      y[e] = d * static_cast<float>(sc - 32) * static_cast<float>(q);
+    }
+  }
+}
+
 }  // namespace kvscope

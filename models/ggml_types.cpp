@@ -43,8 +43,15 @@ constexpr std::array kTypes = {
     TypeRow{GgmlType::Q5_K, {"Q5_K", 256, 176}},
     TypeRow{GgmlType::Q6_K, {"Q6_K", 256, 210}},
     TypeRow{GgmlType::Q8_K, {"Q8_K", 256, 292}},
+    TypeRow{GgmlType::IQ2_XXS, {"IQ2_XXS", 256, 66}},
+    TypeRow{GgmlType::IQ2_XS, {"IQ2_XS", 256, 74}},
+    TypeRow{GgmlType::IQ3_XXS, {"IQ3_XXS", 256, 98}},
+    TypeRow{GgmlType::IQ1_S, {"IQ1_S", 256, 50}},
     TypeRow{GgmlType::IQ4_NL, {"IQ4_NL", 32, 18}},
+    TypeRow{GgmlType::IQ3_S, {"IQ3_S", 256, 110}},
+    TypeRow{GgmlType::IQ2_S, {"IQ2_S", 256, 82}},
     TypeRow{GgmlType::IQ4_XS, {"IQ4_XS", 256, 136}},
+    TypeRow{GgmlType::IQ1_M, {"IQ1_M", 256, 56}},
     TypeRow{GgmlType::I8, {"I8", 1, 1}},
     TypeRow{GgmlType::I16, {"I16", 1, 2}},
     TypeRow{GgmlType::I32, {"I32", 1, 4}},
@@ -286,6 +293,27 @@ void dequantize_iq4_nl(const uint8_t* src, std::span<float> dst) {
   }
 }
 
+void dequantize_iq4_xs(const uint8_t* src, std::span<float> dst) {
+  constexpr size_t kSuper = 256;
+  for (size_t block = 0; block < dst.size() / kSuper; ++block) {
+    const uint8_t* in = src + block * kIq4XsBlockBytes;
+    const float d = load_f16(in);
+    uint16_t scales_h;
+    std::memcpy(&scales_h, in + 2, 2);
+    const uint8_t* scales_l = in + 4;
+    const uint8_t* qs = in + 8;
+    float* y = dst.data() + block * kSuper;
+    for (size_t ib = 0; ib < kSuper / 32; ++ib) {
+      const int ls = ((scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((scales_h >> (2 * ib)) & 3) << 4);
+      const float dl = d * static_cast<float>(ls - 32);
+      for (size_t j = 0; j < 16; ++j) {
+        y[32 * ib + j] = dl * static_cast<float>(kIq4NlValues[qs[16 * ib + j] & 0x0F]);
+        y[32 * ib + j + 16] = dl * static_cast<float>(kIq4NlValues[qs[16 * ib + j] >> 4]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 std::optional<TypeTraits> type_traits(uint32_t type_id) {
@@ -305,18 +333,26 @@ bool type_supported(GgmlType t) {
     case GgmlType::Q5_0:
     case GgmlType::Q5_1:
     case GgmlType::IQ4_NL:
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K:
+    case GgmlType::IQ4_XS:
       return true;
     default:
       return false;
   }
 }
 
-bool type_writable(GgmlType t) { return type_supported(t) && t != GgmlType::IQ4_NL; }
+bool type_writable(GgmlType t) {
+  return type_supported(t) && t != GgmlType::IQ4_NL && t != GgmlType::IQ4_XS && t != GgmlType::Q2_K &&
+         t != GgmlType::Q3_K;
+}
 
-std::string_view supported_types_list() { return "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K"; }
+std::string_view supported_types_list() {
+  return "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS";
+}
 
 uint16_t f32_to_bf16(float f) {
   const uint32_t bits = std::bit_cast<uint32_t>(f);
@@ -443,6 +479,9 @@ void dequantize_row(GgmlType t, std::span<const uint8_t> src, std::span<float> d
     case GgmlType::Q5_0: dequantize_q5_0(src.data(), dst); return;
     case GgmlType::Q5_1: dequantize_q5_1(src.data(), dst); return;
     case GgmlType::IQ4_NL: dequantize_iq4_nl(src.data(), dst); return;
+    case GgmlType::IQ4_XS: dequantize_iq4_xs(src.data(), dst); return;
+    case GgmlType::Q2_K: dequantize_q2_k(src.data(), dst); return;
+    case GgmlType::Q3_K: dequantize_q3_k(src.data(), dst); return;
     case GgmlType::Q4_K: dequantize_q4_k(src.data(), dst); return;
     case GgmlType::Q5_K: dequantize_q5_k(src.data(), dst); return;
     case GgmlType::Q6_K: dequantize_q6_k(src.data(), dst); return;

@@ -47,6 +47,12 @@ uint64_t value_bytes_per_row(GgmlType type, uint64_t cols) {
       return cols / kSuperBlock * kQ5_KBlockBytes;
     case GgmlType::Q6_K:
       return cols / kSuperBlock * kQ6_KValueBytes;
+    case GgmlType::Q2_K:
+      return cols / kSuperBlock * (kQ2_KBlockBytes - 4);  // d and dmin go to the scales
+    case GgmlType::Q3_K:
+      return cols / kSuperBlock * (kQ3_KBlockBytes - 2);  // d goes to the scales
+    case GgmlType::IQ4_XS:
+      return cols / kSuperBlock * (kIq4XsBlockBytes - 4);  // d and scales_h go to the scales
     default:
       break;
   }
@@ -67,14 +73,35 @@ bool has_scale_array(GgmlType type) {
     case GgmlType::Q5_1:
     case GgmlType::IQ4_NL:
     case GgmlType::Q6_K:
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
+    case GgmlType::IQ4_XS:
       return true;
     default:
       return false;
   }
 }
-// Bytes of scale per block in the scale array.
+// Bytes of scale per block in the scale array: an f16 d, or a word
+// (Q4_1/Q5_1 {d, m}; Q2_K {d, dmin}; IQ4_XS {d, scales_h}).
 uint64_t scale_bytes_per_block(GgmlType type) {
-  return type == GgmlType::Q4_1 || type == GgmlType::Q5_1 ? 4 : 2;
+  switch (type) {
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q2_K:
+    case GgmlType::IQ4_XS:
+      return 4;
+    default:
+      return 2;
+  }
+}
+// Where those bytes sit in ggml's block; the rest of the block keeps its order.
+uint64_t scale_offset_in_block(GgmlType type) {
+  switch (type) {
+    case GgmlType::Q6_K: return kQ6_KValueBytes;
+    case GgmlType::Q2_K: return kQ2_KBlockBytes - 4;
+    case GgmlType::Q3_K: return kQ3_KBlockBytes - 2;
+    default: return 0;
+  }
 }
 uint64_t block_elems(GgmlType type) { return is_k_quant(type) ? kSuperBlock : kBlock; }
 
@@ -122,12 +149,14 @@ GpuWeight repack_for_gpu(GgmlType type, const uint8_t* data, uint64_t rows, uint
   // `scales`, the rest keeps its byte order in `values`:
   //   Q8_0 { f16 d; int8 q[32] }, Q4_0 / IQ4_NL { f16 d; qs[16] },
   //   Q4_1 { f16 d, m; qs[16] }, Q5_0 { f16 d; qh[4]; qs[16] },
-  //   Q5_1 { f16 d, m; qh[4]; qs[16] }, Q6_K { ql[128]; qh[64]; i8 scales[16]; f16 d }.
+  //   Q5_1 { f16 d, m; qh[4]; qs[16] }, Q6_K { ql[128]; qh[64]; i8 scales[16]; f16 d },
+  //   Q2_K { scales[16]; qs[64]; f16 d, dmin }, Q3_K { hmask[32]; qs[64]; scales[12]; f16 d },
+  //   IQ4_XS { f16 d; u16 scales_h; scales_l[4]; qs[128] }.
   const uint64_t block_bytes = type_traits(static_cast<uint32_t>(type))->block_bytes;
   const uint64_t d_bytes = scale_bytes_per_block(type);
   const uint64_t quant_bytes = block_bytes - d_bytes;
-  const uint64_t d_offset = type == GgmlType::Q6_K ? kQ6_KValueBytes : 0;
-  const uint64_t quant_offset = type == GgmlType::Q6_K ? 0 : d_bytes;
+  const uint64_t d_offset = scale_offset_in_block(type);
+  const uint64_t quant_offset = d_offset == 0 ? d_bytes : 0;
   const uint64_t blocks_per_row = cols / block_elems(type);
   for (uint64_t r = 0; r < rows; ++r) {
     const uint8_t* src_row = data + r * blocks_per_row * block_bytes;

@@ -17,7 +17,7 @@ set(KVSCOPE_SHADER_TABLE
 # kvscope_shaders_weight_types.inc, the one table C++ takes each (type, op)
 # shader from (models/weight_shaders.h): adding a weight type is a row here,
 # its decoding in weights.glsl, and its layout and CPU reference in models/.
-set(KVSCOPE_WEIGHT_TYPES f32 f16 q8_0 q4_0 bf16 q4_1 q5_0 q5_1 iq4_nl q4_k q5_k q6_k)
+set(KVSCOPE_WEIGHT_TYPES f32 f16 q8_0 q4_0 bf16 q4_1 q5_0 q5_1 iq4_nl q2_k q3_k iq4_xs q4_k q5_k q6_k)
 set(_weight_rows "")
 foreach(t IN LISTS KVSCOPE_WEIGHT_TYPES)
   string(TOUPPER "${t}" T)

@@ -2,7 +2,8 @@
 // params.h ("Weight layout on the GPU"). The including shader defines
 // W_BINDING and S_BINDING and exactly one of WTYPE_F32 / WTYPE_F16 /
 // WTYPE_BF16 / WTYPE_Q8_0 / WTYPE_Q4_0 / WTYPE_Q4_1 / WTYPE_Q5_0 / WTYPE_Q5_1 /
-// WTYPE_IQ4_NL / WTYPE_Q4_K / WTYPE_Q5_K / WTYPE_Q6_K (from the shader table).
+// WTYPE_IQ4_NL / WTYPE_Q2_K / WTYPE_Q3_K / WTYPE_IQ4_XS / WTYPE_Q4_K /
+// WTYPE_Q5_K / WTYPE_Q6_K (from the shader table).
 //
 // Every value row starts on a 16-byte texel and every scale row on a 32-bit
 // word, so a shader addresses row r at texel r * w_row_texels(cols) (word
@@ -32,10 +33,13 @@ uint w_word(uint i) { return texelFetch(w_texels, int(i >> 2u))[i & 3u]; }
 #define W_QUANTIZED 1
 #elif defined(WTYPE_Q4_1) || defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1) || defined(WTYPE_IQ4_NL)
 #define W_QUADS 1  // blocks of 32, read four elements at a time through w_quad (below)
+#elif defined(WTYPE_Q2_K) || defined(WTYPE_Q3_K) || defined(WTYPE_IQ4_XS)
+#define W_QUADS 1  // blocks of 256, likewise
+#define W_QUADS_256 1
 #elif defined(WTYPE_Q4_K) || defined(WTYPE_Q5_K) || defined(WTYPE_Q6_K)
 #define W_KQUANT 1  // super-blocks of 256, read a group of 64 at a time (below)
 #else
-#error "define one of WTYPE_F32 WTYPE_F16 WTYPE_BF16 WTYPE_Q8_0 WTYPE_Q4_0 WTYPE_Q4_1 WTYPE_Q5_0 WTYPE_Q5_1 WTYPE_IQ4_NL WTYPE_Q4_K WTYPE_Q5_K WTYPE_Q6_K (see shaders/shaders.cmake)"
+#error "define one of WTYPE_F32 WTYPE_F16 WTYPE_BF16 WTYPE_Q8_0 WTYPE_Q4_0 WTYPE_Q4_1 WTYPE_Q5_0 WTYPE_Q5_1 WTYPE_IQ4_NL WTYPE_Q2_K WTYPE_Q3_K WTYPE_IQ4_XS WTYPE_Q4_K WTYPE_Q5_K WTYPE_Q6_K (see shaders/shaders.cmake)"
 #endif
 
 // One f16 scale per block (Q8_0/Q4_0/Q5_0/IQ4_NL: 32 elements; Q6_K: its
@@ -43,7 +47,7 @@ uint w_word(uint i) { return texelFetch(w_texels, int(i >> 2u))[i & 3u]; }
 // unused (but bound) for the other types.
 layout(std430, binding = S_BINDING) readonly buffer WeightScales { uint w_scales[]; };
 
-#if defined(W_KQUANT)
+#if defined(W_KQUANT) || defined(W_QUADS_256)
 #define W_BLOCK 256u
 #else
 #define W_BLOCK 32u
@@ -64,6 +68,26 @@ const uint KQ_QS_TEXEL = 3u;
 const uint KQ_BLOCK_TEXELS = 13u;
 #endif
 
+#if defined(W_QUADS)
+// Words of one block in the values, and the word where its codes start.
+#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+const uint QB_WORDS = 5u;  // qh, qs[16]
+const uint QB_QS = 1u;
+#elif defined(WTYPE_Q2_K)
+const uint QB_WORDS = 20u;  // scales[16], qs[64]
+const uint QB_QS = 4u;
+#elif defined(WTYPE_Q3_K)
+const uint QB_WORDS = 27u;  // hmask[32], qs[64], scales[12]
+const uint QB_QS = 8u;
+#elif defined(WTYPE_IQ4_XS)
+const uint QB_WORDS = 33u;  // scales_l[4], qs[128]
+const uint QB_QS = 1u;
+#else
+const uint QB_WORDS = 4u;  // qs[16]
+const uint QB_QS = 0u;
+#endif
+#endif
+
 // Words of one row's data before padding, and the padded row in texels/words.
 uint w_data_words(uint cols) {
 #if defined(WTYPE_F32)
@@ -76,6 +100,8 @@ uint w_data_words(uint cols) {
   return cols / 8u;  // qs: 4 words per block
 #elif defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
   return cols / 32u * 5u;  // qh, then qs: 5 words per block
+#elif defined(W_QUADS_256)
+  return cols / 256u * QB_WORDS;
 #else
   return cols / W_BLOCK * 4u * KQ_BLOCK_TEXELS;
 #endif
@@ -83,10 +109,12 @@ uint w_data_words(uint cols) {
 uint w_row_texels(uint cols) { return (w_data_words(cols) + 3u) / 4u; }
 uint w_row_words(uint cols) { return 4u * w_row_texels(cols); }
 
-#if defined(WTYPE_Q4_1) || defined(WTYPE_Q5_1)
+#if defined(WTYPE_Q4_1) || defined(WTYPE_Q5_1) || defined(WTYPE_Q2_K) || defined(WTYPE_IQ4_XS)
 uint s_row_words(uint cols) { return cols / W_BLOCK; }
-// {d, m} of a block: element = d * q + m.
-vec2 w_scale_min(uint row, uint block, uint cols) { return unpackHalf2x16(w_scales[row * s_row_words(cols) + block]); }
+// The block's scale word: {d, m} (Q4_1/Q5_1: element = d * q + m), {d, dmin}
+// (Q2_K), or d and scales_h (IQ4_XS).
+uint w_scale_word(uint row, uint block, uint cols) { return w_scales[row * s_row_words(cols) + block]; }
+vec2 w_scale_min(uint row, uint block, uint cols) { return unpackHalf2x16(w_scale_word(row, block, cols)); }
 #else
 uint s_row_words(uint cols) { return (cols / W_BLOCK + 1u) / 2u; }
 #endif
@@ -100,18 +128,55 @@ float w_scale(uint row, uint block, uint cols) {
 // ---- Q4_1, Q5_0, Q5_1, IQ4_NL (models/ggml_types.h has ggml's layouts) -----
 // A block's word j/4 of qs holds the nibbles of elements j..j+3 (low) and
 // j+16..j+19 (high), j % 4 == 0; Q5's fifth bit of element e is bit e of qh.
-#if defined(WTYPE_IQ4_NL)
+#if defined(WTYPE_IQ4_NL) || defined(WTYPE_IQ4_XS)
 const float IQ4_NL_VALUES[16] = float[16](-127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0,
                                           38.0, 53.0, 69.0, 89.0, 113.0);
 #endif
-#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
-const uint QB_WORDS = 5u;
-const uint QB_QS = 1u;
-#else
-const uint QB_WORDS = 4u;
-const uint QB_QS = 0u;
-#endif
 
+#if defined(W_QUADS_256)
+// The byte `i` of a word, as a uint.
+uint byte_of(uint word, uint i) { return (word >> (8u * i)) & 0xFFu; }
+
+// Elements col .. col+3 of `row` (col % 4 == 0). Element e of a block is
+// 128h + 32k + l (Q2_K/Q3_K: 2-bit codes in bits 2k of byte 32h + l of qs,
+// group 8h + 2k + (l >= 16)); IQ4_XS: sub-block e / 32 as IQ4_NL's block.
+vec4 w_quad(uint row, uint col, uint cols) {
+  const uint b = col / 256u, e = col % 256u;
+  const uint base = row * w_row_words(cols) + b * QB_WORDS;
+#if defined(WTYPE_IQ4_XS)
+  const uint ib = e / 32u, l = e % 32u;
+  const uint qs = w_word(base + QB_QS + 4u * ib + (l % 16u) / 4u);
+  const uint codes = l >= 16u ? (qs >> 4) & 0x0F0F0F0Fu : qs & 0x0F0F0F0Fu;
+  const uint word = w_scale_word(row, b, cols);
+  const uint ls = ((byte_of(w_word(base), ib / 2u) >> (4u * (ib % 2u))) & 0xFu) | (((word >> (16u + 2u * ib)) & 3u) << 4);
+  const float dl = unpackHalf2x16(word).x * (float(ls) - 32.0);
+  return dl * vec4(IQ4_NL_VALUES[codes & 0xFu], IQ4_NL_VALUES[(codes >> 8) & 0xFu], IQ4_NL_VALUES[(codes >> 16) & 0xFu],
+                   IQ4_NL_VALUES[codes >> 24]);
+#else
+  const uint h = e / 128u, k = (e % 128u) / 32u, l = e % 32u;
+  const uint group = 8u * h + 2u * k + (l >= 16u ? 1u : 0u);
+  const uint codes = (w_word(base + QB_QS + (32u * h + l) / 4u) >> (2u * k)) & 0x03030303u;
+  const vec4 q = vec4(codes & 0xFFu, (codes >> 8) & 0xFFu, (codes >> 16) & 0xFFu, codes >> 24);
+#if defined(WTYPE_Q2_K)
+  const uint sc = byte_of(w_word(base + group / 4u), group % 4u);
+  const vec2 d_dmin = w_scale_min(row, b, cols);
+  return (d_dmin.x * float(sc & 0xFu)) * q - d_dmin.y * float(sc >> 4);
+#else
+  // Q3_K: the high bit (bit 4h + k of hmask[l]) set means q as is, clear q - 4.
+  const uint high = (w_word(base + l / 4u) >> (4u * h + k)) & 0x01010101u;
+  const vec4 hv = vec4(high & 0xFFu, (high >> 8) & 0xFFu, (high >> 16) & 0xFFu, high >> 24);
+  // The 6-bit scale of `group` from scales[12] (words 24..26), as ggml unpacks it.
+  const uint i = group;
+  uint sc;
+  if (i < 4u) sc = (byte_of(w_word(base + 24u), i) & 0xFu) | ((byte_of(w_word(base + 26u), i) & 3u) << 4);
+  else if (i < 8u) sc = (byte_of(w_word(base + 25u), i - 4u) & 0xFu) | (((byte_of(w_word(base + 26u), i - 4u) >> 2) & 3u) << 4);
+  else if (i < 12u) sc = (byte_of(w_word(base + 24u), i - 8u) >> 4) | (((byte_of(w_word(base + 26u), i - 8u) >> 4) & 3u) << 4);
+  else sc = (byte_of(w_word(base + 25u), i - 12u) >> 4) | (((byte_of(w_word(base + 26u), i - 12u) >> 6) & 3u) << 4);
+  return (w_scale(row, b, cols) * (float(sc) - 32.0)) * (q - 4.0 * (1.0 - hv));
+#endif
+#endif
+}
+#else
 // Elements col .. col+3 of `row` (col % 4 == 0).
 vec4 w_quad(uint row, uint col, uint cols) {
   const uint b = col / 32u, e = col % 32u;
@@ -135,6 +200,7 @@ vec4 w_quad(uint row, uint col, uint cols) {
 #endif
 #endif
 }
+#endif  // W_QUADS_256
 #endif
 
 #if defined(W_KQUANT)

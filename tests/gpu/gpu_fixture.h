@@ -179,16 +179,22 @@ struct TestWeight {
       for (uint64_t r = 0; r < rows; ++r)
         quantize_row(type, std::span(f).subspan(r * cols, cols), std::span(bytes).subspan(r * bytes_per_row, bytes_per_row));
     } else {
-      // A type kvscope only reads (IQ4_NL): random codes, each block's f16 d
-      // a small scale drawn from the same floats (blocks of 18 bytes: d, then codes).
+      // A type kvscope only reads (IQ4_NL, IQ4_XS, Q2_K, Q3_K): random bytes,
+      // then each block's f16 scales (d, and Q2_K's dmin) set to small values
+      // drawn from the same floats, so no scale is a NaN or an infinity.
       const size_t block_bytes = type_traits(static_cast<uint32_t>(type))->block_bytes;
+      const std::vector<size_t> scale_offsets = type == GgmlType::Q2_K   ? std::vector<size_t>{80, 82}
+                                                : type == GgmlType::Q3_K ? std::vector<size_t>{108}
+                                                                         : std::vector<size_t>{0};
       uint32_t state = seed * 2654435761u + 1u;
       for (size_t b = 0; b < bytes.size() / block_bytes; ++b) {
-        const uint16_t d = f32_to_f16(0.002f + 0.01f * std::abs(f[b % f.size()]));
-        std::memcpy(&bytes[b * block_bytes], &d, 2);
-        for (size_t i = 2; i < block_bytes; ++i) {
+        for (size_t i = 0; i < block_bytes; ++i) {
           state = state * 1664525u + 1013904223u;
           bytes[b * block_bytes + i] = static_cast<uint8_t>(state >> 24);
+        }
+        for (size_t o : scale_offsets) {
+          const uint16_t d = f32_to_f16(0.0005f + 0.002f * std::abs(f[(b + o) % f.size()]));
+          std::memcpy(&bytes[b * block_bytes + o], &d, 2);
         }
       }
     }

@@ -56,7 +56,8 @@ constexpr double kSumOrderBound = 1e-9;
 // device may fuse the multiply-add (one rounding instead of two): ~1e-16.
 constexpr double kEmbedBound = 1e-13;
 
-const GgmlType kTypes[] = {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+const GgmlType kTypes[] = {GgmlType::BF16, GgmlType::Q4_K, GgmlType::Q5_K,  GgmlType::Q6_K,
+                           GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_XS};
 
 // Super-blocks of random bytes with super-scales set to modest f16 values, so
 // every code, 6-bit scale/min and int8 scale pattern occurs.
@@ -73,6 +74,13 @@ std::vector<uint8_t> random_blocks(GgmlType type, uint64_t rows, uint64_t cols, 
     };
     if (type == GgmlType::Q6_K) {
       put(208, scale(rng) * (rng() & 1 ? 1.0f : -1.0f));
+    } else if (type == GgmlType::Q3_K) {
+      put(108, scale(rng) * (rng() & 1 ? 1.0f : -1.0f));
+    } else if (type == GgmlType::Q2_K) {
+      put(80, scale(rng));  // d
+      put(82, scale(rng));  // dmin
+    } else if (type == GgmlType::IQ4_XS) {
+      put(0, scale(rng));   // d; scales_h stays random
     } else {
       put(0, scale(rng));  // d
       put(2, scale(rng));  // dmin
@@ -108,9 +116,9 @@ TEST_CASE("weight shaders: one row per type with shaders, and no other type's sh
     ids.insert(int(w.embed)), ids.insert(int(w.matvec)), ids.insert(int(w.matmul));
   }
   CHECK(ids.size() == 3 * kWeightTypeCount);
-  CHECK(kWeightTypeCount == 12);
+  CHECK(kWeightTypeCount == 15);
   // A type ggml has and the shaders do not: a clear error, not a fallback.
-  for (GgmlType t : {GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q8_K}) {
+  for (GgmlType t : {GgmlType::Q8_1, GgmlType::Q8_K}) {
     CAPTURE(type_name(t));
     const std::string expected = "no shader for weight type " + type_name(t);
     CHECK_THROWS_WITH_AS(weight_shaders(t), doctest::Contains(expected.c_str()), std::invalid_argument);

@@ -704,14 +704,14 @@ TEST_CASE("hparams: each way a llama model can be wrong is named") {
   }
   SUBCASE("unsupported type") {
     SyntheticLlama s;
-    s.dim = 256;  // Q3_K needs rows of 256
+    s.dim = 256;  // Q8_K needs rows of 256
     s.n_head = 16;
     s.n_kv_head = 8;
     s.ffn = 256;
-    s.type_of["blk.1.attn_q.weight"] = GgmlType::Q3_K;
+    s.type_of["blk.1.attn_q.weight"] = GgmlType::Q8_K;
     expect_config_error(synthetic_llama_writer(s),
-                        "m.gguf: tensor blk.1.attn_q.weight has type Q3_K, which kvscope does not support yet; "
-                        "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K");
+                        "m.gguf: tensor blk.1.attn_q.weight has type Q8_K, which kvscope does not support yet; "
+                        "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS");
     SyntheticLlama norm;
     norm.type_of["blk.0.ffn_norm.weight"] = GgmlType::F16;
     expect_config_error(synthetic_llama_writer(norm), "tensor 'blk.0.ffn_norm.weight' has type F16; norm weights must be F32");

@@ -63,6 +63,8 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
                       {6, "Q5_0", 32, 22},   {7, "Q5_1", 32, 24},   {8, "Q8_0", 32, 34},   {9, "Q8_1", 32, 36},
                       {10, "Q2_K", 256, 84}, {11, "Q3_K", 256, 110}, {12, "Q4_K", 256, 144}, {13, "Q5_K", 256, 176},
                       {14, "Q6_K", 256, 210}, {15, "Q8_K", 256, 292}, {20, "IQ4_NL", 32, 18}, {23, "IQ4_XS", 256, 136},
+                      {16, "IQ2_XXS", 256, 66}, {17, "IQ2_XS", 256, 74}, {18, "IQ3_XXS", 256, 98}, {19, "IQ1_S", 256, 50},
+                      {21, "IQ3_S", 256, 110}, {22, "IQ2_S", 256, 82}, {29, "IQ1_M", 256, 56},
                       {24, "I8", 1, 1},     {25, "I16", 1, 2},
                       {26, "I32", 1, 4},     {27, "I64", 1, 8},     {28, "F64", 1, 8},     {30, "BF16", 1, 2}};
   for (const Row& r : rows) {
@@ -74,7 +76,8 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
     CHECK(t->block_bytes == r.bytes);
     CHECK(type_from_name(r.name) == static_cast<GgmlType>(r.id));
   }
-  for (uint32_t unknown : {4u, 5u, 16u, 29u, 31u, 1000u}) CHECK_FALSE(type_traits(unknown).has_value());
+  for (uint32_t unknown : {4u, 5u, 31u, 32u, 1000u}) CHECK_FALSE(type_traits(unknown).has_value());
+  CHECK_FALSE(type_supported(GgmlType::IQ2_XXS));  // known by size (named in errors), not read
   CHECK(type_from_name("q8_0") == GgmlType::Q8_0);
   CHECK(type_from_name("bf16") == GgmlType::BF16);
   CHECK_FALSE(type_from_name("q8").has_value());
@@ -82,13 +85,13 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
   CHECK(type_supported(GgmlType::F16));
   CHECK(type_supported(GgmlType::Q8_0));
   CHECK(type_supported(GgmlType::Q4_0));
-  for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL,
-                     GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K})
+  for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K,
+                     GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
     CHECK(type_supported(t));
-  CHECK_FALSE(type_supported(GgmlType::IQ4_XS));
-  CHECK_FALSE(type_supported(GgmlType::Q3_K));
+  for (GgmlType t : {GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q3_K}) CHECK_FALSE(type_writable(t));
+  CHECK_FALSE(type_supported(GgmlType::Q8_1));
   CHECK_FALSE(type_supported(GgmlType::Q8_K));
-  CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K");
+  CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS");
   CHECK(row_bytes(GgmlType::Q8_0, 64) == 68);
   CHECK(row_bytes(GgmlType::Q4_0, 32) == 18);
   CHECK(row_bytes(GgmlType::F16, 7) == 14);
@@ -370,12 +373,12 @@ TEST_CASE("quantize_model: the synthetic llama model to F16, Q8_0 and Q4_0") {
     CHECK_NOTHROW(quantize_model(odd_path, (dir / "z.gguf").string(), GgmlType::F16));
 
     GgufWriter k = synthetic_llama_writer();
-    k.add_tensor("kquant.weight", GgmlType::Q3_K, {256, 1}, std::vector<uint8_t>(110));
+    k.add_tensor("kquant.weight", GgmlType::Q8_K, {256, 1}, std::vector<uint8_t>(292));
     const std::string k_path = (dir / "k.gguf").string();
     k.write(k_path);
     CHECK_THROWS_WITH_AS(quantize_model(k_path, (dir / "w.gguf").string(), GgmlType::Q8_0),
-                         doctest::Contains("tensor kquant.weight has type Q3_K, which kvscope cannot convert; "
-                                           "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q4_K Q5_K Q6_K"),
+                         doctest::Contains("tensor kquant.weight has type Q8_K, which kvscope cannot convert; "
+                                           "supported: F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS"),
                          std::runtime_error);
   }
   std::filesystem::remove_all(dir);
@@ -685,5 +688,62 @@ TEST_CASE("Q4_1, Q5_0, Q5_1 quantize byte for byte as ggml's reference; IQ4_NL d
         for (size_t j = 0; j < 32; ++j) CHECK(std::abs(back[32 * b + j] - x[32 * b + j]) <= step * 1.01f + 1e-3f);
       }
     }
+  }
+}
+
+// Q2_K, Q3_K and IQ4_XS against ggml's dequantize_row_q2_K / _q3_K / _iq4_xs
+// on blocks worked out by hand (kvscope reads these types; it does not write them).
+TEST_CASE("Q2_K, Q3_K, IQ4_XS: known blocks decode to ggml's values") {
+  SUBCASE("Q2_K: d * (scale nibble) * q - dmin * (min nibble), groups of 16") {
+    std::vector<uint8_t> b(84, 0);
+    b[0] = 0x21;         // group 0: scale 1, min 2
+    b[1] = 0x13;         // group 1: scale 3, min 1
+    b[2] = 0x12;         // group 2 (k = 1, first 16): scale 2, min 1
+    b[8] = 0x05;         // group 8 (second half): scale 5, min 0
+    b[16 + 0] = 0xE4;    // qs[0]: codes 0, 1, 2, 3 for k = 0..3 (elements 0, 32, 64, 96)
+    b[16 + 16] = 0x03;   // qs[16]: element 16 code 3
+    b[16 + 32] = 0x02;   // qs[32]: element 128 code 2
+    b[80] = 0x00, b[81] = 0x38;  // d = 0.5
+    b[82] = 0x00, b[83] = 0x34;  // dmin = 0.25
+    const auto y = dequantize(GgmlType::Q2_K, b, 256);
+    CHECK(y[0] == -0.5f);    // 0.5*1*0 - 0.25*2
+    CHECK(y[1] == -0.5f);
+    CHECK(y[16] == 4.25f);   // 0.5*3*3 - 0.25*1
+    CHECK(y[32] == 0.75f);   // 0.5*2*1 - 0.25*1
+    CHECK(y[128] == 5.0f);   // 0.5*5*2
+  }
+  SUBCASE("Q3_K: d * (6-bit scale - 32) * (q - 4 unless the hmask bit is set)") {
+    std::vector<uint8_t> b(110, 0);
+    std::fill(b.begin(), b.begin() + 32, 0xFF);  // every high bit set: q as is
+    b[1] = 0xFE;           // hmask[1] bit 0 clear: element 1 gets q - 4
+    b[32 + 0] = 0x01;      // qs[0]: element 0 code 1 (k = 0), element 96 code 0 (k = 3)
+    b[32 + 1] = 0x02;      // element 1 code 2
+    b[32 + 16] = 0x03;     // element 16 code 3
+    b[32 + 32] = 0x01;     // element 128 code 1
+    b[96 + 0] = 0x3A;      // scale 0 low nibble 10; scale 8 low nibble 3
+    b[96 + 8] = 0x02;      // scale 0 top bits 2: 10 | 2 << 4 = 42
+    b[108] = 0x00, b[109] = 0x3C;  // d = 1
+    const auto y = dequantize(GgmlType::Q3_K, b, 256);
+    CHECK(y[0] == 10.0f);    // (42 - 32) * 1
+    CHECK(y[1] == -20.0f);   // 10 * (2 - 4)
+    CHECK(y[16] == -96.0f);  // scale 1 = 0: -32 * 3
+    CHECK(y[96] == 0.0f);
+    CHECK(y[128] == -29.0f); // scale 8 = 3: (3 - 32) * 1
+    CHECK(kq3_scale(&b[96], 0) == 42);
+    CHECK(kq3_scale(&b[96], 8) == 3);
+  }
+  SUBCASE("IQ4_XS: d * (6-bit scale - 32) * level, sub-blocks of 32 as IQ4_NL") {
+    std::vector<uint8_t> b(136, 0);
+    b[0] = 0x00, b[1] = 0x38;  // d = 0.5
+    b[2] = 0x02, b[3] = 0x00;  // scales_h: sub-block 0 top bits 2
+    b[4] = 0x31;               // scales_l[0]: sub-block 0 low 1 (ls 33), sub-block 1 low 3 (ls 3)
+    b[8 + 0] = 0x0F;           // element 0 level 15, element 16 level 0
+    b[8 + 16] = 0x88;          // sub-block 1: elements 32 and 48 level 8
+    const auto y = dequantize(GgmlType::IQ4_XS, b, 256);
+    CHECK(y[0] == 56.5f);     // 0.5 * 1 * 113
+    CHECK(y[16] == -63.5f);   // 0.5 * 1 * -127
+    CHECK(y[32] == -14.5f);   // 0.5 * -29 * 1
+    CHECK(y[48] == -14.5f);
+    CHECK(y[1] == -63.5f);    // level 0
   }
 }
