@@ -485,6 +485,7 @@ Settings App::settings() const {
   s.tokens = options_.tokens;
   s.system_prompt = system_buffer_;
   s.device_index = options_.device_index;
+  s.lab = lab_.fields();
   if (!sessions_.empty()) {
     s.cache_specs.clear();
     for (const auto& w : sessions_) s.cache_specs.push_back(w->snapshot()->spec.label());

@@ -96,6 +96,7 @@ bool LabPanel::running() const {
 void LabPanel::set_fields(const LabFields& f) {
   if (!f.text.empty()) std::snprintf(text_path_, sizeof text_path_, "%s", f.text.c_str());
   std::snprintf(out_, sizeof out_, "%s", f.out.c_str());
+  out_auto_ = false;
   const auto names = lab_preset_names();
   const auto it = std::find(names.begin(), names.end(), f.preset);
   preset_ = it == names.end() ? 0 : int(it - names.begin());
@@ -111,7 +112,7 @@ void LabPanel::set_fields(const LabFields& f) {
 LabFields LabPanel::fields() const {
   LabFields f;
   f.text = text_path_;
-  f.out = out_;
+  f.out = out_auto_ ? "" : out_;
   f.preset = std::string(lab_preset_names()[size_t(preset_)]);
   f.storages = storages_;
   f.policies = policies_;
@@ -149,6 +150,7 @@ bool LabPanel::start(Engine& engine, EngineTurns& turns, const std::string& mode
     options.caches = grid.specs(n_ctx);
     std::string out = f.out;
     if (out.empty()) {
+      out_auto_ = true;
       out = (std::filesystem::path(cache_dir()) / "lab" /
              fmt::format("{}-c{}-{}", std::filesystem::path(f.text).stem().string(), n_ctx,
                          f.max_chunks ? fmt::format("{}chunks", f.max_chunks) : "all"))
@@ -240,8 +242,9 @@ std::optional<LabPanel::OpenRequest> LabPanel::draw(Engine* engine, EngineTurns&
     ImGui::TextColored(colour::muted, "%s", label);
     ImGui::SameLine(label_w);
     ImGui::SetNextItemWidth(-1);
-    ImGui::InputText(id, buf, size);
+    const bool edited = ImGui::InputText(id, buf, size);
     if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", tip);
+    return edited;
   };
   ImGui::BeginDisabled(busy);
   field("text", "##lab_text", text_path_, sizeof text_path_,
@@ -286,9 +289,11 @@ std::optional<LabPanel::OpenRequest> LabPanel::draw(Engine* engine, EngineTurns&
         "Instead of the preset's, separated by ',': none (the storage alone), h2o, snapkv, tova, ... or *");
   field("budgets", "##lab_budgets", budgets_, sizeof budgets_, "Policy budgets in tokens per kv head, separated by ','");
   field("caches", "##lab_caches", caches_, sizeof caches_, "Whole cache specs added to the grid, separated by ';'");
-  field("folder", "##lab_out", out_, sizeof out_,
+  if (field("folder", "##lab_out", out_, sizeof out_,
         "Journal (rows.jsonl, one line per finished cache: a stopped sweep resumes here) and report\n"
-        "(report.html, charts as PNG, CSV, JSON). Empty: under the cache folder, named after the text");
+        "(report.html, charts as PNG, CSV, JSON). Empty: under the cache folder, named after the text,\n"
+        "the context and the chunks"))
+    out_auto_ = out_[0] == '\0';
   ImGui::EndDisabled();
 
   ImGui::BeginDisabled(!engine && !busy);

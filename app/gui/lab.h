@@ -17,20 +17,10 @@
 
 #include "app/core/lab.h"
 #include "app/core/worker.h"
+#include "app/gui/settings.h"
 #include "app/gui/theme.h"
 
 namespace kvscope::gui {
-
-// The fields of the panel, as a scripted run or the settings give them.
-struct LabFields {
-  std::string text;        // the text file
-  std::string out;         // the journal's folder ("" : under the cache folder, named after the text)
-  std::string preset = "quick";
-  std::string storages, policies, budgets, caches;
-  uint32_t max_chunks = 4; // 0: every chunk
-  std::string budget = "25%";
-  bool probes = false;     // every scenario of assets/scenarios under every cache (as `kvscope lab --probes`)
-};
 
 class LabPanel {
  public:
@@ -84,6 +74,7 @@ class LabPanel {
 
   char text_path_[1024] = "";
   char out_[1024] = "";
+  bool out_auto_ = false;  // out_ was derived from the text, context and chunks: derived again for the next run
   int preset_ = 0;
   char storages_[256] = "", policies_[256] = "", budgets_[128] = "", caches_[512] = "";
   int max_chunks_ = 4;

@@ -247,6 +247,7 @@ int main(int argc, char** argv) {
   options.system = settings.system_prompt;
   options.width = settings.width;
   options.height = settings.height;
+  options.lab = settings.lab;
   for (size_t i = 0; i < settings.cache_specs.size(); ++i) compare += (i ? ";" : "") + settings.cache_specs[i];
   cli.add_option("-m,--model", options.model_path, "GGUF model (default: the stories15M set up by scripts/setup.sh)");
   cli.add_option("--device", options.device_index, "Vulkan device index (kvscope devices lists them)");

@@ -69,6 +69,29 @@ Settings parse_settings(std::string_view text) {
     s.cache_specs = j.value("cache_specs", s.cache_specs);
     integer(j, "width", s.width, 320, 8192);
     integer(j, "height", s.height, 240, 8192);
+    if (j.contains("lab")) {
+      const auto& lj = j.at("lab");
+      if (!lj.is_object()) throw std::runtime_error("\"lab\" is the Lab panel's fields, a JSON object");
+      auto text = [&](const char* key, std::string& out) {
+        if (!lj.contains(key)) return;
+        if (!lj.at(key).is_string() || lj.at(key).get_ref<const std::string&>().size() > 4096)
+          throw std::runtime_error(fmt::format("\"lab.{}\" is {}, expected a string", key, lj.at(key).dump()));
+        out = lj.at(key).get<std::string>();
+      };
+      text("text", s.lab.text);
+      text("out", s.lab.out);
+      text("preset", s.lab.preset);
+      text("storages", s.lab.storages);
+      text("policies", s.lab.policies);
+      text("budgets", s.lab.budgets);
+      text("caches", s.lab.caches);
+      text("budget", s.lab.budget);
+      integer(lj, "chunks", s.lab.max_chunks, 0, 1 << 20);
+      if (lj.contains("probes")) {
+        if (!lj.at("probes").is_boolean()) throw std::runtime_error("\"lab.probes\" must be true or false");
+        s.lab.probes = lj.at("probes").get<bool>();
+      }
+    }
   }
   return s;
 }
@@ -103,6 +126,10 @@ std::string settings_json(const Settings& s) {
   j["cache_specs"] = s.cache_specs;
   j["width"] = s.width;
   j["height"] = s.height;
+  j["lab"] = {{"text", s.lab.text},         {"out", s.lab.out},         {"preset", s.lab.preset},
+              {"storages", s.lab.storages}, {"policies", s.lab.policies}, {"budgets", s.lab.budgets},
+              {"caches", s.lab.caches},     {"chunks", s.lab.max_chunks}, {"budget", s.lab.budget},
+              {"probes", s.lab.probes}};
   return j.dump(2) + "\n";
 }
 

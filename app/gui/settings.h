@@ -12,6 +12,17 @@
 
 namespace kvscope::gui {
 
+// The Lab panel's fields (app/gui/lab.h), as a scripted run or the settings give them.
+struct LabFields {
+  std::string text;        // the text file ("": the sources' tests/data/corpus.txt when there)
+  std::string out;         // the journal's folder ("" : under the cache folder, named after the text)
+  std::string preset = "quick";
+  std::string storages, policies, budgets, caches;
+  uint32_t max_chunks = 4; // 0: every chunk
+  std::string budget = "25%";
+  bool probes = false;     // every scenario of assets/scenarios under every cache (as `kvscope lab --probes`)
+};
+
 struct Settings {
   std::vector<std::string> recent_models;  // most recent first, at most kMaxRecent
   std::string last_model;
@@ -21,6 +32,7 @@ struct Settings {
   std::string system_prompt;
   std::vector<std::string> cache_specs;    // the sessions' specs ("f16", "q8 + h2o:budget=64")
   int width = 1440, height = 900;
+  LabFields lab;                           // the Lab panel's last fields
 
   static constexpr size_t kMaxRecent = 8;
   void add_recent_model(const std::string& path);

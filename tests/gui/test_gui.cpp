@@ -268,10 +268,17 @@ TEST_CASE("gui: settings are written on exit and read at the next start") {
   std::filesystem::remove_all(config);
   const std::string png = temp_png("kvscope-gui-settings");
   const Run first = gui("--temp 0.3 --top-k 7 --tokens 5 --system 'A short story.' "
-                        "--compare 'q8;f16 + h2o:budget=64' --frames 2 --screenshot " + png, config);
+                        "--compare 'q8;f16 + h2o:budget=64' --lab-preset default --lab-chunks 3 --lab-budget 30% "
+                        "--lab-probes --frames 2 --screenshot " + png, config);
   INFO(first.out);
   REQUIRE(first.code == 0);
   REQUIRE(std::filesystem::exists(config + "/kvscope/settings.json"));
+  // The Lab panel's fields are remembered too.
+  const nlohmann::json saved = nlohmann::json::parse(kvscope::test::read_text(config + "/kvscope/settings.json"));
+  CHECK(saved["lab"]["preset"] == "default");
+  CHECK(saved["lab"]["chunks"] == 3);
+  CHECK(saved["lab"]["budget"] == "30%");
+  CHECK(saved["lab"]["probes"] == true);
   const Run second = gui("--frames 2 --screenshot " + png, config);
   INFO(second.out);
   REQUIRE(second.code == 0);
@@ -294,13 +301,18 @@ TEST_CASE("gui: settings are written on exit and read at the next start") {
   REQUIRE(std::filesystem::exists(config + "/kvscope/settings.json.broken-1"));
   CHECK(kvscope::test::read_text(config + "/kvscope/settings.json.broken-1") == "{ not json");
   CHECK(nlohmann::json::parse(kvscope::test::read_text(config + "/kvscope/settings.json")).is_object());
+  // A Lab field of the wrong type is refused by name.
+  { std::ofstream(config + "/kvscope/settings.json") << R"({"lab": {"chunks": "many"}})"; }
+  const Run lab = gui("--frames 2 --screenshot " + png, config);
+  REQUIRE(lab.code == 0);
+  CHECK(report_of(lab)["errors"].dump().find("chunks") != std::string::npos);
   // A number that does not fit is refused by name, not converted (1e64 into an int is undefined behaviour).
   { std::ofstream(config + "/kvscope/settings.json") << R"({"tokens": 1e64, "width": 1440})"; }
   const Run huge = gui("--frames 2 --screenshot " + png, config);
   INFO(huge.out);
   REQUIRE(huge.code == 0);
   CHECK(report_of(huge)["errors"].dump().find("\\\"tokens\\\" is 1e+64") != std::string::npos);
-  CHECK(std::filesystem::exists(config + "/kvscope/settings.json.broken-2"));
+  CHECK(std::filesystem::exists(config + "/kvscope/settings.json.broken-3"));
   std::filesystem::remove_all(config);
   std::filesystem::remove(png);
 }
