@@ -346,6 +346,13 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       rec.barrier();
     }
     const uint32_t qkv_stride = uint32_t(L.wqkv.out_width);
+    if (cfg_.qk_norm) {  // qwen3: every q head, then every k head, RMS-normed in place inside the q|k|v rows
+      params::RmsNormParams qn{n * cfg_.n_head, hd, cfg_.norm_eps, cfg_.n_head, qkv_stride, 0};
+      rec.dispatch(P.rmsnorm, {qkv_, L.q_norm, qkv_}, qn, n * cfg_.n_head);
+      params::RmsNormParams kn{n * cfg_.n_kv_head, hd, cfg_.norm_eps, cfg_.n_kv_head, qkv_stride, cfg_.q_dim()};
+      rec.dispatch(P.rmsnorm, {qkv_, L.k_norm, qkv_}, kn, n * cfg_.n_kv_head);
+      rec.barrier();
+    }
     params::RopeKvWriteParams rp{n,  cfg_.n_head,       cfg_.n_kv_head,   hd,
                                  cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride, kv};
     rp.rope_mode = uint32_t(cfg_.rope_mode);

@@ -73,7 +73,7 @@ void check_tensor(const GgufFile& file, const std::string& arch, const std::stri
 
 std::string layer_tensor(uint32_t layer, const char* suffix) { return fmt::format("blk.{}.{}", layer, suffix); }
 
-std::string supported_architectures_list() { return "llama qwen2"; }
+std::string supported_architectures_list() { return "llama qwen2 qwen3"; }
 
 LlamaConfig read_llama_config(const GgufFile& file) {
   ConfigReader in(file);
@@ -81,13 +81,17 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (!file.has("general.architecture"))
     in.fail("metadata general.architecture is missing; kvscope runs llama-family models");
   cfg.arch = file.get_string("general.architecture");
-  if (cfg.arch != "llama" && cfg.arch != "qwen2")
+  if (cfg.arch != "llama" && cfg.arch != "qwen2" && cfg.arch != "qwen3")
     in.fail(fmt::format("general.architecture is '{}', which kvscope does not run; supported: {}", cfg.arch,
                         supported_architectures_list()));
   // qwen2 is llama with biases on q, k, v and GPT-NeoX's rotation pairs
   // (llama.cpp's LLAMA_ROPE_TYPE_NEOX for it).
+  // qwen3 drops the biases and RMS-normalizes each q and k head before RoPE
+  // (llama.cpp's LLM_ARCH_QWEN3: attn_q_norm / attn_k_norm).
   const bool qwen2 = cfg.arch == "qwen2";
-  cfg.rope_mode = qwen2 ? RopeMode::Neox : RopeMode::Normal;
+  const bool qwen3 = cfg.arch == "qwen3";
+  cfg.rope_mode = qwen2 || qwen3 ? RopeMode::Neox : RopeMode::Normal;
+  cfg.qk_norm = qwen3;
   cfg.name = file.get_string_or("general.name", "");
 
   const std::string& a = cfg.arch;  // every hyperparameter key is prefixed with the architecture
@@ -158,6 +162,12 @@ LlamaConfig read_llama_config(const GgufFile& file) {
       check_tensor(file, cfg.arch, layer_tensor(l, "attn_q.bias"), {q_dim}, "biases");
       check_tensor(file, cfg.arch, layer_tensor(l, "attn_k.bias"), {kv_dim}, "biases");
       check_tensor(file, cfg.arch, layer_tensor(l, "attn_v.bias"), {kv_dim}, "biases");
+    }
+  }
+  if (cfg.qk_norm) {
+    for (uint32_t l = 0; l < cfg.n_layer; ++l) {
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_q_norm.weight"), {cfg.head_dim}, "norm weights");
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_k_norm.weight"), {cfg.head_dim}, "norm weights");
     }
   }
   // Llama 3.1+ stores its RoPE frequency scaling as one divisor per pair.

@@ -13,9 +13,10 @@ namespace kvscope {
 enum class RopeMode : uint32_t { Normal = 0, Neox = 1 };
 
 // The architectures kvscope runs (general.architecture): llama (Llama 2 and
-// 3.x, TinyLlama, SmolLM, Mistral) and qwen2 (Qwen 2 / 2.5: biases on q, k, v,
-// NeoX RoPE). Both are the same pre-norm SwiGLU transformer.
-std::string supported_architectures_list();  // "llama qwen2"
+// 3.x, TinyLlama, SmolLM, Mistral), qwen2 (Qwen 2 / 2.5: biases on q, k, v,
+// NeoX RoPE) and qwen3 (Qwen 3: no biases, an RMS norm of each q and k head
+// before RoPE, NeoX RoPE). All are the same pre-norm SwiGLU transformer.
+std::string supported_architectures_list();  // "llama qwen2 qwen3"
 
 struct LlamaConfig {
   std::string arch = "llama";   // general.architecture
@@ -35,6 +36,7 @@ struct LlamaConfig {
   RopeMode rope_mode = RopeMode::Normal;  // from the architecture: qwen2 rotates NeoX pairs
   bool rope_freqs = false;      // rope_freqs.weight (rope_dim/2 f32): per-pair frequency divisors (Llama 3)
   bool qkv_bias = false;        // blk.N.attn_{q,k,v}.bias (f32): added after the projections (qwen2)
+  bool qk_norm = false;         // blk.N.attn_{q,k}_norm.weight (f32, head_dim): each head RMS-normed before RoPE (qwen3)
 
   uint32_t kv_dim() const { return n_kv_head * head_dim; }
   uint32_t q_dim() const { return n_head * head_dim; }

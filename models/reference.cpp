@@ -2,6 +2,7 @@
 // GGUF tensors of any supported type dequantized row by row in matvec).
 #include "models/reference.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -47,6 +48,10 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
       lw.bq = floats(file, layer_tensor(l, "attn_q.bias"));
       lw.bk = floats(file, layer_tensor(l, "attn_k.bias"));
       lw.bv = floats(file, layer_tensor(l, "attn_v.bias"));
+    }
+    if (cfg.qk_norm) {
+      lw.q_norm = floats(file, layer_tensor(l, "attn_q_norm.weight"));
+      lw.k_norm = floats(file, layer_tensor(l, "attn_k_norm.weight"));
     }
     lw.wo = view(file, layer_tensor(l, "attn_output.weight"));
     lw.ffn_norm = floats(file, layer_tensor(l, "ffn_norm.weight"));
@@ -102,6 +107,17 @@ const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
     if (cfg_.qkv_bias) {
       for (uint32_t i = 0; i < q_dim; ++i) q_[i] += lw.bq[i];
       for (uint32_t i = 0; i < kv_dim; ++i) k_[i] += lw.bk[i], v_[i] += lw.bv[i];
+    }
+    if (cfg_.qk_norm) {  // each head RMS-normed on its own, with the layer's head_dim weights
+      std::vector<float> head(hd);
+      for (uint32_t h = 0; h < cfg_.n_head; ++h) {
+        std::copy_n(q_.data() + h * hd, hd, head.begin());
+        rmsnorm({q_.data() + h * hd, hd}, head, lw.q_norm, cfg_.norm_eps);
+      }
+      for (uint32_t h = 0; h < cfg_.n_kv_head; ++h) {
+        std::copy_n(k_.data() + h * hd, hd, head.begin());
+        rmsnorm({k_.data() + h * hd, hd}, head, lw.k_norm, cfg_.norm_eps);
+      }
     }
     for (uint32_t h = 0; h < cfg_.n_head; ++h)
       rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta, cfg_.rope_mode, w_.rope_freqs);

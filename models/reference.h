@@ -50,6 +50,7 @@ struct LayerWeights {
   TensorView wk;                 // (n_kv_head*head_dim, dim)
   TensorView wv;                 // (n_kv_head*head_dim, dim)
   std::vector<float> bq, bk, bv; // (q_dim), (kv_dim), (kv_dim); empty without biases (llama)
+  std::vector<float> q_norm, k_norm;  // (head_dim) each; empty without (qwen3 has them)
   TensorView wo;                 // (dim, n_head*head_dim)
   std::vector<float> ffn_norm;   // (dim)
   TensorView w1;                 // gate (ffn_dim, dim)

@@ -139,7 +139,7 @@ class Builder {
 };
 
 void check_spec(const SyntheticSpec& s) {
-  if (s.arch != "llama" && s.arch != "qwen2")
+  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "qwen3")
     throw std::invalid_argument(fmt::format("synthetic model: architecture '{}' is not one of {}", s.arch,
                                             supported_architectures_list()));
   if (s.n_head == 0 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0)
@@ -193,6 +193,14 @@ SyntheticSpec synthetic_preset(std::string_view name) {
     s.arch = "qwen2";
     s.dim = 224, s.n_layer = 2, s.n_head = 7, s.n_kv_head = 1, s.head_dim = 32, s.ffn_dim = 256;
     s.n_vocab = 384, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.qkv_bias = true, s.tied_output = true;
+  } else if (name == "qwen3-0.6b") {  // Qwen 3 0.6B: head size 128 with 16 heads of a 1024-wide model
+    s.arch = "qwen3";
+    s.dim = 1024, s.n_layer = 28, s.n_head = 16, s.n_kv_head = 8, s.head_dim = 128, s.ffn_dim = 3072;
+    s.n_vocab = 151936, s.n_ctx = 40960, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.tied_output = true;
+  } else if (name == "tiny-qwen3") {  // Qwen 3's traits: q/k head norms, no biases, q wider than the model, GQA 2:1
+    s.arch = "qwen3";
+    s.dim = 96, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 32, s.ffn_dim = 192;
+    s.n_vocab = 320, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.tied_output = true;
   } else if (name == "tiny-head48") {  // a head size that is not a power of two, untied output
     s.arch = "llama";
     s.dim = 192, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 48, s.ffn_dim = 288;
@@ -203,7 +211,7 @@ SyntheticSpec synthetic_preset(std::string_view name) {
   return s;
 }
 
-std::string synthetic_preset_list() { return "llama-1b qwen-0.5b tiny-llama3 tiny-qwen2 tiny-head48"; }
+std::string synthetic_preset_list() { return "llama-1b qwen-0.5b qwen3-0.6b tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-head48"; }
 
 void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
   check_spec(s);
@@ -241,6 +249,10 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
       b.add_vector(layer_tensor(l, "attn_k.bias"), kv_dim, 0.5f, 0.0f);
       b.add_vector(layer_tensor(l, "attn_v.bias"), kv_dim, 0.5f, 0.0f);
     }
+    if (s.arch == "qwen3") {  // per-head norm weights of q and k, around 1 as trained ones are
+      b.add_vector(layer_tensor(l, "attn_q_norm.weight"), s.head_dim, 0.3f, 1.0f);
+      b.add_vector(layer_tensor(l, "attn_k_norm.weight"), s.head_dim, 0.3f, 1.0f);
+    }
     b.add_matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer);
     b.add_vector(layer_tensor(l, "ffn_norm.weight"), dim, 0.1f, 1.0f);
     b.add_matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer);
@@ -273,7 +285,7 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
              matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer) +
              matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer) +
              matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer) + 4 * 2 * dim +
-             (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0);
+             (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0) + (s.arch == "qwen3" ? 4 * 2 * s.head_dim : 0);
   }
   return total;
 }
@@ -281,7 +293,7 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
 uint64_t synthetic_parameter_count(const SyntheticSpec& s) {
   const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
   const uint64_t per_layer = 2 * dim + dim * (q_dim + 2 * kv_dim) + (s.qkv_bias ? q_dim + 2 * kv_dim : 0) +
-                             q_dim * dim + 3 * dim * s.ffn_dim;
+                             (s.arch == "qwen3" ? 2 * s.head_dim : 0) + q_dim * dim + 3 * dim * s.ffn_dim;
   return uint64_t{s.n_vocab} * dim * (s.tied_output ? 1 : 2) + dim + (s.rope_freqs ? s.head_dim / 2 : 0) +
          s.n_layer * per_layer;
 }

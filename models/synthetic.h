@@ -16,7 +16,7 @@ namespace kvscope {
 
 struct SyntheticSpec {
   std::string name = "synthetic";  // general.name
-  std::string arch = "llama";      // general.architecture: llama or qwen2 (NeoX RoPE, q/k/v biases)
+  std::string arch = "llama";      // general.architecture: llama, qwen2 (NeoX RoPE, q/k/v biases) or qwen3 (NeoX RoPE, q/k head norms)
   uint32_t dim = 64, n_layer = 2, n_head = 4, n_kv_head = 2, head_dim = 16, ffn_dim = 96;
   uint32_t n_vocab = 256, n_ctx = 256;
   float rope_theta = 10000.0f;

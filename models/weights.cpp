@@ -171,6 +171,8 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
       total += bytes_of(layer_tensor(l, suffix));
     if (cfg.qkv_bias)
       for (const char* suffix : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) total += bytes_of(layer_tensor(l, suffix));
+    if (cfg.qk_norm)
+      for (const char* suffix : {"attn_q_norm.weight", "attn_k_norm.weight"}) total += bytes_of(layer_tensor(l, suffix));
   }
   return total;
 }
@@ -193,6 +195,10 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
       layer.qkv_bias = upload_concatenated_floats(
           ctx, file,
           {layer_tensor(l, "attn_q.bias"), layer_tensor(l, "attn_k.bias"), layer_tensor(l, "attn_v.bias")});
+    if (cfg.qk_norm) {
+      layer.q_norm = upload_floats(ctx, file, layer_tensor(l, "attn_q_norm.weight"));
+      layer.k_norm = upload_floats(ctx, file, layer_tensor(l, "attn_k_norm.weight"));
+    }
     layer.wo = upload_tensor(ctx, file, layer_tensor(l, "attn_output.weight"));
     layer.w13 = upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
     layer.w2 = upload_tensor(ctx, file, layer_tensor(l, "ffn_down.weight"));

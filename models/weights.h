@@ -47,6 +47,7 @@ struct GpuLayer {
   gpu::Buffer attn_norm, ffn_norm;  // f32 (dim)
   FusedProjection wqkv;  // rows: q (n_head * head_dim) | k | v (n_kv_head * head_dim each); cols dim
   gpu::Buffer qkv_bias;  // f32 (q_dim + 2 kv_dim): q | k | v biases, added to the wqkv row (qwen2); empty without
+  gpu::Buffer q_norm, k_norm;  // f32 (head_dim): per-head RMS norm weights of q and k (qwen3); empty without
   GpuTensor wo;          // (dim, q_dim)
   FusedProjection w13;   // rows: gate (ffn_dim) | up (ffn_dim); cols dim
   GpuTensor w2;          // (dim, ffn_dim)

@@ -79,10 +79,16 @@ struct EmbedParams {
 
 // rmsnorm: 0 x f32[n_rows][n], 1 weight f32[n], 2 out f32[n_rows][n]
 // out = x / sqrt(mean(x^2) + eps) * weight. groups: (n_rows)
+// rmsnorm: 0 x, 1 weight f32[n], 2 out (may be x). Row r of n elements starts
+// at r * n, or with rows_per_group > 0 (per-head norms inside q|k|v rows) at
+// (r / rows_per_group) * group_stride + row_offset + (r % rows_per_group) * n.
 struct RmsNormParams {
   uint n_rows;
   uint n;
   float eps;
+  uint rows_per_group;
+  uint group_stride;
+  uint row_offset;
 };
 
 // matvec (decode): 0 W [rows][cols], 1 S, 2 x f32[n_vec][cols], 3 y f32[n_vec][y_stride]

@@ -142,6 +142,39 @@ TEST_CASE("rmsnorm: odd row lengths, several rows") {
   check_no_validation_messages();
 }
 
+TEST_CASE("rmsnorm per head, in place inside q|k|v rows (qwen3's q and k norms): the other heads untouched") {
+  for (uint32_t wg : workgroup_sizes()) {
+    gpu::Pipeline pipe(context(), {Id::rmsnorm, 3, sizeof(params::RmsNormParams), {wg}});
+    for (uint32_t hd : {6u, 32u, 128u}) {
+      const uint32_t n_head = 4, n_kv_head = 2, n_tokens = 3;
+      const uint32_t stride = (n_head + 2 * n_kv_head) * hd + 3;  // q | k | v | slack, per token
+      const std::vector<float> rows = random_floats(size_t(n_tokens) * stride, hd, -3, 3);
+      const std::vector<float> wq = random_floats(hd, hd + 1, 0.5f, 1.5f), wk = random_floats(hd, hd + 2, 0.5f, 1.5f);
+      gpu::Buffer wq_buffer = upload(wq, "q norm"), wk_buffer = upload(wk, "k norm");
+      GuardedOutput qkv(rows.size(), rows);
+      const float eps = 1e-6f;
+      gpu::Recorder rec(context());
+      rec.begin();
+      rec.dispatch(pipe, {qkv.buffer, wq_buffer, qkv.buffer},
+                   params::RmsNormParams{n_tokens * n_head, hd, eps, n_head, stride, 0}, n_tokens * n_head);
+      rec.dispatch(pipe, {qkv.buffer, wk_buffer, qkv.buffer},
+                   params::RmsNormParams{n_tokens * n_kv_head, hd, eps, n_kv_head, stride, n_head * hd},
+                   n_tokens * n_kv_head);
+      rec.submit_and_wait();
+      std::vector<float> expected = rows;
+      for (uint32_t t = 0; t < n_tokens; ++t)
+        for (uint32_t h = 0; h < n_head + n_kv_head; ++h) {
+          const size_t at = size_t(t) * stride + size_t(h) * hd;
+          reference::rmsnorm(std::span(expected).subspan(at, hd), std::span(rows).subspan(at, hd),
+                             h < n_head ? wq : wk, eps);
+        }
+      const std::string what = fmt::format("rmsnorm per head hd {} wg {}", hd, wg);
+      check_close(qkv.read(what), expected, kSumOrderBound, what);  // v and the slack are as they were
+    }
+  }
+  check_no_validation_messages();
+}
+
 TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths; add of a bias row, in place") {
   for (uint32_t wg : workgroup_sizes()) {
     gpu::Pipeline swiglu(context(), {Id::swiglu, 2, sizeof(params::SwigluParams), {wg}});

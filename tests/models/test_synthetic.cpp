@@ -168,6 +168,8 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   // Llama 3.2 1B has 1,235,814,400 parameters (+32 rope factors); Qwen 2.5 0.5B 494,032,768.
   CHECK(synthetic_parameter_count(synthetic_preset("llama-1b")) == 1235814400ull + 32);
   CHECK(synthetic_parameter_count(synthetic_preset("qwen-0.5b")) == 494032768ull);
+  // Qwen 3 0.6B: 596,049,920 (0.44B of them outside the tied embedding, as its model card says).
+  CHECK(synthetic_parameter_count(synthetic_preset("qwen3-0.6b")) == 596049920ull);
   CHECK_THROWS_WITH(synthetic_preset("gpt-7"), doctest::Contains("llama-1b qwen-0.5b"));
 
   struct Expected {
@@ -179,6 +181,7 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   };
   for (const Expected& e : {Expected{"tiny-llama3", "llama", RopeMode::Normal, true, false, true, 16},
                             Expected{"tiny-qwen2", "qwen2", RopeMode::Neox, false, true, true, 32},
+                            Expected{"tiny-qwen3", "qwen3", RopeMode::Neox, false, false, true, 32},
                             Expected{"tiny-head48", "llama", RopeMode::Normal, false, false, false, 48}}) {
     CAPTURE(std::string(e.name));
     const SyntheticSpec spec = synthetic_preset(e.name);
@@ -190,6 +193,7 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
     CHECK(cfg.qkv_bias == e.qkv_bias);
     CHECK(cfg.tied_output == e.tied);
     CHECK(cfg.head_dim == e.head_dim);
+    CHECK(cfg.qk_norm == (cfg.arch == "qwen3"));
     CHECK(cfg.rope_theta == spec.rope_theta);
     CHECK(parameter_count(*m.file) == synthetic_parameter_count(spec));
     uint64_t tensor_bytes = 0;
@@ -226,6 +230,32 @@ TEST_CASE("synthetic: Llama 3.1's rope factors: 1 for short wavelengths, 8 for l
   CHECK(f.back() == 8.0f);
   CHECK(std::is_sorted(f.begin(), f.end()));
   CHECK(std::any_of(f.begin(), f.end(), [](float x) { return x > 1.0f && x < 8.0f; }));
+}
+
+TEST_CASE("hparams: qwen3 needs its q and k head norms, one weight per head dimension") {
+  SyntheticSpec qwen3 = synthetic_preset("tiny-qwen3");
+  GgufWriter w;
+  add_synthetic_model(w, qwen3);
+  CHECK(config_error(w) == "(no error)");
+  SyntheticSpec as_qwen2 = qwen3;  // the same tensors under another name: no norms expected, biases missing
+  as_qwen2.arch = "qwen2";
+  GgufWriter q2;
+  add_synthetic_model(q2, as_qwen2);
+  CHECK(config_error(q2) == "m.gguf: tensor 'blk.0.attn_q.bias' is missing; this qwen2 model needs it");
+  // A qwen3 file without its norms (written as llama, renamed).
+  SyntheticSpec plain = qwen3;
+  plain.arch = "llama";
+  GgufWriter l;
+  add_synthetic_model(l, plain);
+  l.set_string("general.architecture", "qwen3");
+  const std::pair<const char*, uint32_t> keys[] = {
+      {"embedding_length", plain.dim},      {"block_count", plain.n_layer},         {"attention.head_count", plain.n_head},
+      {"attention.head_count_kv", plain.n_kv_head}, {"attention.key_length", plain.head_dim},
+      {"feed_forward_length", plain.ffn_dim}, {"context_length", plain.n_ctx}};
+  for (const auto& [key, value] : keys) l.set_uint32(std::string("qwen3.") + key, value);
+  l.set_float32("qwen3.attention.layer_norm_rms_epsilon", 1e-6f);
+  l.set_float32("qwen3.rope.freq_base", 1e6f);
+  CHECK(config_error(l) == "m.gguf: tensor 'blk.0.attn_q_norm.weight' is missing; this qwen3 model needs it");
 }
 
 TEST_CASE("hparams: qwen2 needs its biases; rope_freqs must have one factor per pair") {
@@ -309,6 +339,17 @@ TEST_CASE("synthetic Qwen 2: q/k/v biases, NeoX RoPE, GQA 7:1, theta 1e6; GPU = 
     spec.name = fmt::format("tiny-qwen2-{}", type);
     const SyntheticModel m = build(spec);
     check_model_against_reference(*m.file, pseudo_random_tokens(13, spec.n_vocab, 7), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("synthetic Qwen 3: q/k head norms, no biases, q wider than the model, NeoX RoPE; GPU = CPU reference") {
+  for (const std::string type : {"F32", "Q8_0"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-qwen3");
+    spec.type = type;
+    spec.name = fmt::format("tiny-qwen3-{}", type);
+    const SyntheticModel m = build(spec);
+    check_model_against_reference(*m.file, pseudo_random_tokens(13, spec.n_vocab, 5), 6, kLogitTolerance);
   }
 }
 
