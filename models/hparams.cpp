@@ -73,7 +73,7 @@ void check_tensor(const GgufFile& file, const std::string& arch, const std::stri
 
 std::string layer_tensor(uint32_t layer, const char* suffix) { return fmt::format("blk.{}.{}", layer, suffix); }
 
-std::string supported_architectures_list() { return "llama qwen2 qwen3"; }
+std::string supported_architectures_list() { return "llama qwen2 qwen3 phi3"; }
 
 LlamaConfig read_llama_config(const GgufFile& file) {
   ConfigReader in(file);
@@ -81,7 +81,7 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (!file.has("general.architecture"))
     in.fail("metadata general.architecture is missing; kvscope runs llama-family models");
   cfg.arch = file.get_string("general.architecture");
-  if (cfg.arch != "llama" && cfg.arch != "qwen2" && cfg.arch != "qwen3")
+  if (cfg.arch != "llama" && cfg.arch != "qwen2" && cfg.arch != "qwen3" && cfg.arch != "phi3")
     in.fail(fmt::format("general.architecture is '{}', which kvscope does not run; supported: {}", cfg.arch,
                         supported_architectures_list()));
   // qwen2 is llama with biases on q, k, v and GPT-NeoX's rotation pairs
@@ -90,8 +90,13 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   // (llama.cpp's LLM_ARCH_QWEN3: attn_q_norm / attn_k_norm).
   const bool qwen2 = cfg.arch == "qwen2";
   const bool qwen3 = cfg.arch == "qwen3";
-  cfg.rope_mode = qwen2 || qwen3 ? RopeMode::Neox : RopeMode::Normal;
+  // phi3 stores q|k|v as one tensor and gate|up as one (llama.cpp's
+  // LLM_ARCH_PHI3, NeoX RoPE; its rope_factors_short.weight are per-pair
+  // divisors like Llama 3's rope_freqs).
+  const bool phi3 = cfg.arch == "phi3";
+  cfg.rope_mode = qwen2 || qwen3 || phi3 ? RopeMode::Neox : RopeMode::Normal;
   cfg.qk_norm = qwen3;
+  cfg.fused_qkv = cfg.fused_gate_up = phi3;
   cfg.name = file.get_string_or("general.name", "");
 
   const std::string& a = cfg.arch;  // every hyperparameter key is prefixed with the architecture
@@ -146,13 +151,21 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (!cfg.tied_output) check_tensor(file, cfg.arch, "output.weight", {dim, cfg.n_vocab}, nullptr);
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     check_tensor(file, cfg.arch, layer_tensor(l, "attn_norm.weight"), {dim}, "norm weights");
-    check_tensor(file, cfg.arch, layer_tensor(l, "attn_q.weight"), {dim, q_dim}, nullptr);
-    check_tensor(file, cfg.arch, layer_tensor(l, "attn_k.weight"), {dim, kv_dim}, nullptr);
-    check_tensor(file, cfg.arch, layer_tensor(l, "attn_v.weight"), {dim, kv_dim}, nullptr);
+    if (cfg.fused_qkv) {
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_qkv.weight"), {dim, q_dim + 2 * kv_dim}, nullptr);
+    } else {
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_q.weight"), {dim, q_dim}, nullptr);
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_k.weight"), {dim, kv_dim}, nullptr);
+      check_tensor(file, cfg.arch, layer_tensor(l, "attn_v.weight"), {dim, kv_dim}, nullptr);
+    }
     check_tensor(file, cfg.arch, layer_tensor(l, "attn_output.weight"), {q_dim, dim}, nullptr);
     check_tensor(file, cfg.arch, layer_tensor(l, "ffn_norm.weight"), {dim}, "norm weights");
-    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_gate.weight"), {dim, ffn}, nullptr);
-    check_tensor(file, cfg.arch, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, nullptr);
+    if (cfg.fused_gate_up) {
+      check_tensor(file, cfg.arch, layer_tensor(l, "ffn_up.weight"), {dim, 2 * ffn}, nullptr);
+    } else {
+      check_tensor(file, cfg.arch, layer_tensor(l, "ffn_gate.weight"), {dim, ffn}, nullptr);
+      check_tensor(file, cfg.arch, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, nullptr);
+    }
     check_tensor(file, cfg.arch, layer_tensor(l, "ffn_down.weight"), {ffn, dim}, nullptr);
   }
   // q/k/v biases: required by qwen2, accepted on llama when every layer has all three.
@@ -171,9 +184,14 @@ LlamaConfig read_llama_config(const GgufFile& file) {
     }
   }
   // Llama 3.1+ stores its RoPE frequency scaling as one divisor per pair.
-  cfg.rope_freqs = file.find_tensor("rope_freqs.weight") != nullptr;
-  if (cfg.rope_freqs) check_tensor(file, cfg.arch, "rope_freqs.weight", {cfg.rope_dim / 2}, "rope frequency factors");
+  cfg.rope_freqs = file.find_tensor(rope_freqs_tensor(cfg)) != nullptr;
+  if (cfg.rope_freqs)
+    check_tensor(file, cfg.arch, rope_freqs_tensor(cfg), {cfg.rope_dim / 2}, "rope frequency factors");
   return cfg;
+}
+
+std::string rope_freqs_tensor(const LlamaConfig& cfg) {
+  return cfg.arch == "phi3" ? "rope_factors_short.weight" : "rope_freqs.weight";
 }
 
 uint64_t parameter_count(const GgufFile& file) {

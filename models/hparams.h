@@ -15,8 +15,10 @@ enum class RopeMode : uint32_t { Normal = 0, Neox = 1 };
 // The architectures kvscope runs (general.architecture): llama (Llama 2 and
 // 3.x, TinyLlama, SmolLM, Mistral), qwen2 (Qwen 2 / 2.5: biases on q, k, v,
 // NeoX RoPE) and qwen3 (Qwen 3: no biases, an RMS norm of each q and k head
-// before RoPE, NeoX RoPE). All are the same pre-norm SwiGLU transformer.
-std::string supported_architectures_list();  // "llama qwen2 qwen3"
+// before RoPE, NeoX RoPE) and phi3 (Phi-3 / Phi-3.5 / Phi-4-mini: q|k|v in one
+// tensor, gate|up in one, NeoX RoPE, short RoPE factors). All are the same
+// pre-norm SwiGLU transformer.
+std::string supported_architectures_list();  // "llama qwen2 qwen3 phi3"
 
 struct LlamaConfig {
   std::string arch = "llama";   // general.architecture
@@ -36,6 +38,8 @@ struct LlamaConfig {
   RopeMode rope_mode = RopeMode::Normal;  // from the architecture: qwen2 rotates NeoX pairs
   bool rope_freqs = false;      // rope_freqs.weight (rope_dim/2 f32): per-pair frequency divisors (Llama 3)
   bool qkv_bias = false;        // blk.N.attn_{q,k,v}.bias (f32): added after the projections (qwen2)
+  bool fused_qkv = false;       // blk.N.attn_qkv.weight (q | k | v rows) instead of three (phi3)
+  bool fused_gate_up = false;   // blk.N.ffn_up.weight holds gate | up rows, no ffn_gate (phi3)
   bool qk_norm = false;         // blk.N.attn_{q,k}_norm.weight (f32, head_dim): each head RMS-normed before RoPE (qwen3)
 
   uint32_t kv_dim() const { return n_kv_head * head_dim; }
@@ -51,6 +55,10 @@ LlamaConfig read_llama_config(const GgufFile& file);
 
 // Tensor names (llama.cpp's GGUF naming).
 std::string layer_tensor(uint32_t layer, const char* suffix);  // "blk.3.attn_q.weight"
+// The per-pair RoPE divisors: rope_freqs.weight (Llama 3), or phi3's
+// rope_factors_short.weight (the factors for contexts up to the original one;
+// the long factors and their attention scaling are not applied).
+std::string rope_freqs_tensor(const LlamaConfig& cfg);
 
 // Parameter count (all tensors' elements) and the KV bytes per token for a
 // cache storing K and V with `bytes_per_elem` each.

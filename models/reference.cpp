@@ -23,6 +23,14 @@ TensorView view(const GgufFile& file, const std::string& name) {
   return v;
 }
 
+// Rows [first, first + count) of a matrix view (rows are contiguous, whole blocks).
+TensorView rows_of(const TensorView& v, uint64_t first, uint64_t count) {
+  TensorView out = v;
+  out.data = v.data + first * row_bytes(v.type, v.cols);
+  out.rows = count;
+  return out;
+}
+
 std::vector<float> floats(const GgufFile& file, const std::string& name) {
   const TensorView v = view(file, name);
   std::vector<float> out(v.rows * v.cols);
@@ -37,13 +45,20 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
   w.token_embd = view(file, "token_embd.weight");
   w.output_norm = floats(file, "output_norm.weight");
   w.output = cfg.tied_output ? w.token_embd : view(file, "output.weight");
-  if (cfg.rope_freqs) w.rope_freqs = floats(file, "rope_freqs.weight");
+  if (cfg.rope_freqs) w.rope_freqs = floats(file, rope_freqs_tensor(cfg));
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     LayerWeights lw;
     lw.attn_norm = floats(file, layer_tensor(l, "attn_norm.weight"));
-    lw.wq = view(file, layer_tensor(l, "attn_q.weight"));
-    lw.wk = view(file, layer_tensor(l, "attn_k.weight"));
-    lw.wv = view(file, layer_tensor(l, "attn_v.weight"));
+    if (cfg.fused_qkv) {  // row ranges of the one q|k|v tensor
+      const TensorView qkv = view(file, layer_tensor(l, "attn_qkv.weight"));
+      lw.wq = rows_of(qkv, 0, cfg.q_dim());
+      lw.wk = rows_of(qkv, cfg.q_dim(), cfg.kv_dim());
+      lw.wv = rows_of(qkv, cfg.q_dim() + cfg.kv_dim(), cfg.kv_dim());
+    } else {
+      lw.wq = view(file, layer_tensor(l, "attn_q.weight"));
+      lw.wk = view(file, layer_tensor(l, "attn_k.weight"));
+      lw.wv = view(file, layer_tensor(l, "attn_v.weight"));
+    }
     if (cfg.qkv_bias) {
       lw.bq = floats(file, layer_tensor(l, "attn_q.bias"));
       lw.bk = floats(file, layer_tensor(l, "attn_k.bias"));
@@ -55,8 +70,14 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
     }
     lw.wo = view(file, layer_tensor(l, "attn_output.weight"));
     lw.ffn_norm = floats(file, layer_tensor(l, "ffn_norm.weight"));
-    lw.w1 = view(file, layer_tensor(l, "ffn_gate.weight"));
-    lw.w3 = view(file, layer_tensor(l, "ffn_up.weight"));
+    if (cfg.fused_gate_up) {  // gate rows, then up rows
+      const TensorView gate_up = view(file, layer_tensor(l, "ffn_up.weight"));
+      lw.w1 = rows_of(gate_up, 0, cfg.ffn_dim);
+      lw.w3 = rows_of(gate_up, cfg.ffn_dim, cfg.ffn_dim);
+    } else {
+      lw.w1 = view(file, layer_tensor(l, "ffn_gate.weight"));
+      lw.w3 = view(file, layer_tensor(l, "ffn_up.weight"));
+    }
     lw.w2 = view(file, layer_tensor(l, "ffn_down.weight"));
     w.layers.push_back(std::move(lw));
   }

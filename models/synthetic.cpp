@@ -139,7 +139,7 @@ class Builder {
 };
 
 void check_spec(const SyntheticSpec& s) {
-  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "qwen3")
+  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "qwen3" && s.arch != "phi3")
     throw std::invalid_argument(fmt::format("synthetic model: architecture '{}' is not one of {}", s.arch,
                                             supported_architectures_list()));
   if (s.n_head == 0 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0)
@@ -201,6 +201,14 @@ SyntheticSpec synthetic_preset(std::string_view name) {
     s.arch = "qwen3";
     s.dim = 96, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 32, s.ffn_dim = 192;
     s.n_vocab = 320, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.tied_output = true;
+  } else if (name == "phi3-mini") {  // Phi-3 mini 4K: head 96, 32 kv heads, untied 32064-token output
+    s.arch = "phi3";
+    s.dim = 3072, s.n_layer = 32, s.n_head = 32, s.n_kv_head = 32, s.head_dim = 96, s.ffn_dim = 8192;
+    s.n_vocab = 32064, s.n_ctx = 4096, s.tied_output = false;
+  } else if (name == "tiny-phi3") {  // Phi-3's traits: fused q|k|v and gate|up tensors, NeoX RoPE, head 24
+    s.arch = "phi3";
+    s.dim = 96, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 4, s.head_dim = 24, s.ffn_dim = 160;
+    s.n_vocab = 320, s.tied_output = false;
   } else if (name == "tiny-head48") {  // a head size that is not a power of two, untied output
     s.arch = "llama";
     s.dim = 192, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 48, s.ffn_dim = 288;
@@ -211,7 +219,9 @@ SyntheticSpec synthetic_preset(std::string_view name) {
   return s;
 }
 
-std::string synthetic_preset_list() { return "llama-1b qwen-0.5b qwen3-0.6b tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-head48"; }
+std::string synthetic_preset_list() {
+  return "llama-1b qwen-0.5b qwen3-0.6b phi3-mini tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi3 tiny-head48";
+}
 
 void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
   check_spec(s);
@@ -241,9 +251,13 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
   for (uint32_t l = 0; l < s.n_layer; ++l) {
     const int layer = int(l);
     b.add_vector(layer_tensor(l, "attn_norm.weight"), dim, 0.1f, 1.0f);
-    b.add_matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer);
-    b.add_matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer);
-    b.add_matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer);
+    if (s.arch == "phi3") {  // one q|k|v tensor
+      b.add_matrix(layer_tensor(l, "attn_qkv.weight"), q_dim + 2 * kv_dim, dim, layer);
+    } else {
+      b.add_matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer);
+      b.add_matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer);
+      b.add_matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer);
+    }
     if (s.qkv_bias) {
       b.add_vector(layer_tensor(l, "attn_q.bias"), q_dim, 0.5f, 0.0f);
       b.add_vector(layer_tensor(l, "attn_k.bias"), kv_dim, 0.5f, 0.0f);
@@ -255,8 +269,12 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
     }
     b.add_matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer);
     b.add_vector(layer_tensor(l, "ffn_norm.weight"), dim, 0.1f, 1.0f);
-    b.add_matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer);
-    b.add_matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
+    if (s.arch == "phi3") {  // one gate|up tensor
+      b.add_matrix(layer_tensor(l, "ffn_up.weight"), 2 * uint64_t{s.ffn_dim}, dim, layer);
+    } else {
+      b.add_matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer);
+      b.add_matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
+    }
     b.add_matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer);
   }
 }
@@ -278,12 +296,16 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
   if (s.rope_freqs) total += 4 * (s.head_dim / 2);
   for (uint32_t l = 0; l < s.n_layer; ++l) {
     const int layer = int(l);
-    total += matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer) +
-             matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer) +
-             matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer) +
-             matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer) +
-             matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer) +
-             matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer) +
+    if (s.arch == "phi3")
+      total += matrix(layer_tensor(l, "attn_qkv.weight"), q_dim + 2 * kv_dim, dim, layer) +
+               matrix(layer_tensor(l, "ffn_up.weight"), 2 * uint64_t{s.ffn_dim}, dim, layer);
+    else
+      total += matrix(layer_tensor(l, "attn_q.weight"), q_dim, dim, layer) +
+               matrix(layer_tensor(l, "attn_k.weight"), kv_dim, dim, layer) +
+               matrix(layer_tensor(l, "attn_v.weight"), kv_dim, dim, layer) +
+               matrix(layer_tensor(l, "ffn_gate.weight"), s.ffn_dim, dim, layer) +
+               matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
+    total += matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer) +
              matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer) + 4 * 2 * dim +
              (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0) + (s.arch == "qwen3" ? 4 * 2 * s.head_dim : 0);
   }

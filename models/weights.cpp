@@ -163,12 +163,16 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
   };
   uint64_t total = bytes_of("token_embd.weight") + bytes_of("output_norm.weight");
   if (!cfg.tied_output) total += bytes_of("output.weight");
-  if (cfg.rope_freqs) total += bytes_of("rope_freqs.weight");
+  if (cfg.rope_freqs) total += bytes_of(rope_freqs_tensor(cfg));
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
-    for (const char* suffix : {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
-                               "attn_output.weight", "ffn_norm.weight", "ffn_gate.weight", "ffn_up.weight",
+    for (const char* suffix : {"attn_norm.weight", "attn_output.weight", "ffn_norm.weight", "ffn_up.weight",
                                "ffn_down.weight"})
       total += bytes_of(layer_tensor(l, suffix));
+    if (cfg.fused_qkv)
+      total += bytes_of(layer_tensor(l, "attn_qkv.weight"));
+    else
+      for (const char* suffix : {"attn_q.weight", "attn_k.weight", "attn_v.weight"}) total += bytes_of(layer_tensor(l, suffix));
+    if (!cfg.fused_gate_up) total += bytes_of(layer_tensor(l, "ffn_gate.weight"));
     if (cfg.qkv_bias)
       for (const char* suffix : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) total += bytes_of(layer_tensor(l, suffix));
     if (cfg.qk_norm)
@@ -183,14 +187,15 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
   w.token_embd = upload_tensor(ctx, file, "token_embd.weight");
   w.output_norm = upload_floats(ctx, file, "output_norm.weight");
   if (!cfg.tied_output) w.output = upload_tensor(ctx, file, "output.weight");
-  if (cfg.rope_freqs) w.rope_freqs = upload_floats(ctx, file, "rope_freqs.weight");
+  if (cfg.rope_freqs) w.rope_freqs = upload_floats(ctx, file, rope_freqs_tensor(cfg));
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     GpuLayer layer;
     layer.attn_norm = upload_floats(ctx, file, layer_tensor(l, "attn_norm.weight"));
     layer.ffn_norm = upload_floats(ctx, file, layer_tensor(l, "ffn_norm.weight"));
-    layer.wqkv = upload_fused(
-        ctx, file,
-        {layer_tensor(l, "attn_q.weight"), layer_tensor(l, "attn_k.weight"), layer_tensor(l, "attn_v.weight")});
+    layer.wqkv = cfg.fused_qkv ? upload_fused(ctx, file, {layer_tensor(l, "attn_qkv.weight")})
+                               : upload_fused(ctx, file,
+                                              {layer_tensor(l, "attn_q.weight"), layer_tensor(l, "attn_k.weight"),
+                                               layer_tensor(l, "attn_v.weight")});
     if (cfg.qkv_bias)
       layer.qkv_bias = upload_concatenated_floats(
           ctx, file,
@@ -200,7 +205,9 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
       layer.k_norm = upload_floats(ctx, file, layer_tensor(l, "attn_k_norm.weight"));
     }
     layer.wo = upload_tensor(ctx, file, layer_tensor(l, "attn_output.weight"));
-    layer.w13 = upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
+    layer.w13 = cfg.fused_gate_up  // phi3's ffn_up is gate | up already
+                    ? upload_fused(ctx, file, {layer_tensor(l, "ffn_up.weight")})
+                    : upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
     layer.w2 = upload_tensor(ctx, file, layer_tensor(l, "ffn_down.weight"));
     w.layers.push_back(std::move(layer));
   }

@@ -670,7 +670,7 @@ TEST_CASE("hparams: each way a llama model can be wrong is named") {
   SUBCASE("architecture") {
     SyntheticLlama s;
     s.arch = "gpt2";
-    expect_config_error(synthetic_llama_writer(s), "m.gguf: general.architecture is 'gpt2', which kvscope does not run; supported: llama qwen2");
+    expect_config_error(synthetic_llama_writer(s), "m.gguf: general.architecture is 'gpt2', which kvscope does not run; supported: llama qwen2 qwen3 phi3");
     GgufWriter none;
     expect_config_error(none, "m.gguf: metadata general.architecture is missing");
   }

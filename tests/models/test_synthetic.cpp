@@ -170,6 +170,8 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   CHECK(synthetic_parameter_count(synthetic_preset("qwen-0.5b")) == 494032768ull);
   // Qwen 3 0.6B: 596,049,920 (0.44B of them outside the tied embedding, as its model card says).
   CHECK(synthetic_parameter_count(synthetic_preset("qwen3-0.6b")) == 596049920ull);
+  // Phi-3 mini: 3,821,079,552.
+  CHECK(synthetic_parameter_count(synthetic_preset("phi3-mini")) == 3821079552ull);
   CHECK_THROWS_WITH(synthetic_preset("gpt-7"), doctest::Contains("llama-1b qwen-0.5b"));
 
   struct Expected {
@@ -182,6 +184,7 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   for (const Expected& e : {Expected{"tiny-llama3", "llama", RopeMode::Normal, true, false, true, 16},
                             Expected{"tiny-qwen2", "qwen2", RopeMode::Neox, false, true, true, 32},
                             Expected{"tiny-qwen3", "qwen3", RopeMode::Neox, false, false, true, 32},
+                            Expected{"tiny-phi3", "phi3", RopeMode::Neox, false, false, false, 24},
                             Expected{"tiny-head48", "llama", RopeMode::Normal, false, false, false, 48}}) {
     CAPTURE(std::string(e.name));
     const SyntheticSpec spec = synthetic_preset(e.name);
@@ -194,6 +197,8 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
     CHECK(cfg.tied_output == e.tied);
     CHECK(cfg.head_dim == e.head_dim);
     CHECK(cfg.qk_norm == (cfg.arch == "qwen3"));
+    CHECK(cfg.fused_qkv == (cfg.arch == "phi3"));
+    CHECK(cfg.fused_gate_up == (cfg.arch == "phi3"));
     CHECK(cfg.rope_theta == spec.rope_theta);
     CHECK(parameter_count(*m.file) == synthetic_parameter_count(spec));
     uint64_t tensor_bytes = 0;
@@ -276,7 +281,7 @@ TEST_CASE("hparams: qwen2 needs its biases; rope_freqs must have one factor per 
   SyntheticSpec s = synthetic_preset("tiny-head48");
   add_synthetic_model(other, s);
   other.set_string("general.architecture", "gemma");
-  CHECK(config_error(other) == "m.gguf: general.architecture is 'gemma', which kvscope does not run; supported: llama qwen2");
+  CHECK(config_error(other) == "m.gguf: general.architecture is 'gemma', which kvscope does not run; supported: llama qwen2 qwen3 phi3");
 }
 
 // ============================================================ [SECTION] reference RoPE modes (CPU)
@@ -350,6 +355,17 @@ TEST_CASE("synthetic Qwen 3: q/k head norms, no biases, q wider than the model, 
     spec.name = fmt::format("tiny-qwen3-{}", type);
     const SyntheticModel m = build(spec);
     check_model_against_reference(*m.file, pseudo_random_tokens(13, spec.n_vocab, 5), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("synthetic Phi-3: one q|k|v tensor, one gate|up tensor, head 24, NeoX RoPE; GPU = CPU reference") {
+  for (const std::string type : {"F32", "Q8_0"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-phi3");
+    spec.type = type;
+    spec.name = fmt::format("tiny-phi3-{}", type);
+    const SyntheticModel m = build(spec);
+    check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 9), 6, kLogitTolerance);
   }
 }
 
