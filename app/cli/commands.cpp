@@ -486,7 +486,7 @@ int bench_ops(const BenchOptions& o) {
   if (!o.json)
     fmt::print("device   {}\n{:<6} {:>12} {:>11} {:>14} {:>16}\n", ctx.info().name, "type", "matrix bytes",
                "matvec ms", "matvec GB/s", "matmul tok/s");
-  for (const char* type : {"F32", "F16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"}) {
+  for (const char* type : {"F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"}) {
     SyntheticSpec spec;
     spec.name = "ops";
     spec.dim = 2048, spec.n_layer = 1, spec.n_head = 16, spec.n_kv_head = 16, spec.head_dim = 128;
