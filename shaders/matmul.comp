@@ -141,8 +141,17 @@ void main_row_per_invocation() {
       for (uint i = 0u; i < 4u; ++i) add_quad(d * q8_unpack(words[i]), 32u * b + 16u * h + 4u * i, token0, n_tok);
     }
   }
-#elif defined(W_QUADS)
+#elif defined(W_QUADS_256)
   for (uint i = 0u; i < cols / 4u; ++i) add_quad(w_quad(row, 4u * i, cols), 4u * i, token0, n_tok);
+#elif defined(W_QUADS)
+  for (uint b = 0u; b < cols / 32u; ++b) {
+    vec4 lo[4], hi[4];
+    w_block32(row, b, cols, lo, hi);
+    for (uint i = 0u; i < 4u; ++i) {
+      add_quad(lo[i], 32u * b + 4u * i, token0, n_tok);
+      add_quad(hi[i], 32u * b + 16u + 4u * i, token0, n_tok);
+    }
+  }
 #elif defined(WTYPE_Q6_K)
   // Each quad of weights is dequantized once and used for every token, as it
   // is decoded (no array of a whole group: measured faster on lavapipe).

@@ -144,12 +144,24 @@ void rows_dot_whole(uint row0, uint x_base, out float acc[MAX_ROWS_PER_INVOCATIO
       }
     }
   }
-#elif defined(W_QUADS)
+#elif defined(W_QUADS_256)
   // Four elements at a time through w_quad; each x quad serves every row.
   const uint x4_base = x_base / 4u;
   for (uint i = 0u; i < cols / 4u; ++i) {
     const vec4 xv = x_vec4[x4_base + i];
     for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) acc[k] += dot(w_quad(min(row0 + k * WG, p.rows - 1u), 4u * i, cols), xv);
+  }
+#elif defined(W_QUADS)
+  // A block of 32 at a time (w_block32: its scale read once); its x serves every row.
+  const uint x4_base = x_base / 4u;
+  for (uint b = 0u; b < cols / 32u; ++b) {
+    vec4 xb[8];
+    for (uint i = 0u; i < 8u; ++i) xb[i] = x_vec4[x4_base + b * 8u + i];
+    for (uint k = 0u; k < ROWS_PER_INVOCATION; ++k) {
+      vec4 lo[4], hi[4];
+      w_block32(min(row0 + k * WG, p.rows - 1u), b, cols, lo, hi);
+      for (uint i = 0u; i < 4u; ++i) acc[k] += dot(lo[i], xb[i]) + dot(hi[i], xb[4u + i]);
+    }
   }
 #else
   const uint x4_base = x_base / 4u;

@@ -200,6 +200,46 @@ vec4 w_quad(uint row, uint col, uint cols) {
 #endif
 #endif
 }
+
+// A whole block of 32 dequantized at once, its scale (and min) read once:
+// lo[i] = elements 4i..4i+3, hi[i] = 16+4i..16+4i+3. The CPU-device paths
+// (one row per invocation) read blocks this way.
+void w_block32(uint row, uint b, uint cols, out vec4 lo[4], out vec4 hi[4]) {
+  const uint base = row * w_row_words(cols) + b * QB_WORDS;
+#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+  const uint qh = w_word(base);
+#endif
+#if defined(WTYPE_Q4_1) || defined(WTYPE_Q5_1)
+  const vec2 dm = w_scale_min(row, b, cols);
+#else
+  const float d = w_scale(row, b, cols);
+#endif
+  for (uint i = 0u; i < 4u; ++i) {
+    const uint qs = w_word(base + QB_QS + i);
+    uint l = qs & 0x0F0F0F0Fu, h = (qs >> 4) & 0x0F0F0F0Fu;
+#if defined(WTYPE_Q5_0) || defined(WTYPE_Q5_1)
+    const uint bl = (qh >> (4u * i)) & 0xFu, bh = (qh >> (16u + 4u * i)) & 0xFu;
+    l |= ((bl & 1u) << 4) | ((bl & 2u) << 11) | ((bl & 4u) << 18) | ((bl & 8u) << 25);
+    h |= ((bh & 1u) << 4) | ((bh & 2u) << 11) | ((bh & 4u) << 18) | ((bh & 8u) << 25);
+#endif
+#if defined(WTYPE_IQ4_NL)
+    lo[i] = d * vec4(IQ4_NL_VALUES[l & 0xFu], IQ4_NL_VALUES[(l >> 8) & 0xFu], IQ4_NL_VALUES[(l >> 16) & 0xFu],
+                     IQ4_NL_VALUES[l >> 24]);
+    hi[i] = d * vec4(IQ4_NL_VALUES[h & 0xFu], IQ4_NL_VALUES[(h >> 8) & 0xFu], IQ4_NL_VALUES[(h >> 16) & 0xFu],
+                     IQ4_NL_VALUES[h >> 24]);
+#else
+    const vec4 ql = vec4(l & 0xFFu, (l >> 8) & 0xFFu, (l >> 16) & 0xFFu, l >> 24);
+    const vec4 qhv = vec4(h & 0xFFu, (h >> 8) & 0xFFu, (h >> 16) & 0xFFu, h >> 24);
+#if defined(WTYPE_Q5_0)
+    lo[i] = d * (ql - 16.0);
+    hi[i] = d * (qhv - 16.0);
+#else
+    lo[i] = dm.x * ql + dm.y;
+    hi[i] = dm.x * qhv + dm.y;
+#endif
+#endif
+  }
+}
 #endif  // W_QUADS_256
 #endif
 
