@@ -762,6 +762,7 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options, const std::funct
     report(spec.label(), n_chunks);
   }
   if (cancelled() && progress.rows_done < progress.rows_total) result.cancelled = true;
+  report(result.cancelled ? "stopped" : "done", result.cancelled ? 0 : n_chunks);  // the last word, even when every row was resumed
 
   result.journal.identity = id;
   result.journal.baseline = header.baseline.ppl > 0 ? std::optional<PerplexityRun>(header.baseline)

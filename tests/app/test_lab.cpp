@@ -294,6 +294,14 @@ TEST_CASE("lab on the default model: rows equal eval's figures, resume, stop, re
   REQUIRE(journal);
   CHECK(journal->rows.size() == 3);
   CHECK(journal->baseline.has_value());
+  // Everything resumed: nothing runs, and the progress still says so, with the baseline's bytes.
+  std::vector<LabProgress> resumed_progress;
+  const LabRunResult all = run_lab(engine, options, [&](const LabProgress& p) { resumed_progress.push_back(p); });
+  CHECK(all.resumed == 3);
+  REQUIRE(!resumed_progress.empty());
+  CHECK(resumed_progress.back().current == "done");
+  CHECK(resumed_progress.back().rows_done == 3);
+  CHECK(resumed_progress.back().baseline_bytes_per_token == journal->baseline->bytes_per_token);
 
   // A crash while writing a row: the torn line is dropped and that cache runs again.
   {
