@@ -440,11 +440,22 @@ int bench_synthetic(const BenchOptions& o) {
   // Refuse before generating gigabytes that could not be uploaded (the model
   // checks again, exactly, with its activations).
   const uint64_t weight_bytes = synthetic_weight_bytes(spec);
-  if (weight_bytes > ctx.info().device_local_bytes)
+  if (weight_bytes > ctx.info().device_local_bytes) {
+    // Name the types whose weights would fit, if any.
+    std::string fitting;
+    for (const char* type : {"F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"}) {
+      SyntheticSpec smaller = spec;
+      smaller.type = type;
+      if (synthetic_weight_bytes(smaller) <= ctx.info().device_local_bytes)
+        fitting += (fitting.empty() ? "" : ", ") + std::string(type);
+    }
     throw gpu::OutOfMemory(fmt::format(
-        "synthetic {} in {} has {} of weights; {} has {} of memory. Choose a smaller --type (Q8_0, Q4_K_M)",
-        spec.name, spec.type, human_bytes(double(weight_bytes)), ctx.info().name,
-        human_bytes(double(ctx.info().device_local_bytes))));
+        "synthetic {} in {} has {} of weights; {} has {} of memory. {}", spec.name, spec.type,
+        human_bytes(double(weight_bytes)), ctx.info().name, human_bytes(double(ctx.info().device_local_bytes)),
+        fitting.empty() ? std::string("No weight type fits it there: choose a smaller preset, or a device with more "
+                                      "memory (--device; kvscope devices lists them)")
+                        : "Choose a --type that fits: " + fitting));
+  }
   if (!o.json)
     fmt::print(stderr, "building {} ({:.2f} B parameters, {}) in memory...\n", spec.name, parameters / 1e9, spec.type);
   const auto t0 = std::chrono::steady_clock::now();
