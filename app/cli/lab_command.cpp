@@ -29,14 +29,6 @@ extern "C" void on_interrupt(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C stops at once (the journal keeps every finished row)
 }
 
-std::string duration(double s) {
-  if (s < 0) return "?";
-  const long t = long(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
 std::vector<Scenario> lab_scenarios(const LabCommandOptions& o) {
   std::vector<std::filesystem::path> files(o.scenarios.begin(), o.scenarios.end());
   if (o.probes)
@@ -78,6 +70,16 @@ void print_summary(const LabReportInput& in, const std::filesystem::path& dir, b
   fmt::print("\nReport: {}\n", (dir / "report.html").string());
 }
 
+// The report into `dir`, then results.json (--json) or the summary on stdout.
+int write_and_print(const LabReportInput& in, const LabCommandOptions& o, const std::filesystem::path& dir) {
+  write_lab_report(in, dir);
+  if (o.json)
+    std::cout << lab_report_json(in).dump(2) << "\n";
+  else
+    print_summary(in, dir, o.budget.empty());
+  return 0;
+}
+
 }  // namespace
 
 int lab(const LabCommandOptions& o) {
@@ -94,14 +96,7 @@ int lab(const LabCommandOptions& o) {
     if (!journal)
       throw std::runtime_error(fmt::format("{}: no journal to report from; run the sweep first (without --report)",
                                            lab_journal_path(dir).string()));
-    const LabReportInput in = report_input(*journal, o, command);
-    write_lab_report(in, dir);
-    if (o.json) {
-      std::cout << lab_report_json(in).dump(2) << "\n";
-      return 0;
-    }
-    print_summary(in, dir, o.budget.empty());
-    return 0;
+    return write_and_print(report_input(*journal, o, command), o, dir);
   }
 
   // Everything a person typed is checked before the model loads.
@@ -142,13 +137,13 @@ int lab(const LabCommandOptions& o) {
       const int filled = p.rows_total ? int(width * p.rows_done / p.rows_total) : 0;
       std::fprintf(stderr, "\r\033[K[%s%s] %zu/%zu caches · %s chunk %u/%u · %s elapsed, %s left",
                    std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), '.').c_str(),
-                   p.rows_done, p.rows_total, p.current.c_str(), p.chunk, p.n_chunks, duration(p.elapsed_s).c_str(),
-                   p.eta_s < 0 ? "?" : duration(p.eta_s).c_str());
+                   p.rows_done, p.rows_total, p.current.c_str(), p.chunk, p.n_chunks, lab_duration(p.elapsed_s).c_str(),
+                   lab_duration(p.eta_s).c_str());
       std::fflush(stderr);
     } else if (p.rows_done != last_done && p.chunk == p.n_chunks && p.current != "baseline") {
       // Into a log: a line per finished cache.
       std::fprintf(stderr, "%zu/%zu caches: %s done, %s elapsed, %s left\n", p.rows_done, p.rows_total,
-                   p.current.c_str(), duration(p.elapsed_s).c_str(), p.eta_s < 0 ? "?" : duration(p.eta_s).c_str());
+                   p.current.c_str(), lab_duration(p.elapsed_s).c_str(), lab_duration(p.eta_s).c_str());
       std::fflush(stderr);
     }
     last_done = p.rows_done;
@@ -166,14 +161,7 @@ int lab(const LabCommandOptions& o) {
     return 130;
   }
 
-  const LabReportInput in = report_input(result.journal, o, command);
-  write_lab_report(in, dir);
-  if (o.json) {
-    std::cout << lab_report_json(in).dump(2) << "\n";
-    return 0;
-  }
-  print_summary(in, dir, o.budget.empty());
-  return 0;
+  return write_and_print(report_input(result.journal, o, command), o, dir);
 }
 
 }  // namespace kvscope::cli

@@ -772,6 +772,14 @@ LabRunResult run_lab(Engine& engine, const LabOptions& options, const std::funct
   return result;
 }
 
+std::string lab_duration(double s) {
+  if (s < 0) return "?";
+  const long t = long(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
 // ============================================================== reading it
 
 std::vector<size_t> pareto_front(const std::vector<LabRow>& rows, bool by_top1) {

@@ -172,6 +172,9 @@ struct LabProgress {
   double baseline_bytes_per_token = 0;   // once the baseline ran (0 before)
 };
 
+// A time for progress lines: "42s", "3m05s", "1h23m"; "?" for a negative one (not known yet).
+std::string lab_duration(double seconds);
+
 struct LabOptions {
   std::filesystem::path dir;          // where the journal goes (created)
   std::string model_path, text_path;  // for the identity

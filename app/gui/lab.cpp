@@ -27,14 +27,6 @@ ImU32 point_colour(const CacheSpec& spec) {
   return ImGui::GetColorU32(ImVec4(lift((v >> 16) & 255), lift((v >> 8) & 255), lift(v & 255), 1));
 }
 
-std::string duration(double s) {
-  if (s < 0) return "?";
-  const long t = long(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
-}
-
 std::string read_file(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
@@ -330,7 +322,7 @@ std::optional<LabPanel::OpenRequest> LabPanel::draw(Engine* engine, EngineTurns&
     const std::string overlay =
         busy ? fmt::format("{}/{} caches · {} chunk {}/{} · {} left", p.rows_done, p.rows_total,
                            p.current.size() > 40 ? p.current.substr(0, 40) + "…" : p.current, p.chunk, p.n_chunks,
-                           duration(p.eta_s))
+                           lab_duration(p.eta_s))
              : fmt::format("{}/{} caches", p.rows_done, p.rows_total);
     ImGui::ProgressBar(std::min(fraction, 1.0f), {-1, 0}, overlay.c_str());
   }

@@ -87,6 +87,10 @@ TEST_CASE("lab budgets: shares, bytes per token, a whole cache at a context") {
   CHECK(parse_lab_budget("1.5KiB").resolve(1) == doctest::Approx(1536));
   CHECK(parse_lab_budget("1.5 KiB/token").resolve(1) == doctest::Approx(1536));
   CHECK(parse_lab_budget("2GiB@32768").resolve(1) == doctest::Approx(65536));
+  CHECK(lab_duration(-1) == "?");
+  CHECK(lab_duration(42.4) == "42s");
+  CHECK(lab_duration(185) == "3m05s");
+  CHECK(lab_duration(4980) == "1h23m");
   for (const char* bad : {"", "-5", "abc", "5 parsecs", "25%@100", "1GiB@x", "0"})
     CHECK_THROWS_WITH_AS(parse_lab_budget(bad), doctest::Contains("--budget"), std::invalid_argument);
 }
