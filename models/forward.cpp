@@ -311,6 +311,21 @@ void GpuModel::matmul(const GpuTensor& w, const Buffer& x, Buffer& y, uint32_t n
   }
 }
 
+void GpuModel::add_to_residual(const GpuTensor& w, const Buffer& in, const Buffer& post_norm, uint32_t n) {
+  if (post_norm.size() == 0) {  // x += w . in, fused into the matmul
+    matmul(w, in, x_, n, cfg_.dim, true);
+    recorder_.barrier();
+    return;
+  }
+  // gemma3: x += rmsnorm(w . in) * post_norm
+  matmul(w, in, xb_, n, cfg_.dim, false);
+  recorder_.barrier();
+  params::RmsNormParams p{n, cfg_.dim, cfg_.norm_eps};
+  p.accumulate = 1;
+  recorder_.dispatch(pipelines_.rmsnorm, {xb_, post_norm, x_}, p, n);
+  recorder_.barrier();
+}
+
 void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache, const kv::StepPlan& plan,
                             LogitsWanted wanted) {
   const uint32_t n = static_cast<uint32_t>(tokens.size());
@@ -320,15 +335,16 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
   auto& rec = recorder_;
   const int kf = int(cache.config().k_format), vf = int(cache.config().v_format);
   const params::KvLayout kv = kv_layout(cache);
-  // RoPE frequency divisors (Llama 3); without them the binding is not read.
-  const Buffer& freq_factors = cfg_.rope_freqs ? weights_.rope_freqs : positions_;
+  // RoPE frequency divisors of global layers (Llama 3, linear scaling);
+  // without them the binding is not read.
+  const Buffer& freq_factors = weights_.rope_freqs.size() > 0 ? weights_.rope_freqs : positions_;
 
   rec.begin(timer_.get());
   cache.record_spill_transfers(rec);  // --spill: evicted rows out, recalled rows in, before any write
 
   const GpuTensor& embd = weights_.token_embd;
   for (const auto& chunk : embd.chunks()) {
-    params::EmbedParams p{n, dim, uint32_t(chunk.rows), uint32_t(chunk.first_row)};
+    params::EmbedParams p{n, dim, uint32_t(chunk.rows), uint32_t(chunk.first_row), cfg_.embed_scale};
     rec.dispatch(P.embed[type_index(embd.type)], {tokens_, chunk.values, chunk.scales, x_}, p, n);
   }
   rec.barrier();
@@ -353,10 +369,12 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       rec.dispatch(P.rmsnorm, {qkv_, L.k_norm, qkv_}, kn, n * cfg_.n_kv_head);
       rec.barrier();
     }
-    params::RopeKvWriteParams rp{n,  cfg_.n_head,       cfg_.n_kv_head,   hd,
-                                 cfg_.rope_dim, cfg_.rope_theta, cache.capacity(), qkv_stride, kv};
+    // A sliding-window layer (gemma3) rotates with its own theta and no factors.
+    const float theta = cfg_.layer_rope_theta(l);
+    const uint32_t has_factors = cfg_.layer_rope_factors(l) ? 1u : 0u;
+    params::RopeKvWriteParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, theta, cache.capacity(), qkv_stride, kv};
     rp.rope_mode = uint32_t(cfg_.rope_mode);
-    rp.has_freq_factors = cfg_.rope_freqs ? 1u : 0u;
+    rp.has_freq_factors = has_factors;
     rp.keys_unrotated = cache.rolling() ? 1u : 0u;
     // Rolling: q turns by its cache-relative position, keys are stored as they are.
     const Buffer& rope_query_positions = cache.rolling() ? rope_positions_ : positions_;
@@ -371,10 +389,11 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       rec.barrier();
     }
     params::AttentionParams ap{n, cfg_.n_head, cfg_.n_kv_head, hd, cache.capacity(), cache.scan_slots(l),
-                               1.0f / std::sqrt(float(hd)), qkv_stride, kv};
-    if (cache.rolling()) ap.rolling = 1, ap.rope_dim = cfg_.rope_dim, ap.rope_theta = cfg_.rope_theta;
+                               cfg_.attn_scale, qkv_stride, kv};
+    if (cache.rolling()) ap.rolling = 1, ap.rope_dim = cfg_.rope_dim, ap.rope_theta = theta;
     ap.rope_mode = uint32_t(cfg_.rope_mode);
-    ap.has_freq_factors = cfg_.rope_freqs ? 1u : 0u;
+    ap.has_freq_factors = has_factors;
+    ap.window = cfg_.layer_window(l);
     const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;
     rec.dispatch(wide ? P.attention_wide[kf][vf] : P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
@@ -394,19 +413,18 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       const uint64_t layer_stride = uint64_t{cfg_.n_head} * capacity_ * sizeof(float);
       rec.copy(probs_, uint64_t{n - 1} * row_bytes, probe_->readback_, uint64_t{l} * layer_stride, row_bytes);
     }
-    matmul(L.wo, xb2_, x_, n, dim, true);
-    rec.barrier();
+    add_to_residual(L.wo, xb2_, L.post_attn_norm, n);
 
     // feed-forward block
     rec.dispatch(P.rmsnorm, {x_, L.ffn_norm, xb_}, params::RmsNormParams{n, dim, cfg_.norm_eps}, n);
     rec.barrier();
     project(L.w13, xb_, gate_up_, n);
     rec.barrier();
-    rec.dispatch(P.swiglu, {gate_up_, hb_}, params::SwigluParams{n, ffn, uint32_t(L.w13.out_width)},
+    rec.dispatch(P.swiglu, {gate_up_, hb_},
+                 params::SwigluParams{n, ffn, uint32_t(L.w13.out_width), uint32_t(cfg_.ffn_act)},
                  elementwise_groups(ffn, wg_), n);
     rec.barrier();
-    matmul(L.w2, hb_, x_, n, dim, true);
-    rec.barrier();
+    add_to_residual(L.w2, hb_, L.post_ffn_norm, n);
   }
 
   // final norm and logits: of every token, or of the last one only

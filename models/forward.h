@@ -104,6 +104,9 @@ class GpuModel {
   // y[t][y_offset + r] (+)= w[r] . x[t]; y rows are y_stride floats.
   void matmul(const GpuTensor& w, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens,
               uint32_t y_stride, bool accumulate, uint32_t y_offset = 0);
+  // x += w . in (n tokens), RMS-normed with `post_norm` first when it is not
+  // empty (gemma3's post-attention and post-FFN norms).
+  void add_to_residual(const GpuTensor& w, const gpu::Buffer& in, const gpu::Buffer& post_norm, uint32_t n);
   // All parts of a fused projection into rows of y of width f.out_width.
   void project(const FusedProjection& f, const gpu::Buffer& x, gpu::Buffer& y, uint32_t n_tokens);
 

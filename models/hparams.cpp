@@ -3,6 +3,9 @@
 // out of bounds is rejected here, with the file and the key or tensor named.
 #include "models/hparams.h"
 
+#include <cmath>
+#include <cstring>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -73,7 +76,7 @@ void check_tensor(const GgufFile& file, const std::string& arch, const std::stri
 
 std::string layer_tensor(uint32_t layer, const char* suffix) { return fmt::format("blk.{}.{}", layer, suffix); }
 
-std::string supported_architectures_list() { return "llama qwen2 qwen3 phi3"; }
+std::string supported_architectures_list() { return "llama qwen2 qwen3 phi3 gemma3"; }
 
 LlamaConfig read_llama_config(const GgufFile& file) {
   ConfigReader in(file);
@@ -81,7 +84,7 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (!file.has("general.architecture"))
     in.fail("metadata general.architecture is missing; kvscope runs llama-family models");
   cfg.arch = file.get_string("general.architecture");
-  if (cfg.arch != "llama" && cfg.arch != "qwen2" && cfg.arch != "qwen3" && cfg.arch != "phi3")
+  if (cfg.arch != "llama" && cfg.arch != "qwen2" && cfg.arch != "qwen3" && cfg.arch != "phi3" && cfg.arch != "gemma3")
     in.fail(fmt::format("general.architecture is '{}', which kvscope does not run; supported: {}", cfg.arch,
                         supported_architectures_list()));
   // qwen2 is llama with biases on q, k, v and GPT-NeoX's rotation pairs
@@ -94,8 +97,16 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   // LLM_ARCH_PHI3, NeoX RoPE; its rope_factors_short.weight are per-pair
   // divisors like Llama 3's rope_freqs).
   const bool phi3 = cfg.arch == "phi3";
-  cfg.rope_mode = qwen2 || qwen3 || phi3 ? RopeMode::Neox : RopeMode::Normal;
-  cfg.qk_norm = qwen3;
+  // gemma3 (llama.cpp's LLM_ARCH_GEMMA3): NeoX RoPE, q/k head norms,
+  // embeddings times sqrt(dim), RMS norms after attention and after the FFN
+  // as well as before, GeGLU, and five sliding-window layers to each global
+  // one. Its norm weights are stored with the 1 of Gemma's (1 + w) already
+  // added by the converter, so they are plain RMS norm weights here.
+  const bool gemma3 = cfg.arch == "gemma3";
+  cfg.rope_mode = qwen2 || qwen3 || phi3 || gemma3 ? RopeMode::Neox : RopeMode::Normal;
+  cfg.qk_norm = qwen3 || gemma3;
+  cfg.post_norms = gemma3;
+  cfg.ffn_act = gemma3 ? FfnActivation::GeluTanh : FfnActivation::Silu;
   cfg.fused_qkv = cfg.fused_gate_up = phi3;
   cfg.name = file.get_string_or("general.name", "");
 
@@ -122,6 +133,23 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   if (cfg.rope_dim % 2 != 0 || cfg.rope_dim > cfg.head_dim)
     in.fail(fmt::format("{}.rope.dimension_count {} must be even and at most the head dimension {}", a, cfg.rope_dim,
                         cfg.head_dim));
+  // Linear RoPE scaling (llama.cpp: freq_scale = 1 / factor); other scaling
+  // types (yarn, longrope) are not applied.
+  if (file.get_string_or(a + ".rope.scaling.type", "") == "linear") {
+    cfg.rope_linear_factor = in.positive_float(a + ".rope.scaling.factor", 1.0);
+    if (cfg.rope_linear_factor < 1.0f || cfg.rope_linear_factor > 1024.0f)
+      in.fail(fmt::format("{}.rope.scaling.factor is {}, expected 1 to 1024", a, cfg.rope_linear_factor));
+  }
+  cfg.attn_scale = 1.0f / std::sqrt(float(cfg.head_dim));
+  if (gemma3) {
+    cfg.embed_scale = std::sqrt(float(cfg.dim));
+    cfg.sliding_window = in.required(a + ".attention.sliding_window", kMaxContext);
+    cfg.swa_period = in.optional(a + ".attention.sliding_window_pattern", 6, kMaxLayers);
+    // Gemma 3 27B scales queries by its hidden size per head, the others by
+    // the head size (llama.cpp decides by the layer count, 62).
+    if (cfg.n_layer == 62) cfg.attn_scale = 1.0f / std::sqrt(float(cfg.dim / cfg.n_head));
+  }
+  if (file.has(a + ".attention.scale")) cfg.attn_scale = in.positive_float(a + ".attention.scale", 1.0);
 
   // Vocabulary size: the tokenizer is the authority when present.
   const GgufTensorInfo* embd = file.find_tensor("token_embd.weight");
@@ -167,6 +195,10 @@ LlamaConfig read_llama_config(const GgufFile& file) {
       check_tensor(file, cfg.arch, layer_tensor(l, "ffn_up.weight"), {dim, ffn}, nullptr);
     }
     check_tensor(file, cfg.arch, layer_tensor(l, "ffn_down.weight"), {ffn, dim}, nullptr);
+    if (cfg.post_norms) {
+      check_tensor(file, cfg.arch, layer_tensor(l, "post_attention_norm.weight"), {dim}, "norm weights");
+      check_tensor(file, cfg.arch, layer_tensor(l, "post_ffw_norm.weight"), {dim}, "norm weights");
+    }
   }
   // q/k/v biases: required by qwen2, accepted on llama when every layer has all three.
   cfg.qkv_bias = qwen2 || file.find_tensor(layer_tensor(0, "attn_q.bias")) != nullptr;
@@ -194,6 +226,17 @@ std::string rope_freqs_tensor(const LlamaConfig& cfg) {
   return cfg.arch == "phi3" ? "rope_factors_short.weight" : "rope_freqs.weight";
 }
 
+std::vector<float> rope_factors(const GgufFile& file, const LlamaConfig& cfg) {
+  if (!cfg.rope_freqs && cfg.rope_linear_factor == 1.0f) return {};
+  std::vector<float> factors(cfg.rope_dim / 2, 1.0f);
+  if (cfg.rope_freqs) {
+    const GgufTensorInfo& t = file.tensor(rope_freqs_tensor(cfg));  // F32, rope_dim/2: read_llama_config checked
+    std::memcpy(factors.data(), t.data, factors.size() * sizeof(float));
+  }
+  for (float& f : factors) f *= cfg.rope_linear_factor;
+  return factors;
+}
+
 uint64_t parameter_count(const GgufFile& file) {
   uint64_t total = 0;
   for (const GgufTensorInfo& t : file.tensors()) total += t.n_elements;
@@ -202,6 +245,12 @@ uint64_t parameter_count(const GgufFile& file) {
 
 double kv_bytes_per_token(const LlamaConfig& cfg, double bytes_per_elem) {
   return 2.0 * cfg.n_layer * cfg.kv_dim() * bytes_per_elem;  // K and V, every layer
+}
+
+uint32_t local_layer_count(const LlamaConfig& cfg) {
+  uint32_t n = 0;
+  for (uint32_t l = 0; l < cfg.n_layer; ++l) n += cfg.layer_window(l) > 0 ? 1 : 0;
+  return n;
 }
 
 }  // namespace kvscope

@@ -45,7 +45,7 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
   w.token_embd = view(file, "token_embd.weight");
   w.output_norm = floats(file, "output_norm.weight");
   w.output = cfg.tied_output ? w.token_embd : view(file, "output.weight");
-  if (cfg.rope_freqs) w.rope_freqs = floats(file, rope_freqs_tensor(cfg));
+  w.rope_freqs = rope_factors(file, cfg);
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     LayerWeights lw;
     lw.attn_norm = floats(file, layer_tensor(l, "attn_norm.weight"));
@@ -79,6 +79,10 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
       lw.w3 = view(file, layer_tensor(l, "ffn_up.weight"));
     }
     lw.w2 = view(file, layer_tensor(l, "ffn_down.weight"));
+    if (cfg.post_norms) {
+      lw.post_attn_norm = floats(file, layer_tensor(l, "post_attention_norm.weight"));
+      lw.post_ffn_norm = floats(file, layer_tensor(l, "post_ffw_norm.weight"));
+    }
     w.layers.push_back(std::move(lw));
   }
   return w;
@@ -112,8 +116,18 @@ const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
     throw std::out_of_range(fmt::format("reference model: position {} outside the context of {}", pos, n_ctx_));
   const uint32_t dim = cfg_.dim, hd = cfg_.head_dim, kv_dim = cfg_.kv_dim(), q_dim = cfg_.q_dim();
   const uint32_t group = cfg_.n_head / cfg_.n_kv_head;
+  // x += xb2, RMS-normed with `post_norm` first when the model has one (gemma3).
+  auto add_residual = [&](const std::vector<float>& post_norm) {
+    if (!post_norm.empty()) {
+      std::vector<float> normed(dim);
+      rmsnorm(normed, {xb2_.data(), dim}, post_norm, cfg_.norm_eps);
+      std::copy(normed.begin(), normed.end(), xb2_.begin());
+    }
+    for (uint32_t i = 0; i < dim; ++i) x_[i] += xb2_[i];
+  };
 
   embed(x_, w_.token_embd.type, w_.token_embd.data, w_.token_embd.rows, dim, token);
+  for (float& v : x_) v *= cfg_.embed_scale;  // gemma3: sqrt(dim)
 
   for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
     const LayerWeights& lw = w_.layers[l];
@@ -140,34 +154,47 @@ const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
         rmsnorm({k_.data() + h * hd, hd}, head, lw.k_norm, cfg_.norm_eps);
       }
     }
+    // A sliding-window layer (gemma3) rotates with its own theta and no factors.
+    const float theta = cfg_.layer_rope_theta(l);
+    const std::span<const float> factors = cfg_.layer_rope_factors(l) ? std::span<const float>(w_.rope_freqs)
+                                                                      : std::span<const float>();
     for (uint32_t h = 0; h < cfg_.n_head; ++h)
-      rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta, cfg_.rope_mode, w_.rope_freqs);
+      rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors);
     for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
-      rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, cfg_.rope_theta, cfg_.rope_mode, w_.rope_freqs);
+      rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors);
     std::memcpy(key_layer + size_t(pos) * kv_dim, k_.data(), kv_dim * sizeof(float));
     std::memcpy(value_layer + size_t(pos) * kv_dim, v_.data(), kv_dim * sizeof(float));
 
-    const uint32_t n = static_cast<uint32_t>(pos) + 1;
+    // Keys [first, pos]: all of them, or on a sliding-window layer those
+    // within the window (pos - t < window); probs of the others stay 0.
+    const uint32_t window = cfg_.layer_window(l);
+    const uint32_t first = window > 0 && uint32_t(pos) >= window ? uint32_t(pos) - window + 1 : 0;
+    const uint32_t n = static_cast<uint32_t>(pos) + 1 - first;
     std::vector<float> keys(size_t{n} * hd), values(size_t{n} * hd);
     for (uint32_t h = 0; h < cfg_.n_head; ++h) {
       const uint32_t kv_head = h / group;
       for (uint32_t t = 0; t < n; ++t) {
-        std::memcpy(&keys[size_t{t} * hd], key_layer + size_t{t} * kv_dim + kv_head * hd, hd * sizeof(float));
-        std::memcpy(&values[size_t{t} * hd], value_layer + size_t{t} * kv_dim + kv_head * hd, hd * sizeof(float));
+        const size_t row = size_t{first + t} * kv_dim + kv_head * hd;
+        std::memcpy(&keys[size_t{t} * hd], key_layer + row, hd * sizeof(float));
+        std::memcpy(&values[size_t{t} * hd], value_layer + row, hd * sizeof(float));
       }
-      probs_[l][h].assign(n, 0.0f);
-      attention_head({xb_.data() + h * hd, hd}, {q_.data() + h * hd, hd}, keys, values, n, hd, probs_[l][h]);
+      probs_[l][h].assign(size_t(pos) + 1, 0.0f);
+      attention_head({xb_.data() + h * hd, hd}, {q_.data() + h * hd, hd}, keys, values, n, hd,
+                     std::span(probs_[l][h]).subspan(first), cfg_.attn_scale);
     }
     mv(xb2_, lw.wo, {xb_.data(), q_dim});
-    for (uint32_t i = 0; i < dim; ++i) x_[i] += xb2_[i];
+    add_residual(lw.post_attn_norm);
 
-    // feed-forward: rmsnorm -> silu(w1 x) * (w3 x) -> w2
+    // feed-forward: rmsnorm -> act(w1 x) * (w3 x) -> w2
     rmsnorm({xb_.data(), dim}, x_, lw.ffn_norm, cfg_.norm_eps);
     mv(hb_, lw.w1, {xb_.data(), dim});
     mv(hb2_, lw.w3, {xb_.data(), dim});
-    swiglu(hb_, hb_, hb2_);
+    if (cfg_.ffn_act == FfnActivation::GeluTanh)
+      geglu(hb_, hb_, hb2_);
+    else
+      swiglu(hb_, hb_, hb2_);
     mv(xb2_, lw.w2, hb_);
-    for (uint32_t i = 0; i < dim; ++i) x_[i] += xb2_[i];
+    add_residual(lw.post_ffn_norm);
   }
 
   rmsnorm({xb_.data(), dim}, x_, w_.output_norm, cfg_.norm_eps);

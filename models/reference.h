@@ -29,13 +29,16 @@ void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta, Ro
           std::span<const float> freq_factors = {});
 // out = silu(gate) * up
 void swiglu(std::span<float> out, std::span<const float> gate, std::span<const float> up);
+// out = gelu(gate) * up, GELU in its tanh form (GeGLU: gemma3)
+void geglu(std::span<float> out, std::span<const float> gate, std::span<const float> up);
 // in-place softmax
 void softmax(std::span<float> x);
 // one query head over n keys/values (each head_dim, contiguous rows); probs
-// receives the softmax row when non-empty.
+// receives the softmax row when non-empty. scale: of q . k, 0 for
+// 1/sqrt(head_dim).
 void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
                     std::span<const float> values, uint32_t n, uint32_t head_dim,
-                    std::span<float> probs = {});
+                    std::span<float> probs = {}, float scale = 0.0f);
 
 // ---- the model ------------------------------------------------------------
 // Borrowed views of a GGUF file's tensors (the file must outlive this).
@@ -51,6 +54,7 @@ struct LayerWeights {
   TensorView wv;                 // (n_kv_head*head_dim, dim)
   std::vector<float> bq, bk, bv; // (q_dim), (kv_dim), (kv_dim); empty without biases (llama)
   std::vector<float> q_norm, k_norm;  // (head_dim) each; empty without (qwen3 has them)
+  std::vector<float> post_attn_norm, post_ffn_norm;  // (dim) each; empty without (gemma3 has them)
   TensorView wo;                 // (dim, n_head*head_dim)
   std::vector<float> ffn_norm;   // (dim)
   TensorView w1;                 // gate (ffn_dim, dim)
@@ -62,7 +66,7 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
   std::vector<float> output_norm; // (dim)
   TensorView output;              // (n_vocab, dim); token_embd when tied
-  std::vector<float> rope_freqs;  // (rope_dim/2) frequency divisors; empty: none
+  std::vector<float> rope_freqs;  // (rope_dim/2) frequency divisors of global layers (rope_factors()); empty: none
 };
 ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg);
 

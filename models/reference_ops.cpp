@@ -64,6 +64,14 @@ void swiglu(std::span<float> out, std::span<const float> gate, std::span<const f
   }
 }
 
+void geglu(std::span<float> out, std::span<const float> gate, std::span<const float> up) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    const double g = gate[i];
+    const double gelu = 0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+    out[i] = float(gelu) * up[i];
+  }
+}
+
 void softmax(std::span<float> x) {
   if (x.empty()) return;
   float max_value = x[0];
@@ -77,10 +85,11 @@ void softmax(std::span<float> x) {
 }
 
 void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
-                    std::span<const float> values, uint32_t n, uint32_t head_dim, std::span<float> probs) {
-  // scores (n) = q . key_i / sqrt(head_dim), softmaxed over the n keys
+                    std::span<const float> values, uint32_t n, uint32_t head_dim, std::span<float> probs,
+                    float scale) {
+  // scores (n) = q . key_i * scale (1/sqrt(head_dim) by default), softmaxed over the n keys
   std::vector<float> scores(n);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   for (uint32_t i = 0; i < n; ++i) {
     float score = 0.0f;
     for (uint32_t d = 0; d < head_dim; ++d) score += q[d] * keys[i * head_dim + d];

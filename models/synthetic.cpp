@@ -139,7 +139,7 @@ class Builder {
 };
 
 void check_spec(const SyntheticSpec& s) {
-  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "qwen3" && s.arch != "phi3")
+  if (s.arch != "llama" && s.arch != "qwen2" && s.arch != "qwen3" && s.arch != "phi3" && s.arch != "gemma3")
     throw std::invalid_argument(fmt::format("synthetic model: architecture '{}' is not one of {}", s.arch,
                                             supported_architectures_list()));
   if (s.n_head == 0 || s.n_kv_head == 0 || s.n_head % s.n_kv_head != 0)
@@ -209,6 +209,16 @@ SyntheticSpec synthetic_preset(std::string_view name) {
     s.arch = "phi3";
     s.dim = 96, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 4, s.head_dim = 24, s.ffn_dim = 160;
     s.n_vocab = 320, s.tied_output = false;
+  } else if (name == "gemma3-1b") {  // Gemma 3 1B: 26 layers, 5 of each 6 with a 512-token window, head 256, 1 kv head
+    s.arch = "gemma3";
+    s.dim = 1152, s.n_layer = 26, s.n_head = 4, s.n_kv_head = 1, s.head_dim = 256, s.ffn_dim = 6912;
+    s.n_vocab = 262144, s.n_ctx = 32768, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.tied_output = true;
+    s.sliding_window = 512;
+  } else if (name == "tiny-gemma3") {  // Gemma 3's traits: a 6-token window on layers 0-4 and 6, linear RoPE scaling 8 on layer 5
+    s.arch = "gemma3";
+    s.dim = 64, s.n_layer = 7, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 32, s.ffn_dim = 128;
+    s.n_vocab = 320, s.rope_theta = 1000000.0f, s.norm_eps = 1e-6f, s.tied_output = true;
+    s.sliding_window = 6, s.rope_linear = 8.0f;
   } else if (name == "tiny-head48") {  // a head size that is not a power of two, untied output
     s.arch = "llama";
     s.dim = 192, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 2, s.head_dim = 48, s.ffn_dim = 288;
@@ -220,7 +230,8 @@ SyntheticSpec synthetic_preset(std::string_view name) {
 }
 
 std::string synthetic_preset_list() {
-  return "llama-1b qwen-0.5b qwen3-0.6b phi3-mini tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi3 tiny-head48";
+  return "llama-1b qwen-0.5b qwen3-0.6b phi3-mini gemma3-1b tiny-llama3 tiny-qwen2 tiny-qwen3 tiny-phi3 tiny-gemma3 "
+         "tiny-head48";
 }
 
 void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
@@ -239,6 +250,12 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
   w.set_uint32(a + ".context_length", s.n_ctx);
   w.set_float32(a + ".attention.layer_norm_rms_epsilon", s.norm_eps);
   w.set_float32(a + ".rope.freq_base", s.rope_theta);
+  if (s.sliding_window) w.set_uint32(a + ".attention.sliding_window", s.sliding_window);
+  if (s.swa_period) w.set_uint32(a + ".attention.sliding_window_pattern", s.swa_period);
+  if (s.rope_linear != 1.0f) {
+    w.set_string(a + ".rope.scaling.type", "linear");
+    w.set_float32(a + ".rope.scaling.factor", s.rope_linear);
+  }
 
   Builder b(w, s);
   const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
@@ -263,7 +280,7 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
       b.add_vector(layer_tensor(l, "attn_k.bias"), kv_dim, 0.5f, 0.0f);
       b.add_vector(layer_tensor(l, "attn_v.bias"), kv_dim, 0.5f, 0.0f);
     }
-    if (s.arch == "qwen3") {  // per-head norm weights of q and k, around 1 as trained ones are
+    if (s.arch == "qwen3" || s.arch == "gemma3") {  // per-head norm weights of q and k, around 1 as trained ones are
       b.add_vector(layer_tensor(l, "attn_q_norm.weight"), s.head_dim, 0.3f, 1.0f);
       b.add_vector(layer_tensor(l, "attn_k_norm.weight"), s.head_dim, 0.3f, 1.0f);
     }
@@ -276,6 +293,10 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
       b.add_matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
     }
     b.add_matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer);
+    if (s.arch == "gemma3") {  // the norms after attention and after the FFN
+      b.add_vector(layer_tensor(l, "post_attention_norm.weight"), dim, 0.1f, 1.0f);
+      b.add_vector(layer_tensor(l, "post_ffw_norm.weight"), dim, 0.1f, 1.0f);
+    }
   }
 }
 
@@ -284,6 +305,16 @@ std::vector<uint8_t> synthetic_gguf(const SyntheticSpec& spec) {
   add_synthetic_model(writer, spec);
   return writer.to_bytes();
 }
+
+namespace {
+// Norm weights per layer past attn_norm and ffn_norm: q/k head norms (qwen3,
+// gemma3), post-attention and post-FFN norms (gemma3).
+uint64_t extra_norms(const SyntheticSpec& s) {
+  if (s.arch == "qwen3") return 2 * uint64_t{s.head_dim};
+  if (s.arch == "gemma3") return 2 * uint64_t{s.head_dim} + 2 * uint64_t{s.dim};
+  return 0;
+}
+}  // namespace
 
 uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
   const TypePlan plan = type_plan(s.type);
@@ -307,7 +338,7 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
                matrix(layer_tensor(l, "ffn_up.weight"), s.ffn_dim, dim, layer);
     total += matrix(layer_tensor(l, "attn_output.weight"), dim, q_dim, layer) +
              matrix(layer_tensor(l, "ffn_down.weight"), dim, s.ffn_dim, layer) + 4 * 2 * dim +
-             (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0) + (s.arch == "qwen3" ? 4 * 2 * s.head_dim : 0);
+             (s.qkv_bias ? 4 * (q_dim + 2 * kv_dim) : 0) + 4 * extra_norms(s);
   }
   return total;
 }
@@ -315,7 +346,7 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
 uint64_t synthetic_parameter_count(const SyntheticSpec& s) {
   const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
   const uint64_t per_layer = 2 * dim + dim * (q_dim + 2 * kv_dim) + (s.qkv_bias ? q_dim + 2 * kv_dim : 0) +
-                             (s.arch == "qwen3" ? 2 * s.head_dim : 0) + q_dim * dim + 3 * dim * s.ffn_dim;
+                             extra_norms(s) + q_dim * dim + 3 * dim * s.ffn_dim;
   return uint64_t{s.n_vocab} * dim * (s.tied_output ? 1 : 2) + dim + (s.rope_freqs ? s.head_dim / 2 : 0) +
          s.n_layer * per_layer;
 }

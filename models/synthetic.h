@@ -16,7 +16,7 @@ namespace kvscope {
 
 struct SyntheticSpec {
   std::string name = "synthetic";  // general.name
-  std::string arch = "llama";      // general.architecture: llama, qwen2 (NeoX RoPE, q/k/v biases) or qwen3 (NeoX RoPE, q/k head norms)
+  std::string arch = "llama";      // general.architecture: llama, qwen2, qwen3, phi3 or gemma3 (models/hparams.h)
   uint32_t dim = 64, n_layer = 2, n_head = 4, n_kv_head = 2, head_dim = 16, ffn_dim = 96;
   uint32_t n_vocab = 256, n_ctx = 256;
   float rope_theta = 10000.0f;
@@ -24,6 +24,10 @@ struct SyntheticSpec {
   bool rope_freqs = false;    // rope_freqs.weight with Llama 3.1's factors (scale 8, original context 8192)
   bool qkv_bias = false;      // blk.N.attn_{q,k,v}.bias (qwen2 has them)
   bool tied_output = true;    // no output.weight: logits from token_embd
+  // gemma3: {arch}.attention.sliding_window (0: not written) and its
+  // .sliding_window_pattern (0: not written; readers take llama.cpp's 6).
+  uint32_t sliding_window = 0, swa_period = 0;
+  float rope_linear = 1.0f;   // > 1: rope.scaling.type "linear" with this factor
   // Weight type: one ggml type name (F32 F16 Q8_0 Q4_0 ...) or a mix
   // (Q4_K_M, Q5_K_M) as models/quantize.h names them. Norms, biases and
   // rope_freqs stay F32.
@@ -40,8 +44,8 @@ struct SyntheticSpec {
 };
 
 // The shapes of models people download, by name: llama-1b (Llama 3.2 1B),
-// qwen-0.5b (Qwen 2.5 0.5B), and tiny test shapes (tiny-llama3, tiny-qwen2,
-// tiny-head48). Throws std::invalid_argument listing the names otherwise.
+// qwen-0.5b (Qwen 2.5 0.5B), qwen3-0.6b, phi3-mini, gemma3-1b, and tiny test
+// shapes (tiny-llama3, tiny-qwen2, tiny-qwen3, tiny-phi3, tiny-gemma3, tiny-head48). Throws std::invalid_argument listing the names otherwise.
 SyntheticSpec synthetic_preset(std::string_view name);
 std::string synthetic_preset_list();  // "llama-1b qwen-0.5b tiny-llama3 ..."
 

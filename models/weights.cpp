@@ -147,8 +147,9 @@ uint64_t GpuWeights::device_bytes() const {
   uint64_t total = token_embd.device_bytes() + output_norm.size() + (tied_output ? 0 : output.device_bytes()) +
                    rope_freqs.size();
   for (const auto& l : layers)
-    total += l.attn_norm.size() + l.ffn_norm.size() + l.wqkv.device_bytes() + l.qkv_bias.size() +
-             l.wo.device_bytes() + l.w13.device_bytes() + l.w2.device_bytes();
+    total += l.attn_norm.size() + l.ffn_norm.size() + l.wqkv.device_bytes() + l.qkv_bias.size() + l.q_norm.size() +
+             l.k_norm.size() + l.wo.device_bytes() + l.w13.device_bytes() + l.w2.device_bytes() +
+             l.post_attn_norm.size() + l.post_ffn_norm.size();
   return total;
 }
 
@@ -163,7 +164,7 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
   };
   uint64_t total = bytes_of("token_embd.weight") + bytes_of("output_norm.weight");
   if (!cfg.tied_output) total += bytes_of("output.weight");
-  if (cfg.rope_freqs) total += bytes_of(rope_freqs_tensor(cfg));
+  if (cfg.rope_freqs || cfg.rope_linear_factor != 1.0f) total += cfg.rope_dim / 2 * sizeof(float);
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     for (const char* suffix : {"attn_norm.weight", "attn_output.weight", "ffn_norm.weight", "ffn_up.weight",
                                "ffn_down.weight"})
@@ -177,6 +178,9 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
       for (const char* suffix : {"attn_q.bias", "attn_k.bias", "attn_v.bias"}) total += bytes_of(layer_tensor(l, suffix));
     if (cfg.qk_norm)
       for (const char* suffix : {"attn_q_norm.weight", "attn_k_norm.weight"}) total += bytes_of(layer_tensor(l, suffix));
+    if (cfg.post_norms)
+      for (const char* suffix : {"post_attention_norm.weight", "post_ffw_norm.weight"})
+        total += bytes_of(layer_tensor(l, suffix));
   }
   return total;
 }
@@ -187,7 +191,10 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
   w.token_embd = upload_tensor(ctx, file, "token_embd.weight");
   w.output_norm = upload_floats(ctx, file, "output_norm.weight");
   if (!cfg.tied_output) w.output = upload_tensor(ctx, file, "output.weight");
-  if (cfg.rope_freqs) w.rope_freqs = upload_floats(ctx, file, rope_freqs_tensor(cfg));
+  if (const std::vector<float> factors = rope_factors(file, cfg); !factors.empty()) {
+    w.rope_freqs = gpu::Buffer(ctx, factors.size() * sizeof(float), gpu::MemoryUse::Device, "rope factors");
+    w.rope_freqs.write_as<float>(factors);
+  }
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     GpuLayer layer;
     layer.attn_norm = upload_floats(ctx, file, layer_tensor(l, "attn_norm.weight"));
@@ -209,6 +216,10 @@ GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const L
                     ? upload_fused(ctx, file, {layer_tensor(l, "ffn_up.weight")})
                     : upload_fused(ctx, file, {layer_tensor(l, "ffn_gate.weight"), layer_tensor(l, "ffn_up.weight")});
     layer.w2 = upload_tensor(ctx, file, layer_tensor(l, "ffn_down.weight"));
+    if (cfg.post_norms) {
+      layer.post_attn_norm = upload_floats(ctx, file, layer_tensor(l, "post_attention_norm.weight"));
+      layer.post_ffn_norm = upload_floats(ctx, file, layer_tensor(l, "post_ffw_norm.weight"));
+    }
     w.layers.push_back(std::move(layer));
   }
   file.release_pages();

@@ -51,6 +51,7 @@ struct GpuLayer {
   GpuTensor wo;          // (dim, q_dim)
   FusedProjection w13;   // rows: gate (ffn_dim) | up (ffn_dim); cols dim
   GpuTensor w2;          // (dim, ffn_dim)
+  gpu::Buffer post_attn_norm, post_ffn_norm;  // f32 (dim): norms of the attention and FFN outputs (gemma3); empty without
 };
 
 struct GpuWeights {
@@ -58,7 +59,7 @@ struct GpuWeights {
   std::vector<GpuLayer> layers;
   gpu::Buffer output_norm;
   GpuTensor output;        // unused when tied: use token_embd
-  gpu::Buffer rope_freqs;  // f32 (rope_dim/2) frequency divisors (Llama 3); empty without
+  gpu::Buffer rope_freqs;  // f32 (rope_dim/2) frequency divisors of global layers (rope_factors()); empty without
   bool tied_output = false;
   const GpuTensor& logits_weight() const { return tied_output ? token_embd : output; }
   uint64_t device_bytes() const;

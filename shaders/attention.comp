@@ -52,6 +52,12 @@ float rolling_k_dot(uint kv_head, uint slot, int open_block) {
   return score;
 }
 
+// Whether a slot holding token position `sp` is visible to a query at
+// `position`: live, not in the query's future, and within the layer's window.
+bool visible(int sp, int position) {
+  return sp >= 0 && sp <= position && (p.window == 0u || uint(position - sp) < p.window);
+}
+
 void main() {
   const uint tid = gl_LocalInvocationID.x;
   const uint head = gl_WorkGroupID.x, t = gl_WorkGroupID.y;
@@ -80,7 +86,7 @@ void main() {
   float local_max = uintBitsToFloat(0xff800000u);  // -inf
   for (uint s = tid; s < n_slots; s += WG) {
     const int sp = slot_pos[slot_base + s];
-    if (sp < 0 || sp > position) continue;
+    if (!visible(sp, position)) continue;
     // A uniform branch: without rolling, the cost is one push-constant test per slot.
     const float score = p.rolling != 0u ? rolling_k_dot(kv_head, s, open_block)
                                          : k_dot(kv_head, s, p.capacity, p.head_dim, p.kv, open_block);
@@ -94,7 +100,7 @@ void main() {
   for (uint s = tid; s < p.capacity; s += WG) {
     const int sp = s < n_slots ? slot_pos[slot_base + s] : -1;
     float e = 0.0;
-    if (sp >= 0 && sp <= position) {
+    if (visible(sp, position)) {
       e = exp(probs[probs_base + s] - row_max);
       local_sum += e;
     }
@@ -123,7 +129,7 @@ void main() {
     if (slice < slices && d < p.head_dim) {
       for (uint s = slice; s < n_slots; s += slices) {
         const int sp = slot_pos[slot_base + s];
-        if (sp < 0 || sp > position) continue;
+        if (!visible(sp, position)) continue;
         acc += probs[probs_base + s] * v_at(kv_head, s, d, p.capacity, p.kv);
       }
     }

@@ -25,11 +25,11 @@ void main() {
   // Four elements per read: their scales and quants share words (dim % 256 == 0).
   for (uint q = gl_LocalInvocationID.x; q < p.dim / 4u; q += gl_WorkGroupSize.x) {
     const vec4 v = w_quad(row, 4u * q, p.dim);
-    for (uint i = 0u; i < 4u; ++i) out_rows[t * p.dim + 4u * q + i] = v[i];
+    for (uint i = 0u; i < 4u; ++i) out_rows[t * p.dim + 4u * q + i] = v[i] * p.scale;
   }
 #else
   for (uint d = gl_LocalInvocationID.x; d < p.dim; d += gl_WorkGroupSize.x) {
-    out_rows[t * p.dim + d] = w_element(row, d, p.dim);
+    out_rows[t * p.dim + d] = w_element(row, d, p.dim) * p.scale;
   }
 #endif
 }

@@ -1,5 +1,6 @@
 #version 450
-// RMS norm, one workgroup per row: out = x / sqrt(mean(x^2) + eps) * weight.
+// RMS norm, one workgroup per row: out = x / sqrt(mean(x^2) + eps) * weight,
+// or out += that (accumulate).
 #extension GL_GOOGLE_include_directive : require
 #include "params.h"
 
@@ -11,7 +12,7 @@ layout(constant_id = 0) const uint WG = 64;
 // read and then written by the same invocation, nothing else touches it.
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) readonly buffer Weight { float weight[]; };
-layout(std430, binding = 2) writeonly buffer Out { float out_rows[]; };
+layout(std430, binding = 2) buffer Out { float out_rows[]; };
 
 layout(push_constant) uniform Push { RmsNormParams p; };
 
@@ -26,6 +27,7 @@ void main() {
   sum_sq = workgroup_sum(sum_sq);
   const float inv_rms = 1.0 / sqrt(sum_sq / float(p.n) + p.eps);
   for (uint i = gl_LocalInvocationID.x; i < p.n; i += WG) {
-    out_rows[base + i] = x[base + i] * inv_rms * weight[i];
+    const float v = x[base + i] * inv_rms * weight[i];
+    out_rows[base + i] = p.accumulate != 0u ? out_rows[base + i] + v : v;
   }
 }

@@ -1,6 +1,7 @@
 #version 450
-// SwiGLU activation of the FFN over the fused gate|up rows of the w1|w3
-// projection: out[t][i] = silu(gate[t][i]) * up[t][i].
+// The gated activation of the FFN over the fused gate|up rows of the w1|w3
+// projection: out[t][i] = act(gate[t][i]) * up[t][i], act silu (SwiGLU) or
+// GELU in its tanh form (GeGLU, gemma3).
 #extension GL_GOOGLE_include_directive : require
 #include "params.h"
 
@@ -16,5 +17,14 @@ void main() {
   if (i >= p.n || t >= p.n_tokens) return;
   const uint row = t * p.in_stride;
   const float g = gate_up[row + i];
-  out_values[t * p.n + i] = g / (1.0 + exp(-g)) * gate_up[row + p.n + i];
+  float a;
+  if (p.act == 0u) {
+    a = g / (1.0 + exp(-g));
+  } else {
+    // tanh(u) as 1 - 2 / (exp(2u) + 1): exact at both ends (GLSL's tanh may
+    // overflow to NaN for large |u| on some drivers).
+    const float u = 0.7978845608028654 * (g + 0.044715 * g * g * g);
+    a = 0.5 * g * (2.0 - 2.0 / (exp(2.0 * u) + 1.0));
+  }
+  out_values[t * p.n + i] = a * gate_up[row + p.n + i];
 }

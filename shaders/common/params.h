@@ -52,6 +52,10 @@
 #include <cstdint>
 namespace kvscope::params {
 using uint = uint32_t;
+// A member's value when a C++ initializer leaves it out (GLSL has none).
+#define KVSCOPE_DEFAULT(v) = v
+#else
+#define KVSCOPE_DEFAULT(v)
 #endif
 
 // matvec: rows per workgroup, the default of specialization constant 1.
@@ -67,7 +71,7 @@ using uint = uint32_t;
 #define KVSCOPE_ATTENTION_MAX_HEAD_DIM 256
 
 // embed: 0 token ids int[n_tokens], 1 W [n_vocab][dim], 2 S, 3 out f32[n_tokens][dim]
-// groups: (n_tokens); threads stride over dim.
+// out = row * scale (gemma3: sqrt(dim)). groups: (n_tokens); threads stride over dim.
 struct EmbedParams {
   uint n_tokens;
   uint dim;
@@ -75,6 +79,7 @@ struct EmbedParams {
   uint row_offset;  // token id t is written only when row_offset <= t < row_offset + n_vocab;
                     // other ids are left untouched (another chunk's dispatch writes them;
                     // the host rejects ids outside the vocabulary before upload)
+  float scale KVSCOPE_DEFAULT(1.0f);
 };
 
 // rmsnorm: 0 x f32[n_rows][n], 1 weight f32[n], 2 out f32[n_rows][n]
@@ -82,6 +87,8 @@ struct EmbedParams {
 // rmsnorm: 0 x, 1 weight f32[n], 2 out (may be x). Row r of n elements starts
 // at r * n, or with rows_per_group > 0 (per-head norms inside q|k|v rows) at
 // (r / rows_per_group) * group_stride + row_offset + (r % rows_per_group) * n.
+// accumulate = 1 adds the normed row into out (gemma3's post-norms onto the
+// residual; out must then not be x).
 struct RmsNormParams {
   uint n_rows;
   uint n;
@@ -89,6 +96,7 @@ struct RmsNormParams {
   uint rows_per_group;
   uint group_stride;
   uint row_offset;
+  uint accumulate;
 };
 
 // matvec (decode): 0 W [rows][cols], 1 S, 2 x f32[n_vec][cols], 3 y f32[n_vec][y_stride]
@@ -214,7 +222,9 @@ struct KiviKeyWriteParams {
 // Query head h reads kv head h / (n_head / n_kv_head). Slot s is visible to a
 // query at position p when 0 <= slot_pos[s] <= p. Only slots < n_slots are
 // scanned; probs of slots in [n_slots, capacity) are written as 0. A query
-// that sees no slot gets zeros. scale = 1/sqrt(head_dim); head_dim even and
+// that sees no slot gets zeros. window > 0 (sliding-window layers): slot s is
+// visible only when also p - slot_pos[s] < window. scale: the model's query
+// scale (1/sqrt(head_dim) mostly); head_dim even and
 // <= KVSCOPE_ATTENTION_MAX_HEAD_DIM. groups: (n_head, n_tokens)
 struct AttentionParams {
   uint n_tokens;
@@ -231,6 +241,7 @@ struct AttentionParams {
   float rope_theta;
   uint rope_mode;
   uint has_freq_factors;
+  uint window;
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),
@@ -252,11 +263,14 @@ struct AttentionScoresParams {
 
 // swiglu: 0 gate|up f32[n_tokens][in_stride] (gate in columns [0, n), up in
 // [n, 2n): the output rows of the fused w1|w3 projection), 1 out f32[n_tokens][n];
-// out = gate * sigmoid(gate) * up. groups: (ceil(n / wg), n_tokens)
+// out = act(gate) * up: act 0 silu (gate * sigmoid(gate), SwiGLU), 1 GELU
+// in its tanh form (GeGLU: 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))).
+// groups: (ceil(n / wg), n_tokens)
 struct SwigluParams {
   uint n_tokens;
   uint n;
   uint in_stride;  // floats from one token's gate|up row to the next, >= 2n
+  uint act;        // models/hparams.h FfnActivation
 };
 
 // add: 0 a f32[n], 1 b f32[n or b_period], 2 out f32[n]; out[i] = a[i] + b[i]

@@ -185,6 +185,7 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
                             Expected{"tiny-qwen2", "qwen2", RopeMode::Neox, false, true, true, 32},
                             Expected{"tiny-qwen3", "qwen3", RopeMode::Neox, false, false, true, 32},
                             Expected{"tiny-phi3", "phi3", RopeMode::Neox, false, false, false, 24},
+                            Expected{"tiny-gemma3", "gemma3", RopeMode::Neox, false, false, true, 32},
                             Expected{"tiny-head48", "llama", RopeMode::Normal, false, false, false, 48}}) {
     CAPTURE(std::string(e.name));
     const SyntheticSpec spec = synthetic_preset(e.name);
@@ -196,7 +197,9 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
     CHECK(cfg.qkv_bias == e.qkv_bias);
     CHECK(cfg.tied_output == e.tied);
     CHECK(cfg.head_dim == e.head_dim);
-    CHECK(cfg.qk_norm == (cfg.arch == "qwen3"));
+    CHECK(cfg.qk_norm == (cfg.arch == "qwen3" || cfg.arch == "gemma3"));
+    CHECK(cfg.post_norms == (cfg.arch == "gemma3"));
+    CHECK(cfg.has_local_layers() == (cfg.arch == "gemma3"));
     CHECK(cfg.fused_qkv == (cfg.arch == "phi3"));
     CHECK(cfg.fused_gate_up == (cfg.arch == "phi3"));
     CHECK(cfg.rope_theta == spec.rope_theta);
@@ -281,7 +284,57 @@ TEST_CASE("hparams: qwen2 needs its biases; rope_freqs must have one factor per 
   SyntheticSpec s = synthetic_preset("tiny-head48");
   add_synthetic_model(other, s);
   other.set_string("general.architecture", "gemma");
-  CHECK(config_error(other) == "m.gguf: general.architecture is 'gemma', which kvscope does not run; supported: llama qwen2 qwen3 phi3");
+  CHECK(config_error(other) ==
+        "m.gguf: general.architecture is 'gemma', which kvscope does not run; supported: llama qwen2 qwen3 phi3 gemma3");
+}
+
+TEST_CASE("hparams: gemma3's sliding-window layers, RoPE bases, query scale, and the keys it needs") {
+  const SyntheticSpec spec = synthetic_preset("tiny-gemma3");
+  GgufWriter w;
+  add_synthetic_model(w, spec);
+  const std::vector<uint8_t> bytes = w.to_bytes();
+  const LlamaConfig cfg = read_llama_config(GgufFile::from_memory(bytes, "g.gguf"));
+  // No pattern key: llama.cpp's 6, so layers 0-4 and 6 are local, 5 global.
+  CHECK(cfg.sliding_window == 6);
+  CHECK(cfg.swa_period == 6);
+  for (uint32_t l = 0; l < 7; ++l) CHECK(cfg.layer_window(l) == (l == 5 ? 0u : 6u));
+  CHECK(local_layer_count(cfg) == 6);
+  CHECK(cfg.layer_rope_theta(0) == 10000.0f);
+  CHECK(cfg.layer_rope_theta(5) == 1000000.0f);
+  CHECK(cfg.rope_linear_factor == 8.0f);  // the global layers' only
+  CHECK_FALSE(cfg.layer_rope_factors(0));
+  CHECK(cfg.layer_rope_factors(5));
+  CHECK(cfg.embed_scale == doctest::Approx(8.0));  // sqrt(64)
+  CHECK(cfg.attn_scale == doctest::Approx(1.0 / std::sqrt(32.0)));
+  CHECK(cfg.ffn_act == FfnActivation::GeluTanh);
+  // The pattern and the query scale when the file gives them.
+  SyntheticSpec every_other = spec;
+  every_other.swa_period = 2;
+  GgufWriter w2;
+  add_synthetic_model(w2, every_other);
+  w2.set_float32("gemma3.attention.scale", 0.0625f);
+  const std::vector<uint8_t> bytes2 = w2.to_bytes();
+  const LlamaConfig cfg2 = read_llama_config(GgufFile::from_memory(bytes2, "g2.gguf"));
+  CHECK(cfg2.layer_window(0) == 6);
+  CHECK(cfg2.layer_window(1) == 0);
+  CHECK(cfg2.attn_scale == 0.0625f);
+  // A gemma3 file without its window, or without a post-norm, is refused by name.
+  SyntheticSpec no_window = spec;
+  no_window.sliding_window = 0;
+  GgufWriter w3;
+  add_synthetic_model(w3, no_window);
+  CHECK(config_error(w3) == "m.gguf: metadata gemma3.attention.sliding_window is missing; this model needs it");
+  SyntheticSpec as_qwen3 = spec;  // the same tensors less the post-norms, renamed gemma3
+  as_qwen3.arch = "qwen3";
+  GgufWriter w4;
+  add_synthetic_model(w4, as_qwen3);
+  w4.set_string("general.architecture", "gemma3");
+  const std::pair<const char*, uint32_t> keys[] = {
+      {"embedding_length", spec.dim},   {"block_count", spec.n_layer},         {"attention.head_count", spec.n_head},
+      {"attention.head_count_kv", spec.n_kv_head}, {"attention.key_length", spec.head_dim},
+      {"feed_forward_length", spec.ffn_dim}, {"context_length", spec.n_ctx}, {"attention.sliding_window", 6}};
+  for (const auto& [key, value] : keys) w4.set_uint32(std::string("gemma3.") + key, value);
+  CHECK(config_error(w4) == "m.gguf: tensor 'blk.0.post_attention_norm.weight' is missing; this gemma3 model needs it");
 }
 
 // ============================================================ [SECTION] reference RoPE modes (CPU)
@@ -366,6 +419,39 @@ TEST_CASE("synthetic Phi-3: one q|k|v tensor, one gate|up tensor, head 24, NeoX 
     spec.name = fmt::format("tiny-phi3-{}", type);
     const SyntheticModel m = build(spec);
     check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 9), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("synthetic Gemma 3: sliding-window layers, post-norms, GeGLU, scaled embeddings, linear RoPE; GPU = CPU reference") {
+  for (const std::string type : {"F32", "Q8_0"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-gemma3");
+    spec.type = type;
+    spec.name = fmt::format("tiny-gemma3-{}", type);
+    const SyntheticModel m = build(spec);
+    // 20 prompt tokens and 6 decoded: past the 6-token window on the local layers.
+    check_model_against_reference(*m.file, pseudo_random_tokens(20, spec.n_vocab, 11), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("reference gemma3: a local layer's attention sees only its window") {
+  const SyntheticModel m = build(synthetic_preset("tiny-gemma3"));
+  reference::Model ref(*m.file, 32);
+  const std::vector<int32_t> tokens = pseudo_random_tokens(12, 320, 4);
+  for (size_t t = 0; t < tokens.size(); ++t) ref.forward(tokens[t], int32_t(t));
+  const auto& probs = ref.last_attention();  // the query at position 11
+  for (uint32_t l = 0; l < 7; ++l) {
+    CAPTURE(l);
+    for (const std::vector<float>& row : probs[l]) {
+      REQUIRE(row.size() == 12);
+      double inside = 0;
+      for (size_t k = 0; k < row.size(); ++k) {
+        if (l != 5 && k <= 5) CHECK(row[k] == 0.0f);  // 11 - k >= 6: outside the window
+        inside += row[k];
+      }
+      CHECK(inside == doctest::Approx(1.0).epsilon(1e-5));
+      if (l == 5) CHECK(row[0] > 0.0f);  // the global layer sees the first token
+    }
   }
 }
 
