@@ -21,12 +21,42 @@ std::span<const Format> all_formats() {
   return formats;
 }
 
-uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config) {
-  const TensorLayout k = tensor_layout(encoding(config.k_format, Role::Keys), shape.n_kv_head, config.capacity,
-                                       shape.head_dim, config.group_size, config.token_group);
-  const TensorLayout v = tensor_layout(encoding(config.v_format, Role::Values), shape.n_kv_head,
-                                       config.capacity, shape.head_dim, config.group_size, config.token_group);
-  return (k.bytes() + v.bytes()) * shape.n_layer;
+bool CacheShape::has_windows() const {
+  return std::any_of(windows.begin(), windows.end(), [](uint32_t w) { return w > 0; });
+}
+
+uint32_t CacheShape::reference_layer() const {
+  for (uint32_t l = 0; l < n_layer; ++l)
+    if (window(l) == 0) return l;
+  return 0;
+}
+
+uint32_t layer_slots(const CacheShape& shape, const CacheConfig& config, uint32_t max_batch, uint32_t layer) {
+  const uint32_t window = shape.window(layer);
+  if (window == 0) return config.capacity;
+  // After a step drops what its first query cannot see, at most window - 1
+  // positions stay; the step adds up to max_batch. kivi2 keys free slots only
+  // as whole blocks: room for one more.
+  const bool blocks = encoding(config.k_format, Role::Keys) == Encoding::Q2Channel;
+  const uint64_t block = blocks ? (config.token_group ? config.token_group : kDefaultTokenGroup) : 1;
+  const uint64_t need = (uint64_t{window} + max_batch + block - 1) / block * block + (blocks ? block : 0);
+  return static_cast<uint32_t>(std::min<uint64_t>(config.capacity, need));
+}
+
+namespace {
+TensorLayout layout_of(const CacheShape& shape, const CacheConfig& config, Role role, uint32_t slots) {
+  return tensor_layout(encoding(role == Role::Keys ? config.k_format : config.v_format, role), shape.n_kv_head, slots,
+                       shape.head_dim, config.group_size, config.token_group);
+}
+}  // namespace
+
+uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config, uint32_t max_batch) {
+  uint64_t total = 0;
+  for (uint32_t l = 0; l < shape.n_layer; ++l) {
+    const uint32_t slots = layer_slots(shape, config, max_batch, l);
+    total += layout_of(shape, config, Role::Keys, slots).bytes() + layout_of(shape, config, Role::Values, slots).bytes();
+  }
+  return total;
 }
 
 // ------------------------------------------------------------------ KvCache
@@ -49,9 +79,17 @@ KvCache::KvCache(const gpu::Context& ctx, const CacheShape& shape, const CacheCo
           "of {} MiB on {}; use a smaller context (-c) or a smaller cache format (--kv)",
           config.capacity, layout->bytes() / 1048576.0, layout == &key_layout_ ? "keys" : "values",
           ctx.max_binding_bytes() / 1048576, ctx.info().name));
+  if (shape.has_windows() && shape.windows.size() != shape.n_layer)
+    throw std::invalid_argument(fmt::format("KV cache: {} layer windows for {} layers", shape.windows.size(),
+                                            shape.n_layer));
   for (uint32_t l = 0; l < shape.n_layer; ++l) {
-    keys_.emplace_back(ctx, key_layout_.bytes(), gpu::MemoryUse::Device, "kv cache keys");
-    values_.emplace_back(ctx, value_layout_.bytes(), gpu::MemoryUse::Device, "kv cache values");
+    const uint32_t slots = kv::layer_slots(shape, config, max_batch, l);
+    layer_key_layouts_.push_back(slots == config.capacity ? key_layout_
+                                                          : layout_of(shape, config, Role::Keys, slots));
+    layer_value_layouts_.push_back(slots == config.capacity ? value_layout_
+                                                            : layout_of(shape, config, Role::Values, slots));
+    keys_.emplace_back(ctx, layer_key_layouts_[l].bytes(), gpu::MemoryUse::Device, "kv cache keys");
+    values_.emplace_back(ctx, layer_value_layouts_[l].bytes(), gpu::MemoryUse::Device, "kv cache values");
   }
   slot_positions_stride_ = align_up(uint64_t{shape.n_kv_head} * config.capacity * 4, kBindingAlign);
   write_slots_stride_ = align_up(uint64_t{max_batch} * shape.n_kv_head * 4, kBindingAlign);
@@ -64,12 +102,19 @@ KvCache::KvCache(const gpu::Context& ctx, const CacheShape& shape, const CacheCo
                              "kv open blocks");
   // Blocks matter only where a block is quantized as a whole: kivi2 keys.
   const uint32_t block_slots = key_layout_.encoding == Encoding::Q2Channel ? key_layout_.token_group : 1;
-  tables_.assign(size_t{shape.n_layer} * shape.n_kv_head, SlotTable(config.capacity, block_slots));
+  tables_.reserve(size_t{shape.n_layer} * shape.n_kv_head);
+  for (uint32_t l = 0; l < shape.n_layer; ++l)
+    for (uint32_t h = 0; h < shape.n_kv_head; ++h)
+      tables_.emplace_back(layer_key_layouts_[l].capacity, block_slots);
   for (uint32_t l = 0; l < shape.n_layer; ++l) upload_tables(l);
 }
 
+const TensorLayout& KvCache::key_layout(uint32_t layer) const { return layer_key_layouts_.at(layer); }
+const TensorLayout& KvCache::value_layout(uint32_t layer) const { return layer_value_layouts_.at(layer); }
+
 void KvCache::upload_tables(uint32_t layer) {
-  std::vector<int32_t> flat(size_t{shape_.n_kv_head} * config_.capacity);
+  // capacity wide per kv head; a sliding-window layer's tables fill the first slots.
+  std::vector<int32_t> flat(size_t{shape_.n_kv_head} * config_.capacity, -1);
   for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
     auto pos = table(layer, h).positions();
     std::copy(pos.begin(), pos.end(), flat.begin() + size_t{h} * config_.capacity);
@@ -120,10 +165,11 @@ StepPlan KvCache::begin_step(std::span<const int32_t> positions, std::span<const
   StepPlan plan;
   plan.n_tokens = static_cast<uint32_t>(std::min<size_t>(positions.size(), max_batch_));
   if (!eviction_) {
-    // Without a policy the whole call must fit before anything is written.
+    // Without a policy the whole call must fit before anything is written
+    // (a sliding-window layer makes room as it goes: reserve).
     for (uint32_t l = 0; l < shape_.n_layer; ++l)
       for (uint32_t h = 0; h < shape_.n_kv_head; ++h)
-        if (table(l, h).assignable() < positions.size())
+        if (shape_.window(l) == 0 && table(l, h).assignable() < positions.size())
           throw context_full(table(l, h), positions.size());
   } else {
     // A step no larger than the room the policy can make (at least one token,
@@ -165,7 +211,22 @@ void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_
     throw std::invalid_argument(fmt::format("KV cache: {} tokens in one step, at most {}", n, max_batch_));
   for (uint32_t l = 0; l < shape_.n_layer; ++l)
     for (uint32_t h = 0; h < shape_.n_kv_head; ++h)
-      if (table(l, h).assignable() < n) throw context_full(table(l, h), n);
+      if (shape_.window(l) == 0 && table(l, h).assignable() < n) throw context_full(table(l, h), n);
+  // A sliding-window layer lets go of what the step's first query cannot see
+  // (position + window <= the query's). Only then can it be full, when the
+  // positions are not consecutive; nothing has changed the global layers yet.
+  if (!positions.empty())
+    for (uint32_t l = 0; l < shape_.n_layer; ++l) {
+      const uint32_t window = shape_.window(l);
+      if (window == 0) continue;
+      const int64_t oldest_seen = int64_t{positions.front()} - window + 1;
+      for (uint32_t h = 0; h < shape_.n_kv_head; ++h) {
+        SlotTable& t = tables_[size_t{l} * shape_.n_kv_head + h];
+        for (uint32_t s = 0; s < t.high_water(); ++s)
+          if (t.position(s) >= 0 && t.position(s) < oldest_seen) t.release(s);
+        if (t.assignable() < n) throw context_full(t, n);
+      }
+    }
 
   std::vector<int32_t> slots(size_t{n} * shape_.n_kv_head);
   for (uint32_t l = 0; l < shape_.n_layer; ++l) {
@@ -177,7 +238,7 @@ void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_
     write_slots_.write_as<int32_t>(slots, l * write_slots_stride_);
     upload_tables(l);
   }
-  tokens_ = tables_.front().live();
+  tokens_ = table(shape_.reference_layer(), 0).live();
   if (eviction_) eviction_->written(tables_, positions, tokens);
 }
 
@@ -189,7 +250,14 @@ void check_cache_config(const CacheShape& shape, const CacheConfig& config, cons
                                        shape.head_dim, config.group_size, config.token_group);
   const TensorLayout v = tensor_layout(encoding(config.v_format, Role::Values), shape.n_kv_head, config.capacity,
                                        shape.head_dim, config.group_size, config.token_group);
+  if (shape.has_windows() && policy && policy->spec().flag("rolling"))
+    throw std::invalid_argument(fmt::format(
+        "{} is rolling, which this model's sliding-window layers do not support (they rotate with their own RoPE "
+        "base): leave out `rolling`",
+        policy->spec().text()));
   if (!config.spill) return;
+  if (shape.has_windows())
+    throw std::invalid_argument("--spill does not work with this model's sliding-window layers yet: leave out --spill");
   if (!policy)
     throw std::invalid_argument("--spill keeps what a policy evicts, and this cache has no policy: add one (e.g. "
                                 "--policy h2o:budget=64) or leave out --spill");
@@ -224,6 +292,11 @@ void KvCache::set_policy(std::unique_ptr<EvictionPolicy> policy, PinnedSpans pin
                                   "kv rope positions");
   const bool needs_scores = policy->needs_scores();
   eviction_ = std::make_unique<EvictionDriver>(std::move(policy), std::move(pins), tables_.front().block_slots());
+  if (shape_.has_windows()) {
+    std::vector<bool> local(shape_.n_layer);
+    for (uint32_t l = 0; l < shape_.n_layer; ++l) local[l] = shape_.window(l) > 0;
+    eviction_->set_local_layers(std::move(local));
+  }
   if (needs_scores) {
     scores_stride_ = align_up(uint64_t{shape_.n_kv_head} * config_.capacity * 4, kBindingAlign);
     scores_ = gpu::Buffer(*ctx_, scores_stride_ * shape_.n_layer, gpu::MemoryUse::Readback, "kv eviction scores");
@@ -236,7 +309,7 @@ void KvCache::end_prefill() {
   SpillHook spill_hook(*this);
   eviction_->end_prefill(tables_, spill_ ? &spill_hook : nullptr);
   for (uint32_t l = 0; l < shape_.n_layer; ++l) upload_tables(l);
-  tokens_ = tables_.front().live();
+  tokens_ = table(shape_.reference_layer(), 0).live();
 }
 
 gpu::Binding KvCache::scores(uint32_t layer) const {
@@ -251,7 +324,7 @@ void KvCache::truncate(int32_t position) {
       uint32_t before = t.live();
       for (uint32_t s = 0; s < t.capacity(); ++s)
         if (t.position(s) >= position) t.release(s);
-      if (l == 0 && h == 0) removed = before - t.live();
+      if (l == shape_.reference_layer() && h == 0) removed = before - t.live();
     }
     upload_tables(l);
   }

@@ -39,6 +39,14 @@ struct CacheShape {
   uint32_t n_layer = 0;
   uint32_t n_kv_head = 0;
   uint32_t head_dim = 0;
+  // Per layer, the attention window of a sliding-window layer (Gemma 3's
+  // local layers: a query sees only keys less than `window` positions
+  // behind it), 0 for a global layer; empty: every layer global.
+  std::vector<uint32_t> windows;
+  uint32_t window(uint32_t layer) const { return layer < windows.size() ? windows[layer] : 0; }
+  bool has_windows() const;
+  // The layer whose table stands for the cache's token count: the first global one.
+  uint32_t reference_layer() const;
 };
 
 struct CacheConfig {
@@ -58,9 +66,17 @@ struct CacheConfig {
   uint64_t spill_max_bytes = 0;  // cap on the host tier, 0: none (the oldest blocks go past it)
 };
 
+// Slots per kv head of one layer: the capacity, or for a sliding-window layer
+// only what its queries can see — the window and one step of `max_batch`
+// tokens (rounded to whole kivi2 key blocks, plus one) — when that is fewer.
+// Older positions leave such a layer as each step writes (KvCache::reserve):
+// the model never attends to them, so no policy is involved or logged.
+uint32_t layer_slots(const CacheShape& shape, const CacheConfig& config, uint32_t max_batch, uint32_t layer);
+
 // Device bytes of keys and values over all layers for a cache of this shape
-// and config, as KvCache allocates them (no device needed: `kvscope info`).
-uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config);
+// and config whose steps write at most `max_batch` tokens, as KvCache
+// allocates them (no device needed: `kvscope info`).
+uint64_t cache_device_bytes(const CacheShape& shape, const CacheConfig& config, uint32_t max_batch);
 
 
 // Whether a cache of this shape and config can be made and run `policy`
@@ -145,16 +161,22 @@ class KvCache {
   gpu::Binding rope_positions(uint32_t layer) const;
   // The cache-relative positions of live `positions` (StepPlan::rope_query_positions).
   std::vector<int32_t> rope_query_positions(std::span<const int32_t> positions) const;
-  // How keys and values of one layer are laid out (kv/formats.h).
+  // How keys and values of a global layer are laid out (kv/formats.h), and
+  // of layer `layer` (a sliding-window layer's hold fewer slots).
   const TensorLayout& key_layout() const { return key_layout_; }
   const TensorLayout& value_layout() const { return value_layout_; }
+  const TensorLayout& key_layout(uint32_t layer) const;
+  const TensorLayout& value_layout(uint32_t layer) const;
+  // Slots per kv head of layer `layer` (layer_slots()): its tables' size.
+  uint32_t layer_slots(uint32_t layer) const { return table(layer, 0).capacity(); }
   uint32_t scan_slots(uint32_t layer) const;          // max high_water over the layer's heads
 
   const SlotTable& table(uint32_t layer, uint32_t kv_head) const {
     return tables_[size_t{layer} * shape_.n_kv_head + kv_head];
   }
-  // Positions held: the same in every table without a policy; with one, those
-  // of layer 0, kv head 0 (a per-head policy keeps other tokens elsewhere).
+  // Positions held: the same in every table of a global layer without a
+  // policy; with one, those of the first global layer's kv head 0 (a
+  // per-head policy keeps other tokens elsewhere).
   uint32_t tokens() const { return tokens_; }
 
   // --spill (CacheConfig::spill, with a policy). Per step the forward pass
@@ -195,7 +217,8 @@ class KvCache {
   CacheShape shape_;
   CacheConfig config_;
   uint32_t max_batch_;
-  TensorLayout key_layout_, value_layout_;
+  TensorLayout key_layout_, value_layout_;                       // global layers
+  std::vector<TensorLayout> layer_key_layouts_, layer_value_layouts_;  // per layer
   std::vector<gpu::Buffer> keys_, values_;  // per layer
   gpu::Buffer slot_positions_;              // [layer][stride]: host-visible
   gpu::Buffer write_slots_;                 // [layer][stride]: host-visible

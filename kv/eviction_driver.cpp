@@ -70,7 +70,7 @@ uint32_t EvictionDriver::room(std::span<const SlotTable> tables) const {
   const uint32_t sinks = policy_->protection().sinks;
   uint32_t room = UINT32_MAX;
   for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
-    for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
+    for (uint32_t head = 0; head < shape.n_kv_head && !local_layer(layer); ++head) {
       const SlotTable& t = tables[size_t{layer} * shape.n_kv_head + head];
       const uint32_t budget = policy_->budget(layer, head);
       if (!policy_->evicts()) {
@@ -93,6 +93,7 @@ void EvictionDriver::make_room(std::span<SlotTable> tables, uint32_t incoming, i
   const StepInfo info{step_, prefill_done_ ? Phase::Decode : Phase::Prefill, next_position, incoming};
   const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, &log_};
   for (uint32_t layer = 0; layer < policy_->shape().n_layer; ++layer) {
+    if (local_layer(layer)) continue;
     LayerView v = view(tables, layer, context);
     if (hook) hook->before(layer);
     policy_->on_step(v, step_ == 0 ? LayerScores{} : scores_.layer(layer));
@@ -129,6 +130,7 @@ void EvictionDriver::end_prefill(std::span<SlotTable> tables, LayerHook* hook) {
   const StepInfo info{step_ - 1, Phase::Prefill, static_cast<int32_t>(token_ids_.size()), 0};
   const LayerView::Context context{info, policy_->protection(), &pins_, token_ids_, &log_};
   for (uint32_t layer = 0; layer < policy_->shape().n_layer; ++layer) {
+    if (local_layer(layer)) continue;
     LayerView v = view(tables, layer, context);
     if (hook) hook->before(layer);
     policy_->on_prefill(v, scores_.layer(layer));

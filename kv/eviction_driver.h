@@ -62,6 +62,11 @@ class EvictionDriver {
   // Token id by position, -1 where unknown (what the log names).
   std::span<const int32_t> token_ids() const { return token_ids_; }
 
+  // Layers the policy leaves alone: sliding-window layers, which hold only
+  // their window by design (KvCache::reserve). Empty: none.
+  void set_local_layers(std::vector<bool> local) { local_ = std::move(local); }
+  bool local_layer(uint32_t layer) const { return layer < local_.size() && local_[layer]; }
+
   // The most tokens the next step may write: the smallest budget less the
   // live tokens the policy may not evict (sinks, pins; every live token for
   // `full`, which is also held to the free slots).
@@ -105,6 +110,7 @@ class EvictionDriver {
   EventLog log_;
   ScoreBuffer scores_;
   std::vector<int32_t> token_ids_;
+  std::vector<bool> local_;
   uint32_t step_ = 0;
   bool prefill_done_ = false;
 };

@@ -130,8 +130,8 @@ constexpr Id kAttention[5][5] = {
 };
 static_assert(int(kv::Format::Kivi2) == 4, "kRopeKvWrite/kAttention are indexed by kv::Format");
 
-params::KvLayout kv_layout(const kv::KvCache& cache) {
-  const kv::TensorLayout &K = cache.key_layout(), &V = cache.value_layout();
+params::KvLayout kv_layout(const kv::KvCache& cache, uint32_t layer) {
+  const kv::TensorLayout &K = cache.key_layout(layer), &V = cache.value_layout(layer);
   return {cache.config().group_size, K.row_words, K.code_words, V.row_words, V.code_words,
           K.token_group, K.n_blocks, K.params_offset, K.recent_offset};
 }
@@ -223,6 +223,15 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
   xn_last_ = Buffer(ctx, cfg_.dim * 4, MemoryUse::Device, "x last normed");
   logits_ = Buffer(ctx, b * logits_row, MemoryUse::Readback, "logits");
 }
+
+kv::CacheShape cache_shape_of(const LlamaConfig& cfg) {
+  kv::CacheShape shape{cfg.n_layer, cfg.n_kv_head, cfg.head_dim};
+  if (cfg.has_local_layers())
+    for (uint32_t l = 0; l < cfg.n_layer; ++l) shape.windows.push_back(cfg.layer_window(l));
+  return shape;
+}
+
+kv::CacheShape GpuModel::cache_shape() const { return cache_shape_of(cfg_); }
 
 void GpuModel::set_profiling(bool on) {
   if (on && !timer_) timer_ = std::make_unique<gpu::Timer>(*ctx_, 4096);
@@ -334,7 +343,6 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
   auto& P = pipelines_;
   auto& rec = recorder_;
   const int kf = int(cache.config().k_format), vf = int(cache.config().v_format);
-  const params::KvLayout kv = kv_layout(cache);
   // RoPE frequency divisors of global layers (Llama 3, linear scaling);
   // without them the binding is not read.
   const Buffer& freq_factors = weights_.rope_freqs.size() > 0 ? weights_.rope_freqs : positions_;
@@ -362,6 +370,8 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
       rec.barrier();
     }
     const uint32_t qkv_stride = uint32_t(L.wqkv.out_width);
+    const params::KvLayout kv = kv_layout(cache, l);
+    const uint32_t slots = cache.layer_slots(l);  // fewer than the capacity on a sliding-window layer
     if (cfg_.qk_norm) {  // qwen3: every q head, then every k head, RMS-normed in place inside the q|k|v rows
       params::RmsNormParams qn{n * cfg_.n_head, hd, cfg_.norm_eps, cfg_.n_head, qkv_stride, 0};
       rec.dispatch(P.rmsnorm, {qkv_, L.q_norm, qkv_}, qn, n * cfg_.n_head);
@@ -372,7 +382,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     // A sliding-window layer (gemma3) rotates with its own theta and no factors.
     const float theta = cfg_.layer_rope_theta(l);
     const uint32_t has_factors = cfg_.layer_rope_factors(l) ? 1u : 0u;
-    params::RopeKvWriteParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, theta, cache.capacity(), qkv_stride, kv};
+    params::RopeKvWriteParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, theta, slots, qkv_stride, kv};
     rp.rope_mode = uint32_t(cfg_.rope_mode);
     rp.has_freq_factors = has_factors;
     rp.keys_unrotated = cache.rolling() ? 1u : 0u;
@@ -383,7 +393,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
                  cfg_.n_head + cfg_.n_kv_head, n);
     rec.barrier();
     if (kf == int(kv::Format::Kivi2)) {  // keys left rotated in qkv_: into the f16 window, full blocks quantized
-      params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, cache.capacity(), qkv_stride, cfg_.q_dim(), kv};
+      params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, slots, qkv_stride, cfg_.q_dim(), kv};
       rec.dispatch(P.kivi_key_write, {qkv_, cache.write_slots(l), cache.open_blocks(l), cache.keys(l)}, kp,
                    cfg_.n_kv_head);
       rec.barrier();
@@ -394,6 +404,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     ap.rope_mode = uint32_t(cfg_.rope_mode);
     ap.has_freq_factors = has_factors;
     ap.window = cfg_.layer_window(l);
+    ap.kv_slots = slots;
     const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;
     rec.dispatch(wide ? P.attention_wide[kf][vf] : P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
@@ -402,7 +413,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     rec.barrier();
     cache.record_spill_query(rec, l, cfg_.n_head, qkv_, uint64_t{n - 1} * qkv_stride * 4, probs_,
                              uint64_t{n - 1} * cfg_.n_head * cache.capacity() * 4);  // --spill only
-    if (plan.scores) {  // per-slot scores for the eviction policy, from the probs rows
+    if (plan.scores && cfg_.layer_window(l) == 0) {  // per-slot scores for the policy (global layers), from the probs rows
       params::AttentionScoresParams sp{n, cfg_.n_head, cfg_.n_kv_head, cache.capacity(), cache.scan_slots(l),
                                        plan.score_first_query, plan.scores_accumulate ? 1u : 0u};
       rec.dispatch(P.attention_scores, {probs_, cache.slot_positions(l), positions_, cache.scores(l)}, sp,

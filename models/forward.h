@@ -23,6 +23,10 @@ namespace kvscope {
 
 enum class LogitsWanted { Last, All };
 
+// The KV cache shape of a model: layers, kv heads, head size, and the window
+// of each sliding-window layer (gemma3).
+kv::CacheShape cache_shape_of(const LlamaConfig& cfg);
+
 // The attention probe of one caller (a session): whether its forward calls
 // read back, for each layer, the softmax rows of the call's last token
 // ([n_head][cache capacity], by slot), and the rows of the last call that did.
@@ -62,7 +66,7 @@ class GpuModel {
 
   const LlamaConfig& config() const { return cfg_; }
   gpu::Context& context() const { return *ctx_; }
-  kv::CacheShape cache_shape() const { return {cfg_.n_layer, cfg_.n_kv_head, cfg_.head_dim}; }
+  kv::CacheShape cache_shape() const;
   uint32_t max_batch() const { return max_batch_; }
   uint64_t weight_bytes() const { return weights_.device_bytes(); }
 

@@ -36,6 +36,10 @@ layout(std430, binding = 9) readonly buffer FreqFactors { float freq_factors[]; 
 layout(push_constant) uniform Push { AttentionParams p; };
 #include "rope.glsl"
 
+// Slots per kv head in this layer's key and value caches (a sliding-window
+// layer holds fewer than the probs rows and slot tables are wide).
+uint kv_slots() { return p.kv_slots == 0u ? p.capacity : p.kv_slots; }
+
 // q . k for an un-rotated key, rotated here at its cache-relative position
 // (after dequantization, pair by pair, as rope_kv_write would have rotated it).
 float rolling_k_dot(uint kv_head, uint slot, int open_block) {
@@ -43,8 +47,8 @@ float rolling_k_dot(uint kv_head, uint slot, int open_block) {
   float score = 0.0;
   for (uint i = 0u; i < p.head_dim / 2u; ++i) {
     const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
-    const vec2 k = vec2(k_at(kv_head, slot, d.x, p.capacity, p.head_dim, p.kv, open_block),
-                        k_at(kv_head, slot, d.y, p.capacity, p.head_dim, p.kv, open_block));
+    const vec2 k = vec2(k_at(kv_head, slot, d.x, kv_slots(), p.head_dim, p.kv, open_block),
+                        k_at(kv_head, slot, d.y, kv_slots(), p.head_dim, p.kv, open_block));
     const float factor = 2u * i < p.rope_dim && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
     const vec2 r = rope_rotate(k, i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor);
     score += q_scaled[d.x] * r.x + q_scaled[d.y] * r.y;
@@ -67,8 +71,8 @@ void main() {
   const uint q_base = t * p.q_stride + head * p.head_dim;
   const uint out_base = (t * p.n_head + head) * p.head_dim;
   const uint probs_base = (t * p.n_head + head) * p.capacity;
-  const uint slot_base = kv_head * p.capacity;  // into slot_pos, and rows of the cache
-  const uint n_slots = min(p.n_slots, p.capacity);
+  const uint slot_base = kv_head * p.capacity;  // into slot_pos
+  const uint n_slots = min(p.n_slots, kv_slots());
 
   for (uint d = tid; d < p.head_dim; d += WG) q_scaled[d] = q[q_base + d] * p.scale;
   barrier();
@@ -89,7 +93,7 @@ void main() {
     if (!visible(sp, position)) continue;
     // A uniform branch: without rolling, the cost is one push-constant test per slot.
     const float score = p.rolling != 0u ? rolling_k_dot(kv_head, s, open_block)
-                                         : k_dot(kv_head, s, p.capacity, p.head_dim, p.kv, open_block);
+                                         : k_dot(kv_head, s, kv_slots(), p.head_dim, p.kv, open_block);
     probs[probs_base + s] = score;
     local_max = max(local_max, score);
   }
@@ -130,7 +134,7 @@ void main() {
       for (uint s = slice; s < n_slots; s += slices) {
         const int sp = slot_pos[slot_base + s];
         if (!visible(sp, position)) continue;
-        acc += probs[probs_base + s] * v_at(kv_head, s, d, p.capacity, p.kv);
+        acc += probs[probs_base + s] * v_at(kv_head, s, d, kv_slots(), p.kv);
       }
     }
     if (slices == 1u) {  // invocations past the one slice (WG % head_dim) hold nothing

@@ -40,12 +40,13 @@ std::string model_path(const std::string& m) { return require_model(m.empty() ? 
 
 // Exact device bytes per token of keys and values in `format` (default
 // group) for a cache of the model's trained context: scales and kivi2's f16
-// window included, as KvCache allocates them.
+// window included, and sliding-window layers holding only their window, as
+// KvCache allocates them for a session's batches.
 double kv_format_bytes_per_token(const LlamaConfig& cfg, kv::Format format) {
   kv::CacheConfig c;
   c.k_format = c.v_format = format;
   c.capacity = std::max(cfg.n_ctx_train, 1u);
-  return double(kv::cache_device_bytes({cfg.n_layer, cfg.n_kv_head, cfg.head_dim}, c)) / c.capacity;
+  return double(kv::cache_device_bytes(cache_shape_of(cfg), c, EngineOptions{}.max_batch)) / c.capacity;
 }
 
 }  // namespace
@@ -246,6 +247,19 @@ int info(const std::string& model, bool as_json) {
   j["rope_mode"] = cfg.rope_mode == RopeMode::Neox ? "neox" : "normal";
   j["rope_freqs"] = cfg.rope_freqs;
   j["qkv_bias"] = cfg.qkv_bias;
+  j["qk_norm"] = cfg.qk_norm;
+  j["post_norms"] = cfg.post_norms;
+  j["ffn_activation"] = cfg.ffn_act == FfnActivation::GeluTanh ? "gelu_tanh" : "silu";
+  j["attention_scale"] = cfg.attn_scale;
+  j["rope_linear_factor"] = cfg.rope_linear_factor;
+  json layers = json::array();  // per layer: its attention window (0: global)
+  for (uint32_t l = 0; l < cfg.n_layer; ++l) layers.push_back(cfg.layer_window(l));
+  j["layer_windows"] = layers;
+  if (cfg.has_local_layers()) {
+    j["sliding_window"] = cfg.sliding_window;
+    j["local_layers"] = local_layer_count(cfg);
+    j["rope_theta_local"] = cfg.rope_theta_local;
+  }
   json kvj;
   for (kv::Format f : kv::all_formats())
     kvj[std::string(kv::format_name(f))] = kv_format_bytes_per_token(cfg, f);
@@ -271,6 +285,19 @@ int info(const std::string& model, bool as_json) {
              cfg.rope_mode == RopeMode::Neox ? "NeoX" : "normal", cfg.rope_freqs ? ", rope_freqs factors" : "",
              cfg.norm_eps, cfg.tied_output ? "tied to token_embd" : "output.weight",
              cfg.qkv_bias ? ", q/k/v biases" : "");
+  if (cfg.has_local_layers()) {
+    std::string kinds;  // L = local (sliding window), G = global, layer by layer
+    for (uint32_t l = 0; l < cfg.n_layer; ++l) kinds += cfg.layer_window(l) ? 'L' : 'G';
+    const uint32_t local = local_layer_count(cfg);
+    fmt::print("  layers: {} local (sliding window of {} tokens, rope theta {}), {} global: {}\n", local,
+               cfg.sliding_window, cfg.rope_theta_local, cfg.n_layer - local, kinds);
+    fmt::print("  a local layer's cache holds at most {} tokens (its window and one batch of {})\n",
+               std::min<uint64_t>(cfg.n_ctx_train, uint64_t{cfg.sliding_window} + EngineOptions{}.max_batch),
+               EngineOptions{}.max_batch);
+  }
+  if (cfg.post_norms || cfg.ffn_act != FfnActivation::Silu || cfg.embed_scale != 1.0f)
+    fmt::print("  {}{}, embeddings x {:g}, query scale {:g}\n", cfg.post_norms ? "norms before and after attention and FFN, " : "",
+               cfg.ffn_act == FfnActivation::GeluTanh ? "GeGLU" : "SwiGLU", cfg.embed_scale, cfg.attn_scale);
   fmt::print("  KV bytes per token:");
   for (kv::Format f : kv::all_formats()) fmt::print(" {} {:g}", kv::format_name(f), kv_format_bytes_per_token(cfg, f));
   fmt::print(" (at context {}, group {}; f16 cache {})\n", cfg.n_ctx_train, kv::default_group_size(cfg.head_dim),

@@ -223,7 +223,10 @@ struct KiviKeyWriteParams {
 // query at position p when 0 <= slot_pos[s] <= p. Only slots < n_slots are
 // scanned; probs of slots in [n_slots, capacity) are written as 0. A query
 // that sees no slot gets zeros. window > 0 (sliding-window layers): slot s is
-// visible only when also p - slot_pos[s] < window. scale: the model's query
+// visible only when also p - slot_pos[s] < window. kv_slots: slots per kv
+// head of the K and V caches when fewer than capacity (a sliding-window
+// layer's cache holds only its window; 0: capacity); probs rows and slot
+// positions stay capacity wide. scale: the model's query
 // scale (1/sqrt(head_dim) mostly); head_dim even and
 // <= KVSCOPE_ATTENTION_MAX_HEAD_DIM. groups: (n_head, n_tokens)
 struct AttentionParams {
@@ -242,6 +245,7 @@ struct AttentionParams {
   uint rope_mode;
   uint has_freq_factors;
   uint window;
+  uint kv_slots;
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),

@@ -3,6 +3,9 @@
 // that changes nothing.
 #include <doctest/doctest.h>
 
+#include <numeric>
+#include <set>
+
 #include <cstdlib>
 
 #include "gpu/context.h"
@@ -100,7 +103,7 @@ TEST_CASE("kv: every format and group allocates exactly its layout, keys and val
           kv::KvCache cache(context(), shape, cfg, 8);
           const uint64_t layer = cache.key_layout().bytes() + cache.value_layout().bytes();
           CHECK(cache.device_bytes() == 2 * layer);
-          CHECK(cache.device_bytes() == kv::cache_device_bytes(shape, cfg));
+          CHECK(cache.device_bytes() == kv::cache_device_bytes(shape, cfg, 8));
           CHECK(cache.bytes_per_token() == double(cache.device_bytes()) / capacity);
           CHECK(cache.config().group_size == (group == 0 ? 16u : group));
           if (k == kv::Format::F16 && v == k && capacity == 256) f16_bytes = cache.device_bytes();
@@ -112,10 +115,58 @@ TEST_CASE("kv: every format and group allocates exactly its layout, keys and val
   kv::CacheConfig kivi;
   kivi.k_format = kivi.v_format = kv::Format::Kivi2;
   kivi.capacity = 256;
-  CHECK(double(kv::cache_device_bytes(shape, kivi)) / double(f16_bytes) <= 0.3);
+  CHECK(double(kv::cache_device_bytes(shape, kivi, 8)) / double(f16_bytes) <= 0.3);
   kv::CacheConfig bad = kivi;
   bad.group_size = 20;
   CHECK_THROWS_WITH_AS(kv::KvCache(context(), shape, bad, 8), doctest::Contains("20 does not divide head_dim 48"),
+                       std::invalid_argument);
+  CHECK(context().validation_messages() == 0);
+}
+
+TEST_CASE("kv: a sliding-window layer holds only its window and one step, in every format; global layers all") {
+  kv::CacheShape shape{3, 2, 48};
+  shape.windows = {5, 0, 5};  // layers 0 and 2 local (window 5), layer 1 global
+  for (kv::Format format : kv::all_formats()) {
+    CAPTURE(kv::format_name(format));
+    kv::CacheConfig cfg;
+    cfg.k_format = cfg.v_format = format;
+    cfg.capacity = 200;
+    const uint32_t max_batch = 8;
+    kv::KvCache cache(context(), shape, cfg, max_batch);
+    const uint32_t local_slots = format == kv::Format::Kivi2 ? 64u : 13u;  // kivi2: whole blocks of 32, plus one
+    CHECK(cache.layer_slots(0) == local_slots);
+    CHECK(cache.layer_slots(1) == 200);
+    CHECK(cache.layer_slots(2) == local_slots);
+    CHECK(cache.device_bytes() == kv::cache_device_bytes(shape, cfg, max_batch));
+    CHECK(cache.device_bytes() == 2 * (cache.key_layout(0).bytes() + cache.value_layout(0).bytes()) +
+                                      cache.key_layout().bytes() + cache.value_layout().bytes());
+    // 150 positions in steps of up to 8 (one of 3 too): the local layers keep
+    // every position their next query can see, and never run out of slots.
+    int32_t next = 0;
+    for (uint32_t step = 0; next < 150; ++step) {
+      const uint32_t n = step % 5 == 4 ? 3 : 8;
+      std::vector<int32_t> positions(n);
+      std::iota(positions.begin(), positions.end(), next);
+      REQUIRE_NOTHROW(cache.reserve(positions));
+      next += int32_t(n);
+      for (uint32_t l : {0u, 2u})
+        for (uint32_t h = 0; h < 2; ++h) {
+          std::set<int32_t> held;
+          for (int32_t p : cache.table(l, h).positions())
+            if (p >= 0) held.insert(p);
+          // What the step's first query (positions[0]) can see, and the step.
+          for (int32_t p = std::max(0, positions[0] - 4); p < next; ++p) CHECK(held.count(p) == 1);
+          CHECK(*held.begin() >= positions[0] - 4);
+        }
+      CHECK(cache.table(1, 0).live() == uint32_t(next));  // the global layer keeps all
+      CHECK(cache.tokens() == uint32_t(next));            // counted on the global layer
+    }
+  }
+  // A rolling policy or --spill cannot run on such a model; said before anything is made.
+  kv::CacheConfig spill;
+  spill.capacity = 64;
+  spill.spill = true;
+  CHECK_THROWS_WITH_AS(kv::check_cache_config(shape, spill, nullptr), doctest::Contains("sliding-window"),
                        std::invalid_argument);
   CHECK(context().validation_messages() == 0);
 }

@@ -22,6 +22,7 @@
 
 #include "gpu/context.h"
 #include "kv/cache.h"
+#include "kv/policy.h"
 #include "models/forward.h"
 #include "models/hparams.h"
 #include "models/reference.h"
@@ -108,13 +109,13 @@ double check_logits(std::span<const float> gpu, std::span<const float> ref, doub
 // against the CPU reference fed the same tokens. f32 cache: the only
 // differences are summation order and the device's pow/sin/cos.
 void check_model_against_reference(const GgufFile& file, const std::vector<int32_t>& prompt, uint32_t n_decode,
-                                   double tolerance, uint64_t max_binding_bytes = 0) {
+                                   double tolerance, uint64_t max_binding_bytes = 0, uint32_t max_batch = 64) {
   gpu::ContextOptions options;
   options.max_binding_bytes = max_binding_bytes;
   gpu::Context ctx(options);
   const uint32_t capacity = 64;
   REQUIRE(prompt.size() + n_decode <= capacity);
-  GpuModel model(ctx, file, capacity, capacity);
+  GpuModel model(ctx, file, max_batch, capacity);
   kv::CacheConfig cc;
   cc.k_format = cc.v_format = kv::Format::F32;
   cc.capacity = capacity;
@@ -429,9 +430,75 @@ TEST_CASE("synthetic Gemma 3: sliding-window layers, post-norms, GeGLU, scaled e
     spec.type = type;
     spec.name = fmt::format("tiny-gemma3-{}", type);
     const SyntheticModel m = build(spec);
-    // 20 prompt tokens and 6 decoded: past the 6-token window on the local layers.
+    // 20 prompt tokens and 6 decoded: past the 6-token window on the local
+    // layers; in one batch, and in batches of 4, where a local layer's cache
+    // holds 10 slots of the 64 and reuses them as the window moves.
     check_model_against_reference(*m.file, pseudo_random_tokens(20, spec.n_vocab, 11), 6, kLogitTolerance);
+    check_model_against_reference(*m.file, pseudo_random_tokens(20, spec.n_vocab, 11), 6, kLogitTolerance, 0, 4);
   }
+}
+
+TEST_CASE("synthetic Gemma 3: local layers hold their window in every cache format; a policy evicts on global layers only") {
+  const SyntheticModel m = build(synthetic_preset("tiny-gemma3"));
+  gpu::Context ctx;
+  const uint32_t capacity = 96, max_batch = 8;
+  GpuModel model(ctx, *m.file, max_batch, capacity);
+  const kv::CacheShape shape = model.cache_shape();
+  REQUIRE(shape.windows == std::vector<uint32_t>{6, 6, 6, 6, 6, 0, 6});
+  const std::vector<int32_t> tokens = pseudo_random_tokens(80, 320, 21);
+  std::vector<int32_t> positions(tokens.size());
+  std::iota(positions.begin(), positions.end(), 0);
+  auto run = [&](kv::KvCache& cache) {  // 60 prompt tokens in batches, then 20 decode steps
+    std::vector<float> last;
+    model.forward(std::span(tokens).first(60), std::span(positions).first(60), cache, LogitsWanted::Last);
+    cache.end_prefill();
+    for (size_t i = 60; i < tokens.size(); ++i) {
+      const std::span<const float> logits =
+          model.forward(std::span(tokens).subspan(i, 1), std::span(positions).subspan(i, 1), cache, LogitsWanted::Last);
+      last.assign(logits.begin(), logits.end());
+    }
+    return last;
+  };
+  kv::CacheConfig f32;
+  f32.k_format = f32.v_format = kv::Format::F32;
+  f32.capacity = capacity;
+  kv::KvCache full_cache(ctx, shape, f32, model.max_batch());
+  const std::vector<float> reference_logits = run(full_cache);
+  for (kv::Format format : kv::all_formats()) {
+    CAPTURE(kv::format_name(format));
+    kv::CacheConfig cc = f32;
+    cc.k_format = cc.v_format = format;
+    kv::KvCache cache(ctx, shape, cc, model.max_batch());
+    CHECK(cache.layer_slots(0) < capacity);
+    CHECK(cache.layer_slots(5) == capacity);
+    CHECK(cache.device_bytes() < kv::cache_device_bytes({shape.n_layer, shape.n_kv_head, shape.head_dim}, cc, 8));
+    const std::vector<float> logits = run(cache);
+    REQUIRE(logits.size() == reference_logits.size());
+    for (float v : logits) REQUIRE(std::isfinite(v));
+    CHECK(cache.tokens() == 80);
+    for (uint32_t h = 0; h < shape.n_kv_head; ++h) CHECK(cache.table(0, h).live() <= 6u + max_batch);
+    if (format == kv::Format::F32) CHECK(logits == reference_logits);
+  }
+  // H2O with a budget of 24 (8 recent): the global layer holds 24, the local ones their window (untouched by the policy).
+  kv::KvCache evicting(ctx, shape, f32, model.max_batch());
+  evicting.set_policy(kv::make_policy(kv::parse_policy_spec("h2o:budget=24,recent=8"), {shape.n_layer, shape.n_kv_head, capacity}));
+  run(evicting);
+  CHECK(evicting.table(5, 0).live() == 24);
+  for (uint32_t l : {0u, 1u, 2u, 3u, 4u, 6u}) {
+    CAPTURE(l);
+    std::set<int32_t> held;
+    for (int32_t p : evicting.table(l, 0).positions())
+      if (p >= 0) held.insert(p);
+    CHECK(held == std::set<int32_t>{74, 75, 76, 77, 78, 79});  // the window of the last query, position 79
+  }
+  size_t evictions = 0;
+  for (const kv::TraceEvent& event : evicting.eviction()->log().events())
+    if (const auto* e = std::get_if<kv::EvictionEvent>(&event)) {
+      CHECK(e->layer == 5);
+      ++evictions;
+    }
+  CHECK(evictions == 2 * (80 - 24));  // both kv heads of the global layer, every token past the budget
+  CHECK(ctx.validation_messages() == 0);
 }
 
 TEST_CASE("reference gemma3: a local layer's attention sees only its window") {
