@@ -239,29 +239,39 @@ void SessionWorker::publish() {
     working_.layers.resize(shape.n_layer);
     working_.head_live.assign(size_t{shape.n_layer} * shape.n_kv_head, 0);
     working_.head_budget.assign(size_t{shape.n_layer} * shape.n_kv_head, 0);
+    working_.cache_bytes_used = 0;
     for (uint32_t layer = 0; layer < shape.n_layer; ++layer) {
       LayerOccupancy& o = working_.layers[layer];
-      o.capacity = cache.capacity();
+      o.capacity = cache.layer_slots(layer);
+      o.window = shape.window(layer);
       o.live_min = UINT32_MAX;
       o.live_max = 0;
       for (uint32_t head = 0; head < shape.n_kv_head; ++head) {
         const uint32_t live = cache.table(layer, head).live();
         working_.head_live[size_t{layer} * shape.n_kv_head + head] = live;
-        if (const kv::EvictionDriver* eviction = cache.eviction())
+        if (const kv::EvictionDriver* eviction = cache.eviction(); eviction && o.window == 0)
           working_.head_budget[size_t{layer} * shape.n_kv_head + head] =
               std::min(eviction->policy().budget(layer, head), cache.capacity());
         o.live_min = std::min(o.live_min, live);
         o.live_max = std::max(o.live_max, live);
+        const kv::TensorLayout &k = cache.key_layout(layer), &v = cache.value_layout(layer);
+        o.slot_bytes = double(k.bytes() + v.bytes()) / shape.n_kv_head / o.capacity;
+        working_.cache_bytes_used += o.slot_bytes * live;
       }
     }
     working_.layers_holding.assign(working_.tokens.size(), 0);
     working_.written_positions = 0;
-    for (uint32_t layer = 0; layer < shape.n_layer; ++layer)
+    working_.global_layers = 0;
+    for (uint32_t layer = 0; layer < shape.n_layer; ++layer) {
+      const bool global = shape.window(layer) == 0;
+      working_.global_layers += global;
       for (int32_t position : cache.table(layer, 0).positions()) {
         if (position < 0) continue;
         working_.written_positions = std::max(working_.written_positions, static_cast<uint32_t>(position) + 1);
-        if (static_cast<size_t>(position) < working_.layers_holding.size()) working_.layers_holding[position]++;
+        if (global && static_cast<size_t>(position) < working_.layers_holding.size())
+          working_.layers_holding[position]++;
       }
+    }
     if (const kv::EvictionDriver* eviction = cache.eviction()) {
       const kv::EventLog* log = &eviction->log();
       if (log->recorded_events() != published_log_events_) {

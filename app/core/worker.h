@@ -46,9 +46,13 @@ class EngineTurns {
 };
 
 // Occupancy of one layer: live slots over its kv heads (equal today; an
-// evicting policy may keep different tokens per head).
+// evicting policy may keep different tokens per head), of the layer's slots.
+// A sliding-window layer (gemma3's local layers) has its window and holds
+// fewer slots than the context; policies leave it alone.
 struct LayerOccupancy {
   uint32_t live_min = 0, live_max = 0, capacity = 0;
+  uint32_t window = 0;  // 0: a global layer
+  double slot_bytes = 0;  // device bytes of keys and values per slot of one kv head
 };
 
 // Attention of one decode step in one layer, over the positions the cache
@@ -100,15 +104,19 @@ struct SessionSnapshot {
   // for that head (0: no policy; capacity for `full`). Per-head policies and
   // per-layer budgets (PyramidKV) make them differ.
   std::vector<uint32_t> head_live, head_budget;
-  // Per context position: how many layers hold it (kv head 0's table). All
-  // of them until a policy evicts; the token strip shades by it.
+  // Per context position: how many global layers hold it (kv head 0's
+  // table). All of them until a policy evicts; the token strip shades by it.
+  // Sliding-window layers are not counted: they let go of every position
+  // their window has passed, by the model's design.
   std::vector<uint16_t> layers_holding;
+  uint32_t global_layers = 0;
   // One past the highest position written to the cache: the newest sampled
   // token is shown before it is written, and is not "evicted".
   uint32_t written_positions = 0;
   uint32_t n_kv_head = 0;
   uint32_t used_tokens = 0, capacity = 0;
   uint64_t cache_bytes_full = 0;     // device bytes of the whole cache
+  double cache_bytes_used = 0;       // of those, the live slots' (each layer's bytes per slot x its live slots)
   double bytes_per_token = 0;        // over all layers
   double last_tok_s = 0, last_ttft_seconds = 0;
   // Recent decode steps' rows, oldest first; shared between snapshots so a

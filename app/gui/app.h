@@ -177,6 +177,7 @@ class App {
   StripDrag strip_drag_;
   FileDialog file_dialog_;
   enum class FilePurpose { OpenModel, LoadConversation, SaveConversation, ExportDir } file_purpose_{};
+  bool thinking_opened_by_prompt_ = false;  // the chat template opens <think> (DeepSeek-R1)
   int editing_turn_ = -1;
   char edit_buffer_[4096] = "";
   char system_buffer_[2048] = "";

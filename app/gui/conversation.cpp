@@ -6,6 +6,7 @@
 
 #include <algorithm>
 
+#include "app/core/thinking.h"
 #include "app/gui/app.h"
 
 namespace kvscope::gui {
@@ -50,8 +51,27 @@ void App::draw_turn(const SessionSnapshot& s, SessionWorker& worker, size_t inde
     ImGui::SameLine();
     if (ImGui::Button("Cancel")) editing_turn_ = -1;
   } else {
+    // A reasoning model's <think> part, folded under a header (open it to read).
+    const ThinkingSplit split = t.role == Turn::Role::Model ? split_thinking(t.text, thinking_opened_by_prompt_)
+                                                            : ThinkingSplit{{}, t.text};
+    if (split.has_thinking) {
+      const std::string header =
+          split.open ? fmt::format("Thinking… ({} characters so far)###thinking", split.thinking.size())
+                     : fmt::format("Thought for {} characters###thinking", split.thinking.size());
+      ImGui::PushStyleColor(ImGuiCol_Text, colour::muted);
+      if (ImGui::TreeNodeEx(header.c_str(), ImGuiTreeNodeFlags_SpanAvailWidth)) {
+        ImGui::PushTextWrapPos(0);
+        ImGui::TextUnformatted(split.thinking.data(), split.thinking.data() + split.thinking.size());
+        ImGui::PopTextWrapPos();
+        ImGui::TreePop();
+      }
+      ImGui::PopStyleColor();
+    }
     ImGui::PushTextWrapPos(0);
-    ImGui::TextUnformatted(t.text.empty() && t.streaming ? "…" : t.text.c_str());
+    if (split.answer.empty() && t.streaming && !split.open)
+      ImGui::TextUnformatted("…");
+    else
+      ImGui::TextUnformatted(split.answer.data(), split.answer.data() + split.answer.size());
     ImGui::PopTextWrapPos();
   }
   if (t.role == Turn::Role::Model) {
@@ -92,6 +112,10 @@ void App::draw_conversation(const SessionSnapshot& s, SessionWorker& worker) {
     ImGui::SetNextItemWidth(-1);
     ImGui::InputText("##system", system_buffer_, sizeof system_buffer_);
     help_marker("Opens the next conversation; an evicting policy never drops it");
+  }
+  {  // DeepSeek-R1's generation prompt opens <think> itself: its replies start inside.
+    const std::optional<ChatTemplate> tmpl = chat_template();
+    thinking_opened_by_prompt_ = tmpl && tmpl->family == ChatFamily::DeepSeekR1;
   }
   size_t text_size = 0;
   for (size_t i = 0; i < s.turns.size(); ++i) {

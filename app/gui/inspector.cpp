@@ -39,8 +39,7 @@ OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
     ImGui::TextColored(colour::muted, "No cache yet.");
     return drawn;
   }
-  const double used = s.bytes_per_token * s.used_tokens;
-  ImGui::TextColored(colour::muted, "Total %s of %s (%s), %.0f bytes per token", format_bytes(used).c_str(),
+  ImGui::TextColored(colour::muted, "Total %s of %s (%s), %.0f bytes per token", format_bytes(s.cache_bytes_used).c_str(),
                      format_bytes(static_cast<double>(s.cache_bytes_full)).c_str(), format.c_str(), s.bytes_per_token);
   const bool per_head = s.head_live.size() == n_layer * n_head;
   auto live = [&](size_t layer, size_t head) -> uint32_t {
@@ -78,13 +77,18 @@ OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
   const ImVec2 p = ImGui::GetCursorScreenPos();
   ImGui::PushFont(ImGui::GetFont());
   bool any_own = false;
+  uint32_t window = 0;  // the sliding window, when the model has local layers
   for (size_t layer = 0; layer < n_layer; ++layer) {
     const float y = p.y + layer * row_h;
-    const bool own = own_budget(layer);
+    const bool local = s.layers[layer].window > 0;
+    const bool own = !local && own_budget(layer);
     any_own |= own;
     drawn.own_budget_layers += own;
+    drawn.local_layers += local;
+    if (local) window = s.layers[layer].window;
     if (layer % label_every == 0)
-      draw->AddText({p.x, y + (row_h - text_h) * 0.5f}, u32(own ? colour::recalled : colour::muted),
+      draw->AddText({p.x, y + (row_h - text_h) * 0.5f},
+                    u32(own ? colour::recalled : local ? colour::window_fill : colour::muted),
                     fmt::format("L{}{}", layer, own ? " ◆" : "").c_str());
     for (size_t head = 0; head < n_head; ++head) {
       const float x = p.x + label_w + head * cell_w;
@@ -92,7 +96,8 @@ OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
       const uint32_t capacity = std::max(1u, s.layers[layer].capacity);
       draw->AddRectFilled(a, b, u32(colour::bar_bg));
       const float f = std::min(1.0f, static_cast<float>(live(layer, head)) / capacity);
-      if (f > 0) draw->AddRectFilled(a, {a.x + (b.x - a.x) * f, b.y}, u32(colour::bar_fill));
+      if (f > 0)
+        draw->AddRectFilled(a, {a.x + (b.x - a.x) * f, b.y}, u32(local ? colour::window_fill : colour::bar_fill));
       const uint32_t bud = budget(layer, head);
       if (bud > 0 && bud < capacity) {
         const float bx = a.x + (b.x - a.x) * bud / capacity;
@@ -111,17 +116,28 @@ OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
     const size_t layer = std::min(n_layer - 1, static_cast<size_t>(std::max(0.0f, m.y - p.y) / row_h));
     const size_t head =
         std::min(n_head - 1, static_cast<size_t>(std::max(0.0f, m.x - p.x - label_w) / std::max(1.0f, cell_w)));
-    const double layer_bytes_per_slot = s.bytes_per_token / n_layer / n_head;
+    const double layer_bytes_per_slot = s.layers[layer].slot_bytes;
     const uint32_t bud = budget(layer, head);
-    ImGui::SetTooltip("layer %zu, kv head %zu: %u of %u slots live%s\n%s: %s held (%.0f bytes per token per head)%s",
-                      layer, head, live(layer, head), s.layers[layer].capacity,
+    const uint32_t w = s.layers[layer].window;
+    const std::string kind =
+        w > 0 ? fmt::format(" (local: attends to the last {} tokens only; no policy acts here)", w) : "";
+    ImGui::SetTooltip("layer %zu%s, kv head %zu: %u of %u slots live%s\n%s: %s held (%.0f bytes per slot)%s", layer,
+                      kind.c_str(), head, live(layer, head), s.layers[layer].capacity,
                       bud ? fmt::format(", budget {}", bud).c_str() : "", format.c_str(),
                       format_bytes(layer_bytes_per_slot * live(layer, head)).c_str(), layer_bytes_per_slot,
-                      own_budget(layer) ? "\nthis layer has its own budget" : "");
+                      own_budget(layer) && w == 0 ? "\nthis layer has its own budget" : "");
   }
+  const uint32_t global_capacity = s.capacity;
   ImGui::TextColored(colour::muted, "rows: %zu layers  ·  columns: %zu kv heads  ·  fill: live of %u slots%s%s",
-                     n_layer, n_head, s.layers[0].capacity, s.head_budget.empty() || budget(0, 0) == 0 ? "" : "  ·  tick: budget",
+                     n_layer, n_head, global_capacity,
+                     s.head_budget.empty() || std::all_of(s.head_budget.begin(), s.head_budget.end(),
+                                                          [](uint32_t b) { return b == 0; })
+                         ? ""
+                         : "  ·  tick: budget",
                      any_own ? "  ·  ◆ own budget" : "");
+  if (drawn.local_layers > 0)
+    ImGui::TextColored(colour::window_fill, "%zu local layers: each holds only the last %u tokens (its sliding window)",
+                       drawn.local_layers, window);
   return drawn;
 }
 
@@ -265,7 +281,9 @@ void describe_position_history(const SessionSnapshot& s, int32_t position, int a
 void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& drag,
                       const std::vector<int32_t>& regretted, int at_step,
                       const std::function<void(kv::PinnedSpan)>& on_pin) {
-  const size_t n_layer = std::max<size_t>(1, s.layers.size());
+  // Only global layers count: a sliding-window layer forgets by design.
+  const size_t n_layer = std::max<size_t>(1, s.global_layers ? s.global_layers : s.layers.size());
+  const size_t local_layers = s.layers.size() > n_layer ? s.layers.size() - n_layer : 0;
   auto held = [&](size_t i) -> size_t { return i < s.layers_holding.size() ? s.layers_holding[i] : 0; };
   auto pending = [&](size_t i) { return i >= s.written_positions; };
   auto is_regretted = [&](size_t i) {
@@ -363,8 +381,10 @@ void draw_token_strip(const SessionSnapshot& s, const Fonts& fonts, StripDrag& d
         if (pending(i)) {
           ImGui::TextColored(colour::muted, "sampled; written to the cache with the next step");
         } else {
-          ImGui::TextColored(held(i) ? colour::text : colour::evicted, "held by %zu of %zu layers%s", held(i), n_layer,
-                             at_step >= 0 ? fmt::format(" at step {}", at_step).c_str() : "");
+          ImGui::TextColored(held(i) ? colour::text : colour::evicted, "held by %zu of %zu %slayers%s", held(i), n_layer,
+                             local_layers ? "global " : "", at_step >= 0 ? fmt::format(" at step {}", at_step).c_str() : "");
+          if (local_layers)
+            ImGui::TextColored(colour::muted, "(the %zu local layers hold only their sliding window)", local_layers);
           describe_position_history(s, static_cast<int32_t>(i), at_step);
         }
         ImGui::Separator();

@@ -21,6 +21,7 @@ std::string format_bytes(double bytes);
 struct OccupancyDrawn {
   ImVec4 rect{};  // x, y, w, h of the grid
   size_t layers = 0, heads = 0, own_budget_layers = 0;
+  size_t local_layers = 0;  // sliding-window layers, drawn in their own colour
 };
 OccupancyDrawn draw_occupancy(const SessionSnapshot& s);
 

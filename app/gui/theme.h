@@ -21,6 +21,7 @@ inline const ImVec4 error_bg{0.45f, 0.12f, 0.14f, 1.00f};
 inline const ImVec4 panel_bg{0.10f, 0.11f, 0.13f, 1.00f};
 inline const ImVec4 bar_bg{0.17f, 0.18f, 0.21f, 1.00f};
 inline const ImVec4 bar_fill{0.30f, 0.56f, 0.85f, 1.00f};
+inline const ImVec4 window_fill{0.30f, 0.70f, 0.66f, 1.00f};  // a sliding-window layer: the model's own forgetting
 }  // namespace colour
 
 struct Fonts {

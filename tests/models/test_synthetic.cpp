@@ -171,6 +171,15 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   CHECK(synthetic_parameter_count(synthetic_preset("qwen-0.5b")) == 494032768ull);
   // Qwen 3 0.6B: 596,049,920 (0.44B of them outside the tied embedding, as its model card says).
   CHECK(synthetic_parameter_count(synthetic_preset("qwen3-0.6b")) == 596049920ull);
+  // Gemma 3 1B: 999,885,952, as published.
+  CHECK(synthetic_parameter_count(synthetic_preset("gemma3-1b")) == 999885952ull);
+  {  // and its f16 cache at 32K: 22 local layers of 768 slots, 4 global of 32768; 1 kv head of 256
+    LlamaConfig cfg;
+    cfg.n_layer = 26, cfg.n_kv_head = 1, cfg.head_dim = 256, cfg.sliding_window = 512, cfg.swa_period = 6;
+    kv::CacheConfig f16{kv::Format::F16, kv::Format::F16, 32768};
+    CHECK(kv::cache_device_bytes(cache_shape_of(cfg), f16, 256) == (22ull * 768 + 4ull * 32768) * 1024);
+    CHECK(double(kv::cache_device_bytes(cache_shape_of(cfg), f16, 256)) / 32768 == 4624.0);
+  }
   // Phi-3 mini: 3,821,079,552.
   CHECK(synthetic_parameter_count(synthetic_preset("phi3-mini")) == 3821079552ull);
   CHECK_THROWS_WITH(synthetic_preset("gpt-7"), doctest::Contains("llama-1b qwen-0.5b"));
