@@ -281,8 +281,9 @@ int info(const std::string& model, bool as_json) {
              params / 1e6);
   fmt::print("  vocab {}, dim {}, layers {}, heads {} (kv {}), head_dim {}, ffn {}, context {}\n", cfg.n_vocab,
              cfg.dim, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.ffn_dim, cfg.n_ctx_train);
-  fmt::print("  rope theta {} ({} pairs{}), rms eps {}, output {}{}\n", cfg.rope_theta,
+  fmt::print("  rope theta {} ({} pairs{}{}), rms eps {}, output {}{}\n", cfg.rope_theta,
              cfg.rope_mode == RopeMode::Neox ? "NeoX" : "normal", cfg.rope_freqs ? ", rope_freqs factors" : "",
+             cfg.rope_linear_factor != 1.0f ? fmt::format(", linear scaling x{:g}", cfg.rope_linear_factor) : "",
              cfg.norm_eps, cfg.tied_output ? "tied to token_embd" : "output.weight",
              cfg.qkv_bias ? ", q/k/v biases" : "");
   if (cfg.has_local_layers()) {
@@ -613,6 +614,13 @@ int synthetic(const SyntheticOptions& o) {
   if (o.head_dim) spec.head_dim = *o.head_dim;
   if (o.ffn) spec.ffn_dim = *o.ffn;
   if (o.ctx) spec.n_ctx = *o.ctx;
+  if (o.window) {
+    if (spec.arch != "gemma3")
+      throw std::invalid_argument(fmt::format("--window: {} is a {} model, which has no sliding-window layers; "
+                                              "use a gemma3 preset (tiny-gemma3, gemma3-1b)",
+                                              o.preset, spec.arch));
+    spec.sliding_window = *o.window;
+  }
   if (!o.type.empty()) spec.type = o.type;
   if (spec.n_kv_head == 0 || spec.n_head % spec.n_kv_head != 0)
     throw std::invalid_argument(fmt::format("--heads {} must be a multiple of --kv-heads {}", spec.n_head,
@@ -622,10 +630,12 @@ int synthetic(const SyntheticOptions& o) {
     vocab.emplace(GgufFile::open(o.vocab_from));
     spec.n_vocab = static_cast<uint32_t>(vocab->get("tokenizer.ggml.tokens").as_array("tokenizer.ggml.tokens").items.size());
   }
-  std::fprintf(stderr, "synthetic %s: %u layers, %u heads (%u kv), dim %u, head_dim %u, ffn %u, vocab %u, %s: %s of "
+  std::fprintf(stderr, "synthetic %s: %u layers, %u heads (%u kv), dim %u, head_dim %u, ffn %u, vocab %u%s, %s: %s of "
                "weights\n",
                o.preset.c_str(), spec.n_layer, spec.n_head, spec.n_kv_head, spec.dim, spec.head_dim, spec.ffn_dim,
-               spec.n_vocab, spec.type.c_str(), human_bytes(static_cast<double>(synthetic_weight_bytes(spec))).c_str());
+               spec.n_vocab,
+               spec.sliding_window ? fmt::format(", sliding window {}", spec.sliding_window).c_str() : "",
+               spec.type.c_str(), human_bytes(static_cast<double>(synthetic_weight_bytes(spec))).c_str());
   GgufWriter writer;
   add_synthetic_model(writer, spec);
   if (vocab)

@@ -152,7 +152,7 @@ int quantize(const std::string& in, const std::string& out, const std::string& t
 // 8-kv-head cache without a download.
 struct SyntheticOptions {
   std::string preset, out, vocab_from, type;
-  std::optional<uint32_t> layers, heads, kv_heads, dim, head_dim, ffn, ctx;
+  std::optional<uint32_t> layers, heads, kv_heads, dim, head_dim, ffn, ctx, window;
 };
 int synthetic(const SyntheticOptions& o);
 

@@ -240,6 +240,8 @@ int main(int argc, char** argv) {
   syn_cmd->add_option("--heads", syn_o.heads, "query heads")->check(CLI::Range(1u, 512u));
   syn_cmd->add_option("--kv-heads", syn_o.kv_heads, "key/value heads")->check(CLI::Range(1u, 512u));
   syn_cmd->add_option("--dim", syn_o.dim, "model width")->check(CLI::Range(8u, 65536u));
+  syn_cmd->add_option("--window", syn_o.window, "sliding window of the local layers (gemma3 presets)")
+      ->check(CLI::Range(1u, 1u << 24));
   syn_cmd->add_option("--head-dim", syn_o.head_dim, "head size")->check(CLI::Range(4u, 1024u));
   syn_cmd->add_option("--ffn", syn_o.ffn, "feed-forward width")->check(CLI::Range(8u, 262144u));
   syn_cmd->add_option("--ctx", syn_o.ctx, "trained context")->check(CLI::Range(16u, 1u << 24));

@@ -30,6 +30,23 @@ ImU32 u32(const ImVec4& c) { return ImGui::ColorConvertFloat4ToU32(c); }
 
 // ================================================================= occupancy
 
+std::string layer_name(const SessionSnapshot& s, int layer) {
+  const bool local = layer >= 0 && static_cast<size_t>(layer) < s.layers.size() && s.layers[layer].window > 0;
+  return fmt::format("layer {}{}", layer, local ? " · local" : "");
+}
+
+void layer_picker_tooltip(const SessionSnapshot& s, int layer, const char* what) {
+  if (!ImGui::IsItemHovered()) return;
+  const uint32_t window =
+      layer >= 0 && static_cast<size_t>(layer) < s.layers.size() ? s.layers[layer].window : 0;
+  if (window == 0)
+    ImGui::SetTooltip("%s", what);
+  else
+    ImGui::SetTooltip("%s\nLayer %d is local: its queries see only the last %u positions, and its cache lets go of "
+                      "the older ones by the model's design (no policy acts on it)",
+                      what, layer, window);
+}
+
 OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
   const std::string format = s.spec.name();
   const size_t n_layer = s.layers.size();
@@ -50,8 +67,10 @@ OccupancyDrawn draw_occupancy(const SessionSnapshot& s) {
   };
   // A layer whose budget is not the one most layers have (PyramidKV's
   // pyramid, a model's own per-layer windows) is marked.
+  // (Sliding-window layers have no budget: the window is theirs.)
   std::map<uint32_t, size_t> budget_count;
-  for (size_t layer = 0; layer < n_layer; ++layer) budget_count[budget(layer, 0)]++;
+  for (size_t layer = 0; layer < n_layer; ++layer)
+    if (s.layers[layer].window == 0) budget_count[budget(layer, 0)]++;
   uint32_t common = 0;
   size_t most = 0;
   for (const auto& [b, count] : budget_count)
@@ -612,14 +631,14 @@ void draw_every_head(const std::vector<const ProbeRow*>& rows, HeatmapView& view
 void draw_heatmap(const SessionSnapshot& s, HeatmapView& view, const Fonts& fonts) {
   const int n_layer = static_cast<int>(s.layers.size());
   view.drew_cells = false;
-  ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
-  const std::string layer_label = fmt::format("layer {}", view.layer);
+  ImGui::SetNextItemWidth(ImGui::GetFontSize() * (s.global_layers < s.layers.size() ? 8.5f : 6.0f));
+  const std::string layer_label = layer_name(s, view.layer);
   if (ImGui::BeginCombo("##layer", layer_label.c_str())) {
     for (int l = 0; l < n_layer; ++l)
-      if (ImGui::Selectable(fmt::format("layer {}", l).c_str(), l == view.layer)) view.layer = l;
+      if (ImGui::Selectable(layer_name(s, l).c_str(), l == view.layer)) view.layer = l;
     ImGui::EndCombo();
   }
-  if (ImGui::IsItemHovered()) ImGui::SetTooltip("Which layer's attention to show");
+  layer_picker_tooltip(s, view.layer, "Which layer's attention to show");
   const uint32_t n_head = s.probes.empty() ? 0 : s.probes.back()->n_head;
   ImGui::SameLine();
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 8.5f);

@@ -24,6 +24,10 @@ struct OccupancyDrawn {
   size_t local_layers = 0;  // sliding-window layers, drawn in their own colour
 };
 OccupancyDrawn draw_occupancy(const SessionSnapshot& s);
+// "layer 3", or "layer 3 · local" for a sliding-window layer: the layer pickers' labels.
+std::string layer_name(const SessionSnapshot& s, int layer);
+// The picker's tooltip: what the layer is ("which layer ..." + its window, if any).
+void layer_picker_tooltip(const SessionSnapshot& s, int layer, const char* what);
 
 // How one token of a flow is drawn.
 struct TokenStyle {

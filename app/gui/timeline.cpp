@@ -188,13 +188,14 @@ void draw_timeline(const SessionSnapshot& s, TimelineView& view) {
   }
   view.map_layer = std::clamp(view.map_layer, 0, static_cast<int>(n_layer) - 1);
   view.map_head = std::clamp(view.map_head, 0, static_cast<int>(n_head) - 1);
-  ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6);
-  if (ImGui::BeginCombo("##map_layer", fmt::format("layer {}", view.map_layer).c_str())) {
+  ImGui::SetNextItemWidth(ImGui::GetFontSize() * (s.global_layers < s.layers.size() ? 8.5f : 6.0f));
+  if (ImGui::BeginCombo("##map_layer", layer_name(s, view.map_layer).c_str())) {
     for (uint32_t l = 0; l < n_layer; ++l)
-      if (ImGui::Selectable(fmt::format("layer {}", l).c_str(), static_cast<int>(l) == view.map_layer))
+      if (ImGui::Selectable(layer_name(s, static_cast<int>(l)).c_str(), static_cast<int>(l) == view.map_layer))
         view.map_layer = static_cast<int>(l);
     ImGui::EndCombo();
   }
+  layer_picker_tooltip(s, view.map_layer, "Which layer's slots the map shows");
   ImGui::SameLine();
   ImGui::SetNextItemWidth(ImGui::GetFontSize() * 6.5f);
   if (ImGui::BeginCombo("##map_head", fmt::format("kv head {}", view.map_head).c_str())) {

@@ -532,6 +532,55 @@ TEST_CASE("gui: a 32-layer, 8-kv-head model: the occupancy grid shows every laye
   std::filesystem::remove(model);
 }
 
+TEST_CASE("gui: a Gemma 3 model: local layers drawn apart with their window, a policy's budget on global layers only") {
+  const std::string model = temp_path("kvscope-gui-gemma3") + ".gguf";
+  const Run made = shell(std::string(KVSCOPE_BINARY) + " synthetic tiny-gemma3 " + model +
+                         " --layers 13 --window 24 --ctx 1024 --vocab-from " + kvscope::test::model_path());
+  INFO(made.out);
+  REQUIRE(made.code == 0);
+  const std::string png = temp_png("kvscope-gui-gemma3");
+  const Run r = gui("-m " + model + " -c 1024 --prompt 'Once upon a time there was a little cat who liked to sit in "
+                    "the sun' --tokens 40 --temp 0 --compare 'f16;f16 + h2o:budget=48,recent=16' --select 1 "
+                    "--map-layer 5 --screenshot " + png);
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  const nlohmann::json report = report_of(r);
+  CHECK(report["errors"].empty());
+  const nlohmann::json& occupancy = report["views"]["occupancy"];
+  CHECK(occupancy["layers"] == 13);
+  CHECK(occupancy["local_layers"] == 11);
+  CHECK(occupancy["own_budget_layers"] == 0);  // the two global layers share the budget; local ones have none
+  // Session B: the global layers hold the budget, the tokens count them.
+  const nlohmann::json& b = report["sessions"][1];
+  CHECK(b["tokens"].size() > 48);
+  CHECK(report["scrubbed"]["session"] == "B");
+  const nlohmann::json& live = report["scrubbed"]["live_per_layer"];
+  REQUIRE(live.size() == 13);
+  for (size_t l = 0; l < 13; ++l) {
+    CAPTURE(l);
+    CHECK(live[l] == ((l == 5 || l == 11) ? 48 : 24));  // budget on global layers, the window on local ones
+  }
+  // The local rows' fill is teal (the theme's window_fill, 77 179 168), the
+  // global ones' blue (bar_fill, 77 143 217): count such pixels along a row.
+  const Image img = load_png(png);
+  const nlohmann::json& rect = occupancy["rect"];
+  auto count_along_row = [&](size_t layer, auto&& is_colour) {
+    const int y = static_cast<int>(rect[1].get<float>() + (layer + 0.5f) * rect[3].get<float>() / 13);
+    int n = 0;
+    for (int x = static_cast<int>(rect[0].get<float>()); x < static_cast<int>(rect[0].get<float>() + rect[2].get<float>()); ++x)
+      n += is_colour(img.pixel(x, y));
+    return n;
+  };
+  auto teal = [](uint32_t c) { return green(c) > 150 && blue(c) < 200 && red(c) < 120; };
+  auto bar_blue = [](uint32_t c) { return blue(c) > 190 && green(c) < 170 && red(c) < 120; };
+  CHECK(count_along_row(0, teal) > 4);
+  CHECK(count_along_row(0, bar_blue) == 0);
+  CHECK(count_along_row(5, bar_blue) > 4);
+  CHECK(count_along_row(5, teal) == 0);
+  std::filesystem::remove(png);
+  std::filesystem::remove(model);
+}
+
 TEST_CASE("gui: the Lab panel sweeps caches live, shares its journal with `kvscope lab`, and opens a point side by "
           "side") {
   kvscope::test::model_path();

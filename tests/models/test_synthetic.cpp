@@ -557,6 +557,30 @@ TEST_CASE("a model larger than the device's memory is refused before anything is
   CHECK(ctx.validation_messages() == 0);
 }
 
+TEST_CASE("kvscope info on a Gemma 3 file: its local and global layers, and the bytes per token they cost") {
+  test::TempDir dir;
+  GgufWriter w;
+  add_synthetic_model(w, synthetic_preset("tiny-gemma3"));
+  w.write(dir.file("g.gguf"));
+  const test::CliResult r = test::kvscope_cli("info " + dir.file("g.gguf"));
+  REQUIRE_MESSAGE(r.code == 0, r.out);
+  CHECK_MESSAGE(r.out.find("layers: 6 local (sliding window of 6 tokens, rope theta 10000), 1 global: LLLLLGL") !=
+                    std::string::npos,
+                r.out);
+  CHECK_MESSAGE(r.out.find("norms before and after attention and FFN, GeGLU, embeddings x 8") != std::string::npos,
+                r.out);
+  const test::CliResult j = test::kvscope_cli("info --json " + dir.file("g.gguf"));
+  REQUIRE_MESSAGE(j.code == 0, j.out);
+  const nlohmann::json info = nlohmann::json::parse(j.out);
+  CHECK(info["local_layers"] == 6);
+  CHECK(info["layer_windows"] == nlohmann::json::array({6, 6, 6, 6, 6, 0, 6}));
+  // f16 at the trained context of 256: 6 local layers of min(256, 6 + 256) slots hold all of it here.
+  const LlamaConfig cfg = read_llama_config(GgufFile::open(dir.file("g.gguf")));
+  CHECK(info["kv_bytes_per_token"]["f16"].get<double>() ==
+        double(kv::cache_device_bytes(cache_shape_of(cfg), kv::CacheConfig{kv::Format::F16, kv::Format::F16, 256}, 256)) /
+            256);
+}
+
 TEST_CASE("kvscope bench --synthetic: a preset built in memory, speed and GB/s as JSON") {
   const test::CliResult r = test::kvscope_cli("bench --synthetic tiny-qwen2 --type Q8_0 -p 16 -n 8 -r 1 --json");
   REQUIRE_MESSAGE(r.code == 0, r.out);
