@@ -30,7 +30,7 @@ struct NamedFamily {
 
 // The first name of each family is its canonical one.
 constexpr NamedFamily kNames[] = {
-    {"chatml", ChatFamily::ChatML},          {"qwen", ChatFamily::ChatML},
+    {"chatml", ChatFamily::ChatML},          {"qwen", ChatFamily::ChatML},  {"qwen3", ChatFamily::ChatML},
     {"llama3", ChatFamily::Llama3},          {"llama3.1", ChatFamily::Llama31},
     {"llama2", ChatFamily::Llama2},          {"mistral-v1", ChatFamily::MistralV1},
     {"mistral-v3", ChatFamily::MistralV3},   {"mistral-tekken", ChatFamily::MistralTekken},
@@ -64,6 +64,7 @@ ChatTemplate chat_template_by_name(std::string_view name) {
     ChatTemplate tmpl;
     tmpl.family = n.family;
     if (name == "qwen") tmpl.default_system = kQwenDefaultSystem;
+    if (name == "qwen3") tmpl.thinking = true;
     return tmpl;
   }
   std::string known;
@@ -94,6 +95,7 @@ ChatTemplate detect_chat_template(std::string_view jinja) {
   if (contains(jinja, "<|im_start|>")) {
     tmpl.family = ChatFamily::ChatML;
     if (contains(jinja, kQwenDefaultSystem)) tmpl.default_system = kQwenDefaultSystem;
+    tmpl.thinking = contains(jinja, "</think>");  // Qwen 3 (and QwQ): reasoning folded out of past turns
     return tmpl;
   }
   if (contains(jinja, "<\xEF\xBD\x9C" "Assistant\xEF\xBD\x9C>")) {  // "<｜Assistant｜>", full-width bars
@@ -186,12 +188,52 @@ Split split_system(std::span<const ChatMessage> messages) {
 //  message['content'] + '<|im_end|>' + '\n'}}{% endfor %}
 //  {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 // plus Qwen 2.5's default system message when there is none.
+//
+// Qwen 3 (tmpl.thinking): an assistant message before the last user message
+// keeps only what follows its last "</think>" (newlines at its start
+// dropped); one after it (the reply being continued) is written
+// "<think>\n" + its reasoning + "\n</think>\n\n" + the answer, when it is
+// the last message or has reasoning.
 void format_chatml(PromptBuilder& out, const ChatTemplate& tmpl, std::span<const ChatMessage> messages, bool gen) {
   const bool has_system = !messages.empty() && messages.front().role == "system";
   if (!has_system && !tmpl.default_system.empty()) {
     out.markup("<|im_start|>system\n" + tmpl.default_system + "<|im_end|>\n");
   }
-  for (const ChatMessage& m : messages) out.markup("<|im_start|>" + m.role + "\n").content(m.content).markup("<|im_end|>\n");
+  // The index of the last user message (the template's ns.last_query_index,
+  // which starts at the last message).
+  size_t last_query = messages.empty() ? 0 : messages.size() - 1;
+  for (size_t i = messages.size(); i-- > 0;)
+    if (messages[i].role == "user") {
+      last_query = i;
+      break;
+    }
+  constexpr std::string_view kOpen = "<think>", kClose = "</think>";
+  auto strip = [](std::string_view v, bool front, bool back) {
+    while (front && !v.empty() && v.front() == '\n') v.remove_prefix(1);
+    while (back && !v.empty() && v.back() == '\n') v.remove_suffix(1);
+    return v;
+  };
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    std::string_view content = m.content;
+    if (!tmpl.thinking || m.role != "assistant" || content.find(kClose) == std::string_view::npos) {
+      out.markup("<|im_start|>" + m.role + "\n").content(content).markup("<|im_end|>\n");
+      continue;
+    }
+    // content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n'), and [-1].lstrip('\n')
+    std::string_view reasoning = strip(content.substr(0, content.find(kClose)), false, true);
+    if (const size_t open = reasoning.rfind(kOpen); open != std::string_view::npos)
+      reasoning.remove_prefix(open + kOpen.size());
+    reasoning = strip(reasoning, true, false);
+    const std::string_view answer = strip(content.substr(content.rfind(kClose) + kClose.size()), true, false);
+    const bool after_query = i > last_query;
+    if (after_query && (i + 1 == messages.size() || !reasoning.empty())) {
+      out.markup("<|im_start|>assistant\n<think>\n").content(strip(reasoning, true, true)).markup("\n</think>\n\n");
+      out.content(answer).markup("<|im_end|>\n");
+    } else {
+      out.markup("<|im_start|>assistant\n").content(answer).markup("<|im_end|>\n");
+    }
+  }
   if (gen) out.markup("<|im_start|>assistant\n");
 }
 

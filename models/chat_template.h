@@ -39,6 +39,9 @@ struct ChatTemplate {
   // Used when the conversation has no system message and the template
   // supplies one (Qwen 2.5: "You are Qwen, created by Alibaba Cloud. ...").
   std::string default_system;
+  // Qwen 3's template (ChatML that mentions </think>): past replies are
+  // written without their <think> part (chat_prompt).
+  bool thinking = false;
   // Llama 3.1's "Today Date:" line; its template's default.
   std::string date_string = "26 Jul 2024";
   // True when the template was not recognized (or absent) and ChatML is a
@@ -55,7 +58,7 @@ struct ChatTokens {
 };
 
 // Names accepted by chat_template_by_name() (and --chat-template), e.g.
-// "chatml", "qwen", "llama3", "llama3.1", "llama2", "mistral-v1",
+// "chatml", "qwen", "qwen3", "llama3", "llama3.1", "llama2", "mistral-v1",
 // "mistral-v3", "mistral-tekken", "zephyr", "gemma", "phi3", "deepseek-r1".
 std::vector<std::string_view> chat_template_names();
 std::string_view chat_family_name(ChatFamily family);

@@ -283,6 +283,109 @@ void dequantize_q6_k(const uint8_t* src, std::span<float> dst) {
   }
 }
 
+void quantize_q2_k(std::span<const float> src, uint8_t* dst) {
+  for (size_t block = 0; block < src.size() / kSuperBlock; ++block) {
+    const float* x = src.data() + block * kSuperBlock;
+    uint8_t* out = dst + block * kQ2_KBlockBytes;
+    std::memset(out, 0, kQ2_KBlockBytes);
+    // As Q4_K, on sixteen groups of 16 with 4 levels and 4-bit scales and mins.
+    double sum_sq = 0;
+    for (size_t i = 0; i < kSuperBlock; ++i) sum_sq += double(x[i]) * x[i];
+    const float typical = static_cast<float>(std::sqrt(sum_sq / kSuperBlock));
+    std::array<float, kSuperBlock> w;
+    for (size_t i = 0; i < kSuperBlock; ++i) w[i] = typical + std::fabs(x[i]);
+    std::array<AffineFit, 16> fits;
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (size_t g = 0; g < 16; ++g) {
+      fits[g] = fit_affine(x + g * kSub6, w.data() + g * kSub6, kSub6, 4);
+      if (!std::isfinite(fits[g].scale) || !std::isfinite(fits[g].min)) fits[g] = {};
+      max_scale = std::max(max_scale, fits[g].scale);
+      max_min = std::max(max_min, fits[g].min);
+    }
+    const float d = max_scale / 15.0f, dmin = max_min / 15.0f;
+    const float inv_d = d > 0 ? 1.0f / d : 0.0f, inv_dmin = dmin > 0 ? 1.0f / dmin : 0.0f;
+    uint8_t* scales = out;
+    for (size_t g = 0; g < 16; ++g)
+      scales[g] = static_cast<uint8_t>(round_clamped(inv_d * fits[g].scale, 0, 15) |
+                                       (round_clamped(inv_dmin * fits[g].min, 0, 15) << 4));
+    store_f16(out + 80, d);
+    store_f16(out + 82, dmin);
+    const float d_stored = load_f16(out + 80), dmin_stored = load_f16(out + 82);
+    uint8_t* qs = out + 16;
+    for (size_t e = 0; e < kSuperBlock; ++e) {  // e = 128h + 32k + l, group 8h + 2k + (l >= 16)
+      const size_t h = e / 128, k = (e % 128) / 32, l = e % 32;
+      const uint8_t sc = scales[8 * h + 2 * k + (l >= 16 ? 1 : 0)];
+      const float step = d_stored * static_cast<float>(sc & 0xF), offset = dmin_stored * static_cast<float>(sc >> 4);
+      const int q = step > 0.0f ? round_clamped((x[e] + offset) / step, 0, 3) : 0;
+      qs[32 * h + l] |= static_cast<uint8_t>(q << (2 * k));
+    }
+  }
+}
+
+void quantize_q3_k(std::span<const float> src, uint8_t* dst) {
+  for (size_t block = 0; block < src.size() / kSuperBlock; ++block) {
+    const float* x = src.data() + block * kSuperBlock;
+    uint8_t* out = dst + block * kQ3_KBlockBytes;
+    std::memset(out, 0, kQ3_KBlockBytes);
+    // As Q6_K, on sixteen groups of 16 with L in -4..3: the element of largest
+    // magnitude lands on the -4 end (one more level that side), candidates
+    // around it refined to their least-squares scale.
+    std::array<float, 16> group_scale{};
+    float max_scale = 0.0f;
+    for (size_t g = 0; g < 16; ++g) {
+      const float* xg = x + g * kSub6;
+      float amax = 0.0f, extreme = 0.0f, sxx = 0.0f;
+      for (size_t i = 0; i < kSub6; ++i) {
+        sxx += xg[i] * xg[i];
+        if (std::fabs(xg[i]) > amax) amax = std::fabs(xg[i]), extreme = xg[i];
+      }
+      float best_scale = 0.0f, best_err = INFINITY;
+      if (amax > 0.0f && std::isfinite(amax)) {
+        for (int step = -6; step <= 6; ++step) {
+          const float inv = -(4.0f + 0.1f * static_cast<float>(step)) / extreme;
+          float slx = 0, sll = 0;
+          for (size_t i = 0; i < kSub6; ++i) {
+            const float L = static_cast<float>(round_positive(inv * xg[i] + 4.0f, 7) - 4);
+            slx += L * xg[i];
+            sll += L * L;
+          }
+          if (!(sll > 0)) continue;
+          const float scale = slx / sll;
+          const float err = sxx - scale * slx;
+          if (err < best_err) best_err = err, best_scale = scale;
+        }
+      }
+      group_scale[g] = best_scale;
+      if (std::fabs(best_scale) > std::fabs(max_scale)) max_scale = best_scale;
+    }
+    // 6-bit group scales stored +32: the largest maps to -32 (ggml's choice), so d may be negative.
+    const float inv_d = max_scale != 0.0f ? -32.0f / max_scale : 0.0f;
+    const float d = inv_d != 0.0f ? 1.0f / inv_d : 0.0f;
+    uint8_t* hmask = out;
+    uint8_t* qs = out + 32;
+    uint8_t* scales = out + 96;
+    std::array<int, 16> ls;
+    for (size_t j = 0; j < 16; ++j) {
+      ls[j] = round_clamped(inv_d * group_scale[j], -32, 31);
+      const int l = ls[j] + 32;  // ggml's packing (kq3_scale unpacks it)
+      if (j < 8)
+        scales[j] = static_cast<uint8_t>(l & 0xF);
+      else
+        scales[j - 8] |= static_cast<uint8_t>((l & 0xF) << 4);
+      scales[j % 4 + 8] |= static_cast<uint8_t>((l >> 4) << (2 * (j / 4)));
+    }
+    store_f16(out + 108, d);
+    const float d_stored = load_f16(out + 108);
+    for (size_t e = 0; e < kSuperBlock; ++e) {  // e = 128h + 32k + l, group 8h + 2k + (l >= 16)
+      const size_t h = e / 128, k = (e % 128) / 32, l = e % 32;
+      const float step = d_stored * static_cast<float>(ls[8 * h + 2 * k + (l >= 16 ? 1 : 0)]);
+      const int q = (step != 0.0f ? round_clamped(x[e] / step, -4, 3) : 0) + 4;  // 0..7
+      qs[32 * h + l] |= static_cast<uint8_t>((q & 3) << (2 * k));
+      if (q > 3) hmask[l] |= static_cast<uint8_t>(1u << (4 * h + k));
+    }
+  }
+}
+
 int kq3_scale(const uint8_t* scales, int i) {
   if (i < 4) return (scales[i] & 0xF) | ((scales[i + 8] & 3) << 4);
   if (i < 8) return (scales[i] & 0xF) | (((scales[i + 4] >> 2) & 3) << 4);

@@ -13,11 +13,11 @@
 //     q in 0..63. Element e = 128h + 32k + l (h in 0..1, k in 0..3, l in 0..31):
 //     low 4 bits in ql[64h + 32(k&1) + l] (low nibble for k < 2, high for k >= 2),
 //     high 2 bits in bits 2k..2k+1 of qh[32h + l].
-//   Q2_K (84 bytes, read only): u8 scales[16]; u8 qs[64]; f16 d; f16 dmin
+//   Q2_K (84 bytes): u8 scales[16]; u8 qs[64]; f16 d; f16 dmin
 //     sixteen groups of 16; scales[i] holds a 4-bit scale (low nibble) and
 //     min (high); x = d*sc * q - dmin*m, q in 0..3. Element e = 128h + 32k + l:
 //     q in bits 2k..2k+1 of qs[32h + l], group 8h + 2k + (l >= 16).
-//   Q3_K (110 bytes, read only): u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d
+//   Q3_K (110 bytes): u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d
 //     sixteen 6-bit scales sc (kq3_scale); x = d*(sc - 32) * q, q = the 2 bits
 //     of qs as Q2_K's minus 4 unless bit 4h + k of hmask[l] is set, so q in -4..3.
 #pragma once
@@ -48,6 +48,8 @@ void kq_scale_min(const uint8_t* scales, int j, uint8_t& scale, uint8_t& min);
 void quantize_q4_k(std::span<const float> src, uint8_t* dst);
 void quantize_q5_k(std::span<const float> src, uint8_t* dst);
 void quantize_q6_k(std::span<const float> src, uint8_t* dst);
+void quantize_q2_k(std::span<const float> src, uint8_t* dst);
+void quantize_q3_k(std::span<const float> src, uint8_t* dst);
 void dequantize_q4_k(const uint8_t* src, std::span<float> dst);
 void dequantize_q5_k(const uint8_t* src, std::span<float> dst);
 void dequantize_q6_k(const uint8_t* src, std::span<float> dst);

@@ -346,8 +346,7 @@ bool type_supported(GgmlType t) {
 }
 
 bool type_writable(GgmlType t) {
-  return type_supported(t) && t != GgmlType::IQ4_NL && t != GgmlType::IQ4_XS && t != GgmlType::Q2_K &&
-         t != GgmlType::Q3_K;
+  return type_supported(t) && t != GgmlType::IQ4_NL && t != GgmlType::IQ4_XS;
 }
 
 std::string_view supported_types_list() {
@@ -448,9 +447,12 @@ void quantize_row(GgmlType t, std::span<const float> src, std::span<uint8_t> dst
     case GgmlType::Q4_K: quantize_q4_k(src, dst.data()); return;
     case GgmlType::Q5_K: quantize_q5_k(src, dst.data()); return;
     case GgmlType::Q6_K: quantize_q6_k(src, dst.data()); return;
+    case GgmlType::Q2_K: quantize_q2_k(src, dst.data()); return;
+    case GgmlType::Q3_K: quantize_q3_k(src, dst.data()); return;
     default:
       throw std::invalid_argument(fmt::format("quantize_row: kvscope cannot write type {}; it writes: {}",
-                                              traits_of(t).name, "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K"));
+                                              traits_of(t).name,
+                                              "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K"));
   }
 }
 

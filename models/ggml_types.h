@@ -53,8 +53,8 @@ std::optional<TypeTraits> type_traits(uint32_t type_id);
 // Whether kvscope can compute with this type (read it and run it on the GPU).
 bool type_supported(GgmlType t);
 std::string_view supported_types_list();  // "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS"
-// Whether quantize_row writes it (every supported type but IQ4_NL, IQ4_XS,
-// Q2_K and Q3_K, whose scale searches kvscope does not do: it reads them).
+// Whether quantize_row writes it (every supported type but IQ4_NL and
+// IQ4_XS, whose non-uniform level searches kvscope does not do: it reads them).
 bool type_writable(GgmlType t);
 // K-quants: super-blocks of 256 elements (layouts in models/ggml_kquants.h).
 // (Q2_K, Q3_K and IQ4_XS too: their blocks are 256 elements.)

@@ -45,36 +45,37 @@ void fill_uniform(std::span<float> out, SplitMix64& rng, float scale, float offs
 
 // How each weight matrix is stored under a type name: one type everywhere,
 // or llama.cpp's _M mixes (output and some attn_v / ffn_down in Q6_K).
+// The type of each matrix: the scheme `type` names, as `kvscope quantize`
+// would give it (scheme_tensor_type: the mix's rules and the fallback for
+// rows that are not whole blocks).
 struct TypePlan {
-  GgmlType base = GgmlType::F32;
-  bool more_bits_mix = false;
+  QuantizeScheme scheme{"F32", GgmlType::F32};
+  uint32_t n_gqa = 1;
+  bool tied_output = true;
 
   GgmlType matrix_type(std::string_view name, int layer, int n_layers, uint64_t cols) const {
-    GgmlType t = base;
-    if (more_bits_mix) {
-      const bool more_bits_tensor = name.ends_with(".attn_v.weight") || name.ends_with(".ffn_down.weight");
-      if (name == "output.weight" || (more_bits_tensor && layer >= 0 && use_more_bits(layer, n_layers)))
-        t = GgmlType::Q6_K;
-    }
-    // Rows that are not whole super-blocks (Qwen 2.5 0.5B's 896) fall back to
-    // Q8_0, as `kvscope quantize` does.
-    const uint32_t block = type_traits(uint32_t(t))->block_elems;
-    if (cols % block != 0) t = cols % 32 == 0 ? GgmlType::Q8_0 : GgmlType::F16;
-    return t;
+    if (scheme.base == GgmlType::F32) return GgmlType::F32;
+    return scheme_tensor_type(scheme, name, TensorPlace{layer, n_layers, cols, n_gqa, tied_output});
   }
 };
 
-TypePlan type_plan(const std::string& name) {
-  if (auto t = type_from_name(name); t && *t == GgmlType::F32) return {GgmlType::F32, false};
-  if (auto scheme = quantize_scheme(name)) return {scheme->base, scheme->more_bits_mix};
-  throw std::invalid_argument(fmt::format("synthetic model: weight type '{}' is not one of F32 {}", name,
+TypePlan type_plan(const SyntheticSpec& s) {
+  TypePlan plan;
+  plan.n_gqa = s.n_kv_head > 0 ? s.n_head / s.n_kv_head : 1;
+  plan.tied_output = s.tied_output;
+  if (auto t = type_from_name(s.type); t && *t == GgmlType::F32) return plan;
+  if (auto scheme = quantize_scheme(s.type)) {
+    plan.scheme = *scheme;
+    return plan;
+  }
+  throw std::invalid_argument(fmt::format("synthetic model: weight type '{}' is not one of F32 {}", s.type,
                                           quantize_scheme_list()));
 }
 
 class Builder {
  public:
   Builder(GgufWriter& writer, const SyntheticSpec& spec)
-      : writer_(writer), spec_(spec), plan_(type_plan(spec.type)),
+      : writer_(writer), spec_(spec), plan_(type_plan(spec)),
         threads_(spec.threads ? spec.threads : std::max(1u, std::thread::hardware_concurrency())) {}
 
   // A vector of f32 values (norms, biases): uniform in offset +- scale.
@@ -317,7 +318,7 @@ uint64_t extra_norms(const SyntheticSpec& s) {
 }  // namespace
 
 uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
-  const TypePlan plan = type_plan(s.type);
+  const TypePlan plan = type_plan(s);
   const uint64_t dim = s.dim, q_dim = uint64_t{s.n_head} * s.head_dim, kv_dim = uint64_t{s.n_kv_head} * s.head_dim;
   auto matrix = [&](const std::string& name, uint64_t rows, uint64_t cols, int layer) {
     return rows * row_bytes(plan.matrix_type(name, layer, int(s.n_layer), cols), cols);

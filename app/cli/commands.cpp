@@ -657,7 +657,8 @@ int quantize(const std::string& in, const std::string& out, const std::string& t
   if (r.n_fallback > 0)
     fmt::print(stderr,
                "{}: {} tensors have rows that are not a multiple of 256 elements and were written as llama.cpp "
-               "writes them: Q5_0 for Q4_K, Q5_1 for Q5_K, Q8_0 for Q6_K (F16 where not a multiple of 32)\n",
+               "writes them: Q4_0 for Q2_K and Q3_K, Q5_0 for Q4_K, Q5_1 for Q5_K, Q8_0 for Q6_K (F16 where not "
+               "a multiple of 32)\n",
                out, r.n_fallback);
   return 0;
 }

@@ -8,6 +8,7 @@
 #include "app/cli/commands.h"
 #include "app/core/lab.h"
 #include "kv/policy.h"
+#include "models/quantize.h"
 #include "models/synthetic.h"
 
 namespace {
@@ -226,7 +227,7 @@ int main(int argc, char** argv) {
   auto* q_cmd = app.add_subcommand("quantize", "rewrite a GGUF model's weight matrices as F16, Q8_0, Q4_0, K-quants or a K-quant mix");
   q_cmd->add_option("in", q_in, "input GGUF")->required();
   q_cmd->add_option("out", q_out, "output GGUF")->required();
-  q_cmd->add_option("type", q_type, "F16 | Q8_0 | Q4_0 | Q4_K | Q5_K | Q6_K | Q4_K_M | Q5_K_M")->required();
+  q_cmd->add_option("type", q_type, std::string(kvscope::quantize_scheme_list()))->required();
 
   SyntheticOptions syn_o;
   auto* syn_cmd = app.add_subcommand(

@@ -260,50 +260,65 @@ TEST_CASE("kquant matmul: BF16 Q4_K Q5_K Q6_K, tiles and rows per invocation, ch
 
 // ---------------------------------------------------------------- [SECTION] the forward pass on a Q4_K_M model
 
-// stories15M has dim 288: only ffn_down (rows of 768) takes K-quants, Q4_K or
-// Q6_K by layer; the rest falls back to Q8_0. So one model mixes three weight
-// types, and the GPU must pick each tensor's shaders. Held to the CPU
-// reference on the same file (same dequantized weights), prefill and decode.
-TEST_CASE("kquant e2e: a Q4_K_M stories15M matches the CPU reference, prefill and decode") {
-  test::TempDir dir;
-  const std::string path = dir.file("stories15M-q4_k_m.gguf");
-  const QuantizeResult q = quantize_model(test::model_path(), path, *quantize_scheme("Q4_K_M"));
-  CHECK(q.n_fallback == 37);  // 43 matrices, 6 ffn_down fit
-  {
-    const GgufFile file = GgufFile::open(path);
-    CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q4_K);
-    CHECK(file.tensor("blk.2.ffn_down.weight").type == GgmlType::Q6_K);  // use_more_bits(2, 6)
-    // Rows of 288: llama.cpp's fallback, Q5_0 for Q4_K and Q8_0 for Q6_K.
-    CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q5_0);
-    CHECK(file.tensor("blk.2.attn_v.weight").type == GgmlType::Q8_0);  // Q6_K in layer 2
-  }
-  EngineOptions options;
-  options.model_path = path;
-  Engine engine(options);
-  reference::Model ref(engine.file(), 64);
-  kv::CacheConfig cc;
-  cc.k_format = cc.v_format = kv::Format::F32;
-  const std::vector<int32_t> ids = engine.tokenizer().encode("Lily and Ben went to the park.", true);
-  const size_t n_vocab = engine.config().n_vocab;
-
-  Session prefill(engine, cc);
-  const std::vector<float> all = prefill.logits_all(ids);  // matmul
-  Session decode(engine, cc);
-  float worst_prefill = 0, worst_decode = 0;
-  for (size_t p = 0; p < ids.size(); ++p) {
-    const int32_t pos = static_cast<int32_t>(p);
-    const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);  // matvec
-    const std::vector<float>& cpu = ref.forward(ids[p], pos);
-    for (size_t i = 0; i < n_vocab; ++i) {
-      worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
-      worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
+// stories15M has dim 288: only ffn_down (rows of 768) takes K-quants, the
+// mix's types by layer; the rest falls back as llama.cpp's (Q4_K to Q5_0,
+// Q6_K to Q8_0, Q2_K and Q3_K to Q4_0), and the tied token_embd is the
+// output: Q8_0. So one model mixes three or four weight types, and the GPU
+// must pick each tensor's shaders. Held to the CPU reference on the same
+// file (same dequantized weights), prefill and decode.
+TEST_CASE("kquant e2e: stories15M in Q4_K_M, Q3_K_M and Q2_K matches the CPU reference, prefill and decode") {
+  for (const char* scheme : {"Q4_K_M", "Q3_K_M", "Q2_K"}) {
+    CAPTURE(scheme);
+    test::TempDir dir;
+    const std::string path = dir.file("stories15M.gguf");
+    const QuantizeResult q = quantize_model(test::model_path(), path, *quantize_scheme(scheme));
+    CHECK(q.n_fallback == 36);  // 43 matrices: 6 ffn_down fit, token_embd is the output (Q8_0)
+    {
+      const GgufFile file = GgufFile::open(path);
+      CHECK(file.tensor("token_embd.weight").type == GgmlType::Q8_0);
+      const std::string_view name = scheme;
+      if (name == "Q4_K_M") {
+        CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q4_K);
+        CHECK(file.tensor("blk.2.ffn_down.weight").type == GgmlType::Q6_K);  // use_more_bits(2, 6)
+        CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q5_0);
+        CHECK(file.tensor("blk.2.attn_v.weight").type == GgmlType::Q8_0);  // Q6_K in layer 2
+      } else if (name == "Q3_K_M") {
+        CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q4_K);  // 6 / 16 = 0 layers of Q5_K
+        CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q4_0);   // Q3_K's fallback
+        CHECK(file.tensor("blk.0.attn_v.weight").type == GgmlType::Q5_1);   // Q5_K in layers 0, 1
+      } else {
+        CHECK(file.tensor("blk.0.ffn_down.weight").type == GgmlType::Q3_K);
+        CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q4_0);   // Q2_K's fallback
+      }
     }
+    EngineOptions options;
+    options.model_path = path;
+    Engine engine(options);
+    reference::Model ref(engine.file(), 64);
+    kv::CacheConfig cc;
+    cc.k_format = cc.v_format = kv::Format::F32;
+    const std::vector<int32_t> ids = engine.tokenizer().encode("Lily and Ben went to the park.", true);
+    const size_t n_vocab = engine.config().n_vocab;
+
+    Session prefill(engine, cc);
+    const std::vector<float> all = prefill.logits_all(ids);  // matmul
+    Session decode(engine, cc);
+    float worst_prefill = 0, worst_decode = 0;
+    for (size_t p = 0; p < ids.size(); ++p) {
+      const int32_t pos = static_cast<int32_t>(p);
+      const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);  // matvec
+      const std::vector<float>& cpu = ref.forward(ids[p], pos);
+      for (size_t i = 0; i < n_vocab; ++i) {
+        worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
+        worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
+      }
+    }
+    MESSAGE(std::string(scheme) << " worst |GPU - CPU| logit over " << ids.size() << " tokens: prefill " << worst_prefill
+                   << ", decode " << worst_decode);
+    // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
+    CHECK(worst_prefill < 2e-3f);
+    CHECK(worst_decode < 2e-3f);
   }
-  MESSAGE("Q4_K_M worst |GPU - CPU| logit over " << ids.size() << " tokens: prefill " << worst_prefill << ", decode "
-                                                 << worst_decode);
-  // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
-  CHECK(worst_prefill < 2e-3f);
-  CHECK(worst_decode < 2e-3f);
 }
 
 TEST_CASE("legacy e2e: stories15M in Q4_1, Q5_0 and Q5_1 matches the CPU reference, prefill and decode") {

