@@ -196,7 +196,7 @@ GpuModel::GpuModel(gpu::Context& ctx, const GgufFile& file, uint32_t max_batch, 
         capacity, probe_row, limit, ctx.info().name));
 
   check_fits_device(file);
-  weights_ = upload_weights(ctx, file, cfg_);
+  weights_ = upload_weights(ctx, file, cfg_, capacity);
   // The qkv and gate|up rows are laid out from the config; the tensors must agree.
   for (uint32_t l = 0; l < cfg_.n_layer; ++l) {
     const GpuLayer& L = weights_.layers[l];
@@ -385,6 +385,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     params::RopeKvWriteParams rp{n, cfg_.n_head, cfg_.n_kv_head, hd, cfg_.rope_dim, theta, slots, qkv_stride, kv};
     rp.rope_mode = uint32_t(cfg_.rope_mode);
     rp.has_freq_factors = has_factors;
+    rp.mscale = cfg_.rope_attn_factor;
     rp.keys_unrotated = cache.rolling() ? 1u : 0u;
     // Rolling: q turns by its cache-relative position, keys are stored as they are.
     const Buffer& rope_query_positions = cache.rolling() ? rope_positions_ : positions_;
@@ -403,6 +404,7 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     if (cache.rolling()) ap.rolling = 1, ap.rope_dim = cfg_.rope_dim, ap.rope_theta = theta;
     ap.rope_mode = uint32_t(cfg_.rope_mode);
     ap.has_freq_factors = has_factors;
+    ap.rope_mscale = cfg_.rope_attn_factor;
     ap.window = cfg_.layer_window(l);
     ap.kv_slots = slots;
     const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;

@@ -140,6 +140,8 @@ LlamaConfig read_llama_config(const GgufFile& file) {
     if (cfg.rope_linear_factor < 1.0f || cfg.rope_linear_factor > 1024.0f)
       in.fail(fmt::format("{}.rope.scaling.factor is {}, expected 1 to 1024", a, cfg.rope_linear_factor));
   }
+  cfg.rope_attn_factor = in.positive_float(a + ".rope.scaling.attn_factor", 1.0);
+  cfg.rope_ctx_orig = in.optional(a + ".rope.scaling.original_context_length", cfg.n_ctx_train, kMaxContext);
   cfg.attn_scale = 1.0f / std::sqrt(float(cfg.head_dim));
   if (gemma3) {
     cfg.embed_scale = std::sqrt(float(cfg.dim));
@@ -219,6 +221,13 @@ LlamaConfig read_llama_config(const GgufFile& file) {
   cfg.rope_freqs = file.find_tensor(rope_freqs_tensor(cfg)) != nullptr;
   if (cfg.rope_freqs)
     check_tensor(file, cfg.arch, rope_freqs_tensor(cfg), {cfg.rope_dim / 2}, "rope frequency factors");
+  cfg.rope_factors_long = phi3 && file.find_tensor("rope_factors_long.weight") != nullptr;
+  if (cfg.rope_factors_long) {
+    if (!cfg.rope_freqs)
+      in.fail("tensor 'rope_factors_long.weight' has no 'rope_factors_short.weight' beside it; this phi3 model "
+              "needs both");
+    check_tensor(file, cfg.arch, "rope_factors_long.weight", {cfg.rope_dim / 2}, "rope frequency factors");
+  }
   return cfg;
 }
 
@@ -226,11 +235,14 @@ std::string rope_freqs_tensor(const LlamaConfig& cfg) {
   return cfg.arch == "phi3" ? "rope_factors_short.weight" : "rope_freqs.weight";
 }
 
-std::vector<float> rope_factors(const GgufFile& file, const LlamaConfig& cfg) {
+std::vector<float> rope_factors(const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx) {
   if (!cfg.rope_freqs && cfg.rope_linear_factor == 1.0f) return {};
   std::vector<float> factors(cfg.rope_dim / 2, 1.0f);
   if (cfg.rope_freqs) {
-    const GgufTensorInfo& t = file.tensor(rope_freqs_tensor(cfg));  // F32, rope_dim/2: read_llama_config checked
+    // llama.cpp's get_rope_factors: the long factors when the context is longer than the original.
+    const std::string name =
+        cfg.rope_factors_long && n_ctx > cfg.rope_ctx_orig ? "rope_factors_long.weight" : rope_freqs_tensor(cfg);
+    const GgufTensorInfo& t = file.tensor(name);  // F32, rope_dim/2: read_llama_config checked
     std::memcpy(factors.data(), t.data, factors.size() * sizeof(float));
   }
   for (float& f : factors) f *= cfg.rope_linear_factor;

@@ -50,6 +50,13 @@ struct LlamaConfig {
   // RoPE linear scaling ({arch}.rope.scaling.type "linear", .factor): every
   // pair's frequency divided by the factor, on global layers (1: none).
   float rope_linear_factor = 1.0f;
+  // LongRoPE (phi3: Phi-3.5, Phi-4-mini): {arch}.rope.scaling.attn_factor
+  // multiplies every rotated pair (ggml's attn_factor, at any context), and
+  // rope_factors_long.weight replaces the short factors when the context
+  // exceeds {arch}.rope.scaling.original_context_length.
+  float rope_attn_factor = 1.0f;
+  uint32_t rope_ctx_orig = 0;       // original context (default: context_length)
+  bool rope_factors_long = false;   // rope_factors_long.weight (phi3)
   // gemma3: the embedding row times sqrt(dim) (1: as read).
   float embed_scale = 1.0f;
   // gemma3: blk.N.post_attention_norm / post_ffw_norm: the attention output
@@ -97,12 +104,13 @@ LlamaConfig read_llama_config(const GgufFile& file);
 // Tensor names (llama.cpp's GGUF naming).
 std::string layer_tensor(uint32_t layer, const char* suffix);  // "blk.3.attn_q.weight"
 // The per-pair RoPE divisors: rope_freqs.weight (Llama 3), or phi3's
-// rope_factors_short.weight (the factors for contexts up to the original one;
-// the long factors and their attention scaling are not applied).
+// rope_factors_short.weight (the factors for contexts up to the original one).
 std::string rope_freqs_tensor(const LlamaConfig& cfg);
-// The RoPE divisors a global layer uses (rope_freqs.weight times the linear
-// scaling factor; rope_dim/2 of them), empty when there are none.
-std::vector<float> rope_factors(const GgufFile& file, const LlamaConfig& cfg);
+// The RoPE divisors a global layer uses at a context of `n_ctx` tokens
+// (rope_freqs.weight, or phi3's long factors past its original context as
+// llama.cpp chooses them; times the linear scaling factor; rope_dim/2 of
+// them), empty when there are none.
+std::vector<float> rope_factors(const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx);
 
 // Parameter count (all tensors' elements) and the KV bytes per token for a
 // cache storing K and V with `bytes_per_elem` each.

@@ -40,12 +40,12 @@ std::vector<float> floats(const GgufFile& file, const std::string& name) {
 
 }  // namespace
 
-ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
+ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx) {
   ModelWeights w;
   w.token_embd = view(file, "token_embd.weight");
   w.output_norm = floats(file, "output_norm.weight");
   w.output = cfg.tied_output ? w.token_embd : view(file, "output.weight");
-  w.rope_freqs = rope_factors(file, cfg);
+  w.rope_freqs = rope_factors(file, cfg, n_ctx);
   for (uint32_t l = 0; l < cfg.n_layer; ++l) {
     LayerWeights lw;
     lw.attn_norm = floats(file, layer_tensor(l, "attn_norm.weight"));
@@ -89,7 +89,7 @@ ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg) {
 }
 
 Model::Model(const GgufFile& file, uint32_t n_ctx)
-    : cfg_(read_llama_config(file)), w_(view_weights(file, cfg_)), n_ctx_(n_ctx) {
+    : cfg_(read_llama_config(file)), w_(view_weights(file, cfg_, n_ctx)), n_ctx_(n_ctx) {
   if (n_ctx == 0) throw std::invalid_argument("reference model: context length must be > 0");
   const size_t dim = cfg_.dim, kv_dim = cfg_.kv_dim(), q_dim = cfg_.q_dim();
   key_cache_.assign(size_t{cfg_.n_layer} * n_ctx * kv_dim, 0.0f);
@@ -159,9 +159,9 @@ const std::vector<float>& Model::forward(int32_t token, int32_t pos) {
     const std::span<const float> factors = cfg_.layer_rope_factors(l) ? std::span<const float>(w_.rope_freqs)
                                                                       : std::span<const float>();
     for (uint32_t h = 0; h < cfg_.n_head; ++h)
-      rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors);
+      rope({q_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors, cfg_.rope_attn_factor);
     for (uint32_t h = 0; h < cfg_.n_kv_head; ++h)
-      rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors);
+      rope({k_.data() + h * hd, hd}, pos, cfg_.rope_dim, theta, cfg_.rope_mode, factors, cfg_.rope_attn_factor);
     std::memcpy(key_layer + size_t(pos) * kv_dim, k_.data(), kv_dim * sizeof(float));
     std::memcpy(value_layer + size_t(pos) * kv_dim, v_.data(), kv_dim * sizeof(float));
 

@@ -24,9 +24,10 @@ void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n
 // rotary embedding of one head vector (head_dim), first rope_dim dims
 // (shaders/common/rope.glsl): pair i < rope_dim/2 is dims (2i, 2i+1) (Normal)
 // or (i, i + rope_dim/2) (Neox), turned by pos * theta^(-2i/rope_dim), divided
-// by freq_factors[i] when given (rope_dim/2 of them: Llama 3's rope_freqs).
+// by freq_factors[i] when given (rope_dim/2 of them: Llama 3's rope_freqs),
+// the rotated pair times mscale (ggml's attn_factor: Phi-3.5's LongRoPE).
 void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta, RopeMode mode = RopeMode::Normal,
-          std::span<const float> freq_factors = {});
+          std::span<const float> freq_factors = {}, float mscale = 1.0f);
 // out = silu(gate) * up
 void swiglu(std::span<float> out, std::span<const float> gate, std::span<const float> up);
 // out = gelu(gate) * up, GELU in its tanh form (GeGLU: gemma3)
@@ -68,7 +69,8 @@ struct ModelWeights {
   TensorView output;              // (n_vocab, dim); token_embd when tied
   std::vector<float> rope_freqs;  // (rope_dim/2) frequency divisors of global layers (rope_factors()); empty: none
 };
-ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg);
+// `n_ctx`: the context the model runs at (Phi-3.5 picks its RoPE factors by it).
+ModelWeights view_weights(const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx);
 
 // A full-precision forward pass with its own f32 KV cache of n_ctx positions.
 class Model {

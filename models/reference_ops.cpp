@@ -41,14 +41,14 @@ void embed(std::span<float> out, GgmlType type, const uint8_t* table, uint64_t n
 }
 
 void rope(std::span<float> head, int32_t pos, uint32_t rope_dim, float theta, RopeMode mode,
-          std::span<const float> freq_factors) {
+          std::span<const float> freq_factors, float mscale) {
   for (uint32_t i = 0; i < rope_dim / 2; ++i) {
     // Pair i turns at theta^(-2i/rope_dim) radians per position (divided by
     // its frequency factor); Normal pairs dims (2i, 2i+1), Neox (i, i + rope_dim/2).
     const float freq = std::pow(theta, -static_cast<float>(2 * i) / static_cast<float>(rope_dim));
     const float factor = freq_factors.empty() ? 1.0f : freq_factors[i];
     const float angle = static_cast<float>(pos) * freq / factor;
-    const float c = std::cos(angle), s = std::sin(angle);
+    const float c = std::cos(angle) * mscale, s = std::sin(angle) * mscale;
     const uint32_t a = mode == RopeMode::Neox ? i : 2 * i;
     const uint32_t b = mode == RopeMode::Neox ? i + rope_dim / 2 : 2 * i + 1;
     const float x0 = head[a], x1 = head[b];

@@ -206,10 +206,10 @@ SyntheticSpec synthetic_preset(std::string_view name) {
     s.arch = "phi3";
     s.dim = 3072, s.n_layer = 32, s.n_head = 32, s.n_kv_head = 32, s.head_dim = 96, s.ffn_dim = 8192;
     s.n_vocab = 32064, s.n_ctx = 4096, s.tied_output = false;
-  } else if (name == "tiny-phi3") {  // Phi-3's traits: fused q|k|v and gate|up tensors, NeoX RoPE, head 24
+  } else if (name == "tiny-phi3") {  // Phi-3.5's traits: fused q|k|v and gate|up, NeoX RoPE, head 24, LongRoPE past 32 tokens
     s.arch = "phi3";
     s.dim = 96, s.n_layer = 2, s.n_head = 4, s.n_kv_head = 4, s.head_dim = 24, s.ffn_dim = 160;
-    s.n_vocab = 320, s.tied_output = false;
+    s.n_vocab = 320, s.tied_output = false, s.long_rope_ctx = 32;
   } else if (name == "gemma3-1b") {  // Gemma 3 1B: 26 layers, 5 of each 6 with a 512-token window, head 256, 1 kv head
     s.arch = "gemma3";
     s.dim = 1152, s.n_layer = 26, s.n_head = 4, s.n_kv_head = 1, s.head_dim = 256, s.ffn_dim = 6912;
@@ -266,6 +266,14 @@ void add_synthetic_model(GgufWriter& w, const SyntheticSpec& s) {
   b.add_vector("output_norm.weight", dim, 0.1f, 1.0f);
   if (!s.tied_output) b.add_matrix("output.weight", s.n_vocab, dim, -1);
   if (s.rope_freqs) b.add_f32("rope_freqs.weight", llama3_rope_freqs(s.head_dim, s.rope_theta));
+  if (s.long_rope_ctx) {  // Phi-3.5's kind: gentle short factors, stronger long ones, sqrt(1 + ln(s) / ln(orig))
+    const float scale = float(s.n_ctx) / float(s.long_rope_ctx);
+    b.add_f32("rope_factors_short.weight", llama3_rope_freqs(s.head_dim, s.rope_theta, 1.5f, s.long_rope_ctx));
+    b.add_f32("rope_factors_long.weight", llama3_rope_freqs(s.head_dim, s.rope_theta, 8.0f, s.long_rope_ctx));
+    w.set_uint32(a + ".rope.scaling.original_context_length", s.long_rope_ctx);
+    w.set_float32(a + ".rope.scaling.attn_factor",
+                  std::sqrt(1.0f + std::log(std::max(scale, 1.0f)) / std::log(float(s.long_rope_ctx))));
+  }
   for (uint32_t l = 0; l < s.n_layer; ++l) {
     const int layer = int(l);
     b.add_vector(layer_tensor(l, "attn_norm.weight"), dim, 0.1f, 1.0f);
@@ -326,6 +334,7 @@ uint64_t synthetic_weight_bytes(const SyntheticSpec& s) {
   uint64_t total = matrix("token_embd.weight", s.n_vocab, dim, -1) + 4 * dim;
   if (!s.tied_output) total += matrix("output.weight", s.n_vocab, dim, -1);
   if (s.rope_freqs) total += 4 * (s.head_dim / 2);
+  if (s.long_rope_ctx) total += 2 * 4 * (s.head_dim / 2);
   for (uint32_t l = 0; l < s.n_layer; ++l) {
     const int layer = int(l);
     if (s.arch == "phi3")
@@ -349,6 +358,7 @@ uint64_t synthetic_parameter_count(const SyntheticSpec& s) {
   const uint64_t per_layer = 2 * dim + dim * (q_dim + 2 * kv_dim) + (s.qkv_bias ? q_dim + 2 * kv_dim : 0) +
                              extra_norms(s) + q_dim * dim + 3 * dim * s.ffn_dim;
   return uint64_t{s.n_vocab} * dim * (s.tied_output ? 1 : 2) + dim + (s.rope_freqs ? s.head_dim / 2 : 0) +
+         (s.long_rope_ctx ? s.head_dim : 0) +
          s.n_layer * per_layer;
 }
 

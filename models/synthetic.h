@@ -28,6 +28,9 @@ struct SyntheticSpec {
   // .sliding_window_pattern (0: not written; readers take llama.cpp's 6).
   uint32_t sliding_window = 0, swa_period = 0;
   float rope_linear = 1.0f;   // > 1: rope.scaling.type "linear" with this factor
+  // phi3's LongRoPE (Phi-3.5): rope_factors_short/long.weight, an original
+  // context of this many tokens (0: none written) and its attn_factor.
+  uint32_t long_rope_ctx = 0;
   // Weight type: one ggml type name (F32 F16 Q8_0 Q4_0 ...) or a mix
   // (Q4_K_M, Q5_K_M) as models/quantize.h names them. Norms, biases and
   // rope_freqs stay F32.

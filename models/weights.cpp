@@ -185,13 +185,13 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg) {
   return total;
 }
 
-GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const LlamaConfig& cfg) {
+GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx) {
   GpuWeights w;
   w.tied_output = cfg.tied_output;
   w.token_embd = upload_tensor(ctx, file, "token_embd.weight");
   w.output_norm = upload_floats(ctx, file, "output_norm.weight");
   if (!cfg.tied_output) w.output = upload_tensor(ctx, file, "output.weight");
-  if (const std::vector<float> factors = rope_factors(file, cfg); !factors.empty()) {
+  if (const std::vector<float> factors = rope_factors(file, cfg, n_ctx); !factors.empty()) {
     w.rope_freqs = gpu::Buffer(ctx, factors.size() * sizeof(float), gpu::MemoryUse::Device, "rope factors");
     w.rope_freqs.write_as<float>(factors);
   }

@@ -72,6 +72,7 @@ uint64_t weight_device_bytes(const GgufFile& file, const LlamaConfig& cfg);
 // Uploads every tensor; throws gpu::OutOfMemory with the model's size when the
 // device cannot hold it. Afterwards the file's pages are released
 // (madvise DONTNEED): the model lives on the device, not twice in memory.
-GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const LlamaConfig& cfg);
+// `n_ctx`: the context the model runs at (Phi-3.5 picks its RoPE factors by it).
+GpuWeights upload_weights(const gpu::Context& ctx, const GgufFile& file, const LlamaConfig& cfg, uint32_t n_ctx);
 
 }  // namespace kvscope

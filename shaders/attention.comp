@@ -50,7 +50,7 @@ float rolling_k_dot(uint kv_head, uint slot, int open_block) {
     const vec2 k = vec2(k_at(kv_head, slot, d.x, kv_slots(), p.head_dim, p.kv, open_block),
                         k_at(kv_head, slot, d.y, kv_slots(), p.head_dim, p.kv, open_block));
     const float factor = 2u * i < p.rope_dim && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
-    const vec2 r = rope_rotate(k, i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor);
+    const vec2 r = rope_rotate(k, i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor, p.rope_mscale);
     score += q_scaled[d.x] * r.x + q_scaled[d.y] * r.y;
   }
   return score;

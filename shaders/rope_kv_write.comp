@@ -30,7 +30,7 @@ layout(push_constant) uniform Push { RopeKvWriteParams p; };
 vec2 rope_pair(vec2 v, uint i, float pos) {
   const bool rotated = 2u * i < p.rope_dim;
   const float factor = rotated && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
-  return rope_rotate(v, i, pos, p.rope_mode, p.theta, p.rope_dim, factor);
+  return rope_rotate(v, i, pos, p.rope_mode, p.theta, p.rope_dim, factor, p.mscale);
 }
 
 void main() {

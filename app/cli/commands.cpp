@@ -252,6 +252,9 @@ int info(const std::string& model, bool as_json) {
   j["ffn_activation"] = cfg.ffn_act == FfnActivation::GeluTanh ? "gelu_tanh" : "silu";
   j["attention_scale"] = cfg.attn_scale;
   j["rope_linear_factor"] = cfg.rope_linear_factor;
+  j["rope_attn_factor"] = cfg.rope_attn_factor;
+  j["rope_original_context"] = cfg.rope_ctx_orig;
+  j["rope_factors_long"] = cfg.rope_factors_long;
   json layers = json::array();  // per layer: its attention window (0: global)
   for (uint32_t l = 0; l < cfg.n_layer; ++l) layers.push_back(cfg.layer_window(l));
   j["layer_windows"] = layers;
@@ -283,7 +286,11 @@ int info(const std::string& model, bool as_json) {
              cfg.dim, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.ffn_dim, cfg.n_ctx_train);
   fmt::print("  rope theta {} ({} pairs{}{}), rms eps {}, output {}{}\n", cfg.rope_theta,
              cfg.rope_mode == RopeMode::Neox ? "NeoX" : "normal", cfg.rope_freqs ? ", rope_freqs factors" : "",
-             cfg.rope_linear_factor != 1.0f ? fmt::format(", linear scaling x{:g}", cfg.rope_linear_factor) : "",
+             cfg.rope_linear_factor != 1.0f ? fmt::format(", linear scaling x{:g}", cfg.rope_linear_factor)
+             : cfg.rope_factors_long
+                 ? fmt::format(", LongRoPE: long factors past {} tokens, attn factor {:g}", cfg.rope_ctx_orig,
+                               cfg.rope_attn_factor)
+                 : "",
              cfg.norm_eps, cfg.tied_output ? "tied to token_embd" : "output.weight",
              cfg.qkv_bias ? ", q/k/v biases" : "");
   if (cfg.has_local_layers()) {

@@ -183,6 +183,7 @@ struct RopeKvWriteParams {
   // attention rotates it at its cache-relative position, and binding 1 then
   // holds the queries' cache-relative positions.
   uint keys_unrotated;
+  float mscale KVSCOPE_DEFAULT(1.0f);  // the rotated pairs times this (rope.glsl; Phi-3.5's attn_factor)
 };
 
 // kivi_key_write (kivi2 keys, after rope_kv_write): 0 qkv (k rotated, at
@@ -246,6 +247,7 @@ struct AttentionParams {
   uint has_freq_factors;
   uint window;
   uint kv_slots;
+  float rope_mscale KVSCOPE_DEFAULT(1.0f);  // rolling: rope_kv_write's mscale
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),

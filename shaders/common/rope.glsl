@@ -12,7 +12,8 @@
 // The unrotated pairs i >= rope_dim/2 are (2i, 2i+1) in both modes, so the
 // pairs cover the head's dims exactly once either way.
 // freq_factor is 1 except for Llama 3's rope_freqs.weight (one divisor per
-// pair, applied the way llama.cpp applies it).
+// pair, applied the way llama.cpp applies it). mscale multiplies the rotated
+// pair (ggml's attn_factor: Phi-3.5's LongRoPE scale; 1 elsewhere).
 #ifndef KVSCOPE_ROPE_GLSL
 #define KVSCOPE_ROPE_GLSL
 
@@ -28,10 +29,10 @@ uvec2 rope_pair_dims(uint i, uint mode, uint rope_dim) {
 // The pair v = (head[x], head[y]) of pair index i at position pos, rotated.
 // The angle does not depend on the mode (only which dims pair up does); mode
 // is taken so that every caller states which one it uses.
-vec2 rope_rotate(vec2 v, uint i, float pos, uint mode, float theta, uint rope_dim, float freq_factor) {
+vec2 rope_rotate(vec2 v, uint i, float pos, uint mode, float theta, uint rope_dim, float freq_factor, float mscale) {
   if (2u * i >= rope_dim) return v;
   const float angle = pos * pow(theta, -float(2u * i) / float(rope_dim)) / freq_factor;
-  const float c = cos(angle), s = sin(angle);
+  const float c = cos(angle) * mscale, s = sin(angle) * mscale;
   return vec2(v.x * c - v.y * s, v.x * s + v.y * c);
 }
 

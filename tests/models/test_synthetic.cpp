@@ -109,11 +109,11 @@ double check_logits(std::span<const float> gpu, std::span<const float> ref, doub
 // against the CPU reference fed the same tokens. f32 cache: the only
 // differences are summation order and the device's pow/sin/cos.
 void check_model_against_reference(const GgufFile& file, const std::vector<int32_t>& prompt, uint32_t n_decode,
-                                   double tolerance, uint64_t max_binding_bytes = 0, uint32_t max_batch = 64) {
+                                   double tolerance, uint64_t max_binding_bytes = 0, uint32_t max_batch = 64,
+                                   uint32_t capacity = 64) {
   gpu::ContextOptions options;
   options.max_binding_bytes = max_binding_bytes;
   gpu::Context ctx(options);
-  const uint32_t capacity = 64;
   REQUIRE(prompt.size() + n_decode <= capacity);
   GpuModel model(ctx, file, max_batch, capacity);
   kv::CacheConfig cc;
@@ -194,7 +194,7 @@ TEST_CASE("synthetic: presets have the shapes and parameter counts of the models
   for (const Expected& e : {Expected{"tiny-llama3", "llama", RopeMode::Normal, true, false, true, 16},
                             Expected{"tiny-qwen2", "qwen2", RopeMode::Neox, false, true, true, 32},
                             Expected{"tiny-qwen3", "qwen3", RopeMode::Neox, false, false, true, 32},
-                            Expected{"tiny-phi3", "phi3", RopeMode::Neox, false, false, false, 24},
+                            Expected{"tiny-phi3", "phi3", RopeMode::Neox, true, false, false, 24},
                             Expected{"tiny-gemma3", "gemma3", RopeMode::Neox, false, false, true, 32},
                             Expected{"tiny-head48", "llama", RopeMode::Normal, false, false, false, 48}}) {
     CAPTURE(std::string(e.name));
@@ -421,15 +421,29 @@ TEST_CASE("synthetic Qwen 3: q/k head norms, no biases, q wider than the model, 
   }
 }
 
-TEST_CASE("synthetic Phi-3: one q|k|v tensor, one gate|up tensor, head 24, NeoX RoPE; GPU = CPU reference") {
+TEST_CASE("synthetic Phi-3.5: one q|k|v tensor, one gate|up tensor, head 24, NeoX, LongRoPE; GPU = CPU reference") {
   for (const std::string type : {"F32", "Q8_0"}) {
     CAPTURE(type);
     SyntheticSpec spec = synthetic_preset("tiny-phi3");
     spec.type = type;
     spec.name = fmt::format("tiny-phi3-{}", type);
     const SyntheticModel m = build(spec);
+    // A context of 64 is past the original 32: the long factors; one of 32: the short ones.
     check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 9), 6, kLogitTolerance);
+    check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 9), 6, kLogitTolerance, 0, 32, 32);
   }
+  const SyntheticModel m = build(synthetic_preset("tiny-phi3"));
+  const LlamaConfig cfg = read_llama_config(*m.file);
+  CHECK(cfg.rope_factors_long);
+  CHECK(cfg.rope_ctx_orig == 32);
+  CHECK(cfg.rope_attn_factor == doctest::Approx(std::sqrt(1.0 + std::log(8.0) / std::log(32.0))));
+  CHECK(rope_factors(*m.file, cfg, 32) != rope_factors(*m.file, cfg, 33));  // llama.cpp: long when n_ctx > original
+  // The same tokens at the same positions: the two contexts give different logits (the factors differ).
+  reference::Model short_ctx(*m.file, 32), long_ctx(*m.file, 64);
+  const std::vector<int32_t> tokens = pseudo_random_tokens(10, 320, 9);
+  std::vector<float> a, b;
+  for (size_t t = 0; t < tokens.size(); ++t) a = short_ctx.forward(tokens[t], int32_t(t)), b = long_ctx.forward(tokens[t], int32_t(t));
+  CHECK(a != b);
 }
 
 TEST_CASE("synthetic Gemma 3: sliding-window layers, post-norms, GeGLU, scaled embeddings, linear RoPE; GPU = CPU reference") {
