@@ -25,6 +25,7 @@
 #include "kv/policy.h"
 #include "models/forward.h"
 #include "models/hparams.h"
+#include "models/quantize.h"
 #include "models/reference.h"
 #include "models/synthetic.h"
 #include "models/tokenizer.h"
@@ -559,6 +560,33 @@ TEST_CASE("synthetic Q2_K and Q3_K_M models (rows of 256): GPU = CPU reference")
     CHECK(types.count(type == "Q2_K" ? GgmlType::Q2_K : GgmlType::Q3_K) == 1);
     CHECK(types.count(GgmlType::Q3_K) == 1);  // Q2_K's ffn_down and attn_output; Q3_K_M's base
     check_model_against_reference(*m.file, pseudo_random_tokens(12, spec.n_vocab, 13), 6, kLogitTolerance);
+  }
+}
+
+TEST_CASE("every architecture in every weight type kvscope writes (rows of 256): GPU = CPU reference") {
+  // Each tiny preset widened to 256 so that every type, K-quants included,
+  // fits its matrices; prefill and two decode steps against the reference.
+  for (const char* preset : {"tiny-llama3", "tiny-qwen2", "tiny-qwen3", "tiny-phi3", "tiny-gemma3"}) {
+    for (const char* type : {"F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}) {
+      CAPTURE(std::string(preset));
+      CAPTURE(std::string(type));
+      SyntheticSpec spec = synthetic_preset(preset);
+      spec.dim = 256, spec.ffn_dim = 256, spec.n_layer = std::min(spec.n_layer, 7u);
+      spec.n_head = 8, spec.head_dim = 32;  // q rows of 256 too (attn_output), the kv heads as the preset has
+      spec.type = type;
+      spec.name = fmt::format("{}-256-{}", preset, type);
+      const SyntheticModel m = build(spec);
+      const GgmlType expected = *type_from_name(type);
+      const bool mix = quantize_scheme(type)->mix != QuantizeMix::None;  // "Q2_K" is llama.cpp's Q2_K mix
+      size_t of_type = 0;
+      for (const GgufTensorInfo& t : m.file->tensors())
+        if (t.shape.size() == 2) {
+          of_type += t.type == expected;
+          if (!mix) REQUIRE(t.type == expected);
+        }
+      REQUIRE(of_type > 0);
+      check_model_against_reference(*m.file, pseudo_random_tokens(8, spec.n_vocab, 3), 2, kLogitTolerance);
+    }
   }
 }
 
