@@ -88,7 +88,8 @@ TEST_CASE("ggml types: block sizes as ggml defines them") {
   for (GgmlType t : {GgmlType::BF16, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K,
                      GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS})
     CHECK(type_supported(t));
-  for (GgmlType t : {GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::Q2_K, GgmlType::Q3_K}) CHECK_FALSE(type_writable(t));
+  for (GgmlType t : {GgmlType::IQ4_NL, GgmlType::IQ4_XS}) CHECK_FALSE(type_writable(t));
+  for (GgmlType t : {GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_0}) CHECK(type_writable(t));
   CHECK_FALSE(type_supported(GgmlType::Q8_1));
   CHECK_FALSE(type_supported(GgmlType::Q8_K));
   CHECK(supported_types_list() == "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS");
