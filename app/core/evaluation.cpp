@@ -150,9 +150,19 @@ struct CacheRun {
 
   // The entries live now over every layer and kv head; the peak is kept.
   void note_live() {
+    const kv::KvCache& cache = session->cache();
     uint64_t live = 0;
-    for (const kv::SlotTable& t : session->cache().tables()) live += t.live();
+    double bytes = 0;
+    for (uint32_t l = 0; l < cache.shape().n_layer; ++l) {
+      const double slot_bytes = double(cache.key_layout(l).bytes() + cache.value_layout(l).bytes()) /
+                                (double(cache.shape().n_kv_head) * cache.layer_slots(l));
+      for (uint32_t h = 0; h < cache.shape().n_kv_head; ++h) {
+        live += cache.table(l, h).live();
+        bytes += slot_bytes * cache.table(l, h).live();
+      }
+    }
     result.peak_live_entries = std::max(result.peak_live_entries, live);
+    result.peak_live_bytes = std::max(result.peak_live_bytes, bytes);
   }
 
   void add_nll(double nll) {
@@ -330,10 +340,10 @@ struct Evaluator::Impl {
 
     const double n = double(header.n_scored);
     test.finish_perplexity(header.n_scored);
-    const kv::CacheShape& shape = test.session->cache().shape();
-    const double full_entries = double(n_ctx) * shape.n_layer * shape.n_kv_head;
+    // The bytes of the most entries held at once, per token of context (at
+    // most the allocation's: a full cache holds every position).
     test.result.held_bytes_per_token =
-        test.result.bytes_per_token * std::min(1.0, double(test.result.peak_live_entries) / full_entries);
+        std::min(test.result.bytes_per_token, test.result.peak_live_bytes / std::max(1u, n_ctx));
     CacheEvaluation e;
     e.run = test.result;
     e.ppl_ratio = e.run.ppl / header.baseline.ppl;

@@ -54,15 +54,19 @@ struct PerplexityRun {
   double ppl_stderr = 0;          // llama.cpp's "±": the standard error of the mean NLL, times ppl
   double bytes_per_token = 0;     // kv::KvCache::bytes_per_token()
   uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
-  // What the cache needs to hold the text, per token of context: its
-  // bytes_per_token scaled by the most entries (slots over every layer and
-  // kv head) it held live at once in any chunk, of the n_ctx per table a
-  // cache that evicts nothing holds. For a cache without a policy it equals
-  // bytes_per_token; for h2o:budget=64 at n_ctx 256 about a quarter of it. A
-  // cache sized to its budget allocates this much; kvscope itself allocates
-  // n_ctx slots (cache_bytes) so the inspector can show any position.
+  // What the cache needs to hold the text, per token of context: the most
+  // device bytes its live entries (every layer and kv head, each at its
+  // layer's bytes per slot) held at once in any chunk, over n_ctx. For a
+  // cache without a policy it equals bytes_per_token; for h2o:budget=64 at
+  // n_ctx 256 about a quarter of it; a model's sliding-window layers count
+  // their window only. A cache sized to its budget allocates this much;
+  // kvscope itself allocates n_ctx slots (cache_bytes) so the inspector can
+  // show any position.
   double held_bytes_per_token = 0;
   uint64_t peak_live_entries = 0;  // the most live entries at once, every layer and kv head together
+  // The most device bytes those live entries held at once (each layer's
+  // bytes per slot: a sliding-window layer's cache is smaller).
+  double peak_live_bytes = 0;
   uint64_t tokens_evaluated = 0;  // every token run through the model (n_chunks * n_ctx)
   uint64_t evictions = 0;         // by the cache's policy, over all chunks (every layer and kv head)
   uint64_t recalls = 0;           // --spill: entries brought back from host memory, over all chunks

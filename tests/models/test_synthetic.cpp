@@ -20,6 +20,9 @@
 
 #include <fmt/format.h>
 
+#include "app/core/evaluation.h"
+#include "app/core/cache_spec.h"
+#include "app/core/session.h"
 #include "gpu/context.h"
 #include "kv/cache.h"
 #include "kv/policy.h"
@@ -614,6 +617,40 @@ TEST_CASE("a model larger than the device's memory is refused before anything is
     CHECK_MESSAGE(message.find("kvscope quantize") != std::string::npos, message);
   }
   CHECK(ctx.validation_messages() == 0);
+}
+
+TEST_CASE("eval on a Gemma 3 model: the bytes a cache held count each local layer's window only") {
+  test::TempDir dir;
+  SyntheticSpec spec = synthetic_preset("tiny-gemma3");
+  spec.n_ctx = 512;
+  spec.n_vocab = 32000;  // the default model's vocabulary, for the engine's tokenizer
+  const GgufFile vocab = GgufFile::open(test::model_path());
+  GgufWriter w;
+  for (const std::string& key : vocab.metadata_order())
+    if (key.starts_with("tokenizer.")) w.set(key, vocab.get(key));
+  add_synthetic_model(w, spec);
+  w.write(dir.file("g.gguf"));
+  EngineOptions options;
+  options.model_path = dir.file("g.gguf");
+  options.max_batch = 64;
+  Engine engine(options);
+  const std::vector<int32_t> tokens = pseudo_random_tokens(2 * 256, spec.n_vocab, 5);
+  EvaluationOptions eo;
+  eo.n_ctx = 256;
+  eo.baseline = parse_cache_spec("f16");
+  eo.tests = {parse_cache_spec("f16"), parse_cache_spec("f16 + h2o:budget=64,recent=16")};
+  const EvaluationReport r = evaluate_caches(engine, tokens, eo);
+  REQUIRE(r.tests.size() == 2);
+  // 6 local layers of min(256, 6 + 64) = 70 slots, 1 global of 256: 2 kv heads of 32, f16 K and V.
+  const double slot = 2 * 32 * 2 * 2;  // bytes per slot of a layer, both kv heads
+  CHECK(r.tests[0].run.bytes_per_token == doctest::Approx((256 + 6 * 70) * slot / 256));
+  // Held at once: the global layer's 256 positions, and on each local layer
+  // what the last step's first query could see (5) plus the step (64 tokens).
+  CHECK(r.tests[0].run.held_bytes_per_token == doctest::Approx((256 + 6 * (5 + 64)) * slot / 256));
+  CHECK(r.tests[0].divergence.kl_max < 1e-9);  // the same cache
+  // H2O evicts on the global layer only (64 held there), in steps no larger than its room.
+  CHECK(r.tests[1].run.held_bytes_per_token <= (64 + 6 * (5 + 64)) * slot / 256);
+  CHECK(r.tests[1].run.held_bytes_per_token >= (64 + 6 * 6) * slot / 256);
 }
 
 TEST_CASE("kvscope info on a Gemma 3 file: its local and global layers, and the bytes per token they cost") {
