@@ -123,7 +123,10 @@ class KvCache {
   // writes the assignments to the device, with no policy involved (tests and
   // begin_step). Throws ContextFull (nothing changed) when they do not fit.
   void reserve(std::span<const int32_t> positions, std::span<const int32_t> tokens = {});
-  // Empties every slot holding a position >= `position` (regenerate, edit).
+  // Empties every slot holding a position >= `position`. A sliding-window
+  // layer cannot get back the positions its window let go, so on such a
+  // model continue only from a position within the window of the last one
+  // written (the app refills from an empty cache to regenerate or edit).
   void truncate(int32_t position);
   void clear();
 
