@@ -200,7 +200,7 @@ void KvCache::end_step() {
 ContextFull KvCache::context_full(const SlotTable& t, size_t incoming) const {
   const uint32_t usable = t.live() + t.assignable();
   return ContextFull(t.live(), static_cast<uint32_t>(incoming), usable,
-                     usable < config_.capacity
+                     usable < t.capacity()
                          ? fmt::format("kivi2 keys reuse freed slots only as whole blocks of {}", t.block_slots())
                          : std::string{});
 }
