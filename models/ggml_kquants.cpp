@@ -59,6 +59,18 @@ int round_positive(float v, int top) {
   return static_cast<int>(clamped + 0.5f);
 }
 
+// The weights of a super-block's squared errors: its typical magnitude plus
+// each element's own, so large weights (which matter more to a matmul) are
+// fitted more closely.
+std::array<float, kSuperBlock> fit_weights(const float* x) {
+  double sum_sq = 0;
+  for (size_t i = 0; i < kSuperBlock; ++i) sum_sq += double(x[i]) * x[i];
+  const float typical = static_cast<float>(std::sqrt(sum_sq / kSuperBlock));
+  std::array<float, kSuperBlock> w;
+  for (size_t i = 0; i < kSuperBlock; ++i) w[i] = typical + std::fabs(x[i]);
+  return w;
+}
+
 AffineFit fit_affine(const float* x, const float* w, size_t n, int n_levels) {
   const int top = n_levels - 1;
   float lo = 0.0f, hi = x[0];
@@ -115,13 +127,7 @@ void quantize_q45_k(std::span<const float> src, uint8_t* dst, bool five_bits) {
     const float* x = src.data() + block * kSuperBlock;
     uint8_t* out = dst + block * block_bytes;
     std::memset(out, 0, block_bytes);
-    // Weights: the sub-block's typical magnitude plus each element's own, so
-    // large weights (which matter more to a matmul) are fitted more closely.
-    double sum_sq = 0;
-    for (size_t i = 0; i < kSuperBlock; ++i) sum_sq += double(x[i]) * x[i];
-    const float typical = static_cast<float>(std::sqrt(sum_sq / kSuperBlock));
-    std::array<float, kSuperBlock> w;
-    for (size_t i = 0; i < kSuperBlock; ++i) w[i] = typical + std::fabs(x[i]);
+    const std::array<float, kSuperBlock> w = fit_weights(x);
 
     std::array<AffineFit, 8> fits;
     float max_scale = 0.0f, max_min = 0.0f;
@@ -289,11 +295,7 @@ void quantize_q2_k(std::span<const float> src, uint8_t* dst) {
     uint8_t* out = dst + block * kQ2_KBlockBytes;
     std::memset(out, 0, kQ2_KBlockBytes);
     // As Q4_K, on sixteen groups of 16 with 4 levels and 4-bit scales and mins.
-    double sum_sq = 0;
-    for (size_t i = 0; i < kSuperBlock; ++i) sum_sq += double(x[i]) * x[i];
-    const float typical = static_cast<float>(std::sqrt(sum_sq / kSuperBlock));
-    std::array<float, kSuperBlock> w;
-    for (size_t i = 0; i < kSuperBlock; ++i) w[i] = typical + std::fabs(x[i]);
+    const std::array<float, kSuperBlock> w = fit_weights(x);
     std::array<AffineFit, 16> fits;
     float max_scale = 0.0f, max_min = 0.0f;
     for (size_t g = 0; g < 16; ++g) {

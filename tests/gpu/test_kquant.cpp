@@ -260,6 +260,37 @@ TEST_CASE("kquant matmul: BF16 Q4_K Q5_K Q6_K, tiles and rows per invocation, ch
 
 // ---------------------------------------------------------------- [SECTION] the forward pass on a Q4_K_M model
 
+// A quantized stories15M file's GPU logits against the CPU reference on the
+// same file (the same dequantized weights), prefill (matmul) and decode
+// (matvec): within f32 summation order, as for the f32 model (tests/app/test_e2e.cpp).
+void check_file_against_reference(const std::string& path, const std::string& label, const std::string& text) {
+  EngineOptions options;
+  options.model_path = path;
+  Engine engine(options);
+  reference::Model ref(engine.file(), 64);
+  kv::CacheConfig cc;
+  cc.k_format = cc.v_format = kv::Format::F32;
+  const std::vector<int32_t> ids = engine.tokenizer().encode(text, true);
+  const size_t n_vocab = engine.config().n_vocab;
+  Session prefill(engine, cc);
+  const std::vector<float> all = prefill.logits_all(ids);
+  Session decode(engine, cc);
+  float worst_prefill = 0, worst_decode = 0;
+  for (size_t p = 0; p < ids.size(); ++p) {
+    const int32_t pos = static_cast<int32_t>(p);
+    const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);
+    const std::vector<float>& cpu = ref.forward(ids[p], pos);
+    for (size_t i = 0; i < n_vocab; ++i) {
+      worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
+      worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
+    }
+  }
+  MESSAGE(label << " worst |GPU - CPU| logit over " << ids.size() << " tokens: prefill " << worst_prefill
+                << ", decode " << worst_decode);
+  CHECK(worst_prefill < 2e-3f);
+  CHECK(worst_decode < 2e-3f);
+}
+
 // stories15M has dim 288: only ffn_down (rows of 768) takes K-quants, the
 // mix's types by layer; the rest falls back as llama.cpp's (Q4_K to Q5_0,
 // Q6_K to Q8_0, Q2_K and Q3_K to Q4_0), and the tied token_embd is the
@@ -291,33 +322,7 @@ TEST_CASE("kquant e2e: stories15M in Q4_K_M, Q3_K_M and Q2_K matches the CPU ref
         CHECK(file.tensor("blk.0.attn_q.weight").type == GgmlType::Q4_0);   // Q2_K's fallback
       }
     }
-    EngineOptions options;
-    options.model_path = path;
-    Engine engine(options);
-    reference::Model ref(engine.file(), 64);
-    kv::CacheConfig cc;
-    cc.k_format = cc.v_format = kv::Format::F32;
-    const std::vector<int32_t> ids = engine.tokenizer().encode("Lily and Ben went to the park.", true);
-    const size_t n_vocab = engine.config().n_vocab;
-
-    Session prefill(engine, cc);
-    const std::vector<float> all = prefill.logits_all(ids);  // matmul
-    Session decode(engine, cc);
-    float worst_prefill = 0, worst_decode = 0;
-    for (size_t p = 0; p < ids.size(); ++p) {
-      const int32_t pos = static_cast<int32_t>(p);
-      const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);  // matvec
-      const std::vector<float>& cpu = ref.forward(ids[p], pos);
-      for (size_t i = 0; i < n_vocab; ++i) {
-        worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
-        worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
-      }
-    }
-    MESSAGE(std::string(scheme) << " worst |GPU - CPU| logit over " << ids.size() << " tokens: prefill " << worst_prefill
-                   << ", decode " << worst_decode);
-    // As for the f32 model (tests/app/test_e2e.cpp): f32 summation order only.
-    CHECK(worst_prefill < 2e-3f);
-    CHECK(worst_decode < 2e-3f);
+    check_file_against_reference(path, scheme, "Lily and Ben went to the park.");
   }
 }
 
@@ -328,30 +333,7 @@ TEST_CASE("legacy e2e: stories15M in Q4_1, Q5_0 and Q5_1 matches the CPU referen
     const std::string path = dir.file(std::string("stories15M-") + scheme + ".gguf");
     quantize_model(test::model_path(), path, *quantize_scheme(scheme));
     CHECK(GgufFile::open(path).tensor("blk.3.ffn_up.weight").type == *type_from_name(scheme));
-    EngineOptions options;
-    options.model_path = path;
-    Engine engine(options);
-    reference::Model ref(engine.file(), 64);
-    kv::CacheConfig cc;
-    cc.k_format = cc.v_format = kv::Format::F32;
-    const std::vector<int32_t> ids = engine.tokenizer().encode("Tom had a red kite.", true);
-    const size_t n_vocab = engine.config().n_vocab;
-    Session prefill(engine, cc);
-    const std::vector<float> all = prefill.logits_all(ids);
-    Session decode(engine, cc);
-    float worst_prefill = 0, worst_decode = 0;
-    for (size_t p = 0; p < ids.size(); ++p) {
-      const int32_t pos = static_cast<int32_t>(p);
-      const auto gpu = engine.model().forward({&ids[p], 1}, {&pos, 1}, decode.cache(), LogitsWanted::Last);
-      const std::vector<float>& cpu = ref.forward(ids[p], pos);
-      for (size_t i = 0; i < n_vocab; ++i) {
-        worst_decode = std::max(worst_decode, std::abs(gpu[i] - cpu[i]));
-        worst_prefill = std::max(worst_prefill, std::abs(all[p * n_vocab + i] - cpu[i]));
-      }
-    }
-    MESSAGE(std::string(scheme) << " worst |GPU - CPU| logit: prefill " << worst_prefill << ", decode " << worst_decode);
-    CHECK(worst_prefill < 2e-3f);
-    CHECK(worst_decode < 2e-3f);
+    check_file_against_reference(path, scheme, "Tom had a red kite.");
   }
 }
 

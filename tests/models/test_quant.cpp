@@ -582,6 +582,21 @@ TEST_CASE("quantize: use_more_bits picks llama.cpp's layers") {
   CHECK_FALSE(quantize_scheme("Q4_K_S").has_value());
 }
 
+// Every 2-D tensor of `out` (a quantized copy of the F32 `src`) decodes
+// within bound(type) relative RMS error of its source.
+template <typename Bound>
+void check_matrices_near_source(const GgufFile& src, const GgufFile& out, Bound bound) {
+  for (const GgufTensorInfo& t : out.tensors()) {
+    if (t.shape.size() != 2) continue;
+    CAPTURE(t.name);
+    const GgufTensorInfo& a = src.tensor(t.name);
+    std::vector<float> x(a.n_elements), y(t.n_elements);
+    std::memcpy(x.data(), a.data, a.n_bytes);
+    dequantize_row(t.type, {t.data, t.n_bytes}, y);
+    CHECK(relative_rmse(x, y) < bound(t.type));
+  }
+}
+
 TEST_CASE("quantize_model: Q4_K_M and Q5_K_M mixes, with fallback for rows that are not multiples of 256") {
   const auto dir = temp_dir();
   SyntheticLlama s;
@@ -620,15 +635,7 @@ TEST_CASE("quantize_model: Q4_K_M and Q5_K_M mixes, with fallback for rows that 
       CHECK(out.tensor(p + "attn_norm.weight").type == GgmlType::F32);
     }
     // Every matrix decodes close to its source (synthetic weights are uniform in ±0.5).
-    for (const GgufTensorInfo& t : out.tensors()) {
-      if (t.shape.size() != 2) continue;
-      CAPTURE(t.name);
-      const GgufTensorInfo& a = src.tensor(t.name);
-      std::vector<float> x(a.n_elements), y(t.n_elements);
-      std::memcpy(x.data(), a.data, a.n_bytes);
-      dequantize_row(t.type, {t.data, t.n_bytes}, y);
-      CHECK(relative_rmse(x, y) < (t.type == GgmlType::Q4_K ? 0.07 : 0.035));
-    }
+    check_matrices_near_source(src, out, [](GgmlType t) { return t == GgmlType::Q4_K ? 0.07 : 0.035; });
   }
   std::filesystem::remove_all(dir);
 }
@@ -675,16 +682,9 @@ TEST_CASE("quantize_model: Q3_K_M and Q2_K mixes as llama.cpp makes them, GQA an
       }
     }
     // Every matrix decodes near its source, as its type allows.
-    for (const GgufTensorInfo& t : out.tensors()) {
-      if (t.shape.size() != 2) continue;
-      CAPTURE(t.name);
-      const GgufTensorInfo& a = src.tensor(t.name);
-      std::vector<float> x(a.n_elements), y(t.n_elements);
-      std::memcpy(x.data(), a.data, a.n_bytes);
-      dequantize_row(t.type, {t.data, t.n_bytes}, y);
-      const double bound = t.type == GgmlType::Q2_K ? 0.30 : t.type == GgmlType::Q3_K ? 0.175 : 0.08;
-      CHECK(relative_rmse(x, y) < bound);
-    }
+    check_matrices_near_source(src, out, [](GgmlType t) {
+      return t == GgmlType::Q2_K ? 0.30 : t == GgmlType::Q3_K ? 0.175 : 0.08;
+    });
   }
   // Rows that are not whole blocks of 256: Q2_K and Q3_K fall back to Q4_0, as llama.cpp's.
   const QuantizeScheme q3 = *quantize_scheme("Q3_K");
