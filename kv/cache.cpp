@@ -209,6 +209,14 @@ void KvCache::reserve(std::span<const int32_t> positions, std::span<const int32_
   const uint32_t n = static_cast<uint32_t>(positions.size());
   if (n > max_batch_)
     throw std::invalid_argument(fmt::format("KV cache: {} tokens in one step, at most {}", n, max_batch_));
+  // kivi2 reads the step's own tokens from their qkv rows by position
+  // (attention.comp: step_row): a step's positions are consecutive.
+  if (config_.k_format == Format::Kivi2 || config_.v_format == Format::Kivi2)
+    for (uint32_t i = 1; i < n; ++i)
+      if (positions[i] != positions[i - 1] + 1)
+        throw std::invalid_argument(fmt::format(
+            "KV cache: kivi2 needs a step's positions consecutive; position {} follows {}", positions[i],
+            positions[i - 1]));
   for (uint32_t l = 0; l < shape_.n_layer; ++l)
     for (uint32_t h = 0; h < shape_.n_kv_head; ++h)
       if (shape_.window(l) == 0 && table(l, h).assignable() < n) throw context_full(table(l, h), n);

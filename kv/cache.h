@@ -59,6 +59,10 @@ struct CacheConfig {
   // kivi2 keys: slots per per-channel block, which is also how many recent
   // tokens stay in f16 (the block being filled). 0: kDefaultTokenGroup.
   uint32_t token_group = 0;
+  // Quantized keys (q8, q4, kivi2) are Hadamard-mixed after RoPE and before
+  // quantizing, queries alike (kv/hadamard.h): a few large channels no longer
+  // set every group's step. false: stored as they are (for comparison).
+  bool hadamard = true;
   // --spill: evicted entries go to a host-memory tier and come back when the
   // previous step's query would attend to them more than to the weakest live
   // entry (kv/spill.h; KvCache's spill section). Needs a policy to evict.
@@ -158,6 +162,11 @@ class KvCache {
   // more than the slot capacity, so generation continues past the trained
   // context.
   bool rolling() const { return rolling_; }
+  // Whether keys are Hadamard-mixed before quantizing: quantized keys with
+  // CacheConfig::hadamard.
+  bool keys_hadamard() const {
+    return config_.hadamard && config_.k_format != Format::F32 && config_.k_format != Format::F16;
+  }
   // int[n_kv_head][capacity]: each slot's cache-relative position (-1:
   // empty), refreshed with the slot tables. Without rolling, a binding
   // attention does not read.

@@ -166,6 +166,9 @@ TensorLayout tensor_layout(Encoding e, uint32_t n_kv_head, uint32_t capacity, ui
   if (head_dim == 0 || head_dim % 2 != 0)
     throw std::invalid_argument(fmt::format("KV cache: head_dim {} must be even and > 0", head_dim));
   if (capacity == 0) throw std::invalid_argument("KV cache: capacity must be > 0");
+  if (token_group > kMaxTokenGroup)
+    throw std::invalid_argument(
+        fmt::format("KV cache: a kivi2 token group of {} is more than {}", token_group, kMaxTokenGroup));
   TensorLayout L;
   L.encoding = e;
   L.n_kv_head = n_kv_head;
@@ -198,6 +201,7 @@ TensorLayout tensor_layout(Encoding e, uint32_t n_kv_head, uint32_t capacity, ui
       L.code_words = (head_dim + 15) / 16;
       L.n_blocks = (capacity + L.token_group - 1) / L.token_group;
       L.recent_rows = std::min(L.token_group, capacity);
+      L.recent_row_words = head_dim / 2;
       L.row_words = L.code_words;
       const uint64_t params_offset = rows * L.code_words;
       const uint64_t recent_offset = params_offset + uint64_t{n_kv_head} * L.n_blocks * head_dim;
@@ -211,6 +215,15 @@ TensorLayout tensor_layout(Encoding e, uint32_t n_kv_head, uint32_t capacity, ui
   }
   L.row_words = L.code_words + L.param_words;
   L.total_words = rows * L.row_words;
+  if (e == Encoding::Q2) {  // kivi2 values: the f16 window of the last token_group positions
+    L.token_group = token_group == 0 ? kDefaultTokenGroup : token_group;
+    L.recent_rows = std::min(L.token_group, capacity);
+    L.recent_row_words = 1 + head_dim / 2;
+    L.recent_offset = uint32_t(std::min<uint64_t>(L.total_words, 0xffffffffu));
+    L.total_words += uint64_t{n_kv_head} * L.recent_rows * L.recent_row_words;
+  }
+  if (L.total_words > 0xffffffffu)
+    throw std::invalid_argument("KV cache: one layer's keys or values exceed 2^32 words; use a smaller context (-c)");
   return L;
 }
 
@@ -373,34 +386,98 @@ void TensorImage::write(uint32_t kv_head, std::span<const int32_t> slots, std::s
   const uint32_t D = L.head_dim;
   if (x.size() != slots.size() * D)
     throw std::invalid_argument("TensorImage::write: x must hold head_dim values per slot");
+  std::vector<int32_t> row_token(L.token_group, -1);  // kivi2 keys: the call's token of each row of the block
   for (size_t t = 0; t < slots.size(); ++t) {
     const int32_t slot = slots[t];
     if (slot < 0 || uint32_t(slot) >= L.capacity) continue;
-    const auto row_x = x.subspan(t * D, D);
     if (L.encoding != Encoding::Q2Channel) {
-      encode_row(L, row_x, std::span(words_).subspan(L.row_offset(kv_head, slot), L.row_words));
+      encode_row(L, x.subspan(t * D, D), std::span(words_).subspan(L.row_offset(kv_head, slot), L.row_words));
       continue;
     }
-    // kivi2 keys: into the f16 window; a completed block is quantized after
-    // its last token of this call (tokens of one block are consecutive in a
-    // call: the slot table fills the open block before opening another).
-    const uint32_t row = uint32_t(slot) % L.token_group, block = uint32_t(slot) / L.token_group;
-    uint32_t* recent = words_.data() + L.recent_offset + (uint64_t{kv_head} * L.recent_rows + row) * (D / 2);
-    for (uint32_t d = 0; d < D; d += 2)
-      recent[d / 2] = f16_from_f32(row_x[d]) | uint32_t(f16_from_f32(row_x[d + 1])) << 16;
+    // kivi2 keys: a completed block is quantized after its last token of this
+    // call (tokens of one block are consecutive in a call: the slot table
+    // fills the open block before opening another).
+    const uint32_t block = uint32_t(slot) / L.token_group;
+    row_token[uint32_t(slot) % L.token_group] = int32_t(t);
     const bool last_of_block = t + 1 == slots.size() || slots[t + 1] < 0 ||
                                uint32_t(slots[t + 1]) / L.token_group != block;
-    if (last_of_block && int32_t(block) != open_block) seal(kv_head, block);
+    if (!last_of_block) continue;
+    if (int32_t(block) != open_block) seal(kv_head, block, row_token, x);
+    std::fill(row_token.begin(), row_token.end(), -1);
   }
 }
 
-void TensorImage::seal(uint32_t kv_head, uint32_t block) {
+void TensorImage::seal(uint32_t kv_head, uint32_t block, std::span<const int32_t> row_token,
+                       std::span<const float> x) {
   const TensorLayout& L = layout_;
-  const uint32_t D = L.head_dim, rows = L.block_rows(block);
+  const uint32_t D = L.head_dim, rows = L.block_rows(block), half = D / 2;
+  // The block's rows as f16 pairs: the call's keys rounded, the rest from the window.
+  std::vector<uint32_t> pairs(size_t{rows} * half);
+  const uint32_t* window = words_.data() + L.recent_offset + uint64_t{kv_head} * L.recent_rows * L.recent_row_words;
+  for (uint32_t r = 0; r < rows; ++r)
+    for (uint32_t i = 0; i < half; ++i)
+      pairs[size_t{r} * half + i] =
+          row_token[r] < 0 ? window[size_t{r} * L.recent_row_words + i]
+                           : f16_from_f32(x[size_t(row_token[r]) * D + 2 * i]) |
+                                 uint32_t(f16_from_f32(x[size_t(row_token[r]) * D + 2 * i + 1])) << 16;
   std::span<uint32_t> all(words_);
-  encode_channel_block(D, rows, all.subspan(L.recent_offset + uint64_t{kv_head} * L.recent_rows * (D / 2)),
-                       all.subspan(L.row_offset(kv_head, block * L.token_group), size_t{rows} * L.code_words),
+  encode_channel_block(D, rows, pairs, all.subspan(L.row_offset(kv_head, block * L.token_group), size_t{rows} * L.code_words),
                        all.subspan(L.params_offset + (uint64_t{kv_head} * L.n_blocks + block) * D, D));
+}
+
+void TensorImage::write_window(uint32_t kv_head, std::span<const int32_t> slots, std::span<const int32_t> positions,
+                               std::span<const float> x, int32_t open_block) {
+  const TensorLayout& L = layout_;
+  const uint32_t D = L.head_dim;
+  if (x.size() != slots.size() * D || positions.size() != slots.size())
+    throw std::invalid_argument("TensorImage::write_window: a slot, a position and head_dim values per token");
+  auto put_pairs = [&](uint32_t* w, size_t t) {
+    for (uint32_t d = 0; d < D; d += 2)
+      w[d / 2] = f16_from_f32(x[t * D + d]) | uint32_t(f16_from_f32(x[t * D + d + 1])) << 16;
+  };
+  if (L.encoding == Encoding::Q2Channel) {
+    for (size_t t = 0; t < slots.size(); ++t) {
+      const int32_t slot = slots[t];
+      if (slot < 0 || uint32_t(slot) >= L.capacity || int32_t(uint32_t(slot) / L.token_group) != open_block) continue;
+      put_pairs(words_.data() + L.recent_offset +
+                    (uint64_t{kv_head} * L.recent_rows + uint32_t(slot) % L.token_group) * L.recent_row_words,
+                t);
+    }
+  } else if (L.encoding == Encoding::Q2) {
+    const size_t n = positions.size(), first = n - std::min<size_t>(n, L.recent_rows);
+    for (size_t t = first; t < n; ++t) {
+      const uint32_t row = uint32_t(positions[t]) % L.recent_rows;
+      uint32_t* w = words_.data() + L.recent_offset + (uint64_t{kv_head} * L.recent_rows + row) * L.recent_row_words;
+      w[0] = uint32_t(positions[t]);
+      put_pairs(w + 1, t);
+    }
+  }
+}
+
+void TensorImage::read_for_query(uint32_t kv_head, uint32_t slot, int32_t slot_position, const Query& q,
+                                 std::span<float> out) const {
+  const TensorLayout& L = layout_;
+  const uint32_t D = L.head_dim;
+  const int64_t step_row = int64_t{slot_position} - q.step_first;
+  const bool in_step = step_row >= 0 && uint64_t(step_row) < q.step_rows.size() / D;
+  auto from_step = [&] {
+    for (uint32_t d = 0; d < D; ++d) out[d] = f32_from_f16(f16_from_f32(q.step_rows[size_t(step_row) * D + d]));
+  };
+  auto from_pairs = [&](const uint32_t* pairs) {
+    for (uint32_t d = 0; d < D; ++d) out[d] = f32_from_f16(uint16_t(pairs[d / 2] >> (16 * (d % 2))));
+  };
+  if (L.encoding == Encoding::Q2Channel && int32_t(slot / L.token_group) == q.query_block) {
+    if (in_step) return from_step();
+    return from_pairs(words_.data() + L.recent_offset +
+                      (uint64_t{kv_head} * L.recent_rows + slot % L.token_group) * L.recent_row_words);
+  }
+  if (L.encoding == Encoding::Q2 && int64_t{q.position} - slot_position < int64_t{L.recent_rows}) {
+    if (in_step) return from_step();
+    const uint32_t* w = words_.data() + L.recent_offset +
+                        (uint64_t{kv_head} * L.recent_rows + uint32_t(slot_position) % L.recent_rows) * L.recent_row_words;
+    if (int32_t(w[0]) == slot_position) return from_pairs(w + 1);
+  }
+  read(kv_head, slot, q.open_block, out);
 }
 
 void TensorImage::read(uint32_t kv_head, uint32_t slot, int32_t open_block, std::span<float> out) const {
@@ -413,7 +490,7 @@ void TensorImage::read(uint32_t kv_head, uint32_t slot, int32_t open_block, std:
   const uint32_t block = slot / L.token_group;
   if (int32_t(block) == open_block) {
     const uint32_t* recent =
-        words_.data() + L.recent_offset + (uint64_t{kv_head} * L.recent_rows + slot % L.token_group) * (D / 2);
+        words_.data() + L.recent_offset + (uint64_t{kv_head} * L.recent_rows + slot % L.token_group) * L.recent_row_words;
     for (uint32_t d = 0; d < D; ++d) out[d] = f32_from_f16(uint16_t(recent[d / 2] >> (16 * (d % 2))));
     return;
   }

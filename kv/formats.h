@@ -47,8 +47,11 @@ namespace kvscope::kv {
 //          consecutive slots, f16 scale + min per (block, channel); the block
 //          being filled stays in an f16 window of token_group rows and is
 //          quantized by the write that completes it. Values: per token,
-//          groups along head_dim like q4 (a per-token group is complete when
-//          its token is written, so values need no f16 window).
+//          groups along head_dim like q4, and the last token_group positions
+//          also in an f16 window (KIVI's full-precision residual: attention
+//          leans hardest on the newest tokens). A query reads its own block's
+//          keys and the values of the token_group positions up to its own in
+//          f16, in a prefill as in generation (see TensorImage::read_for_query).
 enum class Format : uint8_t { F32, F16, Q8, Q4, Kivi2 };
 
 std::string_view format_name(Format f);
@@ -76,8 +79,10 @@ uint32_t default_group_size(uint32_t head_dim);
 // `requested` 0 means the default; a group that does not divide head_dim
 // throws std::invalid_argument naming the divisors to choose from.
 uint32_t resolve_group_size(uint32_t head_dim, uint32_t requested);
-// kivi2 keys: slots per per-channel block, and rows of the f16 window.
+// kivi2: slots per per-channel key block, rows of the keys' f16 window and
+// positions in the values' f16 window (KIVI's residual length).
 inline constexpr uint32_t kDefaultTokenGroup = 32;
+inline constexpr uint32_t kMaxTokenGroup = 256;
 
 // ------------------------------- [SECTION] f16 conversions (exact, shared with kv.glsl)
 
@@ -105,6 +110,13 @@ uint32_t round_quotient(float d, float s, uint32_t max_code);
 //     param_words Q8: the f16 scale of group g in half g%2 of word g/2 (a
 //                 row with an odd group count ends with an unused half);
 //                 Q4/Q2: word g = scale | min << 16 (f16 bits)
+// Q2 (kivi2 values) adds, after the rows, the values' f16 window:
+//   recent  [n_kv_head][recent_rows][1 + head_dim/2]: word 0 the position
+//           held (a tag: the row is read only for that position), then f16
+//           pairs; position p in row p % recent_rows, recent_rows =
+//           min(token_group, capacity). Written after attention, from the
+//           step's last recent_rows tokens (TensorImage::write_window), so a
+//           step's queries still find the positions before the step there.
 // Q2Channel (kivi2 keys) has three regions:
 //   codes   [n_kv_head][capacity][code_words] as Q2 above (no params in rows)
 //   params  [n_kv_head][n_blocks][head_dim] words, scale | min << 16 of each
@@ -117,13 +129,15 @@ struct TensorLayout {
   Encoding encoding = Encoding::F16;
   uint32_t n_kv_head = 0, capacity = 0, head_dim = 0;
   uint32_t group_size = 0;   // along head_dim: Q8/Q4/Q2 (head_dim otherwise)
-  uint32_t token_group = 1;  // Q2Channel: slots per block; 1 otherwise
+  uint32_t token_group = 1;  // Q2Channel: slots per block; Q2: positions in the window; 1 otherwise
   uint32_t code_words = 0;   // per row
   uint32_t param_words = 0;  // per row (per-token encodings)
   uint32_t row_words = 0;    // code_words + param_words
   uint32_t n_blocks = 0;     // Q2Channel: ceil(capacity / token_group)
-  uint32_t recent_rows = 0;  // Q2Channel: min(token_group, capacity)
-  uint32_t params_offset = 0, recent_offset = 0;  // Q2Channel: words from the start
+  uint32_t recent_rows = 0;  // Q2Channel, Q2: min(token_group, capacity)
+  uint32_t params_offset = 0;  // Q2Channel: words from the start
+  uint32_t recent_offset = 0;  // Q2Channel, Q2: words from the start
+  uint32_t recent_row_words = 0;  // Q2Channel: head_dim/2; Q2: 1 + head_dim/2 (the tag)
   uint64_t total_words = 0;
 
   uint64_t bytes() const { return total_words * 4; }
@@ -132,8 +146,9 @@ struct TensorLayout {
   }
   uint32_t block_rows(uint32_t block) const;  // Q2Channel: slots in `block` (the last may be short)
 };
-// Throws std::invalid_argument for an odd head_dim or a group that does not
-// divide it; group_size 0 and token_group 0 mean the defaults.
+// Throws std::invalid_argument for an odd head_dim, a group that does not
+// divide it or a token_group above kMaxTokenGroup; group_size 0 and
+// token_group 0 mean the defaults.
 TensorLayout tensor_layout(Encoding e, uint32_t n_kv_head, uint32_t capacity, uint32_t head_dim,
                            uint32_t group_size, uint32_t token_group);
 
@@ -163,17 +178,49 @@ class TensorImage {
   std::span<const uint32_t> words() const { return words_; }
 
   // One forward call's tokens for one kv head, in order: x is [n][head_dim],
-  // slots[i] the slot of token i (< 0: not stored in this head).
+  // slots[i] the slot of token i (< 0: not stored in this head); before
+  // attention, as rope_kv_write and kivi_key_write's phase 0.
   // Q2Channel: `open_block` is the head's open block after the reserve (-1:
   // none). A block that received tokens and is not open is complete and is
-  // quantized after its last token of the call, from the f16 window.
+  // quantized after its last token of the call, from its rows: the call's
+  // keys rounded to f16 and, for rows of earlier calls, the f16 window. The
+  // window is left as it was (write_window fills it).
   void write(uint32_t kv_head, std::span<const int32_t> slots, std::span<const float> x,
              int32_t open_block = -1);
-  // What the attention shader reads for (kv_head, slot): head_dim values.
+  // After attention, the same call's tokens into the f16 windows: kivi2 keys
+  // (Q2Channel) the rows of the open block; kivi2 values (Q2) the last
+  // recent_rows positions, row position % recent_rows, tagged with the
+  // position. Other encodings have no window: nothing is written.
+  void write_window(uint32_t kv_head, std::span<const int32_t> slots, std::span<const int32_t> positions,
+                    std::span<const float> x, int32_t open_block = -1);
+
+  // What a query reads, the attention shader's rule. `step_first`/`step_rows`:
+  // the positions and rows (head_dim each, this head's k or v as the model
+  // computed them) of the step being attended, if any.
+  struct Query {
+    int32_t position = 0;      // the query's
+    int32_t open_block = -1;   // kivi2 keys: the head's open block after the step's reserve
+    int32_t query_block = -1;  // kivi2 keys: the block of the query's own slot (-1: not stored;
+                               // without a step: the open block)
+    int32_t step_first = 0;    // position of step_rows' first row
+    std::span<const float> step_rows;
+  };
+  // kivi2 keys: a slot of the query's own block is read in f16, from the
+  // step's row if it is one of the step's tokens, else from the window; any
+  // other slot as read(). kivi2 values: a slot whose position is less than
+  // recent_rows before the query's is read in f16 — from the step's row, else
+  // from the window row tagged with that position if there is one — else as
+  // read(). Other encodings: read(). Step rows are rounded to f16, as the
+  // windows hold them. So a prefill reads what the same tokens one at a time
+  // would read (KIVI's full-precision residual).
+  void read_for_query(uint32_t kv_head, uint32_t slot, int32_t slot_position, const Query& q,
+                      std::span<float> out) const;
+  // What is stored for (kv_head, slot), ignoring the values' window: kivi2
+  // keys in the open block from the key window, sealed blocks dequantized.
   void read(uint32_t kv_head, uint32_t slot, int32_t open_block, std::span<float> out) const;
 
  private:
-  void seal(uint32_t kv_head, uint32_t block);
+  void seal(uint32_t kv_head, uint32_t block, std::span<const int32_t> row_token, std::span<const float> x);
   TensorLayout layout_;
   std::vector<uint32_t> words_;
 };

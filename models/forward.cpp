@@ -1,6 +1,6 @@
 // The GPU forward pass. Reads top to bottom like models/reference.cpp:
 // embed -> per layer { rmsnorm -> q|k|v -> rope + kv write -> attention ->
-// wo (+residual) -> rmsnorm -> gate|up -> swiglu -> down (+residual) } ->
+// (kivi2 values: the f16 window) -> wo (+residual) -> rmsnorm -> gate|up -> swiglu -> down (+residual) } ->
 // final norm -> logits. One command buffer per batch, one submit, one wait.
 #include "models/forward.h"
 
@@ -132,8 +132,10 @@ static_assert(int(kv::Format::Kivi2) == 4, "kRopeKvWrite/kAttention are indexed 
 
 params::KvLayout kv_layout(const kv::KvCache& cache, uint32_t layer) {
   const kv::TensorLayout &K = cache.key_layout(layer), &V = cache.value_layout(layer);
+  const bool v_window = V.encoding == kv::Encoding::Q2;
   return {cache.config().group_size, K.row_words, K.code_words, V.row_words, V.code_words,
-          K.token_group, K.n_blocks, K.params_offset, K.recent_offset};
+          K.token_group, K.n_blocks, K.params_offset, K.recent_offset, v_window ? V.recent_rows : 0u,
+          v_window ? V.recent_offset : 0u};
 }
 }  // namespace
 
@@ -146,11 +148,13 @@ void GpuModel::make_kv_pipelines(const kv::CacheConfig& config) {
   };
   P.rope_kv_write[k][v] = make(kRopeKvWrite[k][v], 6, sizeof(params::RopeKvWriteParams), wg_);
   P.attention[k][v] =
-      make(kAttention[k][v], 10, sizeof(params::AttentionParams), attention_workgroup_size(*ctx_, wg_));
+      make(kAttention[k][v], 11, sizeof(params::AttentionParams), attention_workgroup_size(*ctx_, wg_));
   if (const uint32_t wide = attention_wide_workgroup_size(*ctx_, wg_); wide > attention_workgroup_size(*ctx_, wg_))
-    P.attention_wide[k][v] = make(kAttention[k][v], 10, sizeof(params::AttentionParams), wide);
+    P.attention_wide[k][v] = make(kAttention[k][v], 11, sizeof(params::AttentionParams), wide);
   if (config.k_format == kv::Format::Kivi2 && P.kivi_key_write.handle() == VK_NULL_HANDLE)
     P.kivi_key_write = make(Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams), wg_);
+  if (config.v_format == kv::Format::Kivi2 && P.kivi_value_window.handle() == VK_NULL_HANDLE)
+    P.kivi_value_window = make(Id::kivi_value_window, 3, sizeof(params::KiviValueWindowParams), wg_);
 }
 
 void GpuModel::make_scores_pipeline() {
@@ -387,14 +391,15 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     rp.has_freq_factors = has_factors;
     rp.mscale = cfg_.rope_attn_factor;
     rp.keys_unrotated = cache.rolling() ? 1u : 0u;
+    rp.hadamard = cache.keys_hadamard() ? 1u : 0u;
     // Rolling: q turns by its cache-relative position, keys are stored as they are.
     const Buffer& rope_query_positions = cache.rolling() ? rope_positions_ : positions_;
     rec.dispatch(P.rope_kv_write[kf][vf],
                  {qkv_, rope_query_positions, cache.write_slots(l), cache.keys(l), cache.values(l), freq_factors}, rp,
                  cfg_.n_head + cfg_.n_kv_head, n);
     rec.barrier();
-    if (kf == int(kv::Format::Kivi2)) {  // keys left rotated in qkv_: into the f16 window, full blocks quantized
-      params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, slots, qkv_stride, cfg_.q_dim(), kv};
+    params::KiviKeyWriteParams kp{n, cfg_.n_kv_head, hd, slots, qkv_stride, cfg_.q_dim(), kv};
+    if (kf == int(kv::Format::Kivi2)) {  // keys left rotated in qkv_: the blocks the step completed quantized
       rec.dispatch(P.kivi_key_write, {qkv_, cache.write_slots(l), cache.open_blocks(l), cache.keys(l)}, kp,
                    cfg_.n_kv_head);
       rec.barrier();
@@ -407,12 +412,26 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     ap.rope_mscale = cfg_.rope_attn_factor;
     ap.window = cfg_.layer_window(l);
     ap.kv_slots = slots;
+    ap.step_rows = 1;
+    ap.hadamard = cache.rolling() && cache.keys_hadamard() ? 1u : 0u;  // the qkv rows are the step's (kivi2 reads its recent keys and values there)
     const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;
     rec.dispatch(wide ? P.attention_wide[kf][vf] : P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,
-                  cache.open_blocks(l), cache.rope_positions(l), freq_factors},
+                  cache.open_blocks(l), cache.rope_positions(l), freq_factors, cache.write_slots(l)},
                  ap, cfg_.n_head, n);
     rec.barrier();
+    // kivi2, after attention: the step's newest keys and values into the f16 windows
+    if (kf == int(kv::Format::Kivi2)) {
+      kp.phase = 1;
+      rec.dispatch(P.kivi_key_write, {qkv_, cache.write_slots(l), cache.open_blocks(l), cache.keys(l)}, kp,
+                   cfg_.n_kv_head);
+    }
+    if (vf == int(kv::Format::Kivi2)) {
+      params::KiviValueWindowParams wp{n, cfg_.n_kv_head, hd, qkv_stride, cfg_.q_dim() + cfg_.kv_dim(), kv};
+      rec.dispatch(P.kivi_value_window, {qkv_, positions_, cache.values(l)}, wp, cfg_.n_kv_head,
+                   std::min(n, kv.v_window));
+    }
+    if (kf == int(kv::Format::Kivi2) || vf == int(kv::Format::Kivi2)) rec.barrier();
     cache.record_spill_query(rec, l, cfg_.n_head, qkv_, uint64_t{n - 1} * qkv_stride * 4, probs_,
                              uint64_t{n - 1} * cfg_.n_head * cache.capacity() * 4);  // --spill only
     if (plan.scores && cfg_.layer_window(l) == 0) {  // per-slot scores for the policy (global layers), from the probs rows

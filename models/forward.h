@@ -135,6 +135,7 @@ class GpuModel {
     // invocations), for caches whose scanned slots outnumber 512 (forward.cpp).
     gpu::Pipeline attention_wide[5][5];
     gpu::Pipeline kivi_key_write;
+    gpu::Pipeline kivi_value_window;
     gpu::Pipeline attention_scores;  // only for caches whose policy needs scores
   } pipelines_;
 

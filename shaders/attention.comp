@@ -33,22 +33,103 @@ layout(std430, binding = 7) readonly buffer OpenBlocks { int open_blocks[]; };
 layout(std430, binding = 8) readonly buffer RopePositions { int rope_pos[]; };
 layout(std430, binding = 9) readonly buffer FreqFactors { float freq_factors[]; };
 
+// kivi2 only (p.step_rows != 0): the step's slots int[n_tokens][n_kv_head].
+layout(std430, binding = 10) readonly buffer StepSlots { int step_slots[]; };
+
 layout(push_constant) uniform Push { AttentionParams p; };
 #include "rope.glsl"
+#include "hadamard.glsl"
 
 // Slots per kv head in this layer's key and value caches (a sliding-window
 // layer holds fewer than the probs rows and slot tables are wide).
 uint kv_slots() { return p.kv_slots == 0u ? p.capacity : p.kv_slots; }
 
+// kivi2 keeps the newest tokens in f16 (kv::TensorImage::read_for_query is
+// the rule): a query reads its own block's keys and the last v_window
+// positions' values in f16, the step's own tokens from their qkv rows
+// (rounded to f16 as a window would hold them), older ones from the windows.
+#if K_ENC == KV_ENC_Q2_CHANNEL || V_ENC == KV_ENC_Q2
+// The qkv row of the step's token at position sp, or -1.
+int step_row(int sp) {
+  if (p.step_rows == 0u) return -1;
+  const int r = sp - query_pos[0];
+  return r >= 0 && uint(r) < p.n_tokens ? r : -1;
+}
+float f16_round(float x) { return unpackHalf2x16(packHalf2x16(vec2(x, 0.0))).x; }
+#endif
+#if K_ENC == KV_ENC_Q2_CHANNEL
+// Per workgroup: the block of the query's own slot (-1: not stored).
+int query_block = -1;
+// Element d of the key in `slot` (position sp): in the query's own block in
+// f16, the step's from its qkv row, an earlier step's from the window (which
+// kivi_key_write fills after attention); else through k_at.
+float key_at(uint kv_head, uint slot, int sp, uint d, int open_block) {
+  if (int(slot / p.kv.token_group) == query_block) {
+    const int r = step_row(sp);
+    if (r >= 0) return f16_round(q[uint(r) * p.q_stride + (p.n_head + kv_head) * p.head_dim + d]);
+    const uint recent_rows = min(p.kv.token_group, kv_slots());
+    const uint base = p.kv.k_recent_offset + (kv_head * recent_rows + slot % p.kv.token_group) * (p.head_dim / 2u);
+    const vec2 pair = unpackHalf2x16(k_cache[base + d / 2u]);
+    return (d & 1u) == 0u ? pair.x : pair.y;
+  }
+  return k_at(kv_head, slot, d, kv_slots(), p.head_dim, p.kv, open_block);
+}
+#else
+float key_at(uint kv_head, uint slot, int sp, uint d, int open_block) {
+  return k_at(kv_head, slot, d, kv_slots(), p.head_dim, p.kv, open_block);
+}
+#endif
+
+// q . k of the key in `slot` (position sp).
+float key_score(uint kv_head, uint slot, int sp, int open_block) {
+#if K_ENC == KV_ENC_Q2_CHANNEL
+  if (int(slot / p.kv.token_group) == query_block) {  // read in f16: the step's row or the window
+    float score = 0.0;
+    for (uint d = 0u; d < p.head_dim; ++d) score += q_scaled[d] * key_at(kv_head, slot, sp, d, open_block);
+    return score;
+  }
+#endif
+  return k_dot(kv_head, slot, kv_slots(), p.head_dim, p.kv, open_block);
+}
+
+// Element d of the value in `slot` (position sp) for a query at `position`.
+float value_at(uint kv_head, uint slot, int sp, uint d, int position) {
+#if V_ENC == KV_ENC_Q2
+  const uint W = p.kv.v_window;
+  if (uint(position - sp) < W) {
+    const int r = step_row(sp);
+    if (r >= 0) return f16_round(q[uint(r) * p.q_stride + (p.n_head + p.n_kv_head + kv_head) * p.head_dim + d]);
+    const uint row = p.kv.v_recent_offset + (kv_head * W + uint(sp) % W) * (1u + p.head_dim / 2u);
+    if (int(v_cache[row]) == sp) {
+      const vec2 pair = unpackHalf2x16(v_cache[row + 1u + d / 2u]);
+      return (d & 1u) == 0u ? pair.x : pair.y;
+    }
+  }
+#endif
+  return v_at(kv_head, slot, d, kv_slots(), p.kv);
+}
+
 // q . k for an un-rotated key, rotated here at its cache-relative position
 // (after dequantization, pair by pair, as rope_kv_write would have rotated it).
-float rolling_k_dot(uint kv_head, uint slot, int open_block) {
+// Hadamard-mixed keys are dequantized whole and turned back first.
+float rolling_k_dot(uint kv_head, uint slot, int sp, int open_block) {
   const float pos = float(rope_pos[kv_head * p.capacity + slot]);
   float score = 0.0;
+  if (p.hadamard != 0u) {
+    float k[KVSCOPE_ATTENTION_MAX_HEAD_DIM];
+    for (uint d = 0u; d < p.head_dim; ++d) k[d] = key_at(kv_head, slot, sp, d, open_block);
+    hadamard_unmix(k, p.head_dim);
+    for (uint i = 0u; i < p.head_dim / 2u; ++i) {
+      const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
+      const float factor = 2u * i < p.rope_dim && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
+      const vec2 r = rope_rotate(vec2(k[d.x], k[d.y]), i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor, p.rope_mscale);
+      score += q_scaled[d.x] * r.x + q_scaled[d.y] * r.y;
+    }
+    return score;
+  }
   for (uint i = 0u; i < p.head_dim / 2u; ++i) {
     const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
-    const vec2 k = vec2(k_at(kv_head, slot, d.x, kv_slots(), p.head_dim, p.kv, open_block),
-                        k_at(kv_head, slot, d.y, kv_slots(), p.head_dim, p.kv, open_block));
+    const vec2 k = vec2(key_at(kv_head, slot, sp, d.x, open_block), key_at(kv_head, slot, sp, d.y, open_block));
     const float factor = 2u * i < p.rope_dim && p.has_freq_factors != 0u ? freq_factors[i] : 1.0;
     const vec2 r = rope_rotate(k, i, pos, p.rope_mode, p.rope_theta, p.rope_dim, factor, p.rope_mscale);
     score += q_scaled[d.x] * r.x + q_scaled[d.y] * r.y;
@@ -85,6 +166,13 @@ void main() {
   barrier();
 #endif
   const int open_block = open_blocks[kv_head];
+#if K_ENC == KV_ENC_Q2_CHANNEL
+  query_block = open_block;  // without the step's rows: the window's block
+  if (p.step_rows != 0u) {
+    const int own = step_slots[t * p.n_kv_head + kv_head];
+    query_block = own >= 0 && uint(own) < kv_slots() ? own / int(p.kv.token_group) : -1;
+  }
+#endif
 
   // Pass 1: scores of visible slots, and their max.
   float local_max = uintBitsToFloat(0xff800000u);  // -inf
@@ -92,8 +180,7 @@ void main() {
     const int sp = slot_pos[slot_base + s];
     if (!visible(sp, position)) continue;
     // A uniform branch: without rolling, the cost is one push-constant test per slot.
-    const float score = p.rolling != 0u ? rolling_k_dot(kv_head, s, open_block)
-                                         : k_dot(kv_head, s, kv_slots(), p.head_dim, p.kv, open_block);
+    const float score = p.rolling != 0u ? rolling_k_dot(kv_head, s, sp, open_block) : key_score(kv_head, s, sp, open_block);
     probs[probs_base + s] = score;
     local_max = max(local_max, score);
   }
@@ -134,7 +221,7 @@ void main() {
       for (uint s = slice; s < n_slots; s += slices) {
         const int sp = slot_pos[slot_base + s];
         if (!visible(sp, position)) continue;
-        acc += probs[probs_base + s] * v_at(kv_head, s, d, kv_slots(), p.kv);
+        acc += probs[probs_base + s] * value_at(kv_head, s, sp, d, position);
       }
     }
     if (slices == 1u) {  // invocations past the one slice (WG % head_dim) hold nothing

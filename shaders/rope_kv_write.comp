@@ -3,7 +3,9 @@
 // (the output of the concatenated wq|wk|wv projection): q heads are rotated in
 // place for attention; k heads are rotated and stored with v into the slots
 // the cache assigned, quantized into the cache's format (K_* / V_*, kv.glsl);
-// kivi2 keys are left rotated in the row for kivi_key_write.
+// kivi2 keys are left rotated in the row for kivi_key_write. With p.hadamard,
+// quantized keys are Hadamard-mixed before quantizing and queries alike
+// (hadamard.glsl), so q . k is unchanged.
 // One dispatch instead of two: on lavapipe each dispatch costs 25-55 us.
 #extension GL_GOOGLE_include_directive : require
 #include "params.h"
@@ -19,6 +21,7 @@ layout(std430, binding = 2) readonly buffer Slots { int slots[]; };
 #define KV_WRITER
 #include "kv.glsl"
 #include "rope.glsl"
+#include "hadamard.glsl"
 // Per-pair divisors of the rotation frequency (rope_dim / 2 floats), read only
 // when p.has_freq_factors != 0 (Llama 3's rope_freqs.weight).
 layout(std430, binding = 5) readonly buffer FreqFactors { float freq_factors[]; };
@@ -40,12 +43,25 @@ void main() {
   const uint row = t * p.qkv_stride;
   if (head < p.n_head) {
     const uint base = row + head * p.head_dim;
-    for (uint i = gl_LocalInvocationID.x; i < p.head_dim / 2u; i += gl_WorkGroupSize.x) {
-      const uvec2 e = base + rope_pair_dims(i, p.rope_mode, p.rope_dim);
-      const vec2 r = rope_pair(vec2(qkv[e.x], qkv[e.y]), i, pos);
-      qkv[e.x] = r.x;
-      qkv[e.y] = r.y;
+    if (p.hadamard == 0u || p.keys_unrotated != 0u) {  // rolling: attention turns the keys back instead
+      for (uint i = gl_LocalInvocationID.x; i < p.head_dim / 2u; i += gl_WorkGroupSize.x) {
+        const uvec2 e = base + rope_pair_dims(i, p.rope_mode, p.rope_dim);
+        const vec2 r = rope_pair(vec2(qkv[e.x], qkv[e.y]), i, pos);
+        qkv[e.x] = r.x;
+        qkv[e.y] = r.y;
+      }
+      return;
     }
+    // Keys are Hadamard-mixed: the query is mixed alike, and scaled by 1/P.
+    for (uint i = gl_LocalInvocationID.x; i < p.head_dim / 2u; i += gl_WorkGroupSize.x) {
+      const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
+      const vec2 r = rope_pair(vec2(qkv[base + d.x], qkv[base + d.y]), i, pos);
+      kv_row[d.x] = r.x;
+      kv_row[d.y] = r.y;
+    }
+    barrier();
+    hadamard_mix_row(p.head_dim, hadamard_inverse_pow2(p.head_dim));
+    for (uint d = gl_LocalInvocationID.x; d < p.head_dim; d += gl_WorkGroupSize.x) qkv[base + d] = kv_row[d];
     return;
   }
   const uint kv_head = head - p.n_head;
@@ -67,14 +83,22 @@ void main() {
 #if K_ENC == KV_ENC_F32
     k_cache[k_dst + d.x] = floatBitsToUint(k.x);
     k_cache[k_dst + d.y] = floatBitsToUint(k.y);
-#elif K_ENC == KV_ENC_Q2_CHANNEL
-    qkv[k_src + d.x] = k.x;
-    qkv[k_src + d.y] = k.y;
 #else
     kv_row[d.x] = k.x;
     kv_row[d.y] = k.y;
 #endif
   }
+#if K_ENC == KV_ENC_Q8 || K_ENC == KV_ENC_Q4 || K_ENC == KV_ENC_Q2_CHANNEL
+  if (p.hadamard != 0u) {  // quantized keys, Hadamard-mixed first (kv/hadamard.h)
+    barrier();
+    hadamard_mix_row(p.head_dim, 1.0);
+  }
+#endif
+#if K_ENC == KV_ENC_Q2_CHANNEL
+  barrier();
+  for (uint d = tid; d < p.head_dim; d += WG) qkv[k_src + d] = kv_row[d];
+  barrier();  // kv_row is reused for v
+#endif
 #if K_ENC == KV_ENC_F16
   barrier();
   for (uint i = tid; i < p.head_dim / 2u; i += WG)

@@ -6,6 +6,7 @@ set(KVSCOPE_SHADER_TABLE
   "smoke|smoke.comp|"
   "rmsnorm|rmsnorm.comp|"
   "kivi_key_write|kivi_key_write.comp|"
+  "kivi_value_window|kivi_value_window.comp|"
   "attention_scores|attention_scores.comp|"
   "swiglu|swiglu.comp|"
   "add|add.comp|"

@@ -147,7 +147,7 @@ std::string human_bytes(double b) {
 
 CacheSpec cache_spec_from_options(const ModelOptions& m) {
   CacheSpec spec = cache_spec_from_flags(
-      CacheFlags{m.kv, m.kv_k, m.kv_v, m.kv_group, m.policy, m.pins, m.on_full, m.spill, m.spill_max_mb});
+      CacheFlags{m.kv, m.kv_k, m.kv_v, m.kv_group, m.kv_hadamard, m.policy, m.pins, m.on_full, m.spill, m.spill_max_mb});
   // --trace writes the event log, which a policy keeps: `full` logs without evicting.
   if (!m.trace.empty() && spec.policy.empty() && spec.on_full.empty()) spec.policy = "full";
   return spec;

@@ -19,13 +19,17 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
   cmd->add_option("--device", m.device, "Vulkan device index (see `kvscope devices`)");
   auto* kv = cmd->add_option("--kv", m.kv,
                              "KV cache: a format for keys and values (f32 f16 q8 q4 kivi2), or items "
-                             "k=FORMAT, v=FORMAT, group=N joined by commas")
+                             "k=FORMAT, v=FORMAT, group=N, hadamard=on|off joined by commas")
                  ->capture_default_str();
   cmd->add_option("--kv-k", m.kv_k, "format of the cached keys (f32 f16 q8 q4 kivi2)")->excludes(kv);
   cmd->add_option("--kv-v", m.kv_v, "format of the cached values (f32 f16 q8 q4 kivi2)")->excludes(kv);
   cmd->add_option("--kv-group", m.kv_group,
                   "quantization group along head_dim for q8, q4 and kivi2 values; must divide head_dim "
                   "(default: the largest of 32, 16, 8 that does, else the whole head)");
+  cmd->add_option("--kv-hadamard", m.kv_hadamard,
+                  "on|off: the Hadamard rotation of quantized keys (q8, q4, kivi2) before quantizing, queries "
+                  "alike; default on")
+      ->check(CLI::IsMember({"on", "off"}));
 }
 
 // --spill and --spill-max-mb (run, bench, chat, eval): a cache option of every policy.

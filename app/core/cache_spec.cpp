@@ -14,6 +14,13 @@ namespace kvscope {
 namespace {
 
 constexpr std::string_view kGroupNeedsQuantized = "group size applies to quantized formats (q8, q4, kivi2)";
+constexpr std::string_view kHadamardNeedsQuantized = "the Hadamard rotation applies to quantized keys (q8, q4, kivi2)";
+
+bool parse_on_off(std::string_view what, std::string_view value) {
+  if (value == "on") return true;
+  if (value == "off") return false;
+  throw std::invalid_argument(fmt::format("{}: write on or off, not '{}'", what, value));
+}
 
 std::string_view trim(std::string_view t) {
   while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
@@ -38,11 +45,11 @@ uint32_t parse_group(std::string_view item, std::string_view value) {
 
 // The storage part: "q8,group=16", "k=f32,v=f16".
 void parse_storage(std::string_view text, CacheSpec& spec) {
-  bool k_set = false, v_set = false, group_set = false;
+  bool k_set = false, v_set = false, group_set = false, hadamard_set = false;
   auto set_once = [&](bool& was_set, std::string_view what, std::string_view item) {
     if (was_set)
       throw std::invalid_argument(
-          fmt::format("cache spec '{}': {} given twice (at '{}'); give each of k, v and group once", text, what,
+          fmt::format("cache spec '{}': {} given twice (at '{}'); give each of k, v, group and hadamard once", text, what,
                       item));
     was_set = true;
   };
@@ -70,9 +77,13 @@ void parse_storage(std::string_view text, CacheSpec& spec) {
     } else if (key == "group") {
       set_once(group_set, "the group size", item);
       spec.group_size = parse_group(item, value);
+    } else if (key == "hadamard") {
+      set_once(hadamard_set, "the Hadamard rotation", item);
+      spec.hadamard = parse_on_off(fmt::format("cache spec item '{}'", item), value);
     } else {
       throw std::invalid_argument(fmt::format(
-          "cache spec item '{}': unknown key '{}'; write FORMAT, k=FORMAT, v=FORMAT or group=N", item, key));
+          "cache spec item '{}': unknown key '{}'; write FORMAT, k=FORMAT, v=FORMAT, group=N or hadamard=on|off", item,
+          key));
     }
   }
 }
@@ -102,6 +113,7 @@ std::string CacheSpec::name() const {
                       ? std::string(kv::format_name(k_format))
                       : fmt::format("k={},v={}", kv::format_name(k_format), kv::format_name(v_format));
   if (group_size) s += fmt::format(",group={}", *group_size);
+  if (hadamard) s += *hadamard ? ",hadamard=on" : ",hadamard=off";
   return s;
 }
 
@@ -117,6 +129,9 @@ std::string CacheSpec::label() const {
 void CacheSpec::check() const {
   if (group_size && !is_quantized(k_format) && !is_quantized(v_format))
     throw std::invalid_argument(fmt::format("{}; the cache {} has none", kGroupNeedsQuantized, name()));
+  if (hadamard && !is_quantized(k_format))
+    throw std::invalid_argument(fmt::format("{}; the cache {} has {} keys", kHadamardNeedsQuantized, name(),
+                                            kv::format_name(k_format)));
   const bool evicting = !policy.empty() && policy.substr(0, policy.find(':')) != "full";
   if (!on_full.empty() && evicting)
     throw std::invalid_argument(fmt::format(
@@ -137,6 +152,7 @@ kv::CacheConfig CacheSpec::config(uint32_t capacity) const {
   c.v_format = v_format;
   c.capacity = capacity;
   c.group_size = group_size.value_or(0);  // 0: the cache's default for head_dim
+  c.hadamard = hadamard.value_or(true);
   c.spill = spill;
   c.spill_max_bytes = spill_max_bytes;
   return c;
@@ -199,6 +215,7 @@ CacheSpec parse_cache_spec(std::string_view text) {
       spec.k_format = storage.k_format;
       spec.v_format = storage.v_format;
       spec.group_size = storage.group_size;
+      spec.hadamard = storage.hadamard;
     }
   }
   spec.check();
@@ -226,6 +243,7 @@ CacheSpec cache_spec_from_flags(const CacheFlags& f) {
   if (!f.kv_k.empty()) spec.k_format = format_flag("--kv-k", f.kv_k);
   if (!f.kv_v.empty()) spec.v_format = format_flag("--kv-v", f.kv_v);
   if (f.kv_group) spec.group_size = f.kv_group;
+  if (!f.kv_hadamard.empty()) spec.hadamard = parse_on_off("--kv-hadamard", f.kv_hadamard);
   if (!f.policy.empty()) {
     if (!spec.policy.empty())
       throw std::invalid_argument(

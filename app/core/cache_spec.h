@@ -41,6 +41,9 @@ struct CacheSpec {
   kv::Format k_format = kv::Format::F16;
   kv::Format v_format = kv::Format::F16;
   std::optional<uint32_t> group_size;  // unset: the format's default
+  // The Hadamard rotation of quantized keys (kv::CacheConfig::hadamard);
+  // unset: on. Only with quantized keys.
+  std::optional<bool> hadamard;
   // The eviction policy in canonical form (kv::PolicySpec::text(), every
   // option spelled out), empty: none (keep every token until the context is full).
   std::string policy;
@@ -79,6 +82,7 @@ struct CacheFlags {
   std::string kv = "f16";            // --kv SPEC (the whole grammar above)
   std::string kv_k, kv_v;            // --kv-k, --kv-v FORMAT (empty: from --kv)
   std::optional<uint32_t> kv_group;  // --kv-group N
+  std::string kv_hadamard;           // --kv-hadamard on|off, empty: as --kv says
   std::string policy;                // --policy POLICY
   std::vector<std::string> pins;     // --pin START:END, repeatable
   std::string on_full;               // --on-full POLICY

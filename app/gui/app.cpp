@@ -206,6 +206,7 @@ bool App::add_session_from_text(const std::string& text) {
 CacheSpec App::new_session_spec() const {
   CacheSpec spec;
   spec.k_format = spec.v_format = kv::all_formats()[new_session_format_];
+  if (!new_session_hadamard_ && is_quantized(spec.k_format)) spec.hadamard = false;
   const auto policies = kv::policy_names();
   if (new_session_policy_ > 0 && static_cast<size_t>(new_session_policy_) <= policies.size()) {
     const std::string_view name = policies[new_session_policy_ - 1];
@@ -838,7 +839,8 @@ void App::draw_sessions_panel() {
     ImGui::EndCombo();
   }
   help_marker("Storage format of the new session's keys and values:\n"
-              "f32 reference, f16, q8 (int8 groups of 32), q4 (int4), kivi2 (2-bit)");
+              "f32 reference, f16, q8 (int8 groups along the head), q4 (int4 groups),\n"
+              "kivi2 (2-bit KIVI: keys per channel, values per token, the newest 32 in f16)");
   // The policies come from the registry (kv/policies/registry.h): a policy
   // added there is offered here with no change to the window.
   const auto policies = kv::policy_names();
@@ -864,6 +866,12 @@ void App::draw_sessions_panel() {
   ImGui::SliderInt("##budget", &new_session_budget_, 8, std::max(8, max_budget), "budget %d tokens");
   ImGui::EndDisabled();
   help_marker("Live tokens per layer and kv head that the policy keeps (sinks, pins and the recent window included)");
+  ImGui::BeginDisabled(!is_quantized(kv::all_formats()[new_session_format_]));
+  ImGui::Checkbox("Hadamard rotation of keys", &new_session_hadamard_);
+  ImGui::EndDisabled();
+  help_marker("Quantized keys (q8, q4, kivi2) are mixed by an orthogonal Hadamard transform before\n"
+              "quantizing, and queries alike, so a few large channels no longer set every group's\n"
+              "step (spec item hadamard=on|off). Off: the keys as they are, to compare");
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
   if (ImGui::Button("+ Add")) add_session(new_session_spec());
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", new_session_spec().label().c_str());

@@ -191,6 +191,7 @@ class App {
   char prompt_buffer_[4096] = "Once upon a time";
   char model_buffer_[1024] = "";
   int new_session_format_ = 1;  // index into kv::all_formats(): f16
+  bool new_session_hadamard_ = true;  // quantized formats: CacheSpec::hadamard (off: hadamard=off)
   int new_session_policy_ = 0;  // 0: no eviction, else 1 + index into kv::policy_names()
   int new_session_budget_ = 64;
   HeatmapView heatmap_;

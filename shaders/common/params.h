@@ -69,6 +69,8 @@ using uint = uint32_t;
 #define KVSCOPE_MATMUL_CPU_TOKENS 8
 // attention: largest head_dim (the query lives in shared memory).
 #define KVSCOPE_ATTENTION_MAX_HEAD_DIM 256
+// kivi2: largest token group (kv::kMaxTokenGroup; kivi_key_write's shared row table).
+#define KVSCOPE_KIVI_MAX_TOKEN_GROUP 256
 
 // embed: 0 token ids int[n_tokens], 1 W [n_vocab][dim], 2 S, 3 out f32[n_tokens][dim]
 // out = row * scale (gemma3: sqrt(dim)). groups: (n_tokens); threads stride over dim.
@@ -151,6 +153,8 @@ struct KvLayout {
   uint k_blocks;         // kivi2 keys: blocks per kv head
   uint k_params_offset;  // kivi2 keys: word of [n_kv_head][k_blocks][head_dim] scale | min << 16
   uint k_recent_offset;  // kivi2 keys: word of [n_kv_head][min(token_group, capacity)][head_dim/2] f16 pairs
+  uint v_window;         // kivi2 values: positions in the f16 window, min(token_group, capacity); 0 otherwise
+  uint v_recent_offset;  // kivi2 values: word of [n_kv_head][v_window][1 + head_dim/2]: position tag, f16 pairs
 };
 
 // rope_kv_write: 0 qkv f32[n_tokens][qkv_stride], a token's row holding its q
@@ -184,16 +188,24 @@ struct RopeKvWriteParams {
   // holds the queries' cache-relative positions.
   uint keys_unrotated;
   float mscale KVSCOPE_DEFAULT(1.0f);  // the rotated pairs times this (rope.glsl; Phi-3.5's attn_factor)
+  // 1: quantized keys (q8, q4, kivi2) are Hadamard-mixed after RoPE and before
+  // quantizing (kv/hadamard.h), queries mixed alike and scaled by 1/P (not
+  // with keys_unrotated: rolling attention turns each key back instead).
+  uint hadamard KVSCOPE_DEFAULT(0);
 };
 
 // kivi_key_write (kivi2 keys, after rope_kv_write): 0 qkv (k rotated, at
 // k_offset in each row), 1 slots int[n_tokens][n_kv_head], 2 open blocks
 // int[n_kv_head] (KvCache::open_blocks: each head's open block after this
 // step's reserve, -1: none), 3 K cache.
-// One workgroup per kv head walks the tokens in order: each k goes into the
-// f16 window row slot % token_group; after the last token of a block that is
-// not open (so complete), the block is quantized per channel from the window
-// (kv::TensorImage::write is the CPU reference). groups: (n_kv_head)
+// One workgroup per kv head walks the tokens in order. phase 0 (before
+// attention): after the last token of a block that is not open (so
+// complete), the block is quantized per channel from its rows: the step's
+// keys rounded to f16, the earlier ones from the f16 window
+// (kv::TensorImage::write). phase 1 (after attention): the step's keys in the
+// open block go into the window row slot % token_group
+// (kv::TensorImage::write_window). token_group <= KVSCOPE_KIVI_MAX_TOKEN_GROUP.
+// groups: (n_kv_head)
 struct KiviKeyWriteParams {
   uint n_tokens;
   uint n_kv_head;
@@ -201,6 +213,21 @@ struct KiviKeyWriteParams {
   uint capacity;
   uint qkv_stride;
   uint k_offset;  // floats from a row's start to its first k head: n_head * head_dim
+  KvLayout kv;
+  uint phase KVSCOPE_DEFAULT(0);
+};
+
+// kivi_value_window (kivi2 values, after attention): 0 qkv (v at v_offset in
+// each row), 1 positions int[n_tokens], 2 V cache. The last
+// min(n_tokens, kv.v_window) tokens' values go into the f16 window, position
+// p into row p % v_window with tag p (kv::TensorImage::write_window).
+// groups: (n_kv_head, min(n_tokens, kv.v_window))
+struct KiviValueWindowParams {
+  uint n_tokens;
+  uint n_kv_head;
+  uint head_dim;
+  uint qkv_stride;
+  uint v_offset;  // floats from a row's start to its first v head: (n_head + n_kv_head) * head_dim
   KvLayout kv;
 };
 
@@ -229,7 +256,15 @@ struct KiviKeyWriteParams {
 // layer's cache holds only its window; 0: capacity); probs rows and slot
 // positions stay capacity wide. scale: the model's query
 // scale (1/sqrt(head_dim) mostly); head_dim even and
-// <= KVSCOPE_ATTENTION_MAX_HEAD_DIM. groups: (n_head, n_tokens)
+// <= KVSCOPE_ATTENTION_MAX_HEAD_DIM.
+// kivi2 (kv::TensorImage::read_for_query is the rule): with step_rows != 0
+// the q rows are the whole qkv rows of the step's tokens, at positions
+// query_pos[0] + t, and binding 10 holds their slots int[n_tokens][n_kv_head]
+// (rope_kv_write's); a query reads the keys of its own block and the values
+// of the last kv.v_window positions up to its own in f16: the step's own from
+// their qkv rows (k at n_head * head_dim, v after the k heads), older ones
+// from the windows. step_rows 0: only the windows (bind any buffer at 10).
+// groups: (n_head, n_tokens)
 struct AttentionParams {
   uint n_tokens;
   uint n_head;
@@ -248,6 +283,10 @@ struct AttentionParams {
   uint window;
   uint kv_slots;
   float rope_mscale KVSCOPE_DEFAULT(1.0f);  // rolling: rope_kv_write's mscale
+  uint step_rows KVSCOPE_DEFAULT(0);
+  // rolling with Hadamard-mixed keys (RopeKvWriteParams::hadamard): each key
+  // is dequantized whole and turned back (kv::hadamard_unmix) before RoPE.
+  uint hadamard KVSCOPE_DEFAULT(0);
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),
@@ -292,6 +331,7 @@ struct AddParams {
 static_assert(sizeof(kvscope::params::AttentionParams) <= 128);
 static_assert(sizeof(kvscope::params::RopeKvWriteParams) <= 128);
 static_assert(sizeof(kvscope::params::KiviKeyWriteParams) <= 128);
+static_assert(sizeof(kvscope::params::KiviValueWindowParams) <= 128);
 static_assert(sizeof(kvscope::params::MatMulParams) <= 128);
 #endif
 #endif

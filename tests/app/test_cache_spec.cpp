@@ -42,6 +42,14 @@ TEST_CASE("cache spec: one grammar for storage, policy, pins, on-full and spill;
   CHECK(all.spill);
   CHECK(all.spill_max_bytes == uint64_t(1.5 * 1048576));
   CHECK(parse_cache_spec(all.label()) == all);
+  // The Hadamard rotation of quantized keys: on unless said, in the config and the label.
+  CHECK(parse_cache_spec("q4").config(64).hadamard);
+  const CacheSpec plain = parse_cache_spec("q4,hadamard=off + h2o:budget=32");
+  CHECK(plain.hadamard == false);
+  CHECK_FALSE(plain.config(64).hadamard);
+  CHECK(plain.name() == "q4,hadamard=off");
+  CHECK(parse_cache_spec(plain.label()) == plain);
+  CHECK(parse_cache_spec("k=kivi2,v=f16,hadamard=on").config(64).hadamard);
   const CacheSpec on_full = parse_cache_spec("on-full=streamingllm:sinks=4,window=252");
   CHECK(on_full.policy.empty());
   CHECK(parse_cache_spec(on_full.label()) == on_full);
@@ -56,6 +64,10 @@ TEST_CASE("cache spec: one grammar for storage, policy, pins, on-full and spill;
            {"f16 + spill", "has no policy"},
            {"window:budget=64 + spill=-2", "spill cap"},
            {"f16 + pin=5", "START:END"},
+           {"f16,hadamard=off", "the Hadamard rotation applies to quantized keys (q8, q4, kivi2); the cache f16,hadamard=off has f16 keys"},
+           {"k=f32,v=q4,hadamard=on", "has f32 keys"},
+           {"q4,hadamard=maybe", "write on or off, not 'maybe'"},
+           {"q4,hadamard=on,hadamard=off", "the Hadamard rotation given twice"},
        }) {
     CAPTURE(text);
     CHECK_THROWS_WITH_AS(parse_cache_spec(text), doctest::Contains(expected), std::invalid_argument);
@@ -75,6 +87,15 @@ TEST_CASE("cache spec: the flags build the same spec, and name the flag that is 
   f = {};
   f.spill_max_mb = 4;
   CHECK_THROWS_WITH_AS(cache_spec_from_flags(f), doctest::Contains("add --spill"), std::invalid_argument);
+  f = {};
+  f.kv = "kivi2";
+  f.kv_hadamard = "off";
+  CHECK(cache_spec_from_flags(f) == parse_cache_spec("kivi2,hadamard=off"));
+  f.kv = "f16";
+  CHECK_THROWS_WITH_AS(cache_spec_from_flags(f), doctest::Contains("quantized keys"), std::invalid_argument);
+  f.kv_hadamard = "perhaps";
+  CHECK_THROWS_WITH_AS(cache_spec_from_flags(f), doctest::Contains("--kv-hadamard: write on or off"),
+                       std::invalid_argument);
   f = {};
   f.policy = "lru:budget=3";
   CHECK_THROWS_WITH_AS(cache_spec_from_flags(f), doctest::Contains("--policy lru:budget=3"), std::invalid_argument);

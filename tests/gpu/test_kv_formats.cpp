@@ -25,6 +25,7 @@
 #include "gpu/recorder.h"
 #include "kv/cache.h"
 #include "kv/formats.h"
+#include "kv/hadamard.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
 #include "tests/gpu/gpu_fixture.h"
@@ -59,8 +60,9 @@ Id attention_id(Format k, Format v) {
 }
 
 params::KvLayout kv_layout(const kv::TensorLayout& K, const kv::TensorLayout& V, uint32_t group) {
+  const bool v_window = V.encoding == Encoding::Q2;
   return {group, K.row_words, K.code_words, V.row_words, V.code_words, K.token_group, K.n_blocks, K.params_offset,
-          K.recent_offset};
+          K.recent_offset, v_window ? V.recent_rows : 0u, v_window ? V.recent_offset : 0u};
 }
 
 // Values as a model's keys and values look: mostly small, a few large
@@ -169,7 +171,7 @@ TEST_CASE("rope_kv_write: every key x value format encodes bit for bit like kv::
   CHECK(context().validation_messages() == 0);
 }
 
-TEST_CASE("kivi_key_write: f16 window and per-channel blocks bit for bit through the slot table") {
+TEST_CASE("kivi_key_write: per-channel blocks before attention, the f16 window after, bit for bit through the slot table") {
   const uint32_t wg = workgroup_size();
   gpu::Pipeline pipe(context(), {Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams), {wg}});
   for (uint32_t hd : {48u, 64u, 128u}) {
@@ -183,9 +185,11 @@ TEST_CASE("kivi_key_write: f16 window and per-channel blocks bit for bit through
     int32_t next_position = 0;
     auto step = [&](uint32_t n, uint32_t seed) {
       const std::vector<float> qkv = kv_values(size_t(n) * stride, hd, seed);
-      std::vector<int32_t> slots(size_t(n) * n_kv_head), open(n_kv_head);
-      for (uint32_t t = 0; t < n; ++t, ++next_position)
+      std::vector<int32_t> slots(size_t(n) * n_kv_head), open(n_kv_head), positions;
+      for (uint32_t t = 0; t < n; ++t, ++next_position) {
+        positions.push_back(next_position);
         for (uint32_t h = 0; h < n_kv_head; ++h) slots[t * n_kv_head + h] = tables[h].assign(next_position);
+      }
       for (uint32_t h = 0; h < n_kv_head; ++h) {
         open[h] = tables[h].open_block();
         std::vector<int32_t> head_slots;
@@ -195,12 +199,16 @@ TEST_CASE("kivi_key_write: f16 window and per-channel blocks bit for bit through
           keys.insert(keys.end(), qkv.begin() + t * stride + q_dim + h * hd, qkv.begin() + t * stride + q_dim + (h + 1) * hd);
         }
         expected.write(h, head_slots, keys, open[h]);
+        expected.write_window(h, head_slots, positions, keys, open[h]);
       }
       gpu::Buffer qkv_buffer = upload(qkv, "qkv"), slot_buffer = upload(slots, "slots"),
                   open_buffer = upload(open, "open blocks");
-      const params::KiviKeyWriteParams p{n, n_kv_head, hd, capacity, stride, q_dim, kv_layout(K, V, 0)};
+      params::KiviKeyWriteParams p{n, n_kv_head, hd, capacity, stride, q_dim, kv_layout(K, V, 0)};
       gpu::Recorder rec(context());
       rec.begin();
+      rec.dispatch(pipe, {qkv_buffer, slot_buffer, open_buffer, k_cache}, p, n_kv_head);  // before attention
+      rec.barrier();
+      p.phase = 1;  // after attention
       rec.dispatch(pipe, {qkv_buffer, slot_buffer, open_buffer, k_cache}, p, n_kv_head);
       rec.submit_and_wait();
       // Every live slot's words: its code row in a sealed block (and the
@@ -248,7 +256,7 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
   for (uint32_t wg : sizes)
   for (Format kf : kFormats) {
     for (Format vf : kFormats) {
-      gpu::Pipeline pipe(context(), {attention_id(kf, vf), 10, sizeof(params::AttentionParams), {wg}});
+      gpu::Pipeline pipe(context(), {attention_id(kf, vf), 11, sizeof(params::AttentionParams), {wg}});
       for (const Case& c : cases) {
         const uint32_t hd = c.head_dim;
         const kv::TensorLayout K = kv::tensor_layout(kv::encoding(kf, kv::Role::Keys), c.n_kv_head, c.capacity, hd,
@@ -265,9 +273,10 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
         const std::vector<float> values = kv_values(size_t(n_positions) * hd, hd, 32 + hd);
         std::vector<int32_t> slot_pos(size_t(c.n_kv_head) * c.capacity, -1), open(c.n_kv_head);
         for (uint32_t h = 0; h < c.n_kv_head; ++h) {
-          std::vector<int32_t> slots;
+          std::vector<int32_t> slots, positions;
           std::vector<float> k_in, v_in;
           for (uint32_t p = 0; p < n_positions; ++p) {
+            positions.push_back(int32_t(p));
             slots.push_back(tables[h].assign(int32_t(p)));
             for (uint32_t d = 0; d < hd; ++d) {
               k_in.push_back(keys[p * hd + d] + float(h));
@@ -277,6 +286,8 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
           open[h] = tables[h].open_block();
           k_image.write(h, slots, k_in, open[h]);
           v_image.write(h, slots, v_in, open[h]);
+          k_image.write_window(h, slots, positions, k_in, open[h]);  // kivi2: the f16 windows
+          v_image.write_window(h, slots, positions, v_in, open[h]);
           for (uint32_t s = 0; s < c.capacity; s += 5) tables[h].release(s);  // holes
           for (uint32_t s = 0; s < c.capacity; ++s) slot_pos[h * c.capacity + s] = tables[h].position(s);
         }
@@ -298,10 +309,10 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
                                         1.0f / std::sqrt(float(hd)), q_stride, kv_layout(K, V, c.group)};
         gpu::Recorder rec(context());
         rec.begin();
-        // bindings 8, 9 (rolling only) are not read: p.rolling is 0
+        // bindings 8, 9 (rolling only) and 10 (step rows, off) are not read
         rec.dispatch(pipe,
                      {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out, probs, open_buffer, slot_buffer,
-                      slot_buffer},
+                      slot_buffer, slot_buffer},
                      p, c.n_head, c.n_tokens);
         rec.submit_and_wait();
 
@@ -314,9 +325,10 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
             for (uint32_t s = 0; s < c.capacity; ++s) {
               const int32_t sp = slot_pos[kvh * c.capacity + s];
               if (sp < 0 || sp > query_pos[t]) continue;
-              k_image.read(kvh, s, open[kvh], row);
+              const kv::TensorImage::Query query{query_pos[t], open[kvh], open[kvh]};
+              k_image.read_for_query(kvh, s, sp, query, row);
               ks.insert(ks.end(), row.begin(), row.end());
-              v_image.read(kvh, s, open[kvh], row);
+              v_image.read_for_query(kvh, s, sp, query, row);
               vs.insert(vs.end(), row.begin(), row.end());
               ++n;
             }
@@ -340,6 +352,209 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
                                   "index {}: gpu {} cpu {}",
                                   kv::format_name(kf), kv::format_name(vf), hd, c.group, c.capacity, wg, err / norm, worst,
                                   got[worst], expected[worst]));
+      }
+    }
+  }
+  CHECK(context().validation_messages() == 0);
+}
+
+// kivi2's recent tokens in f16, as the forward pass records a step:
+// rope_kv_write, kivi_key_write (blocks), attention with the step's rows,
+// then kivi_key_write (key window) and kivi_value_window. Every step's
+// attention against the CPU rule (TensorImage::read_for_query) and every word
+// of both caches against the CPU image, through prefills that span several
+// blocks, single tokens, and a truncation.
+TEST_CASE("kivi2: a step reads its own block's keys and the newest values in f16, windows written after attention") {
+  const uint32_t wg = workgroup_size(), n_head = 4, n_kv_head = 2, capacity = 60, T = 8;
+  const std::pair<Format, Format> pairs[] = {{Format::Kivi2, Format::Kivi2}, {Format::F16, Format::Kivi2},
+                                             {Format::Kivi2, Format::Q4}};
+  gpu::Pipeline key_write(context(), {Id::kivi_key_write, 4, sizeof(params::KiviKeyWriteParams), {wg}});
+  gpu::Pipeline value_window(context(), {Id::kivi_value_window, 3, sizeof(params::KiviValueWindowParams), {wg}});
+  for (const auto& [kf, vf] : pairs) {
+    gpu::Pipeline write(context(), {rope_kv_write_id(kf, vf), 6, sizeof(params::RopeKvWriteParams), {wg}});
+    gpu::Pipeline attend(context(), {attention_id(kf, vf), 11, sizeof(params::AttentionParams), {wg}});
+    for (const Shape s : {Shape{48, 16}, Shape{64, 32}}) {
+      const uint32_t hd = s.head_dim, q_dim = n_head * hd, kv_dim = n_kv_head * hd, stride = q_dim + 2 * kv_dim;
+      const kv::TensorLayout K = kv::tensor_layout(kv::encoding(kf, kv::Role::Keys), n_kv_head, capacity, hd, s.group, T);
+      const kv::TensorLayout V = kv::tensor_layout(kv::encoding(vf, kv::Role::Values), n_kv_head, capacity, hd, s.group, T);
+      const params::KvLayout layout = kv_layout(K, V, s.group);
+      kv::TensorImage k_image(K), v_image(V);
+      const uint32_t block_slots = K.encoding == Encoding::Q2Channel ? T : 1;
+      std::vector<kv::SlotTable> tables(n_kv_head, kv::SlotTable(capacity, block_slots));
+      gpu::Buffer k_cache = upload(std::vector<uint32_t>(K.total_words, 0u), "k cache");
+      gpu::Buffer v_cache = upload(std::vector<uint32_t>(V.total_words, 0u), "v cache");
+      int32_t next_position = 0;
+      uint32_t seed = 100 + hd;
+      auto step = [&](uint32_t n) {
+        const std::string what = fmt::format("k={} v={} head_dim {} step of {} at position {}", kv::format_name(kf),
+                                             kv::format_name(vf), hd, n, next_position);
+        const std::vector<float> qkv = kv_values(size_t(n) * stride, hd, ++seed);
+        std::vector<int32_t> positions(n), slots(size_t(n) * n_kv_head), open(n_kv_head);
+        for (uint32_t t = 0; t < n; ++t) {
+          positions[t] = next_position++;
+          for (uint32_t h = 0; h < n_kv_head; ++h) slots[t * n_kv_head + h] = tables[h].assign(positions[t]);
+        }
+        std::vector<int32_t> slot_pos(size_t(n_kv_head) * capacity);
+        for (uint32_t h = 0; h < n_kv_head; ++h) {
+          open[h] = tables[h].open_block();
+          for (uint32_t sl = 0; sl < capacity; ++sl) slot_pos[h * capacity + sl] = tables[h].position(sl);
+        }
+        // This head's keys and values of the step, as the rows hold them.
+        auto head_rows = [&](uint32_t h, uint32_t offset) {
+          std::vector<float> rows;
+          for (uint32_t t = 0; t < n; ++t)
+            rows.insert(rows.end(), qkv.begin() + t * stride + offset + h * hd, qkv.begin() + t * stride + offset + (h + 1) * hd);
+          return rows;
+        };
+        auto head_slots = [&](uint32_t h) {
+          std::vector<int32_t> out;
+          for (uint32_t t = 0; t < n; ++t) out.push_back(slots[t * n_kv_head + h]);
+          return out;
+        };
+        for (uint32_t h = 0; h < n_kv_head; ++h) {
+          k_image.write(h, head_slots(h), head_rows(h, q_dim), open[h]);
+          v_image.write(h, head_slots(h), head_rows(h, q_dim + kv_dim), open[h]);
+        }
+        // The CPU's attention, every query of the step.
+        std::vector<float> expected(size_t(n) * n_head * hd, 0.0f);
+        for (uint32_t t = 0; t < n; ++t)
+          for (uint32_t h = 0; h < n_head; ++h) {
+            const uint32_t kvh = h / (n_head / n_kv_head);
+            const std::vector<float> k_rows = head_rows(kvh, q_dim), v_rows = head_rows(kvh, q_dim + kv_dim);
+            const int32_t own = slots[t * n_kv_head + kvh];
+            const kv::TensorImage::Query kq{positions[t], open[kvh], own >= 0 ? own / int32_t(K.token_group) : -1,
+                                            positions[0], k_rows};
+            const kv::TensorImage::Query vq{positions[t], open[kvh], -1, positions[0], v_rows};
+            std::vector<float> ks, vs, row(hd);
+            uint32_t visible = 0;
+            for (uint32_t sl = 0; sl < capacity; ++sl) {
+              const int32_t sp = slot_pos[kvh * capacity + sl];
+              if (sp < 0 || sp > positions[t]) continue;
+              k_image.read_for_query(kvh, sl, sp, kq, row);
+              ks.insert(ks.end(), row.begin(), row.end());
+              v_image.read_for_query(kvh, sl, sp, vq, row);
+              vs.insert(vs.end(), row.begin(), row.end());
+              ++visible;
+            }
+            reference::attention_head(std::span(expected).subspan((size_t(t) * n_head + h) * hd, hd),
+                                      std::span(qkv).subspan(size_t(t) * stride + h * hd, hd), ks, vs, visible, hd);
+          }
+        for (uint32_t h = 0; h < n_kv_head; ++h) {
+          k_image.write_window(h, head_slots(h), positions, head_rows(h, q_dim), open[h]);
+          v_image.write_window(h, head_slots(h), positions, head_rows(h, q_dim + kv_dim), open[h]);
+        }
+
+        gpu::Buffer qkv_buffer = upload(qkv, "qkv"), pos_buffer = upload(positions, "positions"),
+                    slot_buffer = upload(slots, "slots"), open_buffer = upload(open, "open blocks"),
+                    slot_pos_buffer = upload(slot_pos, "slot positions");
+        gpu::Buffer out(context(), size_t(n) * n_head * hd * 4, gpu::MemoryUse::Device, "out");
+        gpu::Buffer probs(context(), size_t(n) * n_head * capacity * 4, gpu::MemoryUse::Device, "probs");
+        // rope_dim 0: k and v reach the cache as they are, so the CPU encodes the very same floats.
+        const params::RopeKvWriteParams wp{n, n_head, n_kv_head, hd, 0, 10000.0f, capacity, stride, layout};
+        params::KiviKeyWriteParams kp{n, n_kv_head, hd, capacity, stride, q_dim, layout};
+        params::AttentionParams ap{n, n_head, n_kv_head, hd, capacity, capacity, 1.0f / std::sqrt(float(hd)), stride,
+                                   layout};
+        ap.step_rows = 1;
+        const params::KiviValueWindowParams vp{n, n_kv_head, hd, stride, q_dim + kv_dim, layout};
+        gpu::Recorder rec(context());
+        rec.begin();
+        rec.dispatch(write, {qkv_buffer, pos_buffer, slot_buffer, k_cache, v_cache, pos_buffer}, wp, n_head + n_kv_head, n);
+        rec.barrier();
+        if (kf == Format::Kivi2) rec.dispatch(key_write, {qkv_buffer, slot_buffer, open_buffer, k_cache}, kp, n_kv_head);
+        rec.barrier();
+        rec.dispatch(attend,
+                     {qkv_buffer, k_cache, v_cache, slot_pos_buffer, pos_buffer, out, probs, open_buffer, slot_pos_buffer,
+                      slot_pos_buffer, slot_buffer},
+                     ap, n_head, n);
+        rec.barrier();
+        kp.phase = 1;
+        if (kf == Format::Kivi2) rec.dispatch(key_write, {qkv_buffer, slot_buffer, open_buffer, k_cache}, kp, n_kv_head);
+        if (vf == Format::Kivi2) rec.dispatch(value_window, {qkv_buffer, pos_buffer, v_cache}, vp, n_kv_head, std::min(n, T));
+        rec.submit_and_wait();
+
+        const std::vector<float> got = download<float>(out, expected.size());
+        double err = 0, norm = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          REQUIRE_MESSAGE(std::isfinite(got[i]), what << ": non-finite output at " << i);
+          err += (double(got[i]) - expected[i]) * (double(got[i]) - expected[i]);
+          norm += double(expected[i]) * expected[i];
+        }
+        CHECK_MESSAGE(err / norm <= 1e-7, what << ": attention NMSE " << err / norm);
+        // Every word: codes, scales, windows and tags (both start zeroed).
+        check_words(download<uint32_t>(k_cache, K.total_words),
+                    std::vector<uint32_t>(k_image.words().begin(), k_image.words().end()), 0, K.total_words, what + " keys");
+        check_words(download<uint32_t>(v_cache, V.total_words),
+                    std::vector<uint32_t>(v_image.words().begin(), v_image.words().end()), 0, V.total_words,
+                    what + " values");
+      };
+      for (uint32_t n : {19u, 1u, 1u, 6u, 1u}) step(n);  // a prefill over three blocks, then one at a time
+      // Truncate to 22 (inside the open block, under the value window), then a prefill over blocks.
+      for (auto& t : tables)
+        for (uint32_t sl = 0; sl < capacity; ++sl)
+          if (t.position(sl) >= 22) t.release(sl);
+      next_position = 22;
+      for (uint32_t n : {17u, 1u}) step(n);
+    }
+  }
+  CHECK(context().validation_messages() == 0);
+}
+
+// The Hadamard rotation (kv/hadamard.h) on the device: quantized keys mixed
+// before quantizing, queries mixed and scaled, bit for bit like the CPU, at
+// every head size class (P * M with M = 1, 3, 5; up to the largest head).
+TEST_CASE("rope_kv_write: Hadamard-mixed keys and queries bit for bit like kv::hadamard_mix") {
+  const uint32_t wg = workgroup_size(), n_head = 3, n_kv_head = 2, n_tokens = 4, capacity = 9;
+  for (Format kf : {Format::Q8, Format::Q4, Format::Kivi2}) {
+    gpu::Pipeline pipe(context(), {rope_kv_write_id(kf, Format::F16), 6, sizeof(params::RopeKvWriteParams), {wg}});
+    for (const Shape s : {Shape{48, 16}, Shape{64, 32}, Shape{80, 16}, Shape{96, 32}, Shape{128, 32}, Shape{256, 32}}) {
+      const uint32_t hd = s.head_dim, q_dim = n_head * hd, kv_dim = n_kv_head * hd, stride = q_dim + 2 * kv_dim;
+      const kv::TensorLayout K = kv::tensor_layout(kv::encoding(kf, kv::Role::Keys), n_kv_head, capacity, hd, s.group, 4);
+      const kv::TensorLayout V = kv::tensor_layout(Encoding::F16, n_kv_head, capacity, hd, s.group, 4);
+      const std::vector<float> qkv = kv_values(size_t(n_tokens) * stride, hd, 7 * hd);
+      const std::vector<int32_t> positions{0, 1, 2, 3};
+      std::vector<int32_t> slots(size_t(n_tokens) * n_kv_head);
+      for (uint32_t i = 0; i < slots.size(); ++i) slots[i] = int32_t(i % capacity);
+      gpu::Buffer qkv_buffer = upload(qkv, "qkv"), pos_buffer = upload(positions, "positions"),
+                  slot_buffer = upload(slots, "slots");
+      gpu::Buffer k_cache = upload(std::vector<uint32_t>(K.total_words, 0u), "k cache");
+      gpu::Buffer v_cache = upload(std::vector<uint32_t>(V.total_words, 0u), "v cache");
+      // rope_dim 0: no RoPE, so the CPU mixes the very same floats.
+      params::RopeKvWriteParams p{n_tokens, n_head, n_kv_head, hd, 0, 10000.0f, capacity, stride,
+                                  kv_layout(K, V, s.group)};
+      p.hadamard = 1;
+      gpu::Recorder rec(context());
+      rec.begin();
+      rec.dispatch(pipe, {qkv_buffer, pos_buffer, slot_buffer, k_cache, v_cache, pos_buffer}, p, n_head + n_kv_head,
+                   n_tokens);
+      rec.submit_and_wait();
+      const std::string what = fmt::format("Hadamard k={} head_dim {}", kv::format_name(kf), hd);
+      const std::vector<float> row_out = download<float>(qkv_buffer, qkv.size());
+      const auto k_got = download<uint32_t>(k_cache, K.total_words);
+      kv::TensorImage expected(K);
+      for (uint32_t t = 0; t < n_tokens; ++t) {
+        for (uint32_t h = 0; h < n_head; ++h) {  // queries: mixed and scaled by 1/P, in place
+          std::vector<float> q(qkv.begin() + t * stride + h * hd, qkv.begin() + t * stride + (h + 1) * hd);
+          kv::hadamard_mix_query(q);
+          for (uint32_t d = 0; d < hd; ++d)
+            if (row_out[t * stride + h * hd + d] != q[d]) {
+              FAIL_CHECK(what << ": query " << t << "/" << h << " element " << d << " is "
+                              << row_out[t * stride + h * hd + d] << " on the GPU, " << q[d] << " on the CPU");
+              break;
+            }
+        }
+        for (uint32_t h = 0; h < n_kv_head; ++h) {
+          std::vector<float> k(qkv.begin() + t * stride + q_dim + h * hd, qkv.begin() + t * stride + q_dim + (h + 1) * hd);
+          kv::hadamard_mix(k);
+          const int32_t slot = slots[t * n_kv_head + h];
+          if (kf == Format::Kivi2) {  // left mixed in the row for kivi_key_write
+            CHECK_MESSAGE(std::equal(k.begin(), k.end(), row_out.begin() + t * stride + q_dim + h * hd),
+                          what << ": mixed key " << t << "/" << h << " in the row");
+          } else {
+            expected.write(h, std::span(&slot, 1), k);
+            check_words(k_got, std::vector<uint32_t>(expected.words().begin(), expected.words().end()),
+                        K.row_offset(h, slot), K.row_words, what + " key codes");
+          }
+        }
       }
     }
   }

@@ -377,7 +377,7 @@ std::vector<float> cache_values(const CacheImage& cache, size_t elements) {
 // the quantized formats are tested in test_kv_formats.cpp.
 params::KvLayout plain_kv_layout(bool f16, uint32_t head_dim) {
   const uint32_t row = f16 ? head_dim / 2 : head_dim;
-  return {head_dim, row, row, row, row, 1, 0, 0, 0};
+  return {head_dim, row, row, row, row, 1, 0, 0, 0, 0, 0};
 }
 
 // The fused q|k|v rows of n_tokens tokens, in the forward pass's layout.
@@ -555,10 +555,10 @@ void check_attention(gpu::Pipeline& pipe, bool f16, const AttentionCase& c, cons
   gpu::Buffer open_buffer = upload(no_open_blocks, "open blocks");
   gpu::Recorder rec(context());
   rec.begin();
-  // bindings 8, 9 (rolling only) are not read: p.rolling is 0
+  // bindings 8, 9 (rolling only) and 10 (kivi2 only) are not read
   rec.dispatch(pipe,
                {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out.buffer, probs.buffer, open_buffer,
-                slot_buffer, slot_buffer},
+                slot_buffer, slot_buffer, slot_buffer},
                p, c.n_head, c.n_tokens);
   rec.submit_and_wait();
 
@@ -613,7 +613,7 @@ TEST_CASE("attention: f32/f16 caches, GQA, causal masks, empty slots, capacities
   for (uint32_t wg : sizes) {
     for (bool f16 : {false, true}) {
       gpu::Pipeline pipe(
-          context(), {f16 ? Id::attention_f16_f16 : Id::attention_f32_f32, 10, sizeof(params::AttentionParams), {wg}});
+          context(), {f16 ? Id::attention_f16_f16 : Id::attention_f32_f32, 11, sizeof(params::AttentionParams), {wg}});
       for (const AttentionCase& c : cases) {
         check_attention(
             pipe, f16, c,

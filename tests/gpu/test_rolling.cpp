@@ -19,6 +19,7 @@
 #include "gpu/recorder.h"
 #include "kv/cache.h"
 #include "kv/formats.h"
+#include "kv/hadamard.h"
 #include "models/hparams.h"
 #include "models/reference.h"
 #include "shaders/common/params.h"
@@ -55,6 +56,7 @@ struct RollingCase {
   uint32_t head_dim, rope_dim, n_head, n_kv_head, n_tokens, capacity;
   RopeMode mode;
   bool freq_factors;
+  bool hadamard = false;  // keys stored Hadamard-mixed (kv/hadamard.h); attention turns them back
 };
 
 // A cache that has evicted: positions 0..3 (sinks), then a window far past
@@ -68,9 +70,9 @@ void check_rolling_attention(const RollingCase& c) {
                                                c.capacity, hd, group, 16);
   const uint32_t block_slots = K.encoding == kv::Encoding::Q2Channel ? K.token_group : 1;
   const std::string what = fmt::format("rolling attention k={} head_dim {} rope_dim {} heads {}/{} tokens {} capacity {} "
-                                       "mode {} factors {}",
+                                       "mode {} factors {} hadamard {}",
                                        kv::format_name(c.k_format), hd, c.rope_dim, c.n_head, c.n_kv_head, c.n_tokens,
-                                       c.capacity, int(c.mode), c.freq_factors);
+                                       c.capacity, int(c.mode), c.freq_factors, c.hadamard);
   // Positions held: 4 sinks, then the last (capacity - 6) of a long sequence.
   const int32_t last = int32_t(c.capacity) * 10 + 7;
   std::vector<int32_t> held = {0, 1, 2, 3};
@@ -89,10 +91,13 @@ void check_rolling_attention(const RollingCase& c) {
         k_in.push_back(keys[i * hd + d] + 0.5f * float(h));
         v_in.push_back(values[i * hd + d] - float(h));
       }
+      if (c.hadamard) kv::hadamard_mix(std::span(k_in).last(hd));
     }
     open[h] = tables[h].open_block();
     k_image.write(h, slots, k_in, open[h]);
     v_image.write(h, slots, v_in, open[h]);
+    k_image.write_window(h, slots, held, k_in, open[h]);  // kivi2 keys: the open block's rows, after attention
+    v_image.write_window(h, slots, held, v_in, open[h]);
     if (block_slots == 1) tables[h].release(5 + h);  // a hole (an eviction): ranks close up behind it
     std::vector<int32_t> live;
     for (int32_t p : tables[h].positions())
@@ -141,13 +146,14 @@ void check_rolling_attention(const RollingCase& c) {
   p.rope_theta = 10000.0f;
   p.rope_mode = c.mode == RopeMode::Normal ? 0u : 1u;
   p.has_freq_factors = c.freq_factors ? 1u : 0u;
+  p.hadamard = c.hadamard ? 1u : 0u;
   const uint32_t wg = std::max(8u, context().subgroup_size());
-  gpu::Pipeline pipe(context(), {attention_f16_values(c.k_format), 10, sizeof(params::AttentionParams), {wg}});
+  gpu::Pipeline pipe(context(), {attention_f16_values(c.k_format), 11, sizeof(params::AttentionParams), {wg}});
   gpu::Recorder rec(context());
   rec.begin();
   rec.dispatch(pipe,
                {q_buffer, k_buffer, v_buffer, slot_buffer, qpos_buffer, out, probs, open_buffer, rope_buffer,
-                factor_buffer},
+                factor_buffer, rope_buffer},  // binding 10: step rows are off (p.step_rows 0)
                p, c.n_head, c.n_tokens);
   rec.submit_and_wait();
 
@@ -161,6 +167,7 @@ void check_rolling_attention(const RollingCase& c) {
         const int32_t sp = slot_pos[kvh * c.capacity + s];
         if (sp < 0 || sp > query_pos[t]) continue;
         k_image.read(kvh, s, open[kvh], row);
+        if (c.hadamard) kv::hadamard_unmix(row);
         reference::rope(row, rope_pos[kvh * c.capacity + s], c.rope_dim, 10000.0f, c.mode,
                         c.freq_factors ? std::span<const float>(factors) : std::span<const float>{});
         ks.insert(ks.end(), row.begin(), row.end());
@@ -192,7 +199,7 @@ void check_rolling_attention(const RollingCase& c) {
 
 }  // namespace
 
-TEST_CASE("rolling attention: un-rotated f16/q8/q4/kivi2/f32 keys rotated at cache-relative positions match the CPU") {
+TEST_CASE("rolling attention: un-rotated f16/q8/q4/kivi2/f32 keys (Hadamard-mixed or not) rotated at cache-relative positions match the CPU") {
   const RollingCase cases[] = {
       {Format::F16, 48, 48, 6, 6, 1, 128, RopeMode::Normal, false},
       {Format::Q8, 48, 48, 6, 6, 1, 128, RopeMode::Normal, false},
@@ -202,6 +209,9 @@ TEST_CASE("rolling attention: un-rotated f16/q8/q4/kivi2/f32 keys rotated at cac
       {Format::Q4, 48, 48, 2, 1, 1, 50, RopeMode::Normal, false},
       {Format::F32, 128, 128, 2, 1, 2, 20, RopeMode::Normal, false},
       {Format::Kivi2, 48, 48, 2, 2, 1, 64, RopeMode::Normal, false},
+      {Format::Q4, 48, 48, 2, 1, 1, 50, RopeMode::Normal, false, true},
+      {Format::Q8, 64, 32, 4, 2, 2, 33, RopeMode::Neox, true, true},
+      {Format::Kivi2, 80, 80, 2, 2, 1, 64, RopeMode::Normal, false, true},
   };
   for (const RollingCase& c : cases) check_rolling_attention(c);
   CHECK(context().validation_messages() == 0);
