@@ -63,6 +63,9 @@ struct CacheConfig {
   // quantizing, queries alike (kv/hadamard.h): a few large channels no longer
   // set every group's step. false: stored as they are (for comparison).
   bool hadamard = true;
+  // Sparse-V: attention skips (neither dequantizes nor adds) the value rows
+  // whose attention weight is below this; 0: off. Any value format.
+  float sparse_v = 0.0f;
   // --spill: evicted entries go to a host-memory tier and come back when the
   // previous step's query would attend to them more than to the weakest live
   // entry (kv/spill.h; KvCache's spill section). Needs a policy to evict.

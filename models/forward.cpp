@@ -413,7 +413,8 @@ void GpuModel::record_batch(std::span<const int32_t> tokens, kv::KvCache& cache,
     ap.window = cfg_.layer_window(l);
     ap.kv_slots = slots;
     ap.step_rows = 1;
-    ap.hadamard = cache.rolling() && cache.keys_hadamard() ? 1u : 0u;  // the qkv rows are the step's (kivi2 reads its recent keys and values there)
+    ap.hadamard = cache.rolling() && cache.keys_hadamard() ? 1u : 0u;
+    ap.sparse_v = cache.config().sparse_v;  // the qkv rows are the step's (kivi2 reads its recent keys and values there)
     const bool wide = P.attention_wide[kf][vf].handle() != VK_NULL_HANDLE && cache.scan_slots(l) > kWideAttentionSlots;
     rec.dispatch(wide ? P.attention_wide[kf][vf] : P.attention[kf][vf],
                  {qkv_, cache.keys(l), cache.values(l), cache.slot_positions(l), positions_, xb2_, probs_,

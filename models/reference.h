@@ -36,10 +36,11 @@ void geglu(std::span<float> out, std::span<const float> gate, std::span<const fl
 void softmax(std::span<float> x);
 // one query head over n keys/values (each head_dim, contiguous rows); probs
 // receives the softmax row when non-empty. scale: of q . k, 0 for
-// 1/sqrt(head_dim).
+// 1/sqrt(head_dim). sparse_v > 0: values whose weight is below it are left
+// out of the sum (not renormalized), as the attention shader's sparse-V.
 void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
                     std::span<const float> values, uint32_t n, uint32_t head_dim,
-                    std::span<float> probs = {}, float scale = 0.0f);
+                    std::span<float> probs = {}, float scale = 0.0f, float sparse_v = 0.0f);
 
 // ---- the model ------------------------------------------------------------
 // Borrowed views of a GGUF file's tensors (the file must outlive this).

@@ -86,7 +86,7 @@ void softmax(std::span<float> x) {
 
 void attention_head(std::span<float> out, std::span<const float> q, std::span<const float> keys,
                     std::span<const float> values, uint32_t n, uint32_t head_dim, std::span<float> probs,
-                    float scale) {
+                    float scale, float sparse_v) {
   // scores (n) = q . key_i * scale (1/sqrt(head_dim) by default), softmaxed over the n keys
   std::vector<float> scores(n);
   if (scale == 0.0f) scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -99,6 +99,7 @@ void attention_head(std::span<float> out, std::span<const float> q, std::span<co
   // out (head_dim) = sum_i scores[i] * value_i
   for (uint32_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
   for (uint32_t i = 0; i < n; ++i) {
+    if (scores[i] < sparse_v) continue;  // sparse-V: a value row this query barely weighs is not read
     for (uint32_t d = 0; d < head_dim; ++d) out[d] += scores[i] * values[i * head_dim + d];
   }
   if (!probs.empty()) {

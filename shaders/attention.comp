@@ -221,7 +221,9 @@ void main() {
       for (uint s = slice; s < n_slots; s += slices) {
         const int sp = slot_pos[slot_base + s];
         if (!visible(sp, position)) continue;
-        acc += probs[probs_base + s] * value_at(kv_head, s, sp, d, position);
+        const float weight = probs[probs_base + s];
+        if (weight < p.sparse_v) continue;  // sparse-V: a value this query barely weighs is not read
+        acc += weight * value_at(kv_head, s, sp, d, position);
       }
     }
     if (slices == 1u) {  // invocations past the one slice (WG % head_dim) hold nothing

@@ -147,7 +147,7 @@ std::string human_bytes(double b) {
 
 CacheSpec cache_spec_from_options(const ModelOptions& m) {
   CacheSpec spec = cache_spec_from_flags(
-      CacheFlags{m.kv, m.kv_k, m.kv_v, m.kv_group, m.kv_hadamard, m.policy, m.pins, m.on_full, m.spill, m.spill_max_mb});
+      CacheFlags{m.kv, m.kv_k, m.kv_v, m.kv_group, m.kv_hadamard, m.kv_sparse_v, m.policy, m.pins, m.on_full, m.spill, m.spill_max_mb});
   // --trace writes the event log, which a policy keeps: `full` logs without evicting.
   if (!m.trace.empty() && spec.policy.empty() && spec.on_full.empty()) spec.policy = "full";
   return spec;
@@ -310,6 +310,12 @@ int info(const std::string& model, bool as_json) {
   for (kv::Format f : kv::all_formats()) fmt::print(" {} {:g}", kv::format_name(f), kv_format_bytes_per_token(cfg, f));
   fmt::print(" (at context {}, group {}; f16 cache {})\n", cfg.n_ctx_train, kv::default_group_size(cfg.head_dim),
              human_bytes(kv_format_bytes_per_token(cfg, kv::Format::F16) * cfg.n_ctx_train));
+  // Bits per key or value element, every scale, minimum, window and tag counted.
+  fmt::print("  KV bits per value:");
+  const double values_per_token = 2.0 * cfg.n_layer * cfg.kv_dim();
+  for (kv::Format f : kv::all_formats())
+    fmt::print(" {} {:.2f}", kv::format_name(f), kv_format_bytes_per_token(cfg, f) * 8.0 / values_per_token);
+  fmt::print("\n");
   fmt::print("  weights by type:");
   for (const auto& [type, bytes] : by_type) fmt::print(" {} {}", type, human_bytes(double(bytes)));
   fmt::print("\n  metadata ({} keys):\n", file.metadata_order().size());

@@ -25,6 +25,7 @@ struct ModelOptions {
   std::string kv_k, kv_v;            // --kv-k, --kv-v: the key / value format (empty: from --kv)
   std::optional<uint32_t> kv_group;  // --kv-group: quantization group along head_dim
   std::string kv_hadamard;           // --kv-hadamard on|off
+  std::string kv_sparse_v;           // --kv-sparse-v T
   std::string policy;                // --policy SPEC (kv/policy.h); empty: no eviction
   std::vector<std::string> pins;     // --pin START:END, repeatable
   std::string on_full;               // --on-full SPEC: policy `full` evicts with SPEC once the context is full

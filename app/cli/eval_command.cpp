@@ -115,6 +115,8 @@ json cache_json(const EvaluationReport& r, const CacheEvaluation& t, const std::
       {"dp_top_mean", d.dp_top_mean},
       {"bytes_per_token_base", b.bytes_per_token},
       {"bytes_per_token", t.run.bytes_per_token},
+      {"bits_per_value_base", b.bits_per_value},
+      {"bits_per_value", t.run.bits_per_value},
       {"cache_bytes_base", b.cache_bytes},
       {"cache_bytes", t.run.cache_bytes},
       {"tok_s_base", b.tok_s()},
@@ -153,6 +155,7 @@ void print_report(const EvaluationReport& r, const std::string& text_file, const
   fmt::print("{:<22} {:<22} {:<22} ratio {:.4f}\n", "perplexity", fmt::format("{:.4f} ± {:.4f}", b.ppl, b.ppl_stderr),
              fmt::format("{:.4f} ± {:.4f}", t.run.ppl, t.run.ppl_stderr), t.ppl_ratio);
   fmt::print("{:<22} {:<22.6g} {:<22.6g}\n", "KV bytes per token", b.bytes_per_token, t.run.bytes_per_token);
+  fmt::print("{:<22} {:<22.3f} {:<22.3f}\n", "KV bits per value", b.bits_per_value, t.run.bits_per_value);
   fmt::print("{:<22} {:<22} {:<22}\n", "cache device memory", human_bytes(double(b.cache_bytes)),
              human_bytes(double(t.run.cache_bytes)));
   fmt::print("{:<22} {:<22.1f} {:<22.1f}\n", "tokens/s", b.tok_s(), t.run.tok_s());
@@ -189,13 +192,13 @@ void print_sweep_table(const EvaluationReport& r) {
   std::stable_sort(rows.begin(), rows.end(), [](const CacheEvaluation* x, const CacheEvaluation* y) {
     return x->run.bytes_per_token < y->run.bytes_per_token;
   });
-  fmt::print("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | lost attn | tok/s |\n");
-  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+  fmt::print("| cache | bytes/token | bits/value | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | lost attn | tok/s |\n");
+  fmt::print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const CacheEvaluation* t : rows) {
     const std::string name = t->run.spec == b.spec ? t->run.spec.label() + " (baseline)" : t->run.spec.label();
     const std::string lost = t->run.spec.policy.empty() ? "—" : fmt::format("{:.4f}", t->lost.mean);
-    fmt::print("| {} | {:.6g} | {:.2f} | {:.4f} | {:+.4f} | {} | {} | {:.2f}% | {} | {:.0f} |\n", name,
-               t->run.bytes_per_token, mib(t->run.cache_bytes), t->run.ppl, t->run.ppl - b.ppl,
+    fmt::print("| {} | {:.6g} | {:.2f} | {:.2f} | {:.4f} | {:+.4f} | {} | {} | {:.2f}% | {} | {:.0f} |\n", name,
+               t->run.bytes_per_token, t->run.bits_per_value, mib(t->run.cache_bytes), t->run.ppl, t->run.ppl - b.ppl,
                kl_text(t->divergence.kl_mean), kl_text(t->divergence.kl_p99), 100 * t->divergence.top1_agreement,
                lost, t->run.tok_s());
   }

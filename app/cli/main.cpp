@@ -19,7 +19,7 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
   cmd->add_option("--device", m.device, "Vulkan device index (see `kvscope devices`)");
   auto* kv = cmd->add_option("--kv", m.kv,
                              "KV cache: a format for keys and values (f32 f16 q8 q4 kivi2), or items "
-                             "k=FORMAT, v=FORMAT, group=N, hadamard=on|off joined by commas")
+                             "k=FORMAT, v=FORMAT, group=N, hadamard=on|off, sparse_v=T joined by commas")
                  ->capture_default_str();
   cmd->add_option("--kv-k", m.kv_k, "format of the cached keys (f32 f16 q8 q4 kivi2)")->excludes(kv);
   cmd->add_option("--kv-v", m.kv_v, "format of the cached values (f32 f16 q8 q4 kivi2)")->excludes(kv);
@@ -30,6 +30,9 @@ void add_model_options(CLI::App* cmd, kvscope::cli::ModelOptions& m) {
                   "on|off: the Hadamard rotation of quantized keys (q8, q4, kivi2) before quantizing, queries "
                   "alike; default on")
       ->check(CLI::IsMember({"on", "off"}));
+  cmd->add_option("--kv-sparse-v", m.kv_sparse_v,
+                  "T: sparse-V, attention skips (neither dequantizes nor adds) every value whose weight is below T, "
+                  "e.g. 0.001 (default 0: off)");
 }
 
 // --spill and --spill-max-mb (run, bench, chat, eval): a cache option of every policy.

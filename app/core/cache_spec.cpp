@@ -16,6 +16,15 @@ namespace {
 constexpr std::string_view kGroupNeedsQuantized = "group size applies to quantized formats (q8, q4, kivi2)";
 constexpr std::string_view kHadamardNeedsQuantized = "the Hadamard rotation applies to quantized keys (q8, q4, kivi2)";
 
+float parse_sparse_v(std::string_view what, std::string_view value) {
+  float t = 0;
+  const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), t);
+  if (ec != std::errc() || end != value.data() + value.size() || !std::isfinite(t) || t < 0 || t >= 1)
+    throw std::invalid_argument(fmt::format(
+        "{}: the sparse-V threshold is an attention weight in [0, 1), e.g. 0.001 (0: off), not '{}'", what, value));
+  return t;
+}
+
 bool parse_on_off(std::string_view what, std::string_view value) {
   if (value == "on") return true;
   if (value == "off") return false;
@@ -45,11 +54,11 @@ uint32_t parse_group(std::string_view item, std::string_view value) {
 
 // The storage part: "q8,group=16", "k=f32,v=f16".
 void parse_storage(std::string_view text, CacheSpec& spec) {
-  bool k_set = false, v_set = false, group_set = false, hadamard_set = false;
+  bool k_set = false, v_set = false, group_set = false, hadamard_set = false, sparse_set = false;
   auto set_once = [&](bool& was_set, std::string_view what, std::string_view item) {
     if (was_set)
       throw std::invalid_argument(
-          fmt::format("cache spec '{}': {} given twice (at '{}'); give each of k, v, group and hadamard once", text, what,
+          fmt::format("cache spec '{}': {} given twice (at '{}'); give each of k, v, group, hadamard and sparse_v once", text, what,
                       item));
     was_set = true;
   };
@@ -80,9 +89,12 @@ void parse_storage(std::string_view text, CacheSpec& spec) {
     } else if (key == "hadamard") {
       set_once(hadamard_set, "the Hadamard rotation", item);
       spec.hadamard = parse_on_off(fmt::format("cache spec item '{}'", item), value);
+    } else if (key == "sparse_v") {
+      set_once(sparse_set, "the sparse-V threshold", item);
+      spec.sparse_v = parse_sparse_v(fmt::format("cache spec item '{}'", item), value);
     } else {
       throw std::invalid_argument(fmt::format(
-          "cache spec item '{}': unknown key '{}'; write FORMAT, k=FORMAT, v=FORMAT, group=N or hadamard=on|off", item,
+          "cache spec item '{}': unknown key '{}'; write FORMAT, k=FORMAT, v=FORMAT, group=N, hadamard=on|off or sparse_v=T", item,
           key));
     }
   }
@@ -114,6 +126,7 @@ std::string CacheSpec::name() const {
                       : fmt::format("k={},v={}", kv::format_name(k_format), kv::format_name(v_format));
   if (group_size) s += fmt::format(",group={}", *group_size);
   if (hadamard) s += *hadamard ? ",hadamard=on" : ",hadamard=off";
+  if (sparse_v) s += fmt::format(",sparse_v={}", *sparse_v);
   return s;
 }
 
@@ -153,6 +166,7 @@ kv::CacheConfig CacheSpec::config(uint32_t capacity) const {
   c.capacity = capacity;
   c.group_size = group_size.value_or(0);  // 0: the cache's default for head_dim
   c.hadamard = hadamard.value_or(true);
+  c.sparse_v = sparse_v.value_or(0.0f);
   c.spill = spill;
   c.spill_max_bytes = spill_max_bytes;
   return c;
@@ -216,6 +230,7 @@ CacheSpec parse_cache_spec(std::string_view text) {
       spec.v_format = storage.v_format;
       spec.group_size = storage.group_size;
       spec.hadamard = storage.hadamard;
+      spec.sparse_v = storage.sparse_v;
     }
   }
   spec.check();
@@ -244,6 +259,7 @@ CacheSpec cache_spec_from_flags(const CacheFlags& f) {
   if (!f.kv_v.empty()) spec.v_format = format_flag("--kv-v", f.kv_v);
   if (f.kv_group) spec.group_size = f.kv_group;
   if (!f.kv_hadamard.empty()) spec.hadamard = parse_on_off("--kv-hadamard", f.kv_hadamard);
+  if (!f.kv_sparse_v.empty()) spec.sparse_v = parse_sparse_v("--kv-sparse-v", f.kv_sparse_v);
   if (!f.policy.empty()) {
     if (!spec.policy.empty())
       throw std::invalid_argument(

@@ -44,6 +44,9 @@ struct CacheSpec {
   // The Hadamard rotation of quantized keys (kv::CacheConfig::hadamard);
   // unset: on. Only with quantized keys.
   std::optional<bool> hadamard;
+  // Sparse-V (kv::CacheConfig::sparse_v): attention skips values weighted
+  // below this; unset: off.
+  std::optional<float> sparse_v;
   // The eviction policy in canonical form (kv::PolicySpec::text(), every
   // option spelled out), empty: none (keep every token until the context is full).
   std::string policy;
@@ -83,6 +86,7 @@ struct CacheFlags {
   std::string kv_k, kv_v;            // --kv-k, --kv-v FORMAT (empty: from --kv)
   std::optional<uint32_t> kv_group;  // --kv-group N
   std::string kv_hadamard;           // --kv-hadamard on|off, empty: as --kv says
+  std::string kv_sparse_v;           // --kv-sparse-v T, empty: as --kv says
   std::string policy;                // --policy POLICY
   std::vector<std::string> pins;     // --pin START:END, repeatable
   std::string on_full;               // --on-full POLICY

@@ -94,6 +94,8 @@ struct CacheRun {
       : session(make_session(engine, spec, n_ctx, pins, t)), turns(t) {
     result.spec = spec;
     result.bytes_per_token = session->cache().bytes_per_token();
+    const kv::CacheShape& shape = session->cache().shape();
+    result.bits_per_value = result.bytes_per_token * 8.0 / (2.0 * shape.n_layer * shape.n_kv_head * shape.head_dim);
     result.cache_bytes = session->cache().device_bytes();
   }
 

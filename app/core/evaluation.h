@@ -53,6 +53,10 @@ struct PerplexityRun {
   double ppl = 0;
   double ppl_stderr = 0;          // llama.cpp's "±": the standard error of the mean NLL, times ppl
   double bytes_per_token = 0;     // kv::KvCache::bytes_per_token()
+  // Bits the cache allocates per key or value element of a token: every
+  // code, scale, minimum, window and tag counted (16 for f16; a sliding-window
+  // layer counts its few slots, so less there).
+  double bits_per_value = 0;
   uint64_t cache_bytes = 0;       // kv::KvCache::device_bytes() at n_ctx slots
   // What the cache needs to hold the text, per token of context: the most
   // device bytes its live entries (every layer and kv head, each at its

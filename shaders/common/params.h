@@ -287,6 +287,9 @@ struct AttentionParams {
   // rolling with Hadamard-mixed keys (RopeKvWriteParams::hadamard): each key
   // is dequantized whole and turned back (kv::hadamard_unmix) before RoPE.
   uint hadamard KVSCOPE_DEFAULT(0);
+  // sparse-V: > 0 skips (does not read or add) the value of every slot whose
+  // attention weight is below it; the weights are not renormalized.
+  float sparse_v KVSCOPE_DEFAULT(0.0f);
 };
 
 // attention_scores: 0 probs f32[n_tokens][n_head][capacity] (attention's),

@@ -50,6 +50,12 @@ TEST_CASE("cache spec: one grammar for storage, policy, pins, on-full and spill;
   CHECK(plain.name() == "q4,hadamard=off");
   CHECK(parse_cache_spec(plain.label()) == plain);
   CHECK(parse_cache_spec("k=kivi2,v=f16,hadamard=on").config(64).hadamard);
+  // Sparse-V: a threshold on the attention weight, any format; label reads back.
+  const CacheSpec sparse = parse_cache_spec("f16,sparse_v=0.001 + window:budget=64");
+  CHECK(sparse.config(64).sparse_v == 0.001f);
+  CHECK(sparse.name() == "f16,sparse_v=0.001");
+  CHECK(parse_cache_spec(sparse.label()) == sparse);
+  CHECK(parse_cache_spec("q4").config(64).sparse_v == 0.0f);
   const CacheSpec on_full = parse_cache_spec("on-full=streamingllm:sinks=4,window=252");
   CHECK(on_full.policy.empty());
   CHECK(parse_cache_spec(on_full.label()) == on_full);
@@ -68,6 +74,9 @@ TEST_CASE("cache spec: one grammar for storage, policy, pins, on-full and spill;
            {"k=f32,v=q4,hadamard=on", "has f32 keys"},
            {"q4,hadamard=maybe", "write on or off, not 'maybe'"},
            {"q4,hadamard=on,hadamard=off", "the Hadamard rotation given twice"},
+           {"f16,sparse_v=1.5", "an attention weight in [0, 1)"},
+           {"f16,sparse_v=-0.1", "not '-0.1'"},
+           {"f16,sparse_v=abc", "not 'abc'"},
        }) {
     CAPTURE(text);
     CHECK_THROWS_WITH_AS(parse_cache_spec(text), doctest::Contains(expected), std::invalid_argument);

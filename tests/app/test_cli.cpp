@@ -62,7 +62,8 @@ TEST_CASE("cli: tokenize --json and info") {
   r = kvscope_cli("info");
   REQUIRE_MESSAGE(r.code == 0, r.out);
   CHECK(r.out.find("dim 288, layers 6, heads 6 (kv 6), head_dim 48") != std::string::npos);
-  CHECK(r.out.find("KV bytes per token: f32 13824 f16 6912") != std::string::npos);
+  CHECK(r.out.find("KV bytes per token: f32 13824 f16 6912 q8 4032 q4 2592 kivi2 2394") != std::string::npos);
+  CHECK(r.out.find("KV bits per value: f32 32.00 f16 16.00 q8 9.33 q4 6.00 kivi2 5.54") != std::string::npos);
   CHECK(r.out.find("blk.5.ffn_down.weight") != std::string::npos);
 }
 

@@ -184,6 +184,7 @@ TEST_CASE("eval: the corpus at context 256 agrees with llama.cpp; f16 against it
   CHECK(std::abs(r.baseline.ppl - kLlamaCppPpl) < 0.002);
   CHECK(r.baseline.ppl_stderr == doctest::Approx(kLlamaCppPplStderr).epsilon(0.01));
   CHECK(r.baseline.bytes_per_token == 6912);  // 6 layers x 6 kv heads x 48 x (2 + 2) bytes
+  CHECK(r.baseline.bits_per_value == 16.0);
   CHECK(r.baseline.cache_bytes == 6912ull * 256);
   CHECK(r.baseline.tokens_evaluated == uint64_t{r.n_chunks} * 256);
   CHECK(r.baseline.tok_s() > 0);
@@ -383,7 +384,8 @@ TEST_CASE("cli: eval --json has every figure the issue names") {
   REQUIRE_MESSAGE(r.code == 0, r.out);
   const json j = test::last_json(r.out);
   for (const char* key : {"ppl_base", "ppl", "kl_mean", "kl_median", "kl_p99", "kl_max", "top1_agreement",
-                          "dp_top_mean", "bytes_per_token_base", "bytes_per_token", "cache_bytes_base", "cache_bytes",
+                          "dp_top_mean", "bytes_per_token_base", "bytes_per_token", "bits_per_value_base",
+                          "bits_per_value", "cache_bytes_base", "cache_bytes",
                           "tok_s_base", "tok_s"}) {
     CAPTURE(key);
     REQUIRE(j.contains(key));
@@ -395,6 +397,7 @@ TEST_CASE("cli: eval --json has every figure the issue names") {
   CHECK(j["n_ctx"] == 128);
   CHECK(j["n_chunks"].get<int>() >= 2);
   CHECK(j["bytes_per_token"].get<double>() == 2 * j["bytes_per_token_base"].get<double>());
+  CHECK(j["bits_per_value"].get<double>() == 2 * j["bits_per_value_base"].get<double>());
   CHECK(j["top1_agreement"].get<double>() <= 1.0);
 }
 
@@ -402,14 +405,16 @@ TEST_CASE("cli: eval --sweep=formats prints a markdown table sorted by bytes per
   test::TempDir dir;
   const test::CliResult r = test::kvscope_cli("eval --sweep=formats -f " + corpus_cut(dir) + " -c 128 --max-chunks 2");
   REQUIRE_MESSAGE(r.code == 0, r.out);
-  CHECK(r.out.find("| cache | bytes/token | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | lost attn | tok/s |") !=
-        std::string::npos);
+  CHECK(r.out.find("| cache | bytes/token | bits/value | cache MiB | ppl | Δppl | KL mean | KL p99 | top-1 | lost attn | "
+                   "tok/s |") != std::string::npos);
   const size_t f16_row = r.out.find("| f16 (baseline) | 6912 |");
   const size_t f32_row = r.out.find("| f32 | 13824 |");
   CHECK(f16_row != std::string::npos);
   CHECK(f32_row != std::string::npos);
   CHECK(f16_row < f32_row);
-  CHECK(r.out.find("| f16 (baseline) | 6912 | 0.84 |") != std::string::npos);  // 6912 B x 128 slots
+  CHECK(r.out.find("| f16 (baseline) | 6912 | 16.00 | 0.84 |") != std::string::npos);  // 6912 B x 128 slots
+  // kivi2 at 128 slots: its two f16 windows of 32 are a quarter of the cache each.
+  CHECK(r.out.find("| kivi2 | 3276 | 7.58 |") != std::string::npos);
   CHECK(r.out.find("not perplexity") != std::string::npos);
   CHECK(r.out.find("budget=") == std::string::npos);  // formats only
   // Progress, a line per cache and chunk, goes to stderr (merged here).

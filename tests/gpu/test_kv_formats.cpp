@@ -257,6 +257,9 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
   for (Format kf : kFormats) {
     for (Format vf : kFormats) {
       gpu::Pipeline pipe(context(), {attention_id(kf, vf), 11, sizeof(params::AttentionParams), {wg}});
+      // Sparse-V (values weighted below the threshold skipped) for one format in each role.
+      const std::vector<float> thresholds = kf == vf ? std::vector<float>{0.0f, 0.02f} : std::vector<float>{0.0f};
+      for (const float sparse_v : thresholds)
       for (const Case& c : cases) {
         const uint32_t hd = c.head_dim;
         const kv::TensorLayout K = kv::tensor_layout(kv::encoding(kf, kv::Role::Keys), c.n_kv_head, c.capacity, hd,
@@ -305,8 +308,9 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
                     open_buffer = upload(open, "open blocks");
         gpu::Buffer out(context(), size_t(c.n_tokens) * c.n_head * hd * 4, gpu::MemoryUse::Device, "out");
         gpu::Buffer probs(context(), size_t(c.n_tokens) * c.n_head * c.capacity * 4, gpu::MemoryUse::Device, "probs");
-        const params::AttentionParams p{c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.capacity,
-                                        1.0f / std::sqrt(float(hd)), q_stride, kv_layout(K, V, c.group)};
+        params::AttentionParams p{c.n_tokens, c.n_head, c.n_kv_head, hd, c.capacity, c.capacity,
+                                  1.0f / std::sqrt(float(hd)), q_stride, kv_layout(K, V, c.group)};
+        p.sparse_v = sparse_v;
         gpu::Recorder rec(context());
         rec.begin();
         // bindings 8, 9 (rolling only) and 10 (step rows, off) are not read
@@ -334,7 +338,8 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
             }
             if (n == 0) continue;
             reference::attention_head(std::span(expected).subspan((size_t(t) * c.n_head + h) * hd, hd),
-                                      std::span(qkv).subspan(size_t(t) * q_stride + h * hd, hd), ks, vs, n, hd);
+                                      std::span(qkv).subspan(size_t(t) * q_stride + h * hd, hd), ks, vs, n, hd, {},
+                                      0.0f, sparse_v);
           }
         const std::vector<float> got = download<float>(out, expected.size());
         double err = 0, norm = 0;
@@ -348,10 +353,10 @@ TEST_CASE("attention: every key x value format against CPU attention over the de
         }
         // f32 summation order and exp's few ulp (as for the f32/f16 attention in test_ops.cpp)
         CHECK_MESSAGE(err / norm <= 1e-7,
-                      fmt::format("attention k={} v={} head_dim {} group {} capacity {} workgroup {}: NMSE {:.3g}; worst "
-                                  "index {}: gpu {} cpu {}",
-                                  kv::format_name(kf), kv::format_name(vf), hd, c.group, c.capacity, wg, err / norm, worst,
-                                  got[worst], expected[worst]));
+                      fmt::format("attention k={} v={} head_dim {} group {} capacity {} workgroup {} sparse_v {}: NMSE "
+                                  "{:.3g}; worst index {}: gpu {} cpu {}",
+                                  kv::format_name(kf), kv::format_name(vf), hd, c.group, c.capacity, wg, sparse_v,
+                                  err / norm, worst, got[worst], expected[worst]));
       }
     }
   }
