@@ -442,8 +442,8 @@ TEST_CASE("cli: eval --sweep=policies runs every policy on f16, q8 and q4 with i
   std::vector<std::string> cells;
   for (size_t at = 1, next; (next = line.find('|', at)) != std::string::npos; at = next + 1)
     cells.push_back(line.substr(at, next - at));
-  REQUIRE(cells.size() == 10);
-  CHECK(std::stod(cells[8]) > 0);
+  REQUIRE(cells.size() == 11);
+  CHECK(std::stod(cells[9]) > 0);
   const test::CliResult bad = test::kvscope_cli("eval --sweep=everything -f " + corpus_cut(dir));
   CHECK(bad.code != 0);
   CHECK(bad.out.find("--sweep=everything: expected formats, policies or all") != std::string::npos);
