@@ -219,8 +219,9 @@ TensorLayout tensor_layout(Encoding e, uint32_t n_kv_head, uint32_t capacity, ui
     L.token_group = token_group == 0 ? kDefaultTokenGroup : token_group;
     L.recent_rows = std::min(L.token_group, capacity);
     L.recent_row_words = 1 + head_dim / 2;
-    L.recent_offset = uint32_t(std::min<uint64_t>(L.total_words, 0xffffffffu));
+    const uint64_t recent_offset = L.total_words;
     L.total_words += uint64_t{n_kv_head} * L.recent_rows * L.recent_row_words;
+    if (L.total_words <= 0xffffffffu) L.recent_offset = uint32_t(recent_offset);
   }
   if (L.total_words > 0xffffffffu)
     throw std::invalid_argument("KV cache: one layer's keys or values exceed 2^32 words; use a smaller context (-c)");

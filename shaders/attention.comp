@@ -8,7 +8,9 @@
 // split head_dim and accumulate the values. Any capacity works: the row lives
 // in the probs buffer, not in shared memory. Rolling StreamingLLM (p.rolling)
 // stores keys un-rotated; pass 1 then rotates each at its slot's
-// cache-relative position (rolling_k_dot).
+// cache-relative position (rolling_k_dot), after turning a Hadamard-mixed
+// key back. kivi2 reads its newest keys and values in f16 (key_at,
+// value_at); sparse-V (p.sparse_v) skips values weighted below it.
 #extension GL_GOOGLE_include_directive : require
 #include "params.h"
 
@@ -115,6 +117,7 @@ float value_at(uint kv_head, uint slot, int sp, uint d, int position) {
 float rolling_k_dot(uint kv_head, uint slot, int sp, int open_block) {
   const float pos = float(rope_pos[kv_head * p.capacity + slot]);
   float score = 0.0;
+#if K_ENC == KV_ENC_Q8 || K_ENC == KV_ENC_Q4 || K_ENC == KV_ENC_Q2_CHANNEL  // only quantized keys are mixed
   if (p.hadamard != 0u) {
     float k[KVSCOPE_ATTENTION_MAX_HEAD_DIM];
     for (uint d = 0u; d < p.head_dim; ++d) k[d] = key_at(kv_head, slot, sp, d, open_block);
@@ -127,6 +130,7 @@ float rolling_k_dot(uint kv_head, uint slot, int sp, int open_block) {
     }
     return score;
   }
+#endif
   for (uint i = 0u; i < p.head_dim / 2u; ++i) {
     const uvec2 d = rope_pair_dims(i, p.rope_mode, p.rope_dim);
     const vec2 k = vec2(key_at(kv_head, slot, sp, d.x, open_block), key_at(kv_head, slot, sp, d.y, open_block));
