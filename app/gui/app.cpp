@@ -838,9 +838,8 @@ void App::draw_sessions_panel() {
         new_session_format_ = static_cast<int>(i);
     ImGui::EndCombo();
   }
-  help_marker("Storage format of the new session's keys and values:\n"
-              "f32 reference, f16, q8 (int8 groups along the head), q4 (int4 groups),\n"
-              "kivi2 (2-bit KIVI: keys per channel, values per token, the newest 32 in f16)");
+  help_marker("Storage format of the new session's keys and values: f32 reference, f16, q8 (int8 groups),\n"
+              "q4 (int4 groups), kivi2 (2-bit KIVI: keys per channel, values per token, the newest 32 in f16)");
   // The policies come from the registry (kv/policies/registry.h): a policy
   // added there is offered here with no change to the window.
   const auto policies = kv::policy_names();
@@ -869,9 +868,7 @@ void App::draw_sessions_panel() {
   ImGui::BeginDisabled(!is_quantized(kv::all_formats()[new_session_format_]));
   ImGui::Checkbox("Hadamard rotation of keys", &new_session_hadamard_);
   ImGui::EndDisabled();
-  help_marker("Quantized keys (q8, q4, kivi2) are mixed by an orthogonal Hadamard transform before\n"
-              "quantizing, and queries alike, so a few large channels no longer set every group's\n"
-              "step (spec item hadamard=on|off). Off: the keys as they are, to compare");
+  help_marker("Quantized keys and queries mixed by an orthogonal transform: no channel sets a group's step (hadamard=)");
   ImGui::BeginDisabled(!engine_ || sessions_.size() >= kMaxSessions);
   if (ImGui::Button("+ Add")) add_session(new_session_spec());
   if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", new_session_spec().label().c_str());
